@@ -1,0 +1,225 @@
+"""Command line: `python -m engine bench|runtimes ...` — everything headless."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+from engine.errors import UserError
+
+EXIT_USAGE = 2
+
+
+def _add_bench(sub: Any) -> None:
+    p = sub.add_parser("bench", help="build variants of a model and measure every runtime and batch size")
+    p.add_argument("model", help="a model file (ONNX, TorchScript .pt, torch.export .pt2, zipped HF folder) or 'demo'")
+    p.add_argument("--name", help="a name for the study")
+    p.add_argument("--variants", default=None,
+                   help="comma-separated chains, e.g. baseline,int8-dynamic,prune-structured:0.5+int8-static "
+                        "(default: baseline,int8-dynamic,fp16)")
+    p.add_argument("--runtimes", default=None, help="comma-separated runtime ids (default: every available one)")
+    p.add_argument("--batch-sizes", default="1", help="comma-separated batch sizes (default: 1)")
+    p.add_argument("--data", help="an .npz of inputs named after the model's inputs, with optional labels and "
+                                  "train/, calib/, eval/ prefixes")
+    p.add_argument("--input-spec", help="inputs when the model does not store them, e.g. 'x:float32[B,3,224,224]'")
+    p.add_argument("--seq-len", type=int, help="sequence length for dynamic sequence axes (default 128)")
+    p.add_argument("--iterations", type=int, default=50, help="minimum timed iterations (default 50)")
+    p.add_argument("--min-seconds", type=float, default=2.0, help="minimum timed seconds (default 2)")
+    p.add_argument("--warmup", type=int, default=10, help="warm-up iterations (default 10)")
+    p.add_argument("--threads", type=int, default=None, help="threads for every runtime (default: all cores)")
+    p.add_argument("--timeout", type=float, default=600.0, help="wall-clock limit per cell in seconds (default 600)")
+    p.add_argument("--eval-samples", type=int, default=256, help="samples for fidelity and the task metric")
+    p.add_argument("--option", action="append", default=[], metavar="RUNTIME.KEY=VALUE",
+                   help="a runtime option, e.g. onnxruntime.graph_optimization_level=basic (repeatable)")
+    p.add_argument("--json", dest="json_out", help="write the results JSON to this file")
+
+
+def _parse_options(items: list[str]) -> dict[str, dict[str, Any]]:
+    options: dict[str, dict[str, Any]] = {}
+    for item in items:
+        key, eq, raw = item.partition("=")
+        runtime, dot, name = key.partition(".")
+        if not eq or not dot or not runtime or not name:
+            raise UserError(
+                f"--option '{item}' must look like RUNTIME.KEY=VALUE, e.g. onnxruntime.graph_optimization_level=basic"
+            )
+        value: Any = raw
+        if raw.lower() in ("true", "false"):
+            value = raw.lower() == "true"
+        else:
+            try:
+                value = int(raw)
+            except ValueError:
+                pass
+        options.setdefault(runtime, {})[name] = value
+    return options
+
+
+def cmd_bench(args: argparse.Namespace, out: TextIO) -> int:
+    from engine import plan
+    from engine.artifacts import intake
+    from engine.data import load_npz
+    from engine.measure.latency import MeasureSettings
+    from engine.study import run_study
+
+    data_path = args.data
+    label = Path(args.model).name
+    if args.model == "demo":
+        from engine.demo import build_demo
+
+        model_path, demo_data, report = build_demo()
+        data_path = data_path or str(demo_data)
+        label = "demo digits CNN"
+        print(f"demo: digits CNN, eval top-1 {report['eval_top1']:.3f} (trained offline on scikit-learn digits)",
+              file=out)
+    else:
+        model_path = Path(args.model)
+    try:
+        measure = MeasureSettings(args.warmup, args.iterations, args.min_seconds)
+    except ValueError as exc:
+        raise UserError(str(exc).replace("_", "-")) from exc
+    settings = plan.StudySettings(
+        measure=measure, threads=args.threads or plan.default_threads(), timeout_s=args.timeout,
+        eval_samples=args.eval_samples, runtime_options=_parse_options(args.option),
+    )
+    variants = plan.parse_variants((args.variants or ",".join(plan.DEFAULT_VARIANTS)).split(","))
+    runtimes = plan.parse_runtimes(args.runtimes.split(",") if args.runtimes else None)
+    batch_sizes = plan.parse_batch_sizes(args.batch_sizes)
+    model = intake(model_path, input_spec=args.input_spec, seq_len=args.seq_len)
+    model.info.setdefault("label", label)
+    if data_path:
+        load_npz(data_path, model.spec)  # validate now: a bad file is a usage error, not n failed cells
+    view = LiveView(out)
+    results = run_study(model, variants, runtimes, batch_sizes, settings, name=args.name, data_path=data_path,
+                        events=view.events())
+    view.close()
+    study = results["study"]
+    print(f"study {study['id']}: {len(results['results'])} cells in {study['wall_s']:.1f} s; "
+          f"results in {study['folder']}", file=out)
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(results, indent=1))
+        print(f"results JSON written to {args.json_out}", file=out)
+    return 0
+
+
+def cmd_runtimes(args: argparse.Namespace, out: TextIO) -> int:
+    from engine.runtimes import availability
+
+    rows = availability()
+    if args.json:
+        print(json.dumps(rows, indent=1), file=out)
+        return 0
+    width = max(len(r["id"]) for r in rows)
+    for r in rows:
+        state = "available" if r["available"] else f"unavailable: {r['reason']}"
+        print(f"{r['id']:<{width}}  {r['device']:<4}  {r['consumes']:<11}  {state}", file=out)
+    return 0
+
+
+# --- live view --------------------------------------------------------------------------------
+
+_COLUMNS = (("#", 3), ("variant", 22), ("runtime", 13), ("batch", 5), ("status", 11), ("p50 ms", 9),
+            ("p99 ms", 9), ("items/s", 9), ("load s", 7), ("cosine", 7), ("top1", 6), ("note", 0))
+
+
+def format_row(row: dict[str, Any]) -> str:
+    lat = row.get("latency_ms") or {}
+    acc = row.get("accuracy") or {}
+    fid = acc.get("fidelity") or {}
+    task = acc.get("task") or {}
+
+    def num(v: Any, fmt: str) -> str:
+        return format(v, fmt) if isinstance(v, (int, float)) else "-"
+
+    note = row.get("error") or "; ".join(row.get("notes") or [])
+    values = (str(row["cell"]), row["variant"], row["runtime"], str(row["batch_size"]), row["status"],
+              num(lat.get("p50"), ".3f"), num(lat.get("p99"), ".3f"), num(row.get("throughput_per_s"), ".1f"),
+              num(row.get("load_s"), ".2f"), num(fid.get("cosine"), ".4f"), num(task.get("value"), ".3f"), note)
+    return "  ".join(v if w == 0 else f"{v:<{w}}"[: max(w, len(v))] for v, (_, w) in zip(values, _COLUMNS, strict=True))
+
+
+def header() -> str:
+    return "  ".join(name if w == 0 else f"{name:<{w}}" for name, w in _COLUMNS)
+
+
+class LiveView:
+    """On a terminal: a live status line (cell i of n, phase, elapsed, ETA). Redirected: one line per cell."""
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+        self.tty = out.isatty()
+        self.started = time.monotonic()
+        self.cell_started = self.started
+        self.done_s: list[float] = []
+        self.position = (0, 0)
+        print(header(), file=out, flush=True)
+
+    def events(self) -> Any:
+        from engine.study import StudyEvents
+
+        return StudyEvents(self._started, self._progress, self._finished)
+
+    def _started(self, cell: Any, i: int, n: int) -> None:
+        self.cell_started = time.monotonic()
+        self.position = (i, n)
+        if cell.runnable:
+            self._status(cell, "starting", 0.0)
+
+    def _progress(self, cell: Any, phase: str, fraction: float) -> None:
+        self._status(cell, phase, fraction)
+
+    def _status(self, cell: Any, phase: str, fraction: float) -> None:
+        if not self.tty:
+            return
+        i, n = self.position
+        elapsed = time.monotonic() - self.started
+        remaining_cells = n - i
+        eta = (sum(self.done_s) / len(self.done_s)) * remaining_cells if self.done_s else None
+        eta_text = f"ETA {eta:.0f}s" if eta is not None else "ETA -"
+        line = (f"[{i + 1}/{n}] {cell.variant} × {cell.runtime} × b{cell.batch_size}: {phase} "
+                f"{fraction * 100:.0f}%  elapsed {elapsed:.0f}s  {eta_text}")
+        columns = shutil.get_terminal_size((100, 20)).columns
+        self.out.write("\r\x1b[2K" + line[: columns - 1])
+        self.out.flush()
+
+    def _finished(self, cell: Any, row: dict[str, Any], i: int, n: int) -> None:
+        if cell.runnable:
+            self.done_s.append(time.monotonic() - self.cell_started)
+        if self.tty:
+            self.out.write("\r\x1b[2K")
+        print(format_row(row), file=self.out, flush=True)
+
+    def close(self) -> None:
+        if self.tty:
+            self.out.write("\r\x1b[2K")
+            self.out.flush()
+
+
+def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
+    out = out or sys.stdout
+    parser = argparse.ArgumentParser(prog="python -m engine", description="Paretoscope: benchmark optimized "
+                                     "variants of a model on every runtime, with accuracy.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_bench(sub)
+    p = sub.add_parser("runtimes", help="list runtimes and whether they are available here")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "bench":
+            return cmd_bench(args, out)
+        return cmd_runtimes(args, out)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,378 @@
+"""Safe model intake: detect the format from bytes, store content-addressed, read the InputSpec."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from engine import safezip
+from engine.errors import UserError
+from engine.paths import sub_dir
+from engine.specs import BATCH_AXIS, InputSpec, TensorSpec
+
+# Model formats as stored; the "working" representation used by optimizations and runtimes is
+# "onnx" for ONNX models and "torch" (an nn.Module) for the other three.
+ONNX, TORCHSCRIPT, EXPORTED, HF = "onnx", "torchscript", "pt2", "hf"
+FORMATS = (ONNX, TORCHSCRIPT, EXPORTED, HF)
+TORCH_FORMATS = frozenset({TORCHSCRIPT, EXPORTED, HF})
+_FILE_NAMES = {ONNX: "model.onnx", TORCHSCRIPT: "model.pt", EXPORTED: "model.pt2"}
+_ARTIFACT_JSON = "artifact.json"
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A stored model: its format, where it lives, its sha256 and what it takes."""
+
+    format: str
+    path: Path  # the model file, or the folder of a Hugging Face model
+    sha256: str
+    size_bytes: int
+    spec: InputSpec
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def folder(self) -> Path:
+        return self.path if self.path.is_dir() else self.path.parent
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": self.format,
+            "path": str(self.path),
+            "sha256": self.sha256,
+            "size_bytes": self.size_bytes,
+            "spec": self.spec.to_json(),
+            "info": self.info,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Artifact:
+        return cls(
+            format=data["format"],
+            path=Path(data["path"]),
+            sha256=data["sha256"],
+            size_bytes=int(data["size_bytes"]),
+            spec=InputSpec.from_json(data["spec"]),
+            info=dict(data.get("info", {})),
+        )
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def folder_size(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+# --- format detection -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _ZipLayout:
+    format: str
+    root: str  # prefix inside the zip to strip on extraction ("" or "folder/")
+    onnx_member: str | None = None
+
+
+def detect_format(path: Path) -> str:
+    """The model format of a file, judged from its bytes; raises UserError for anything else."""
+    return _detect(path)[0]
+
+
+def _detect(path: Path) -> tuple[str, _ZipLayout | None]:
+    label = path.name
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+    if not head:
+        raise UserError(f"{label}: the file is empty; upload the model file itself")
+    if head.startswith(b"PK\x03\x04") or head.startswith(b"PK\x05\x06"):
+        with safezip.open_zip(path, label) as archive:
+            layout = _classify_zip(archive, label)
+        return layout.format, layout
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        raise UserError(
+            f"{label}: a Python pickle (torch.save) is not accepted, it could run code; "
+            "save the model with torch.jit.save, torch.export.save or as ONNX"
+        )
+    # ONNX is a protobuf ModelProto with no magic number; it starts with a field tag such as
+    # ir_version (0x08), opset_import (0x42), producer_name (0x12) or graph (0x3a). The parse proves it.
+    if head[:1] in (b"\x08", b"\x12", b"\x1a", b"\x22", b"\x2a", b"\x32", b"\x3a", b"\x42", b"\x52", b"\x72"):
+        return ONNX, None
+    raise UserError(
+        f"{label}: unknown model format; upload ONNX (.onnx or a zip with its external data), "
+        "TorchScript (.pt), torch.export (.pt2) or a zipped Hugging Face folder"
+    )
+
+
+def _classify_zip(archive: zipfile.ZipFile, label: str) -> _ZipLayout:
+    members = safezip.checked_members(archive, label)
+    names = [m.filename for m in members if not m.is_dir()]
+    tops = {PurePosixPath(n).parts[0] for n in names if PurePosixPath(n).parts}
+    # torch archives put everything under one top folder named after the file
+    if len(tops) == 1:
+        top = next(iter(tops))
+        inner = {n[len(top) + 1:] for n in names if n.startswith(top + "/")}
+        if "archive_format" in inner or "models/model.json" in inner:
+            return _ZipLayout(EXPORTED, "")
+        if "data.pkl" in inner and any(n.startswith("code/") for n in inner):
+            return _ZipLayout(TORCHSCRIPT, "")
+        if "data.pkl" in inner:
+            raise UserError(
+                f"{label}: a torch.save checkpoint (a pickle) is not accepted, it could run code; "
+                "save the model with torch.jit.save, torch.export.save or as ONNX"
+            )
+    onnx_files = [n for n in names if n.lower().endswith(".onnx")]
+    configs = [n for n in names if PurePosixPath(n).name == "config.json"]
+    if len(onnx_files) == 1:
+        member = onnx_files[0]
+        root = str(PurePosixPath(member).parent)
+        return _ZipLayout(ONNX, "" if root == "." else root + "/", member)
+    if len(onnx_files) > 1:
+        raise UserError(f"{label}: the zip holds {len(onnx_files)} .onnx files; zip one model with its external data")
+    if configs:
+        config = min(configs, key=len)
+        root = str(PurePosixPath(config).parent)
+        prefix = "" if root == "." else root + "/"
+        weights = [n for n in names if n.startswith(prefix)]
+        if any(n.endswith(".safetensors") for n in weights):
+            return _ZipLayout(HF, prefix)
+        if any(n.endswith((".bin", ".pt", ".pth", ".ckpt")) for n in weights):
+            raise UserError(
+                f"{label}: the Hugging Face folder has only pickled weights (.bin); convert them to "
+                "safetensors (model.save_pretrained(..., safe_serialization=True)) and zip again"
+            )
+        raise UserError(f"{label}: the Hugging Face folder has config.json but no *.safetensors weights")
+    raise UserError(
+        f"{label}: the zip holds no model; zip one .onnx file (with its external data) or a Hugging Face "
+        "folder with config.json and *.safetensors"
+    )
+
+
+# --- intake -----------------------------------------------------------------------------------
+
+
+def intake(path: str | Path, *, input_spec: str | None = None, seq_len: int | None = None,
+           max_unpacked: int = safezip.DEFAULT_MAX_UNPACKED) -> Artifact:
+    """Check an untrusted model file, store it under the data folder by sha256, read its InputSpec."""
+    src = Path(path)
+    if not src.is_file():
+        raise UserError(f"{src}: no such file; give the path of a model file (or 'demo')")
+    fmt, layout = _detect(src)
+    sha = sha256_file(src)
+    dest = sub_dir("models") / sha
+    stored = dest / _ARTIFACT_JSON
+    if stored.is_file() and input_spec is None:
+        cached = load_artifact(dest)
+        return cached if seq_len is None else _respec(cached, cached.spec.with_seq_len(seq_len))
+    staging = Path(tempfile.mkdtemp(prefix=f".{sha[:12]}-", dir=dest.parent))
+    try:
+        model_path = _store(src, fmt, layout, staging, max_unpacked)
+        spec, info = _inspect(model_path, fmt, src.name, input_spec, seq_len)
+        artifact = Artifact(fmt, model_path, sha, folder_size(model_path), spec, info)
+        if dest.exists():
+            shutil.rmtree(dest)
+        staging.rename(dest)
+        artifact = _relocate(artifact, staging, dest)
+        (dest / _ARTIFACT_JSON).write_text(json.dumps(artifact.to_json(), indent=1))
+        return artifact
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def load_artifact(folder: Path) -> Artifact:
+    return Artifact.from_json(json.loads((folder / _ARTIFACT_JSON).read_text()))
+
+
+def _relocate(artifact: Artifact, old: Path, new: Path) -> Artifact:
+    rel = artifact.path.relative_to(old)
+    return Artifact(artifact.format, new / rel, artifact.sha256, artifact.size_bytes, artifact.spec, artifact.info)
+
+
+def _respec(artifact: Artifact, spec: InputSpec) -> Artifact:
+    return Artifact(artifact.format, artifact.path, artifact.sha256, artifact.size_bytes, spec, artifact.info)
+
+
+def _store(src: Path, fmt: str, layout: _ZipLayout | None, staging: Path, max_unpacked: int) -> Path:
+    label = src.name
+    if layout is None:
+        target = staging / _FILE_NAMES[fmt]
+        shutil.copyfile(src, target)
+        return target
+    with safezip.open_zip(src, label) as archive:
+        members = safezip.checked_members(archive, label)
+        if fmt in (TORCHSCRIPT, EXPORTED):
+            # torch reads these archives itself; decompress once to enforce the size cap
+            safezip.stream_check(archive, members, label, max_unpacked)
+            target = staging / _FILE_NAMES[fmt]
+            shutil.copyfile(src, target)
+            return target
+        folder = staging / ("hf" if fmt == HF else "onnx")
+        folder.mkdir()
+        safezip.safe_extract(archive, members, folder, label, max_unpacked, strip_prefix=layout.root)
+    if fmt == HF:
+        return folder
+    assert layout.onnx_member is not None
+    return folder / PurePosixPath(layout.onnx_member).name
+
+
+def _inspect(model_path: Path, fmt: str, label: str, input_spec: str | None,
+             seq_len: int | None) -> tuple[InputSpec, dict[str, Any]]:
+    explicit = InputSpec.parse(input_spec, seq_len) if input_spec else None
+    found: InputSpec | None
+    if fmt == ONNX:
+        found, info = inspect_onnx(model_path, label)
+    else:
+        from engine import modules
+
+        found, info = modules.inspect_torch(model_path, fmt, label)
+    if explicit is not None:
+        if found is not None:
+            _check_explicit(explicit, found, label)
+        spec = explicit.with_outputs(found.outputs) if found is not None else explicit
+    elif found is not None:
+        spec = found
+    else:
+        raise UserError(
+            f"{label}: the model stores no example inputs; give them with --input-spec 'x:float32[B,3,224,224]'"
+        )
+    if seq_len is not None:
+        spec = spec.with_seq_len(seq_len)
+    if fmt != ONNX:
+        from engine import modules
+
+        module = modules.load_module(model_path, fmt, spec)
+        spec = spec.with_outputs(modules.probe_outputs(module, spec, label))
+    return spec, info
+
+
+def _check_explicit(explicit: InputSpec, found: InputSpec, label: str) -> None:
+    """An explicit spec must agree with what the model declares (count, rank, fixed dims)."""
+    if len(explicit.inputs) != len(found.inputs):
+        raise UserError(
+            f"{label}: --input-spec gives {len(explicit.inputs)} inputs but the model takes "
+            f"{len(found.inputs)} ({found.describe()})"
+        )
+    for mine, theirs in zip(explicit.inputs, found.inputs, strict=True):
+        if len(mine.shape) != len(theirs.shape):
+            raise UserError(
+                f"{label}: --input-spec '{mine.describe()}' has rank {len(mine.shape)} but the model's "
+                f"input '{theirs.name}' is {theirs.describe()}"
+            )
+        for a, b in zip(mine.shape, theirs.shape, strict=True):
+            if isinstance(a, int) and isinstance(b, int) and a != b:
+                raise UserError(
+                    f"{label}: --input-spec '{mine.describe()}' does not match the model's input "
+                    f"{theirs.describe()}"
+                )
+
+
+# --- ONNX -------------------------------------------------------------------------------------
+
+_ONNX_DTYPES = {1: "float32", 2: "uint8", 3: "int8", 5: "int16", 6: "int32", 7: "int64", 9: "bool",
+                10: "float16", 11: "float64", 16: "bfloat16"}
+
+
+def inspect_onnx(path: Path, label: str) -> tuple[InputSpec, dict[str, Any]]:
+    """Parse and check an ONNX file (external data must stay inside its folder); read its spec."""
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except (DecodeError, ValueError, RuntimeError, OSError) as exc:
+        raise UserError(f"{label}: not a valid ONNX model (truncated or corrupt: {exc}); export it again") from exc
+    if not model.graph.node and not model.graph.input:
+        raise UserError(f"{label}: not a valid ONNX model (no graph); export it again")
+    _check_external_data(model, path.parent, label)
+    try:
+        onnx.checker.check_model(str(path))
+    except (onnx.checker.ValidationError, ValueError) as exc:
+        raise UserError(f"{label}: ONNX model fails the checker ({str(exc).splitlines()[0]}); export it again") from exc
+    graph = model.graph
+    initializers = {i.name for i in graph.initializer}
+    gather_ranges = _gather_index_ranges(model)
+    inputs = []
+    for vi in graph.input:
+        if vi.name in initializers:
+            continue
+        inputs.append(_value_info_spec(vi, gather_ranges.get(vi.name), label))
+    outputs = tuple(_value_info_spec(vi, None, label) for vi in graph.output)
+    params = sum(int(_numel(t.dims)) for t in graph.initializer)
+    info = {
+        "opset": max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=None),
+        "ir_version": model.ir_version,
+        "producer": f"{model.producer_name} {model.producer_version}".strip(),
+        "parameters": params,
+        "external_data": any(_is_external(t) for t in graph.initializer),
+    }
+    return InputSpec(tuple(inputs), outputs), info
+
+
+def _numel(dims: Any) -> int:
+    n = 1
+    for d in dims:
+        n *= int(d)
+    return n
+
+
+def _is_external(tensor: Any) -> bool:
+    return bool(tensor.data_location == 1)  # TensorProto.EXTERNAL
+
+
+def _check_external_data(model: Any, folder: Path, label: str) -> None:
+    root = folder.resolve()
+    for tensor in model.graph.initializer:
+        if not _is_external(tensor):
+            continue
+        location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+        target = (root / location).resolve()
+        if not location or root not in target.parents:
+            raise UserError(
+                f"{label}: external data '{location}' of tensor '{tensor.name}' lies outside the model's "
+                "folder; keep the data files beside the .onnx file"
+            )
+        if not target.is_file():
+            raise UserError(
+                f"{label}: external data file '{location}' is missing; upload a zip holding the .onnx "
+                "file and its data files"
+            )
+
+
+def _value_info_spec(vi: Any, value_range: tuple[int, int] | None, label: str) -> TensorSpec:
+    ttype = vi.type.tensor_type
+    dtype = _ONNX_DTYPES.get(ttype.elem_type)
+    if dtype is None:
+        raise UserError(f"{label}: input/output '{vi.name}' has an unsupported element type {ttype.elem_type}")
+    dims: list[int | str] = []
+    for i, d in enumerate(ttype.shape.dim):
+        if d.HasField("dim_value") and d.dim_value > 0:
+            dims.append(int(d.dim_value))
+        else:
+            dims.append(BATCH_AXIS if i == 0 else (d.dim_param or f"dim{i}"))
+    if value_range is None and dtype.startswith(("int", "uint")):
+        value_range = (0, 2) if "mask" in vi.name.lower() or "type" in vi.name.lower() else (0, 100)
+    return TensorSpec(vi.name, dtype, tuple(dims), value_range)
+
+
+def _gather_index_ranges(model: Any) -> dict[str, tuple[int, int]]:
+    """Integer inputs used as Gather indices into an initializer (an embedding): range [0, rows)."""
+    sizes = {t.name: int(t.dims[0]) for t in model.graph.initializer if len(t.dims) >= 1}
+    ranges: dict[str, tuple[int, int]] = {}
+    for node in model.graph.node:
+        if node.op_type == "Gather" and len(node.input) == 2 and node.input[0] in sizes:
+            rows = sizes[node.input[0]]
+            previous = ranges.get(node.input[1])
+            ranges[node.input[1]] = (0, min(rows, previous[1]) if previous else rows)
+    return ranges

@@ -1,0 +1,168 @@
+"""Sample, calibration, training and evaluation inputs: from a user's .npz or synthesized from the spec."""
+
+from __future__ import annotations
+
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from engine.errors import UserError
+from engine.specs import DEFAULT_SEQ_LEN, InputSpec
+
+SPLITS = ("train", "calib", "eval")
+LABELS = "labels"
+DEFAULT_SEED = 0
+# Without data, this many synthetic samples make the evaluation (fidelity) and calibration sets.
+SYNTHETIC_EVAL = 64
+SYNTHETIC_CALIB = 64
+
+
+@dataclass
+class Dataset:
+    """Named input arrays per split (first axis = samples); `labels` per split where given."""
+
+    splits: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    labels: dict[str, np.ndarray] = field(default_factory=dict)
+    synthetic: bool = False
+
+    def split(self, name: str) -> dict[str, np.ndarray]:
+        """The split's inputs; a missing split falls back to the unprefixed arrays."""
+        if name in self.splits:
+            return self.splits[name]
+        return self.splits.get("", {})
+
+    def split_labels(self, name: str) -> np.ndarray | None:
+        if name in self.splits:
+            return self.labels.get(name)
+        return self.labels.get("")
+
+    def has(self, name: str) -> bool:
+        return name in self.splits or "" in self.splits
+
+
+def _count(arrays: dict[str, np.ndarray]) -> int:
+    return next(iter(arrays.values())).shape[0] if arrays else 0
+
+
+def load_npz(path: str | Path, spec: InputSpec) -> Dataset:
+    """Load a user's .npz (never pickles) and check it against the spec."""
+    src = Path(path)
+    label = src.name
+    if not src.is_file():
+        raise UserError(f"{src}: no such data file; give an .npz made with numpy.savez")
+    try:
+        npz = np.load(src, allow_pickle=False)
+    except (ValueError, OSError, zipfile.BadZipFile) as exc:
+        raise UserError(f"{label}: not a readable .npz ({exc}); save it with numpy.savez") from exc
+    dataset = Dataset()
+    with npz:
+        for key in npz.files:
+            prefix, _, name = key.rpartition("/")
+            if prefix and prefix not in SPLITS:
+                raise UserError(f"{label}: array '{key}' has an unknown split '{prefix}'; use train/, calib/ or eval/")
+            try:
+                array = npz[key]
+            except ValueError as exc:
+                raise UserError(
+                    f"{label}: array '{key}' holds Python objects, which are not loaded (no pickles); "
+                    "store plain numeric arrays"
+                ) from exc
+            if array.dtype == object:
+                raise UserError(f"{label}: array '{key}' holds Python objects; store plain numeric arrays")
+            if name == LABELS:
+                dataset.labels[prefix] = array
+            else:
+                dataset.splits.setdefault(prefix, {})[name] = array
+    if not dataset.splits:
+        raise UserError(f"{label}: no input arrays; name them after the model's inputs ({', '.join(spec.names)})")
+    for prefix, arrays in dataset.splits.items():
+        _check_split(arrays, dataset.labels.get(prefix), spec, f"{label}: {prefix or 'data'}")
+    for prefix in dataset.labels:
+        if prefix not in dataset.splits:
+            raise UserError(f"{label}: '{prefix + '/' if prefix else ''}labels' has no input arrays beside it")
+    return dataset
+
+
+def _check_split(arrays: dict[str, np.ndarray], labels: np.ndarray | None, spec: InputSpec, where: str) -> None:
+    names = set(spec.names)
+    unknown = sorted(set(arrays) - names)
+    if unknown:
+        raise UserError(f"{where}: arrays {unknown} match no model input; the inputs are {sorted(names)}")
+    missing = sorted(names - set(arrays))
+    if missing:
+        raise UserError(f"{where}: missing arrays for inputs {missing}")
+    counts = {a.shape[0] if a.ndim else 0 for a in arrays.values()}
+    if len(counts) != 1 or 0 in counts:
+        raise UserError(f"{where}: arrays must share a non-empty first (sample) axis; got {sorted(counts)}")
+    for tensor in spec.inputs:
+        array = arrays[tensor.name]
+        if array.ndim != len(tensor.shape):
+            raise UserError(
+                f"{where}: '{tensor.name}' has shape {array.shape}, the model expects {tensor.describe()}"
+            )
+        for have, want in zip(array.shape[1:], tensor.shape[1:], strict=True):
+            if isinstance(want, int) and have != want:
+                raise UserError(
+                    f"{where}: '{tensor.name}' has shape {array.shape}, the model expects {tensor.describe()}"
+                )
+        if not np.can_cast(array.dtype, np.dtype(tensor.dtype), casting="same_kind"):
+            raise UserError(f"{where}: '{tensor.name}' is {array.dtype}, the model expects {tensor.dtype}")
+    if labels is not None and labels.shape[0] != counts.pop():
+        raise UserError(f"{where}: labels has {labels.shape[0]} rows, the inputs have a different count")
+
+
+def synthesize(spec: InputSpec, count: int, seed: int = DEFAULT_SEED) -> dict[str, np.ndarray]:
+    """`count` samples per input from a fixed seed: normal floats, integers inside their range."""
+    rng = np.random.default_rng(seed)
+    out: dict[str, np.ndarray] = {}
+    for tensor in spec.inputs:
+        # the first axis counts samples whether or not the model fixes its batch size
+        per_sample = [d if isinstance(d, int) else (spec.seq_len or DEFAULT_SEQ_LEN) for d in tensor.shape[1:]]
+        shape = (count, *per_sample)
+        if tensor.value_range is not None:
+            low, high = tensor.value_range
+            out[tensor.name] = rng.integers(low, high, size=shape).astype(tensor.dtype)
+        elif tensor.dtype == "bool":
+            out[tensor.name] = rng.integers(0, 2, size=shape).astype(bool)
+        else:
+            out[tensor.name] = rng.standard_normal(size=shape).astype(np.float32).astype(
+                "float32" if tensor.dtype == "bfloat16" else tensor.dtype
+            )
+    return out
+
+
+def conform(arrays: dict[str, np.ndarray], spec: InputSpec) -> dict[str, np.ndarray]:
+    """Cast arrays to the spec's dtypes, contiguous, in input order."""
+    return {t.name: np.ascontiguousarray(arrays[t.name], dtype=t.dtype) for t in spec.inputs}
+
+
+def take_batch(arrays: dict[str, np.ndarray], start: int, batch_size: int) -> dict[str, np.ndarray]:
+    """Samples [start, start+batch_size), wrapping around so every batch is full (fixed shapes)."""
+    n = _count(arrays)
+    index = (np.arange(start, start + batch_size) % n).astype(np.int64)
+    return {name: np.ascontiguousarray(a[index]) for name, a in arrays.items()}
+
+
+def eval_set(dataset: Dataset | None, spec: InputSpec, limit: int) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    """Inputs (at most `limit` samples) and labels for fidelity and the task metric."""
+    if dataset is not None and dataset.has("eval"):
+        arrays = dataset.split("eval")
+        labels = dataset.split_labels("eval")
+    else:
+        arrays, labels = synthesize(spec, min(limit, SYNTHETIC_EVAL)), None
+    n = min(limit, _count(arrays))
+    arrays = conform({k: v[:n] for k, v in arrays.items()}, spec)
+    return arrays, (labels[:n] if labels is not None else None)
+
+
+def calib_set(dataset: Dataset | None, spec: InputSpec, limit: int) -> dict[str, np.ndarray]:
+    """Calibration inputs: the calib split, else the data's sample inputs, else synthesized."""
+    if dataset is not None:
+        for name in ("calib", "", "train", "eval"):
+            if name in dataset.splits:
+                arrays = dataset.splits[name]
+                n = min(limit, _count(arrays))
+                return conform({k: v[:n] for k, v in arrays.items()}, spec)
+    return conform(synthesize(spec, min(limit, SYNTHETIC_CALIB), seed=DEFAULT_SEED + 1), spec)

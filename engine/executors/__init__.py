@@ -1,0 +1,1 @@
+"""Executors run jobs in isolated child processes (local now; a cluster executor later)."""

@@ -1,0 +1,132 @@
+"""Run one cell (or a study's reference outputs) in the current process: build, load, time, check accuracy."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engine.artifacts import ONNX, TORCHSCRIPT, Artifact
+from engine.data import Dataset, calib_set, eval_set, load_npz, take_batch
+from engine.errors import Unavailable
+from engine.measure import accuracy, latency, memory
+from engine.optimizations.base import Chain
+from engine.optimizations.build import BuildContext, build_variant
+from engine.plan import Cell, StudySettings
+from engine.runtimes import RuntimeSettings, Session, get
+
+Progress = Callable[[str, float], None]
+REFERENCE_FILE = "reference.npz"
+# Batch used to compute the reference outputs when the model does not fix one.
+REFERENCE_BATCH = 8
+
+
+def _dataset(model: Artifact, data_path: str | None) -> Dataset | None:
+    return load_npz(data_path, model.spec) if data_path else None
+
+
+def run_batches(session: Session, inputs: dict[str, np.ndarray], batch_size: int) -> list[np.ndarray]:
+    """Outputs for every sample, in full batches (the last one wraps around and is trimmed)."""
+    n = next(iter(inputs.values())).shape[0]
+    chunks: list[list[np.ndarray]] = []
+    for start in range(0, n, batch_size):
+        prepared = session.prepare(take_batch(inputs, start, batch_size))
+        out = session.run(prepared)
+        session.synchronize()
+        arrays = session.fetch(out)
+        keep = min(batch_size, n - start)
+        chunks.append([a[:keep] for a in arrays])
+    return [np.concatenate([c[i] for c in chunks]) for i in range(len(chunks[0]))]
+
+
+def compute_reference(study_dir: Path, model: Artifact, data_path: str | None, settings: StudySettings,
+                      progress: Progress) -> dict[str, Any]:
+    """fp32 outputs of the original model on the evaluation inputs, saved once for the whole study."""
+    progress("reference outputs", 0.0)
+    dataset = _dataset(model, data_path)
+    inputs, labels = eval_set(dataset, model.spec, settings.eval_samples)
+    runtime_id, options = ("onnxruntime", {"graph_optimization_level": "disable"}) if model.format == ONNX else (
+        ("torchscript", {"freeze": False}) if model.format == TORCHSCRIPT else ("torch", {}))
+    runtime = get(runtime_id)(RuntimeSettings(settings.threads, options))
+    ctx = BuildContext(model.spec)
+    variant = build_variant(model, Chain(()), runtime.consumes, ctx)
+    with runtime.load(variant) as session:
+        outputs = run_batches(session, inputs, model.spec.fixed_batch or REFERENCE_BATCH)
+    payload = {f"input/{k}": v for k, v in inputs.items()}
+    payload.update({f"output/{i}": o for i, o in enumerate(outputs)})
+    if labels is not None:
+        payload["labels"] = labels
+    np.savez(study_dir / REFERENCE_FILE, **payload)  # type: ignore[arg-type]
+    progress("reference outputs", 1.0)
+    return {"runtime": runtime_id, "samples": int(next(iter(inputs.values())).shape[0]),
+            "synthetic": dataset is None or not dataset.has("eval"), "labels": labels is not None}
+
+
+def load_reference(study_dir: Path) -> tuple[dict[str, np.ndarray], list[np.ndarray], np.ndarray | None]:
+    with np.load(study_dir / REFERENCE_FILE, allow_pickle=False) as npz:
+        inputs = {k.split("/", 1)[1]: npz[k] for k in npz.files if k.startswith("input/")}
+        count = sum(1 for k in npz.files if k.startswith("output/"))
+        outputs = [npz[f"output/{i}"] for i in range(count)]
+        labels = npz["labels"] if "labels" in npz.files else None
+    return inputs, outputs, labels
+
+
+def run_cell(study_dir: Path, model: Artifact, cell: Cell, settings: StudySettings, data_path: str | None,
+             progress: Progress) -> dict[str, Any]:
+    """Build the cell's variant, load it, time it and compare its outputs with the reference."""
+    runtime_cls = get(cell.runtime)
+    ok, why = runtime_cls.available()
+    if not ok:
+        raise Unavailable(why or f"{cell.runtime} is unavailable")
+    runtime = runtime_cls(RuntimeSettings(settings.threads, settings.runtime_options.get(cell.runtime, {})))
+    dataset = _dataset(model, data_path)
+    calibration_source = "the calib split" if dataset is not None and "calib" in dataset.splits else (
+        "the sample data" if dataset is not None else "synthesized inputs")
+    ctx = BuildContext(
+        model.spec, runtime_cls.device,
+        calibration_data=lambda n: calib_set(dataset, model.spec, n),
+        calibration_source=calibration_source, progress=progress,
+    )
+    progress("building variant", 0.0)
+    variant = build_variant(model, cell.parsed_chain(), runtime_cls.consumes, ctx)
+    inputs, reference, labels = load_reference(study_dir)
+    feeds = take_batch(inputs, 0, cell.batch_size)
+
+    progress("loading", 0.0)
+    t0 = time.perf_counter()
+    session = runtime.load(variant)
+    load_s = time.perf_counter() - t0
+    with session:
+        prepared = session.prepare(feeds)
+        t0 = time.perf_counter()
+        session.run(prepared)
+        session.synchronize()
+        first_run_ms = (time.perf_counter() - t0) * 1e3
+        samples = latency.measure(session, prepared, settings.measure, progress)
+        progress("accuracy", 0.0)
+        outputs = run_batches(session, inputs, cell.batch_size)
+        applied = dict(session.applied)
+    summary = latency.summarize(samples, cell.batch_size)
+    fidelity = accuracy.fidelity(reference, outputs)
+    notes = list(dict.fromkeys(variant.notes))
+    if variant.cached:
+        notes.append("variant taken from the build cache")
+    return {
+        **summary,
+        "load_s": load_s,
+        "first_run_ms": first_run_ms,
+        "peak_host_mb": memory.peak_host_mb(),
+        "peak_device_mb": None,
+        "model_size_mb": variant.size_bytes / 2**20,
+        "accuracy": {"fidelity": fidelity, "task": accuracy.task_metric(outputs, labels)},
+        "settings": {"threads": settings.threads, "device": runtime_cls.device, **applied,
+                     "warmup": settings.measure.warmup, "min_iterations": settings.measure.iterations,
+                     "min_seconds": settings.measure.min_seconds},
+        "notes": notes,
+        "build_s": variant.build_s,
+        "variant_path": str(variant.path) if variant.path else None,
+        "samples_ms": samples.astype(np.float32).tolist(),
+    }

@@ -1,0 +1,1 @@
+"""Measurement: latency, memory, accuracy and environment; runtimes never time themselves."""

@@ -1,0 +1,237 @@
+"""Torch-side loading of stored models: TorchScript, torch.export programs and Hugging Face folders.
+
+Imported only by code that needs torch (intake of torch formats, optimizations, runtimes).
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from engine.errors import UserError
+from engine.specs import BATCH_AXIS, INTEGER_DTYPES, InputSpec, TensorSpec
+
+# Hugging Face loading is local only: no hub access, no remote code.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+_TORCH_TO_NUMPY = {
+    torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16", torch.float64: "float64",
+    torch.int64: "int64", torch.int32: "int32", torch.int16: "int16", torch.int8: "int8", torch.uint8: "uint8",
+    torch.bool: "bool",
+}
+_NUMPY_TO_TORCH = {v: k for k, v in _TORCH_TO_NUMPY.items()}
+HF_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    return _NUMPY_TO_TORCH[name]
+
+
+def numpy_dtype_name(dtype: torch.dtype) -> str:
+    if dtype not in _TORCH_TO_NUMPY:
+        raise UserError(f"tensor dtype {dtype} is not supported")
+    return _TORCH_TO_NUMPY[dtype]
+
+
+class HFWrapper(torch.nn.Module):
+    """Calls a transformers model with positional tensors and returns plain tensors.
+
+    Returns the logits when the model has a head, else the last hidden state, so that every
+    runtime and exporter sees the same tuple-of-tensors signature.
+    """
+
+    def __init__(self, model: torch.nn.Module, input_names: list[str]) -> None:
+        super().__init__()
+        self.model = model
+        self.input_names = list(input_names)
+        # transformers names models with a head "<Arch>For<Task>"; bare encoders return hidden states
+        self.output_name = "logits" if "For" in type(model).__name__ else "last_hidden_state"
+
+    def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
+        out = self.model(**dict(zip(self.input_names, tensors, strict=True)), return_dict=True)
+        logits = getattr(out, "logits", None)
+        if logits is not None:
+            return logits
+        return out.last_hidden_state  # type: ignore[no-any-return]
+
+
+def load_module(path: Path, fmt: str, spec: InputSpec | None = None) -> torch.nn.Module:
+    """The model as an eval-mode torch module on the CPU."""
+    if fmt == "torchscript":
+        module = torch.jit.load(str(path), map_location="cpu")
+    elif fmt == "pt2":
+        # an exported program is traced in eval mode already and refuses .eval()
+        return torch.export.load(str(path)).module()
+    elif fmt == "hf":
+        model = load_hf(path)
+        names = spec.names if spec is not None else hf_input_names(model)
+        module = HFWrapper(model, names)
+    else:
+        raise UserError(f"format '{fmt}' has no torch module; it runs on ONNX runtimes only")
+    module.eval()
+    return module
+
+
+def load_hf(folder: Path) -> torch.nn.Module:
+    """A transformers model from config.json and *.safetensors; never remote code, never pickles."""
+    import transformers
+
+    try:
+        config = transformers.AutoConfig.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
+    except (OSError, ValueError, KeyError) as exc:
+        raise UserError(f"config.json cannot be read by transformers ({exc}); save it with save_pretrained") from exc
+    model_cls: Any = transformers.AutoModel
+    for arch in getattr(config, "architectures", None) or []:
+        candidate = getattr(transformers, arch, None)
+        if isinstance(candidate, type) and issubclass(candidate, transformers.PreTrainedModel):
+            model_cls = candidate
+            break
+    try:
+        model = model_cls.from_pretrained(
+            str(folder), config=config, local_files_only=True, use_safetensors=True, trust_remote_code=False
+        )
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise UserError(f"the Hugging Face model cannot be built from its safetensors ({exc})") from exc
+    model.eval()
+    return model  # type: ignore[no-any-return]
+
+
+def hf_input_names(model: torch.nn.Module) -> list[str]:
+    params = inspect.signature(model.forward).parameters
+    return [name for name in HF_INPUTS if name in params]
+
+
+def inspect_torch(path: Path, fmt: str, label: str) -> tuple[InputSpec | None, dict[str, Any]]:
+    """Load a torch-format model to read its spec (None without example inputs) and parameter count."""
+    try:
+        if fmt == "torchscript":
+            return _inspect_torchscript(path)
+        if fmt == "pt2":
+            return _inspect_exported(path)
+        return _inspect_hf(path)
+    except UserError:
+        raise
+    except (RuntimeError, ValueError, KeyError, OSError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"{label}: cannot be loaded as {fmt} ({first}); save it again") from exc
+
+
+def _param_count(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def _tensor_spec(name: str, tensor: Any, dims: list[int | str]) -> TensorSpec:
+    dtype = numpy_dtype_name(tensor.dtype) if isinstance(tensor, torch.Tensor) else str(tensor)
+    value_range = (0, 100) if dtype in INTEGER_DTYPES else None
+    return TensorSpec(name, dtype, tuple(dims), value_range)
+
+
+def _inspect_torchscript(path: Path) -> tuple[InputSpec | None, dict[str, Any]]:
+    module = torch.jit.load(str(path), map_location="cpu", _restore_shapes=True)
+    info: dict[str, Any] = {"parameters": _param_count(module)}
+    args = [a for a in module.forward.schema.arguments if a.name != "self"]
+    graph_inputs = list(module.graph.inputs())[1:]
+    tensors = []
+    for arg, value in zip(args, graph_inputs, strict=False):
+        ttype = value.type()
+        sizes = ttype.sizes() if hasattr(ttype, "sizes") else None
+        scalar = ttype.scalarType() if hasattr(ttype, "scalarType") else None
+        if not sizes or scalar is None:
+            return None, info
+        dtype = numpy_dtype_name(getattr(torch, scalar.lower()) if scalar != "Float" else torch.float32)
+        # Traced inputs record one concrete shape; the first axis is taken as the batch.
+        dims: list[int | str] = [BATCH_AXIS, *sizes[1:]]
+        tensors.append(_tensor_spec(arg.name, dtype, dims))
+    if not tensors:
+        return None, info
+    return InputSpec(tuple(tensors)), info
+
+
+def _inspect_exported(path: Path) -> tuple[InputSpec | None, dict[str, Any]]:
+    program = torch.export.load(str(path))
+    info: dict[str, Any] = {"parameters": sum(int(t.numel()) for t in program.state_dict.values())}
+    names = list(program.graph_signature.user_inputs)
+    placeholders = {n.name: n for n in program.graph.nodes if n.op == "placeholder"}
+    tensors = []
+    for name in names:
+        node = placeholders.get(name)
+        val = node.meta.get("val") if node is not None else None
+        if not isinstance(val, torch.Tensor):
+            return None, info
+        dims: list[int | str] = []
+        for i, d in enumerate(val.shape):
+            if isinstance(d, torch.SymInt):
+                dims.append(BATCH_AXIS if i == 0 else str(d))
+            else:
+                dims.append(int(d))
+        tensors.append(_tensor_spec(name, val, dims))
+    if not tensors:
+        return None, info
+    return InputSpec(tuple(tensors)), info
+
+
+def _inspect_hf(folder: Path) -> tuple[InputSpec, dict[str, Any]]:
+    config_path = folder / "config.json"
+    config = json.loads(config_path.read_text())
+    model = load_hf(folder)
+    names = hf_input_names(model)
+    if "input_ids" not in names:
+        raise UserError(
+            f"the Hugging Face model {type(model).__name__} does not take input_ids; only text encoders "
+            "and classifiers are supported for now"
+        )
+    vocab = int(config.get("vocab_size") or 0)
+    if vocab <= 0:
+        raise UserError("config.json has no vocab_size; it is needed to make valid token ids")
+    ranges = {
+        "input_ids": (0, vocab),
+        "attention_mask": (1, 2),  # all tokens attended: padding patterns are the user's data to give
+        "token_type_ids": (0, max(1, int(config.get("type_vocab_size") or 1))),
+    }
+    tensors = tuple(
+        TensorSpec(name, "int64", (BATCH_AXIS, "sequence"), ranges[name]) for name in names
+    )
+    max_pos = int(config.get("max_position_embeddings") or 0)
+    info = {
+        "parameters": _param_count(model),
+        "architecture": type(model).__name__,
+        "model_type": config.get("model_type"),
+        "max_position_embeddings": max_pos or None,
+    }
+    return InputSpec(tensors), info
+
+
+def probe_outputs(module: torch.nn.Module, spec: InputSpec, label: str) -> tuple[TensorSpec, ...]:
+    """Run the module once on synthetic inputs to check the spec fits and to read its outputs."""
+    args = example_tensors(spec, 2)
+    try:
+        with torch.inference_mode():
+            out = module(*args)
+    except (RuntimeError, TypeError, ValueError, IndexError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise UserError(
+            f"{label}: the model does not run on inputs {spec.describe()} ({first}); fix --input-spec"
+        ) from exc
+    outputs = out if isinstance(out, (tuple, list)) else (out,)
+    if not all(isinstance(o, torch.Tensor) for o in outputs):
+        raise UserError(f"{label}: the model returns {type(out).__name__}, not tensors; return a tensor or a tuple")
+    single = getattr(module, "output_name", None)
+    names = [single] if single and len(outputs) == 1 else [f"output_{i}" for i in range(len(outputs))]
+    return tuple(
+        TensorSpec(name, numpy_dtype_name(o.dtype), (BATCH_AXIS, *o.shape[1:]) if o.dim() else ())
+        for name, o in zip(names, outputs, strict=True)
+    )
+
+
+def example_tensors(spec: InputSpec, batch_size: int, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    """Synthetic torch inputs matching the spec, for tracing and export."""
+    from engine.data import synthesize
+
+    arrays = synthesize(spec, batch_size, seed=seed)
+    return tuple(torch.from_numpy(arrays[name]) for name in spec.names)

@@ -1,0 +1,219 @@
+"""Optimization registry: ids, typed configs, declared capabilities, and chain parsing."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal, get_args, get_origin
+
+from engine.errors import UserError
+
+# Stages run in this order inside a chain: torch-level passes need the nn.Module and data;
+# conversion to the runtime's format happens between the stages; format passes rewrite that format.
+Stage = Literal["torch", "convert", "format"]
+STAGE_ORDER = {"torch": 0, "convert": 1, "format": 2}
+# Working formats an implementation can rewrite: "torch" (an nn.Module) or "onnx".
+WorkFormat = Literal["torch", "onnx"]
+
+
+@dataclass(frozen=True)
+class OptConfig:
+    """Base of every optimization's parameters: frozen, validated, JSON round-tripping."""
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> OptConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise UserError(f"unknown parameter(s) {unknown}; known: {sorted(names)}")
+        return cls(**data)
+
+    def suffix(self) -> str:
+        """The non-default parameters as `k=v,...` for the canonical variant name."""
+        defaults = type(self)()
+        parts = [
+            f"{f.name}={_fmt(getattr(self, f.name))}"
+            for f in dataclasses.fields(self)
+            if getattr(self, f.name) != getattr(defaults, f.name)
+        ]
+        return ",".join(parts)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, tuple):
+        return "|".join(str(v) for v in value)
+    return str(value)
+
+
+@dataclass(frozen=True)
+class Optimization:
+    """A registered optimization and what it can do, declared as data (no heavy imports)."""
+
+    id: str
+    stage: Stage
+    config: type[OptConfig]
+    formats: frozenset[str]
+    summary: str
+    # implementations keyed by working format: fn(target, config, context) -> target
+    impls: dict[str, Callable[..., Any]] = dataclasses.field(default_factory=dict, compare=False)
+    # runtime devices a torch implementation needs (e.g. fp16 eager needs CUDA); empty = any
+    torch_devices: frozenset[str] = frozenset()
+
+
+REGISTRY: dict[str, Optimization] = {}
+
+
+def register(opt_id: str, *, stage: Stage, config: type[OptConfig], formats: tuple[str, ...], summary: str,
+             torch_devices: tuple[str, ...] = ()) -> Optimization:
+    if opt_id in REGISTRY:
+        raise ValueError(f"optimization '{opt_id}' is registered twice")
+    opt = Optimization(opt_id, stage, config, frozenset(formats), summary, torch_devices=frozenset(torch_devices))
+    REGISTRY[opt_id] = opt
+    return opt
+
+
+def implementation(opt_id: str, fmt: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator registering the implementation of `opt_id` for one working format."""
+
+    def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
+        opt = REGISTRY[opt_id]
+        if fmt not in opt.formats:
+            raise ValueError(f"{opt_id} does not declare format {fmt}")
+        opt.impls[fmt] = fn
+        return fn
+
+    return wrap
+
+
+@dataclass(frozen=True)
+class Step:
+    """One optimization of a chain with its parameters."""
+
+    id: str
+    config: OptConfig
+
+    @property
+    def opt(self) -> Optimization:
+        return REGISTRY[self.id]
+
+    @property
+    def name(self) -> str:
+        suffix = self.config.suffix()
+        return f"{self.id}:{suffix}" if suffix else self.id
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "config": self.config.to_json()}
+
+
+@dataclass(frozen=True)
+class Chain:
+    """A variant: optimizations in stage order; the empty chain is the baseline."""
+
+    steps: tuple[Step, ...]
+    BASELINE: ClassVar[str] = "baseline"
+
+    @property
+    def name(self) -> str:
+        return "+".join(s.name for s in self.steps) if self.steps else self.BASELINE
+
+    def stage(self, stage: Stage) -> tuple[Step, ...]:
+        return tuple(s for s in self.steps if s.opt.stage == stage)
+
+    def to_json(self) -> list[dict[str, Any]]:
+        return [s.to_json() for s in self.steps]
+
+
+def parse_step(text: str) -> Step:
+    """`id` or `id:v1,k=v2` — a bare value fills the first parameter."""
+    opt_id, _, params = text.strip().partition(":")
+    opt_id = opt_id.strip()
+    if opt_id not in REGISTRY:
+        raise UserError(f"unknown optimization '{opt_id}'; known: {', '.join(sorted(REGISTRY))}")
+    opt = REGISTRY[opt_id]
+    fields = [f for f in dataclasses.fields(opt.config)]
+    values: dict[str, Any] = {}
+    for i, item in enumerate(p for p in params.split(",") if p.strip()):
+        key, eq, raw = item.partition("=")
+        if not eq:
+            if i > 0 or not fields:
+                raise UserError(f"'{text}': write parameters as key=value after the first one")
+            key, raw = fields[0].name, item
+        key = key.strip()
+        field = next((f for f in fields if f.name == key), None)
+        if field is None:
+            known = ", ".join(f.name for f in fields) or "none"
+            raise UserError(f"'{text}': unknown parameter '{key}' for {opt_id} (known: {known})")
+        values[key] = _coerce(opt.config, field, raw.strip(), text)
+    try:
+        config = opt.config(**values)
+    except (ValueError, TypeError) as exc:
+        raise UserError(f"'{text}': {exc}") from exc
+    return Step(opt_id, config)
+
+
+def _coerce(owner: type, field: dataclasses.Field[Any], raw: str, text: str) -> Any:
+    hint = typing.get_type_hints(owner)[field.name]
+    origin = get_origin(hint)
+    try:
+        if hint is bool:
+            if raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if hint is int:
+            return int(raw)
+        if hint is float:
+            return float(raw)
+        if origin is Literal:
+            choices = get_args(hint)
+            match = next((c for c in choices if str(c).lower() == raw.lower()), None)
+            if match is None:
+                raise UserError(f"'{text}': {field.name}={raw} is not one of {', '.join(map(str, choices))}")
+            return match
+        if origin is tuple:
+            return tuple(v for v in raw.split("|") if v)
+        if origin in (types.UnionType, typing.Union) and type(None) in get_args(hint):
+            inner = next(a for a in get_args(hint) if a is not type(None))
+            if raw.lower() in ("none", "null", ""):
+                return None
+            return inner(raw)
+        return raw
+    except ValueError as exc:
+        raise UserError(f"'{text}': {field.name}={raw} is not a valid {getattr(hint, '__name__', hint)}") from exc
+
+
+def parse_chain(text: str) -> Chain:
+    """`prune-structured:0.5+distill+int8-static` → a Chain; `baseline` → the empty chain."""
+    text = text.strip()
+    if not text:
+        raise UserError("an empty variant; use 'baseline' or optimization ids joined with '+'")
+    if text == Chain.BASELINE:
+        return Chain(())
+    steps = tuple(parse_step(part) for part in text.split("+") if part.strip() != Chain.BASELINE)
+    ids = [s.id for s in steps]
+    if len(set(ids)) != len(ids):
+        raise UserError(f"'{text}': an optimization appears twice in the chain")
+    ranks = [STAGE_ORDER[s.opt.stage] for s in steps]
+    if ranks != sorted(ranks):
+        raise UserError(
+            f"'{text}': write torch-level passes (pruning, distillation) first, then onnx-export, then "
+            "format passes (quantization, fp16)"
+        )
+    return Chain(steps)
+
+
+def chain_from_json(data: list[dict[str, Any]]) -> Chain:
+    steps = []
+    for item in data:
+        opt = REGISTRY[item["id"]]
+        steps.append(Step(item["id"], opt.config.from_json(item["config"])))
+    return Chain(tuple(steps))

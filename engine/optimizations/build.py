@@ -1,0 +1,194 @@
+"""Build a variant: run a chain on a model for a target format, caching every ONNX/TorchScript step."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engine import __version__
+from engine.artifacts import ONNX, TORCHSCRIPT, Artifact, folder_size
+from engine.errors import NotApplicable
+from engine.optimizations.base import Chain, Step
+from engine.optimizations.export import OnnxExportConfig, to_onnx, to_torchscript
+from engine.paths import sub_dir
+from engine.specs import InputSpec
+
+# What a runtime consumes: an eager module, a TorchScript archive, or an ONNX file.
+TARGET_LABELS = {"torch": "PyTorch eager", "torchscript": "TorchScript", "onnx": "ONNX"}
+_VARIANT_JSON = "variant.json"
+
+
+@dataclass
+class BuildContext:
+    """What passes may need besides the model: the spec, data, the device, a place for notes."""
+
+    spec: InputSpec
+    device: str = "cpu"
+    calibration_data: Callable[[int], dict[str, np.ndarray]] | None = None
+    calibration_source: str = "synthesized inputs"
+    notes: list[str] = field(default_factory=list)
+    progress: Callable[[str, float], None] = lambda phase, fraction: None
+
+    def calibration(self, samples: int) -> dict[str, np.ndarray]:
+        from engine.data import calib_set
+
+        if self.calibration_data is not None:
+            return self.calibration_data(samples)
+        return calib_set(None, self.spec, samples)
+
+
+@dataclass
+class Variant:
+    """A built variant: its file (None for in-memory eager modules), size and the notes of its build."""
+
+    name: str
+    target: str
+    path: Path | None
+    size_bytes: int
+    notes: list[str]
+    build_s: float
+    cached: bool
+    module: Any = None  # the eager module for target "torch"
+    input_names: list[str] = field(default_factory=list)
+
+
+def not_applicable_reason(model_format: str, chain: Chain, target: str, device: str) -> str | None:
+    """Why this chain cannot be built for this target, from declared capabilities only (no imports)."""
+    for step in chain.stage("torch"):
+        if model_format == ONNX:
+            return f"{step.id} is a torch-level pass and needs a torch model; this model is ONNX"
+        if step.opt.torch_devices and device not in step.opt.torch_devices:
+            return f"{step.id} needs a {'/'.join(sorted(step.opt.torch_devices))} device"
+    if model_format == ONNX and target != "onnx":
+        return f"an ONNX model runs only on ONNX runtimes, not on {TARGET_LABELS[target]}"
+    if model_format == TORCHSCRIPT and target == "torch":
+        return "a TorchScript archive has no eager Python module; use the torchscript runtime"
+    if chain.stage("convert") and target != "onnx":
+        return f"onnx-export produces ONNX, which {TARGET_LABELS[target]} does not run"
+    work = "onnx" if target == "onnx" else "torch"
+    for step in chain.stage("format"):
+        if work not in step.opt.formats:
+            return f"{step.id} has no {TARGET_LABELS[target]} implementation"
+        if work == "torch" and step.opt.torch_devices and device not in step.opt.torch_devices:
+            needs = "/".join(sorted(step.opt.torch_devices)).upper()
+            return f"{step.id} in torch needs a {needs} device (CPU half-precision kernels are slow emulation)"
+    return None
+
+
+def _key(*parts: Any) -> str:
+    blob = json.dumps([__version__, *parts], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
+def _cached(key: str) -> tuple[Path, dict[str, Any]] | None:
+    folder = sub_dir("variants") / key
+    meta = folder / _VARIANT_JSON
+    if meta.is_file():
+        data = json.loads(meta.read_text())
+        return folder / data["file"], data
+    return None
+
+
+def _store(key: str, produce: Callable[[Path], None], file_name: str, meta: dict[str, Any]) -> Path:
+    """Build into a temp folder and rename it into place, so a crash never leaves half a variant."""
+    root = sub_dir("variants")
+    final = root / key
+    staging = Path(tempfile.mkdtemp(prefix=f".{key[:8]}-", dir=root))
+    try:
+        produce(staging / file_name)
+        for extra in staging.glob("preprocessed.onnx*"):
+            extra.unlink()
+        meta = {**meta, "file": file_name}
+        (staging / _VARIANT_JSON).write_text(json.dumps(meta, indent=1))
+        if final.exists():  # built meanwhile by another process: keep theirs
+            shutil.rmtree(staging)
+        else:
+            staging.rename(final)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return final / file_name
+
+
+def build_variant(model: Artifact, chain: Chain, target: str, ctx: BuildContext) -> Variant:
+    """The chain applied to the model for `target` ("torch", "torchscript" or "onnx")."""
+    reason = not_applicable_reason(model.format, chain, target, ctx.device)
+    if reason:
+        raise NotApplicable(reason)
+    start = time.perf_counter()
+    if target == "torch":
+        module = _torch_module(model, chain, ctx)
+        size = _state_size(module)
+        return Variant(chain.name, target, None if chain.steps else model.path, size, ctx.notes,
+                       time.perf_counter() - start, False, module, model.spec.names)
+    path, cached = _build_file(model, chain, target, ctx)
+    meta = path.parent / _VARIANT_JSON
+    size = folder_size(path.parent) - meta.stat().st_size if meta.is_file() else model.size_bytes
+    return Variant(chain.name, target, path, size, ctx.notes, time.perf_counter() - start, cached,
+                   input_names=model.spec.names)
+
+
+def _torch_module(model: Artifact, chain: Chain, ctx: BuildContext) -> Any:
+    from engine.modules import load_module
+
+    module = load_module(model.path, model.format, model.spec)
+    for step in (*chain.stage("torch"), *chain.stage("format")):
+        ctx.progress(f"building {step.id}", 0.0)
+        module = step.opt.impls["torch"](module, step.config, ctx)
+    return module
+
+
+def _state_size(module: Any) -> int:
+    """Serialized size of the module's state (what shipping it would cost)."""
+    import io
+
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(module.state_dict(), buffer)
+    return buffer.getbuffer().nbytes
+
+
+def _build_file(model: Artifact, chain: Chain, target: str, ctx: BuildContext) -> tuple[Path, bool]:
+    if target == ONNX and model.format == ONNX and not chain.steps:
+        return model.path, False  # the uploaded file itself
+    steps = list(chain.steps)
+    # the longest cached prefix wins; every built step is cached for the next chain that shares it
+    key = _key(model.sha256, target, [s.to_json() for s in steps], ctx.spec.to_json())
+    hit = _cached(key)
+    if hit is not None:
+        path, meta = hit
+        ctx.notes[:] = list(meta.get("notes", []))  # the cached chain's notes replace the partial ones
+        return path, True
+    if target == "torchscript":
+        module = _torch_module(model, chain, ctx)
+        path = _store(key, lambda dst: to_torchscript(module, ctx.spec, dst, ctx.notes), "model.pt",
+                      {"chain": chain.name, "target": target, "notes": ctx.notes})
+        return path, False
+    last = steps[-1] if steps else None
+    if last is not None and last.opt.stage == "format":
+        parent, _ = _build_file(model, Chain(tuple(steps[:-1])), target, ctx)
+        return _apply_onnx_pass(key, parent, last, chain, ctx), False
+    # torch passes (if any) then export; an explicit onnx-export step carries the export settings
+    export_cfg = last.config if last is not None and last.id == "onnx-export" else OnnxExportConfig()
+    assert isinstance(export_cfg, OnnxExportConfig)
+    ctx.progress("exporting to ONNX", 0.0)
+    module = _torch_module(model, Chain(chain.stage("torch")), ctx)
+    path = _store(key, lambda dst: to_onnx(module, ctx.spec, dst, export_cfg, ctx.notes), "model.onnx",
+                  {"chain": chain.name, "target": target, "notes": ctx.notes})
+    return path, False
+
+
+def _apply_onnx_pass(key: str, parent: Path, step: Step, chain: Chain, ctx: BuildContext) -> Path:
+    """Run one ONNX pass on the parent's file; the stored notes cover the whole chain so far."""
+    ctx.progress(f"building {step.id}", 0.0)
+    return _store(key, lambda dst: step.opt.impls["onnx"](parent, dst, step.config, ctx), "model.onnx",
+                  {"chain": chain.name, "target": "onnx", "notes": ctx.notes})

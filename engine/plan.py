@@ -1,0 +1,140 @@
+"""A study (model, variants, runtimes, batch sizes, settings) expanded into cells, each runnable or not and why."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from engine.errors import UserError
+from engine.measure.latency import MeasureSettings
+from engine.optimizations import parse_chain
+from engine.optimizations.base import Chain, chain_from_json
+from engine.optimizations.build import not_applicable_reason
+from engine.runtimes import REGISTRY as RUNTIMES
+from engine.runtimes import get as get_runtime
+from engine.specs import InputSpec
+
+DEFAULT_VARIANTS = ("baseline", "int8-dynamic", "fp16")
+DEFAULT_TIMEOUT_S = 600.0
+DEFAULT_EVAL_SAMPLES = 256
+
+
+def default_threads() -> int:
+    return max(1, os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
+class StudySettings:
+    """How every cell of a study is measured; stored with the study so it can be replayed."""
+
+    measure: MeasureSettings = field(default_factory=MeasureSettings)
+    threads: int = field(default_factory=default_threads)
+    timeout_s: float = DEFAULT_TIMEOUT_S
+    eval_samples: int = DEFAULT_EVAL_SAMPLES
+    runtime_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.threads < 1:
+            raise UserError(f"--threads must be at least 1, got {self.threads}")
+        if self.timeout_s <= 0:
+            raise UserError(f"--timeout must be positive, got {self.timeout_s}")
+        if self.eval_samples < 1:
+            raise UserError(f"eval samples must be at least 1, got {self.eval_samples}")
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> StudySettings:
+        return cls(
+            measure=MeasureSettings(**data["measure"]),
+            threads=int(data["threads"]),
+            timeout_s=float(data["timeout_s"]),
+            eval_samples=int(data["eval_samples"]),
+            runtime_options=dict(data.get("runtime_options", {})),
+        )
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One variant on one runtime at one batch size; `status` is "pending", "n/a" or "unavailable"."""
+
+    index: int
+    variant: str
+    chain: tuple[dict[str, Any], ...]
+    runtime: str
+    batch_size: int
+    status: str = "pending"
+    reason: str | None = None
+
+    @property
+    def runnable(self) -> bool:
+        return self.status == "pending"
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "chain": list(self.chain)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Cell:
+        return cls(**{**data, "chain": tuple(data["chain"])})
+
+    def parsed_chain(self) -> Chain:
+        return chain_from_json(list(self.chain))
+
+
+def parse_variants(items: list[str]) -> list[Chain]:
+    chains = [parse_chain(v) for v in items if v.strip()]
+    if not chains:
+        raise UserError("no variants given; use e.g. --variants baseline,int8-dynamic")
+    seen: set[str] = set()
+    unique = []
+    for chain in chains:
+        if chain.name not in seen:
+            seen.add(chain.name)
+            unique.append(chain)
+    return unique
+
+
+def parse_batch_sizes(text: str) -> list[int]:
+    try:
+        sizes = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError as exc:
+        raise UserError(f"--batch-sizes '{text}' must be integers separated by commas, e.g. 1,8") from exc
+    if not sizes or any(s < 1 for s in sizes):
+        raise UserError(f"--batch-sizes '{text}' must be positive integers, e.g. 1,8")
+    return sorted(set(sizes))
+
+
+def parse_runtimes(items: list[str] | None) -> list[str]:
+    """The named runtimes, or every available one when none are named."""
+    if not items:
+        return [rid for rid, cls in RUNTIMES.items() if cls.available()[0]]
+    ids = [r.strip() for r in items if r.strip()]
+    for rid in ids:
+        get_runtime(rid)
+    return list(dict.fromkeys(ids))
+
+
+def expand(model_format: str, spec: InputSpec, variants: list[Chain], runtimes: list[str],
+           batch_sizes: list[int]) -> list[Cell]:
+    """Every variant × runtime × batch size, with the reason a cell cannot run where it cannot."""
+    availability = {rid: get_runtime(rid).available() for rid in runtimes}
+    fixed = spec.fixed_batch
+    cells: list[Cell] = []
+    for chain in variants:
+        for rid in runtimes:
+            runtime = get_runtime(rid)
+            ok, why = availability[rid]
+            for batch in batch_sizes:
+                status, reason = "pending", None
+                if not ok:
+                    status, reason = "unavailable", why
+                else:
+                    na = not_applicable_reason(model_format, chain, runtime.consumes, runtime.device)
+                    if na is None and fixed is not None and batch != fixed:
+                        na = f"the model fixes its batch size to {fixed}; re-export it with a dynamic batch axis"
+                    if na is not None:
+                        status, reason = "n/a", na
+                cells.append(Cell(len(cells), chain.name, tuple(chain.to_json()), rid, batch, status, reason))
+    return cells

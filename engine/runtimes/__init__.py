@@ -1,0 +1,9 @@
+"""Runtimes: importing this package registers every runtime (heavy libraries load in load())."""
+
+# Registration order is listing order: torch runtimes first, then ONNX consumers.
+from engine.runtimes import torch_eager  # noqa: F401
+from engine.runtimes import onnxruntime  # noqa: F401
+from engine.runtimes import openvino  # noqa: F401
+from engine.runtimes.base import REGISTRY, Runtime, RuntimeSettings, Session, availability, get
+
+__all__ = ["REGISTRY", "Runtime", "RuntimeSettings", "Session", "availability", "get"]

@@ -1,0 +1,110 @@
+"""ONNX Runtime on the CPU, CUDA and TensorRT execution providers; never a silent CPU fallback."""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Any, ClassVar
+
+import numpy as np
+
+from engine.errors import Unavailable
+from engine.runtimes.base import Runtime, Session, register
+
+_LEVELS = ("disable", "basic", "extended", "all")
+
+
+class OrtSession(Session):
+    def __init__(self, session: Any) -> None:
+        super().__init__([i.name for i in session.get_inputs()])
+        self._session = session
+        self._outputs = [o.name for o in session.get_outputs()]
+
+    def _prepare(self, feeds: dict[str, np.ndarray]) -> Any:
+        return {n: np.ascontiguousarray(a) for n, a in feeds.items()}
+
+    def _run(self, prepared: Any) -> Any:
+        return self._session.run(self._outputs, prepared)
+
+    def _fetch(self, outputs: Any) -> list[np.ndarray]:
+        return [np.asarray(o, dtype=np.float32) if np.asarray(o).dtype.kind == "f" else np.asarray(o) for o in outputs]
+
+
+class _OrtRuntime(Runtime):
+    consumes = "onnx"
+    requires = ("onnxruntime",)
+    provider: ClassVar[str]
+
+    @classmethod
+    def available(cls) -> tuple[bool, str | None]:
+        if importlib.util.find_spec("onnxruntime") is None:
+            return False, "the Python package 'onnxruntime' is not installed"
+        if cls.provider == "CPUExecutionProvider":
+            return True, None
+        from engine.measure.devices import cuda_devices
+
+        gpus, why = cuda_devices()
+        if not gpus:
+            return False, why
+        import onnxruntime
+
+        if cls.provider not in onnxruntime.get_available_providers():
+            return False, (f"{cls.provider} is not in this onnxruntime build "
+                           f"({onnxruntime.__version__}); install onnxruntime-gpu from requirements-gpu.txt")
+        return True, None
+
+    def _provider_options(self) -> dict[str, Any]:
+        return {}
+
+    def load(self, variant: Any) -> Session:
+        import onnxruntime as ort
+
+        level = str(self.settings.option("graph_optimization_level", "all"))
+        if level not in _LEVELS:
+            raise ValueError(f"graph_optimization_level={level} is not one of {', '.join(_LEVELS)}")
+        options = ort.SessionOptions()
+        options.graph_optimization_level = {
+            "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        }[level]
+        options.intra_op_num_threads = self.settings.threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.log_severity_level = 3
+        providers: list[Any] = [(self.provider, self._provider_options())]
+        if self.provider != "CPUExecutionProvider":
+            providers.append("CPUExecutionProvider")  # for ops the GPU provider lacks; checked below
+        session = ort.InferenceSession(str(variant.path), sess_options=options, providers=providers)
+        active = session.get_providers()
+        if not active or active[0] != self.provider:
+            raise Unavailable(f"ONNX Runtime did not activate {self.provider} (active: {', '.join(active)})")
+        wrapped = OrtSession(session)
+        wrapped.applied.update({"providers": active, "graph_optimization_level": level,
+                                "inter_op_threads": 1, "onnxruntime": ort.__version__})
+        if self.provider != "CPUExecutionProvider":
+            wrapped.applied["host_device_copies_timed"] = True
+        return wrapped
+
+
+@register
+class OnnxRuntimeCpu(_OrtRuntime):
+    id = "onnxruntime"
+    provider = "CPUExecutionProvider"
+    summary = "ONNX Runtime, CPU execution provider"
+
+
+@register
+class OnnxRuntimeCuda(_OrtRuntime):
+    id = "onnxruntime-cuda"
+    device = "cuda"
+    provider = "CUDAExecutionProvider"
+    summary = "ONNX Runtime, CUDA execution provider"
+
+
+@register
+class OnnxRuntimeTensorRT(_OrtRuntime):
+    id = "onnxruntime-tensorrt"
+    device = "cuda"
+    provider = "TensorrtExecutionProvider"
+    summary = "ONNX Runtime, TensorRT execution provider"

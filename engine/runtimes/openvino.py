@@ -1,0 +1,66 @@
+"""OpenVINO on the CPU, reading the ONNX variant directly."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from engine.runtimes.base import Runtime, Session, register
+
+
+class OpenVinoSession(Session):
+    def __init__(self, compiled: Any, input_names: list[str]) -> None:
+        super().__init__(input_names)
+        self._compiled = compiled
+        self._request = compiled.create_infer_request()
+        self._outputs = list(compiled.outputs)
+        # A port may carry several tensor names (converters add aliases); feed by port index.
+        self._ports: dict[str, int] = {}
+        for index, port in enumerate(compiled.inputs):
+            for name in port.get_names():
+                self._ports[name] = index
+        unknown = [n for n in input_names if n not in self._ports]
+        if unknown:
+            raise ValueError(f"OpenVINO model has no inputs named {unknown}; it has {sorted(self._ports)}")
+
+    def _prepare(self, feeds: dict[str, np.ndarray]) -> Any:
+        import openvino as ov
+
+        # Tensors share the numpy memory, so run() does no input copy.
+        return {self._ports[n]: ov.Tensor(np.ascontiguousarray(a), shared_memory=True) for n, a in feeds.items()}
+
+    def _run(self, prepared: Any) -> Any:
+        self._request.infer(prepared, share_inputs=True, share_outputs=True)
+        return self._request
+
+    def _fetch(self, outputs: Any) -> list[np.ndarray]:
+        arrays = [np.array(outputs.get_tensor(o).data, copy=True) for o in self._outputs]
+        return [a.astype(np.float32) if a.dtype.kind == "f" else a for a in arrays]
+
+
+@register
+class OpenVinoCpu(Runtime):
+    id = "openvino"
+    consumes = "onnx"
+    summary = "OpenVINO, CPU plugin (latency hint, one stream)"
+    requires = ("openvino",)
+
+    def load(self, variant: Any) -> Session:
+        import openvino as ov
+
+        core = ov.Core()
+        model = core.read_model(str(variant.path))
+        config = {
+            "INFERENCE_NUM_THREADS": self.settings.threads,
+            "PERFORMANCE_HINT": "LATENCY",
+            "NUM_STREAMS": 1,
+        }
+        precision = self.settings.option("inference_precision", None)
+        if precision:
+            config["INFERENCE_PRECISION_HINT"] = precision
+        compiled = core.compile_model(model, "CPU", config)
+        session = OpenVinoSession(compiled, variant.input_names)
+        session.applied.update({"openvino": ov.__version__, "performance_hint": "LATENCY", "num_streams": 1,
+                                "inference_precision": str(compiled.get_property("INFERENCE_PRECISION_HINT"))})
+        return session

@@ -1,0 +1,99 @@
+"""PyTorch eager (inference_mode) and torch.compile (inductor; compile time counts as cold start)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from engine.runtimes.base import RuntimeSettings, Runtime, Session, register
+
+
+def set_torch_threads(settings: RuntimeSettings) -> None:
+    import torch
+
+    torch.set_num_threads(settings.threads)
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:  # already set once in this process; the value stays as it was
+        pass
+
+
+class TorchSession(Session):
+    def __init__(self, module: Any, input_names: list[str]) -> None:
+        import torch
+
+        super().__init__(input_names)
+        self._torch = torch
+        self.module = module
+        params = list(module.parameters()) if hasattr(module, "parameters") else []
+        floats = [p.dtype for p in params if p.dtype.is_floating_point]
+        self._float_dtype = floats[0] if floats else torch.float32
+        self.applied["dtype"] = str(self._float_dtype).replace("torch.", "")
+
+    def _prepare(self, feeds: dict[str, np.ndarray]) -> Any:
+        tensors = []
+        for name in self.input_names:
+            t = self._torch.from_numpy(np.ascontiguousarray(feeds[name]))
+            if t.dtype.is_floating_point and t.dtype != self._float_dtype:
+                t = t.to(self._float_dtype)
+            tensors.append(t)
+        return tuple(tensors)
+
+    def _run(self, prepared: Any) -> Any:
+        with self._torch.inference_mode():
+            return self.module(*prepared)
+
+    def _fetch(self, outputs: Any) -> list[np.ndarray]:
+        items = outputs if isinstance(outputs, (tuple, list)) else (outputs,)
+        return [o.detach().float().numpy() if o.dtype.is_floating_point else o.numpy() for o in items]
+
+
+@register
+class TorchEager(Runtime):
+    id = "torch"
+    consumes = "torch"
+    summary = "PyTorch eager mode under torch.inference_mode"
+    requires = ("torch",)
+
+    def load(self, variant: Any) -> Session:
+        set_torch_threads(self.settings)
+        return TorchSession(variant.module, variant.input_names)
+
+
+@register
+class TorchCompile(Runtime):
+    id = "torch-compile"
+    consumes = "torch"
+    summary = "torch.compile with the inductor backend (compile time is cold start)"
+    requires = ("torch",)
+
+    def load(self, variant: Any) -> Session:
+        import torch
+
+        set_torch_threads(self.settings)
+        mode = self.settings.option("compile_mode", "default")
+        compiled = torch.compile(variant.module, backend="inductor", mode=mode, dynamic=False)
+        session = TorchSession(compiled, variant.input_names)
+        session.applied.update({"backend": "inductor", "compile_mode": mode})
+        return session
+
+
+@register
+class TorchScriptRuntime(Runtime):
+    id = "torchscript"
+    consumes = "torchscript"
+    summary = "TorchScript archive (torch.jit.load, frozen for inference)"
+    requires = ("torch",)
+
+    def load(self, variant: Any) -> Session:
+        import torch
+
+        set_torch_threads(self.settings)
+        module = torch.jit.load(str(variant.path), map_location="cpu").eval()
+        freeze = bool(self.settings.option("freeze", True))
+        if freeze:
+            module = torch.jit.freeze(module)
+        session = TorchSession(module, variant.input_names)
+        session.applied["freeze"] = freeze
+        return session

@@ -1,0 +1,186 @@
+"""Input and output specifications: names, dtypes, shapes with named dynamic axes, integer ranges."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine.errors import UserError
+
+DTYPES = frozenset(
+    {"float32", "float16", "bfloat16", "float64", "int64", "int32", "int16", "int8", "uint8", "bool"}
+)
+INTEGER_DTYPES = frozenset({"int64", "int32", "int16", "int8", "uint8"})
+# The first dynamic axis of every input is the batch axis; other dynamic axes whose name looks like a
+# sequence length take `seq_len`.
+BATCH_AXIS = "batch"
+DEFAULT_SEQ_LEN = 128
+DEFAULT_INT_RANGE = (0, 100)
+
+Dim = int | str
+
+_SPEC_ITEM = re.compile(
+    r"^\s*(?P<name>[A-Za-z_][\w.\-/]*)\s*:\s*(?P<dtype>\w+)\s*\[(?P<shape>[^\]]*)\]"
+    r"\s*(?:\{\s*(?P<low>-?\d+)\s*,\s*(?P<high>-?\d+)\s*\})?\s*$"
+)
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One tensor: name, numpy dtype name, shape (ints are fixed, strings are named dynamic axes)."""
+
+    name: str
+    dtype: str
+    shape: tuple[Dim, ...]
+    # Half-open [low, high) range for integer inputs (token ids inside the vocabulary).
+    value_range: tuple[int, int] | None = None
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise UserError(
+                f"input '{self.name}' has dtype '{self.dtype}'; use one of {', '.join(sorted(DTYPES))}"
+            )
+        for d in self.shape:
+            if isinstance(d, int) and d < 0:
+                raise UserError(f"input '{self.name}' has a negative dimension {d}")
+        if self.value_range is not None and self.value_range[0] >= self.value_range[1]:
+            raise UserError(
+                f"input '{self.name}' has an empty value range {{{self.value_range[0]},{self.value_range[1]}}}"
+            )
+
+    @property
+    def dynamic_batch(self) -> bool:
+        return bool(self.shape) and isinstance(self.shape[0], str)
+
+    def concrete_shape(self, batch_size: int, seq_len: int | None = None) -> tuple[int, ...]:
+        """The shape for one batch: the first axis is the batch, named axes take `seq_len`."""
+        out: list[int] = []
+        for i, d in enumerate(self.shape):
+            if isinstance(d, int):
+                if i == 0 and d != batch_size:
+                    raise UserError(
+                        f"input '{self.name}' has a fixed batch dimension of {d}; "
+                        f"batch size {batch_size} cannot run (re-export with a dynamic batch axis)"
+                    )
+                out.append(d)
+            elif i == 0:
+                out.append(batch_size)
+            else:
+                out.append(seq_len if seq_len is not None else DEFAULT_SEQ_LEN)
+        return tuple(out)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "dtype": self.dtype,
+            "shape": list(self.shape),
+            "value_range": list(self.value_range) if self.value_range else None,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> TensorSpec:
+        vr = data.get("value_range")
+        return cls(
+            name=str(data["name"]),
+            dtype=str(data["dtype"]),
+            shape=tuple(data["shape"]),
+            value_range=(int(vr[0]), int(vr[1])) if vr else None,
+        )
+
+    def describe(self) -> str:
+        dims = ",".join(str(d) for d in self.shape)
+        rng = f"{{{self.value_range[0]},{self.value_range[1]}}}" if self.value_range else ""
+        return f"{self.name}:{self.dtype}[{dims}]{rng}"
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What a model takes and returns; outputs may be unknown (empty) until a first run."""
+
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...] = field(default=())
+    seq_len: int | None = None
+
+    def __post_init__(self) -> None:
+        if not self.inputs:
+            raise UserError("the model has no inputs; give them with --input-spec 'x:float32[B,3,224,224]'")
+        names = [t.name for t in self.inputs]
+        if len(set(names)) != len(names):
+            raise UserError(f"input names repeat in the spec: {', '.join(names)}")
+        if self.seq_len is not None and self.seq_len < 1:
+            raise UserError(f"--seq-len must be a positive integer, got {self.seq_len}")
+
+    @property
+    def names(self) -> list[str]:
+        return [t.name for t in self.inputs]
+
+    @property
+    def fixed_batch(self) -> int | None:
+        """The batch size every input fixes, or None when the batch axis is dynamic."""
+        fixed = {t.shape[0] for t in self.inputs if t.shape and isinstance(t.shape[0], int)}
+        return fixed.pop() if len(fixed) == 1 and all(not t.dynamic_batch for t in self.inputs) else None
+
+    def shapes(self, batch_size: int) -> dict[str, tuple[int, ...]]:
+        return {t.name: t.concrete_shape(batch_size, self.seq_len) for t in self.inputs}
+
+    def with_seq_len(self, seq_len: int | None) -> InputSpec:
+        return InputSpec(self.inputs, self.outputs, seq_len)
+
+    def with_outputs(self, outputs: tuple[TensorSpec, ...]) -> InputSpec:
+        return InputSpec(self.inputs, outputs, self.seq_len)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "inputs": [t.to_json() for t in self.inputs],
+            "outputs": [t.to_json() for t in self.outputs],
+            "seq_len": self.seq_len,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> InputSpec:
+        return cls(
+            inputs=tuple(TensorSpec.from_json(t) for t in data["inputs"]),
+            outputs=tuple(TensorSpec.from_json(t) for t in data.get("outputs", [])),
+            seq_len=data.get("seq_len"),
+        )
+
+    def describe(self) -> str:
+        return ";".join(t.describe() for t in self.inputs)
+
+    @classmethod
+    def parse(cls, text: str, seq_len: int | None = None) -> InputSpec:
+        """Parse `x:float32[B,3,224,224]; ids:int64[B,S]{0,30522}` (`;` separates inputs).
+
+        The first axis is the batch; a name stands for a dynamic axis; `{low,high}` is the
+        half-open value range of an integer input.
+        """
+        items = [part for part in text.split(";") if part.strip()]
+        if not items:
+            raise UserError("--input-spec is empty; write it like 'x:float32[B,3,224,224]'")
+        tensors = []
+        for item in items:
+            match = _SPEC_ITEM.match(item)
+            if not match:
+                raise UserError(
+                    f"cannot read input spec '{item.strip()}'; write it like 'x:float32[B,3,224,224]' "
+                    "or 'ids:int64[B,S]{0,30522}'"
+                )
+            dims: list[Dim] = []
+            raw_dims = [d.strip() for d in match["shape"].split(",") if d.strip()]
+            for i, d in enumerate(raw_dims):
+                if d.isdigit():
+                    dims.append(int(d))
+                elif re.fullmatch(r"[A-Za-z_]\w*", d):
+                    dims.append(BATCH_AXIS if i == 0 else d)
+                else:
+                    raise UserError(f"input spec '{item.strip()}' has a bad dimension '{d}'")
+            dtype = match["dtype"].lower()
+            value_range = None
+            if match["low"] is not None:
+                value_range = (int(match["low"]), int(match["high"]))
+            elif dtype in INTEGER_DTYPES:
+                value_range = DEFAULT_INT_RANGE
+            tensors.append(TensorSpec(match["name"], dtype, tuple(dims), value_range))
+        return cls(tuple(tensors), seq_len=seq_len)

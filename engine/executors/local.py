@@ -1,24 +1,30 @@
-"""Run a job in a fresh spawned child with a wall-clock limit; every ending becomes an Outcome, never a crash.
+"""Run a job in a fresh child process with a wall-clock limit; every ending becomes an Outcome, never a crash.
 
-The parent blocks in `multiprocessing.connection.wait` between the child's messages: it never
+The parent blocks in `multiprocessing.connection.wait` on the child's message pipe: it never
 polls in a loop, so the measured child keeps every core.
 """
 
 from __future__ import annotations
 
-import multiprocessing
+import json
 import os
+import shutil
 import signal
+import subprocess
+import sys
+import tempfile
 import time
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection, wait
+from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Any
 
+from engine.paths import sub_dir
+
 # Seconds between SIGTERM and SIGKILL when a child must stop.
 GRACE_S = 5.0
+_ROOT = Path(__file__).resolve().parents[2]
 
 ProgressFn = Callable[[str, float], None]
 
@@ -36,35 +42,8 @@ class Outcome:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _child_main(conn: Connection, task: str, payload: dict[str, Any], log_path: str) -> None:
-    """Entry point of the child: the one place that turns any exception into data."""
-    os.setsid()  # own process group, so a timeout can stop grandchildren too
-    log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    os.dup2(log_fd, 1)
-    os.dup2(log_fd, 2)
-
-    def progress(phase: str, fraction: float) -> None:
-        conn.send(("progress", phase, float(fraction)))
-
-    from engine.errors import NotApplicable, Unavailable, UserError
-
-    try:
-        result = _dispatch(task, payload, progress)
-        conn.send(("ok", result))
-    except NotApplicable as exc:
-        conn.send(("n/a", str(exc)))
-    except Unavailable as exc:
-        conn.send(("unavailable", str(exc)))
-    except UserError as exc:
-        conn.send(("failed", type(exc).__name__, str(exc), traceback.format_exc()))
-    except BaseException as exc:  # noqa: BLE001 - the child boundary records every failure as a row
-        message = str(exc).strip() or repr(exc)
-        conn.send(("failed", type(exc).__name__, message, traceback.format_exc()))
-    finally:
-        conn.close()
-
-
-def _dispatch(task: str, payload: dict[str, Any], progress: ProgressFn) -> dict[str, Any]:
+def dispatch(task: str, payload: dict[str, Any], progress: ProgressFn) -> dict[str, Any]:
+    """Run one task in this (child) process."""
     if task == "test":  # test-only tasks exercising each way a child can end
         from engine.executors import testing
 
@@ -84,67 +63,92 @@ def _dispatch(task: str, payload: dict[str, Any], progress: ProgressFn) -> dict[
     raise ValueError(f"unknown task '{task}'")
 
 
-def _stop_group(process: Any) -> None:
-    """SIGTERM the child's process group, then SIGKILL whatever is left after the grace period."""
-    for sig, grace in ((signal.SIGTERM, GRACE_S), (signal.SIGKILL, GRACE_S)):
-        try:
-            os.killpg(process.pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
-        process.join(grace)
-        if process.exitcode is not None:
-            # the leader is gone; make sure no grandchild survives it
-            try:
-                os.killpg(process.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-            return
+def _kill_group(pgid: int, sig: int = signal.SIGKILL) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _stop_group(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the child's process group, then SIGKILL it after the grace period."""
+    _kill_group(process.pid, signal.SIGTERM)
+    try:
+        process.wait(GRACE_S)
+    except subprocess.TimeoutExpired:
+        pass
+    _kill_group(process.pid, signal.SIGKILL)
+    process.wait()
 
 
 def run_child(task: str, payload: dict[str, Any], timeout_s: float, log_path: Path,
               progress: ProgressFn = lambda phase, fraction: None) -> Outcome:
-    """Run `task` in a spawned child and classify its end."""
-    ctx = multiprocessing.get_context("spawn")
-    parent_conn, child_conn = ctx.Pipe(duplex=False)
+    """Run `task` in a fresh interpreter (`python -m engine.executors.child`) and classify its end.
+
+    A fresh interpreter rather than multiprocessing's spawn: spawn re-runs the parent's __main__
+    in the child, which under Streamlit is the dashboard script.
+    """
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    process = ctx.Process(target=_child_main, args=(child_conn, task, payload, str(log_path)), daemon=False)
+    # libraries that drop temp files in the working directory (ONNX Runtime's shape inference does)
+    # write them into a scratch folder inside the data folder, removed afterwards
+    scratch = Path(tempfile.mkdtemp(prefix="job-", dir=sub_dir("tmp")))
+    read_fd, write_fd = os.pipe()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(_ROOT), os.environ.get("PYTHONPATH")]))}
     start = time.monotonic()
-    process.start()
-    child_conn.close()
-    deadline = start + timeout_s
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "engine.executors.child", task, str(write_fd)],
+            stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT, pass_fds=(write_fd,),
+            start_new_session=True,  # own process group, so a timeout stops grandchildren too
+            env=env, cwd=str(scratch),
+        )
+    os.close(write_fd)
     outcome: Outcome | None = None
     try:
-        while outcome is None:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                _stop_group(process)
-                outcome = Outcome("timeout", error=f"exceeded the time limit of {timeout_s:g} s")
-                break
-            ready = wait([parent_conn, process.sentinel], timeout=remaining)
-            if parent_conn in ready:
-                try:
-                    message = parent_conn.recv()
-                except (EOFError, OSError):
-                    process.join()
-                    outcome = _ended_without_result(process.exitcode)
-                    break
-                outcome = _handle(message, progress)
-            elif process.sentinel in ready:
-                # the child exited; a final message may still sit in the pipe
-                if parent_conn.poll(0):
-                    continue
-                process.join()
-                outcome = _ended_without_result(process.exitcode)
+        assert process.stdin is not None
+        try:
+            process.stdin.write(json.dumps(payload).encode())
+            process.stdin.close()
+        except BrokenPipeError:
+            pass  # the child died at start; classified below
+        outcome = _follow(process, read_fd, start + timeout_s, timeout_s, progress)
     finally:
-        process.join(GRACE_S)
-        if process.exitcode is None:
+        os.close(read_fd)
+        try:
+            process.wait(GRACE_S)
+        except subprocess.TimeoutExpired:
             _stop_group(process)
-        parent_conn.close()
+        _kill_group(process.pid)  # nothing of the job may outlive it
+        shutil.rmtree(scratch, ignore_errors=True)
     outcome.elapsed_s = time.monotonic() - start
     return outcome
 
 
-def _handle(message: tuple[Any, ...], progress: ProgressFn) -> Outcome | None:
+def _follow(process: subprocess.Popen[bytes], fd: int, deadline: float, timeout_s: float,
+            progress: ProgressFn) -> Outcome:
+    """Read the child's JSON-line messages until its result, its death or the deadline."""
+    buffer = b""
+    while True:
+        while b"\n" in buffer:
+            line, buffer = buffer.split(b"\n", 1)
+            outcome = _handle(json.loads(line), progress)
+            if outcome is not None:
+                return outcome
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            _stop_group(process)
+            return Outcome("timeout", error=f"exceeded the time limit of {timeout_s:g} s")
+        # blocks until a message, the child's exit (EOF on the pipe) or the deadline
+        if not wait([fd], timeout=remaining):
+            continue
+        chunk = os.read(fd, 1 << 16)
+        if not chunk:
+            process.wait()
+            return _ended_without_result(process.returncode)
+        buffer += chunk
+
+
+def _handle(message: list[Any], progress: ProgressFn) -> Outcome | None:
     kind = message[0]
     if kind == "progress":
         progress(message[1], message[2])

@@ -20,6 +20,7 @@ def run(payload: dict[str, Any], progress: Callable[[str, float], None]) -> dict
         os.kill(os.getpid(), signal.SIGSEGV)
     if mode == "sleep":
         time.sleep(float(payload.get("seconds", 3600)))
+        return {"slept": payload.get("seconds", 3600)}
     if mode == "spawn-and-sleep":
         # a grandchild that must not outlive the job
         pid = os.fork()

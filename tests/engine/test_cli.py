@@ -1,0 +1,205 @@
+"""`python -m engine`: bench end to end over every format and the demo, runtimes listing, bad input."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engine.__main__ import main
+
+ROOT = Path(__file__).resolve().parents[2]
+FAST = ["--iterations", "5", "--min-seconds", "0.05", "--warmup", "1", "--threads", "1", "--timeout", "300"]
+RESULT_KEYS = {"variant", "runtime", "batch_size", "status", "error", "latency_ms", "throughput_per_s", "load_s",
+               "first_run_ms", "peak_host_mb", "peak_device_mb", "model_size_mb", "accuracy", "settings", "notes"}
+
+
+def cli(*args: str, data_dir: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PARETOSCOPE_DATA_DIR": str(data_dir)}
+    return subprocess.run([sys.executable, "-m", "engine", *args], capture_output=True, text=True, cwd=ROOT,
+                          env=env, timeout=600, check=False)
+
+
+def bench(tmp_path: Path, model: str | Path, *args: str) -> dict:  # type: ignore[type-arg]
+    out_json = tmp_path / "results.json"
+    out = io.StringIO()
+    code = main(["bench", str(model), *FAST, *args, "--json", str(out_json)], out=out)
+    assert code == 0, out.getvalue()
+    results = json.loads(out_json.read_text())
+    assert {"study", "environment", "results"} <= set(results)
+    for row in results["results"]:
+        assert RESULT_KEYS <= set(row), set(RESULT_KEYS) - set(row)
+    return results
+
+
+def by_cell(results: dict) -> dict[tuple[str, str, int], dict]:  # type: ignore[type-arg]
+    return {(r["variant"], r["runtime"], r["batch_size"]): r for r in results["results"]}
+
+
+def test_runtimes_json_lists_gpu_runtimes_unavailable_with_reasons(data_dir: Path) -> None:
+    proc = cli("runtimes", "--json", data_dir=data_dir)
+    assert proc.returncode == 0, proc.stderr
+    rows = {r["id"]: r for r in json.loads(proc.stdout)}
+    for rid in ("torch", "torch-compile", "torchscript", "onnxruntime", "openvino"):
+        assert rows[rid]["available"], rows[rid]
+    for rid in ("onnxruntime-cuda", "onnxruntime-tensorrt"):
+        assert rows[rid]["available"] is False
+        assert rows[rid]["reason"]
+
+
+def test_bench_onnx_with_labels_records_every_field(tmp_path: Path, mlp_onnx: Path, mlp_npz: Path) -> None:
+    results = bench(tmp_path, mlp_onnx, "--variants", "baseline,int8-dynamic,int8-static",
+                    "--runtimes", "onnxruntime,torch", "--batch-sizes", "1,4", "--data", str(mlp_npz))
+    cells = by_cell(results)
+    assert len(cells) == 12
+    base = cells[("baseline", "onnxruntime", 4)]
+    assert base["status"] == "ok", base
+    lat = base["latency_ms"]
+    assert 0 < lat["min"] <= lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["max"]
+    assert lat["iterations"] >= 5
+    assert base["throughput_per_s"] == pytest.approx(4 * 1000 / lat["mean"], rel=1e-6)
+    fid = base["accuracy"]["fidelity"]
+    assert fid["cosine"] == pytest.approx(1.0, abs=1e-6) and fid["max_abs"] < 1e-5
+    assert fid["top1_agreement"] == 1.0
+    assert base["accuracy"]["task"]["name"] == "top1"
+    assert base["settings"]["threads"] == 1
+    assert base["peak_host_mb"] > 10 and base["model_size_mb"] > 0
+    assert base["load_s"] >= 0 and base["first_run_ms"] > 0
+    static = cells[("int8-static", "onnxruntime", 1)]
+    assert static["status"] == "ok", static
+    assert any("calib split" in n for n in static["notes"])
+    # an ONNX model cannot run on a torch runtime: n/a rows with the reason, nothing silently dropped
+    torch_row = cells[("baseline", "torch", 1)]
+    assert torch_row["status"] == "n/a" and "ONNX" in torch_row["error"]
+    assert results["study"]["id"]
+    samples = np.load(Path(results["study"]["folder"]) / "samples.npz")
+    assert len(samples.files) == sum(r["status"] == "ok" for r in results["results"])
+
+
+def test_bench_torchscript_pt2_and_hf(tmp_path: Path, mlp_torchscript: Path, mlp_pt2: Path,
+                                      bert_hf_zip: Path) -> None:
+    ts = by_cell(bench(tmp_path, mlp_torchscript, "--variants", "baseline", "--runtimes", "torchscript,onnxruntime"))
+    assert ts[("baseline", "torchscript", 1)]["status"] == "ok"
+    onnx_row = ts[("baseline", "onnxruntime", 1)]
+    assert onnx_row["status"] == "ok", onnx_row
+    assert onnx_row["accuracy"]["fidelity"]["max_abs"] < 1e-4
+    assert any("legacy" in n for n in onnx_row["notes"])
+
+    pt2 = by_cell(bench(tmp_path, mlp_pt2, "--variants", "baseline", "--runtimes", "torch,openvino"))
+    assert pt2[("baseline", "torch", 1)]["status"] == "ok"
+    assert pt2[("baseline", "openvino", 1)]["status"] == "ok"
+    assert pt2[("baseline", "openvino", 1)]["accuracy"]["fidelity"]["cosine"] > 0.9999
+
+    hf = by_cell(bench(tmp_path, bert_hf_zip, "--variants", "baseline,int8-dynamic", "--runtimes",
+                       "torch,onnxruntime", "--seq-len", "16", "--eval-samples", "8"))
+    for key in [("baseline", "torch", 1), ("baseline", "onnxruntime", 1), ("int8-dynamic", "torch", 1),
+                ("int8-dynamic", "onnxruntime", 1)]:
+        assert hf[key]["status"] == "ok", hf[key]
+    assert hf[("baseline", "onnxruntime", 1)]["accuracy"]["fidelity"]["cosine"] > 0.9999
+    assert hf[("int8-dynamic", "onnxruntime", 1)]["accuracy"]["fidelity"]["cosine"] > 0.9
+
+
+def test_bench_demo_reaches_the_promised_accuracy(tmp_path: Path) -> None:
+    results = bench(tmp_path, "demo", "--variants", "baseline,int8-static", "--runtimes", "onnxruntime",
+                    "--batch-sizes", "32")
+    cells = by_cell(results)
+    base = cells[("baseline", "onnxruntime", 32)]
+    assert base["status"] == "ok", base
+    assert base["accuracy"]["task"]["value"] >= 0.95
+    static = cells[("int8-static", "onnxruntime", 32)]
+    assert static["status"] == "ok", static
+    assert static["accuracy"]["task"]["value"] >= 0.9
+    assert static["accuracy"]["fidelity"]["top1_agreement"] >= 0.95
+
+
+def test_fixed_batch_model_marks_other_batch_sizes_na(tmp_path: Path, mlp_onnx_fixed: Path) -> None:
+    cells = by_cell(bench(tmp_path, mlp_onnx_fixed, "--variants", "baseline", "--runtimes", "onnxruntime",
+                          "--batch-sizes", "1,8"))
+    assert cells[("baseline", "onnxruntime", 1)]["status"] == "ok"
+    assert cells[("baseline", "onnxruntime", 8)]["status"] == "n/a"
+    assert "fixes its batch size" in cells[("baseline", "onnxruntime", 8)]["error"]
+
+
+def test_redirected_output_prints_one_line_per_cell(tmp_path: Path, mlp_onnx: Path, data_dir: Path) -> None:
+    proc = cli("bench", str(mlp_onnx), *FAST, "--variants", "baseline,fp16", "--runtimes", "onnxruntime,torch",
+               data_dir=data_dir)
+    assert proc.returncode == 0, proc.stderr
+    lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
+    cell_lines = [ln for ln in lines if ln.split()[0].isdigit()]
+    assert len(cell_lines) == 4
+    assert "\r" not in proc.stdout and "\x1b" not in proc.stdout
+    assert "study " in lines[-1]
+
+
+# --- bad input: one line, exit 2, no traceback, nothing outside the data folder ----------------------
+
+
+def _zip(path: Path, members: dict[str, bytes]) -> Path:
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return path
+
+
+def _bad_inputs(tmp: Path, mlp_onnx: Path) -> dict[str, tuple[list[str], str]]:
+    truncated = tmp / "truncated.onnx"
+    truncated.write_bytes(mlp_onnx.read_bytes()[: mlp_onnx.stat().st_size // 2])
+    unknown = tmp / "weights.onnx"
+    unknown.write_bytes(b"\x00\x01garbage" * 100)
+    renamed = _zip(tmp / "renamed.onnx", {"readme.txt": b"hello"})
+    slip = _zip(tmp / "slip.zip", {"../evil.onnx": mlp_onnx.read_bytes()})
+    pickle_pt = tmp / "model.pt"
+    pickle_pt.write_bytes(b"\x80\x04\x95" + b"\x00" * 40)
+    hf_bin = _zip(tmp / "hf.zip", {"m/config.json": b"{}", "m/pytorch_model.bin": b"\x80\x04"})
+    bomb = tmp / "bomb.zip"
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("m/config.json", b"{}")
+        archive.writestr("m/model.safetensors", b"\x00" * (64 * 2**20))
+    npz = tmp / "objects.npz"
+    np.savez(npz, x=np.array([{"a": 1}], dtype=object))
+    return {
+        "unknown format": ([str(unknown)], "unknown model format"),
+        "truncated onnx": ([str(truncated)], "not a valid ONNX model"),
+        "zip renamed .onnx": ([str(renamed)], "holds no model"),
+        "zip-slip": ([str(slip)], "outside the archive"),
+        "pickle .pt": ([str(pickle_pt)], "pickle"),
+        "hf with .bin only": ([str(hf_bin)], "safetensors"),
+        "zip bomb": ([str(bomb)], "unpacks to more than"),
+        "npz with objects": ([str(mlp_onnx), "--data", str(npz)], "Python objects"),
+        "spec mismatch": ([str(mlp_onnx), "--input-spec", "x:float32[B,3,8]"], "rank"),
+        "bad variant": ([str(mlp_onnx), "--variants", "prune-magic:2"], "unknown optimization"),
+        "missing file": ([str(tmp / "nope.onnx")], "no such file"),
+    }
+
+
+def test_bad_inputs_give_one_line_errors(tmp_path: Path, mlp_onnx: Path) -> None:
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    data_dir = tmp_path / "data-bad"
+    cases = _bad_inputs(inputs, mlp_onnx)
+    before = {p.name for p in tmp_path.iterdir()} | {p.name for p in inputs.iterdir()}
+    env_extra = {"PARETOSCOPE_MAX_UNPACKED_BYTES": str(16 * 2**20)}
+    for case, (args, expected) in cases.items():
+        env = {**os.environ, "PARETOSCOPE_DATA_DIR": str(data_dir), **env_extra}
+        proc = subprocess.run([sys.executable, "-m", "engine", "bench", *args, *FAST], capture_output=True,
+                              text=True, cwd=ROOT, env=env, timeout=300, check=False)
+        assert proc.returncode == 2, (case, proc.stdout, proc.stderr)
+        lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+        assert len(lines) == 1, (case, proc.stderr)
+        assert lines[0].startswith("error: "), (case, lines)
+        assert expected.lower() in lines[0].lower(), (case, lines[0])
+        assert "Traceback" not in proc.stderr
+    after = {p.name for p in tmp_path.iterdir()} | {p.name for p in inputs.iterdir()}
+    assert after - before <= {"data-bad"}, after - before
+    assert not (inputs.parent / "evil.onnx").exists() and not (tmp_path.parent / "evil.onnx").exists()
+    models = data_dir / "models"
+    leftovers = [p.name for p in models.iterdir()] if models.exists() else []
+    assert all(not name.startswith(".") for name in leftovers), leftovers
+    assert not (data_dir / "studies").exists() or not any((data_dir / "studies").iterdir())

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from engine.errors import UserError
+from engine.paths import data_dir
 
 EXIT_USAGE = 2
 
@@ -36,7 +37,11 @@ def _add_bench(sub: Any) -> None:
     p.add_argument("--eval-samples", type=int, default=256, help="samples for fidelity and the task metric")
     p.add_argument("--option", action="append", default=[], metavar="RUNTIME.KEY=VALUE",
                    help="a runtime option, e.g. onnxruntime.graph_optimization_level=basic (repeatable)")
+    p.add_argument("--memory-limit", type=float, default=None, metavar="MB",
+                   help="address-space limit per cell in MB (default: 80%% of the machine's memory)")
     p.add_argument("--json", dest="json_out", help="write the results JSON to this file")
+    p.add_argument("--submit", action="store_true",
+                   help="only queue the study for a worker (`python -m engine worker`); prints its id last")
 
 
 def _parse_options(items: list[str]) -> dict[str, dict[str, Any]]:
@@ -65,7 +70,9 @@ def cmd_bench(args: argparse.Namespace, out: TextIO) -> int:
     from engine.artifacts import intake
     from engine.data import load_npz
     from engine.measure.latency import MeasureSettings
-    from engine.study import run_study
+    from engine.study import run_study, submit_study
+    from storage import queries as q
+    from storage.db import session
 
     data_path = args.data
     label = Path(args.model).name
@@ -86,24 +93,69 @@ def cmd_bench(args: argparse.Namespace, out: TextIO) -> int:
     settings = plan.StudySettings(
         measure=measure, threads=args.threads or plan.default_threads(), timeout_s=args.timeout,
         eval_samples=args.eval_samples, runtime_options=_parse_options(args.option),
+        memory_limit_mb=args.memory_limit or plan.default_memory_limit_mb(),
     )
     variants = plan.parse_variants((args.variants or ",".join(plan.DEFAULT_VARIANTS)).split(","))
     runtimes = plan.parse_runtimes(args.runtimes.split(",") if args.runtimes else None)
     batch_sizes = plan.parse_batch_sizes(args.batch_sizes)
     model = intake(model_path, input_spec=args.input_spec, seq_len=args.seq_len)
-    model.info.setdefault("label", label)
     if data_path:
         load_npz(data_path, model.spec)  # validate now: a bad file is a usage error, not n failed cells
+    study_id, cells = submit_study(model, variants, runtimes, batch_sizes, settings, name=args.name,
+                                   model_name=label, data_path=data_path)
+    if args.submit:
+        queued = sum(c.runnable for c in cells)
+        print(f"queued {queued} of {len(cells)} cells; run them with: python -m engine worker", file=out)
+        print(study_id, file=out)
+        return 0
     view = LiveView(out)
-    results = run_study(model, variants, runtimes, batch_sizes, settings, name=args.name, data_path=data_path,
-                        events=view.events())
+    for cell in cells:
+        if not cell.runnable:
+            view.print_row(empty_row(cell))
+    started = time.monotonic()
+    run_study(study_id, events=view.events())
     view.close()
-    study = results["study"]
-    print(f"study {study['id']}: {len(results['results'])} cells in {study['wall_s']:.1f} s; "
-          f"results in {study['folder']}", file=out)
+    with session(write=False) as s:
+        results = q.results_json(s, study_id)
+    ok = sum(r["status"] == "ok" for r in results["results"])
+    print(f"study {study_id}: {len(cells)} cells ({ok} ok) in {time.monotonic() - started:.1f} s; "
+          f"report: python -m engine report {study_id} --format json --out FILE", file=out)
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(results, indent=1))
         print(f"results JSON written to {args.json_out}", file=out)
+    return 0
+
+
+def empty_row(cell: Any) -> dict[str, Any]:
+    return {"cell": cell.index, "variant": cell.variant, "runtime": cell.runtime, "batch_size": cell.batch_size,
+            "status": cell.status, "error": cell.reason, "notes": []}
+
+
+def cmd_worker(args: argparse.Namespace, out: TextIO) -> int:
+    from engine.worker import Worker
+
+    worker = Worker()
+    print(f"worker {worker.id} started; data folder {data_dir()}", file=out, flush=True)
+    done = worker.run(until_idle=args.until_idle, max_jobs=args.max_jobs)
+    print(f"worker {worker.id} stopped after {done} job(s)", file=out)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace, out: TextIO) -> int:
+    from storage import queries as q
+    from storage.db import session
+
+    with session(write=False) as s:
+        try:
+            results = q.results_json(s, args.study_id, with_samples=True)
+        except KeyError:
+            raise UserError(f"no study with id {args.study_id}; list them in the dashboard") from None
+    text = json.dumps(results, indent=1)
+    if args.out:
+        Path(args.out).write_text(text)
+        print(f"{args.format} report of study {args.study_id} written to {args.out}", file=out)
+    else:
+        print(text, file=out)
     return 0
 
 
@@ -167,8 +219,7 @@ class LiveView:
     def _started(self, cell: Any, i: int, n: int) -> None:
         self.cell_started = time.monotonic()
         self.position = (i, n)
-        if cell.runnable:
-            self._status(cell, "starting", 0.0)
+        self._status(cell, "starting", 0.0)  # only queued cells reach the worker
 
     def _progress(self, cell: Any, phase: str, fraction: float) -> None:
         self._status(cell, phase, fraction)
@@ -188,8 +239,10 @@ class LiveView:
         self.out.flush()
 
     def _finished(self, cell: Any, row: dict[str, Any], i: int, n: int) -> None:
-        if cell.runnable:
-            self.done_s.append(time.monotonic() - self.cell_started)
+        self.done_s.append(time.monotonic() - self.cell_started)
+        self.print_row(row)
+
+    def print_row(self, row: dict[str, Any]) -> None:
         if self.tty:
             self.out.write("\r\x1b[2K")
         print(format_row(row), file=self.out, flush=True)
@@ -208,11 +261,17 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
     _add_bench(sub)
     p = sub.add_parser("runtimes", help="list runtimes and whether they are available here")
     p.add_argument("--json", action="store_true", help="print JSON")
+    p = sub.add_parser("worker", help="run queued jobs from the database")
+    p.add_argument("--until-idle", action="store_true", help="exit when no job is queued")
+    p.add_argument("--max-jobs", type=int, default=None, help="exit after this many jobs")
+    p = sub.add_parser("report", help="write a study's results")
+    p.add_argument("study_id", type=int)
+    p.add_argument("--format", choices=["json"], default="json")
+    p.add_argument("--out", help="output file (default: standard output)")
     args = parser.parse_args(argv)
+    commands = {"bench": cmd_bench, "runtimes": cmd_runtimes, "worker": cmd_worker, "report": cmd_report}
     try:
-        if args.command == "bench":
-            return cmd_bench(args, out)
-        return cmd_runtimes(args, out)
+        return commands[args.command](args, out)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -14,7 +14,7 @@ from typing import Any
 from engine import safezip
 from engine.errors import UserError
 from engine.paths import sub_dir
-from engine.specs import BATCH_AXIS, InputSpec, TensorSpec
+from engine.specs import BATCH_AXIS, DEFAULT_SEQ_LEN, InputSpec, TensorSpec
 
 # Model formats as stored; the "working" representation used by optimizations and runtimes is
 # "onnx" for ONNX models and "torch" (an nn.Module) for the other three.
@@ -153,7 +153,10 @@ def _classify_zip(archive: zipfile.ZipFile, label: str) -> _ZipLayout:
                 f"{label}: the Hugging Face folder has only pickled weights (.bin); convert them to "
                 "safetensors (model.save_pretrained(..., safe_serialization=True)) and zip again"
             )
-        raise UserError(f"{label}: the Hugging Face folder has config.json but no *.safetensors weights")
+        raise UserError(
+            f"{label}: the Hugging Face folder has config.json but no *.safetensors weights; save the model "
+            "with save_pretrained(..., safe_serialization=True) and zip the whole folder"
+        )
     raise UserError(
         f"{label}: the zip holds no model; zip one .onnx file (with its external data) or a Hugging Face "
         "folder with config.json and *.safetensors"
@@ -172,20 +175,31 @@ def intake(path: str | Path, *, input_spec: str | None = None, seq_len: int | No
     fmt, layout = _detect(src)
     sha = sha256_file(src)
     dest = sub_dir("models") / sha
-    stored = dest / _ARTIFACT_JSON
-    if stored.is_file() and input_spec is None:
+    if (dest / _ARTIFACT_JSON).is_file():
+        # stored before: the files stay as they are (a running study may be reading them); only this
+        # call's --input-spec / --seq-len change the spec it returns
         cached = load_artifact(dest)
-        return cached if seq_len is None else _respec(cached, cached.spec.with_seq_len(seq_len))
+        if input_spec is None:
+            return _respec(cached, cached.spec.with_seq_len(_seq_len(cached.info, seq_len, src.name)))
+        spec, _ = _inspect(cached.path, fmt, src.name, input_spec, seq_len)
+        return _respec(cached, spec)
     staging = Path(tempfile.mkdtemp(prefix=f".{sha[:12]}-", dir=dest.parent))
     try:
         model_path = _store(src, fmt, layout, staging, max_unpacked)
         spec, info = _inspect(model_path, fmt, src.name, input_spec, seq_len)
-        artifact = Artifact(fmt, model_path, sha, folder_size(model_path), spec, info)
-        if dest.exists():
-            shutil.rmtree(dest)
-        staging.rename(dest)
-        artifact = _relocate(artifact, staging, dest)
-        (dest / _ARTIFACT_JSON).write_text(json.dumps(artifact.to_json(), indent=1))
+        # an unzipped ONNX model's folder holds its external data files, which count towards its size
+        size = folder_size(model_path.parent if fmt == ONNX and layout is not None else model_path)
+        artifact = _relocate(Artifact(fmt, model_path, sha, size, spec, info), staging, dest)
+        # artifact.json goes in before the rename, so a folder under its sha256 is always complete
+        (staging / _ARTIFACT_JSON).write_text(json.dumps(artifact.to_json(), indent=1))
+        if dest.exists() and not (dest / _ARTIFACT_JSON).is_file():
+            shutil.rmtree(dest)  # left incomplete by an interrupted older intake
+        try:
+            staging.rename(dest)
+        except OSError:
+            if not (dest / _ARTIFACT_JSON).is_file():
+                raise
+            # a concurrent intake stored the same bytes first; its files are identical to ours
         return artifact
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -239,7 +253,7 @@ def _inspect(model_path: Path, fmt: str, label: str, input_spec: str | None,
         found, info = modules.inspect_torch(model_path, fmt, label)
     if explicit is not None:
         if found is not None:
-            _check_explicit(explicit, found, label)
+            _check_explicit(explicit, found, fmt, label)
         spec = explicit.with_outputs(found.outputs) if found is not None else explicit
     elif found is not None:
         spec = found
@@ -247,8 +261,9 @@ def _inspect(model_path: Path, fmt: str, label: str, input_spec: str | None,
         raise UserError(
             f"{label}: the model stores no example inputs; give them with --input-spec 'x:float32[B,3,224,224]'"
         )
-    if seq_len is not None:
-        spec = spec.with_seq_len(seq_len)
+    seq = _seq_len(info, seq_len, label)
+    if seq is not None:
+        spec = spec.with_seq_len(seq)
     if fmt != ONNX:
         from engine import modules
 
@@ -257,24 +272,60 @@ def _inspect(model_path: Path, fmt: str, label: str, input_spec: str | None,
     return spec, info
 
 
-def _check_explicit(explicit: InputSpec, found: InputSpec, label: str) -> None:
-    """An explicit spec must agree with what the model declares (count, rank, fixed dims)."""
+def _seq_len(info: dict[str, Any], seq_len: int | None, label: str) -> int | None:
+    """--seq-len, else a default that fits the model's position table (None: the spec's default)."""
+    max_pos = info.get("max_position_embeddings")
+    if not max_pos:
+        return seq_len
+    if seq_len is None:
+        return min(DEFAULT_SEQ_LEN, int(max_pos))
+    if seq_len > max_pos:
+        raise UserError(
+            f"{label}: --seq-len {seq_len} is longer than the model's max_position_embeddings ({max_pos}); "
+            f"use --seq-len {max_pos} or less"
+        )
+    return seq_len
+
+
+def _check_explicit(explicit: InputSpec, found: InputSpec, fmt: str, label: str) -> None:
+    """An explicit spec must agree with what the model declares: count, rank and fixed dims.
+
+    ONNX graphs and .pt2 programs also fix dtypes, and a fixed dimension there may not be made
+    dynamic; ONNX Runtime feeds by name, so ONNX names must match too. TorchScript and Hugging Face
+    models take positional tensors, and the trial run in _inspect checks the rest.
+    """
+    fix = "; fix --input-spec or leave it out"
     if len(explicit.inputs) != len(found.inputs):
         raise UserError(
             f"{label}: --input-spec gives {len(explicit.inputs)} inputs but the model takes "
-            f"{len(found.inputs)} ({found.describe()})"
+            f"{len(found.inputs)} ({found.describe()}){fix}"
         )
-    for mine, theirs in zip(explicit.inputs, found.inputs, strict=True):
+    pairs = list(zip(explicit.inputs, found.inputs, strict=True))
+    if fmt == ONNX:
+        if sorted(explicit.names) != sorted(found.names):
+            raise UserError(
+                f"{label}: --input-spec names inputs {', '.join(explicit.names)} but the model's inputs are "
+                f"{', '.join(found.names)}{fix}"
+            )
+        by_name = {t.name: t for t in found.inputs}
+        pairs = [(t, by_name[t.name]) for t in explicit.inputs]
+    strict = fmt in (ONNX, EXPORTED)
+    for mine, theirs in pairs:
         if len(mine.shape) != len(theirs.shape):
             raise UserError(
                 f"{label}: --input-spec '{mine.describe()}' has rank {len(mine.shape)} but the model's "
-                f"input '{theirs.name}' is {theirs.describe()}"
+                f"input '{theirs.name}' is {theirs.describe()}{fix}"
+            )
+        if strict and mine.dtype != theirs.dtype:
+            raise UserError(
+                f"{label}: --input-spec '{mine.describe()}' has dtype {mine.dtype} but the model's "
+                f"input '{theirs.name}' is {theirs.describe()}{fix}"
             )
         for a, b in zip(mine.shape, theirs.shape, strict=True):
-            if isinstance(a, int) and isinstance(b, int) and a != b:
+            if isinstance(b, int) and (a != b if isinstance(a, int) else strict):
                 raise UserError(
                     f"{label}: --input-spec '{mine.describe()}' does not match the model's input "
-                    f"{theirs.describe()}"
+                    f"{theirs.describe()}{fix}"
                 )
 
 
@@ -354,7 +405,10 @@ def _value_info_spec(vi: Any, value_range: tuple[int, int] | None, label: str) -
     ttype = vi.type.tensor_type
     dtype = _ONNX_DTYPES.get(ttype.elem_type)
     if dtype is None:
-        raise UserError(f"{label}: input/output '{vi.name}' has an unsupported element type {ttype.elem_type}")
+        raise UserError(
+            f"{label}: input/output '{vi.name}' has an unsupported element type {ttype.elem_type}; "
+            "export the model with float, integer or bool inputs and outputs"
+        )
     dims: list[int | str] = []
     for i, d in enumerate(ttype.shape.dim):
         if d.HasField("dim_value") and d.dim_value > 0:

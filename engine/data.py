@@ -52,6 +52,9 @@ def load_npz(path: str | Path, spec: InputSpec) -> Dataset:
     label = src.name
     if not src.is_file():
         raise UserError(f"{src}: no such data file; give an .npz made with numpy.savez")
+    if not zipfile.is_zipfile(src):
+        # np.load would read a bare .npy, or answer a text file with a hint about allow_pickle
+        raise UserError(f"{label}: not an .npz archive; save the arrays with numpy.savez")
     try:
         npz = np.load(src, allow_pickle=False)
     except (ValueError, OSError, zipfile.BadZipFile) as exc:
@@ -107,10 +110,12 @@ def _check_split(arrays: dict[str, np.ndarray], labels: np.ndarray | None, spec:
                 raise UserError(
                     f"{where}: '{tensor.name}' has shape {array.shape}, the model expects {tensor.describe()}"
                 )
-        if not np.can_cast(array.dtype, np.dtype(tensor.dtype), casting="same_kind"):
+        if not np.can_cast(array.dtype, np.dtype(_numpy_dtype(tensor.dtype)), casting="same_kind"):
             raise UserError(f"{where}: '{tensor.name}' is {array.dtype}, the model expects {tensor.dtype}")
-    if labels is not None and labels.shape[0] != counts.pop():
-        raise UserError(f"{where}: labels has {labels.shape[0]} rows, the inputs have a different count")
+    count = counts.pop()
+    if labels is not None and (labels.ndim == 0 or labels.shape[0] != count):
+        rows = labels.shape[0] if labels.ndim else 0
+        raise UserError(f"{where}: labels has {rows} rows but the inputs have {count}; give one label per sample")
 
 
 def synthesize(spec: InputSpec, count: int, seed: int = DEFAULT_SEED) -> dict[str, np.ndarray]:
@@ -127,15 +132,18 @@ def synthesize(spec: InputSpec, count: int, seed: int = DEFAULT_SEED) -> dict[st
         elif tensor.dtype == "bool":
             out[tensor.name] = rng.integers(0, 2, size=shape).astype(bool)
         else:
-            out[tensor.name] = rng.standard_normal(size=shape).astype(np.float32).astype(
-                "float32" if tensor.dtype == "bfloat16" else tensor.dtype
-            )
+            out[tensor.name] = rng.standard_normal(size=shape).astype(np.float32).astype(_numpy_dtype(tensor.dtype))
     return out
 
 
 def conform(arrays: dict[str, np.ndarray], spec: InputSpec) -> dict[str, np.ndarray]:
     """Cast arrays to the spec's dtypes, contiguous, in input order."""
-    return {t.name: np.ascontiguousarray(arrays[t.name], dtype=t.dtype) for t in spec.inputs}
+    return {t.name: np.ascontiguousarray(arrays[t.name], dtype=_numpy_dtype(t.dtype)) for t in spec.inputs}
+
+
+def _numpy_dtype(name: str) -> str:
+    # numpy has no bfloat16: such inputs are made, checked and passed as float32
+    return "float32" if name == "bfloat16" else name
 
 
 def take_batch(arrays: dict[str, np.ndarray], start: int, batch_size: int) -> dict[str, np.ndarray]:

@@ -127,6 +127,7 @@ def run_cell(study_dir: Path, model: Artifact, cell: Cell, settings: StudySettin
                      "min_seconds": settings.measure.min_seconds},
         "notes": notes,
         "build_s": variant.build_s,
+        "target": runtime_cls.consumes,
         "variant_path": str(variant.path) if variant.path else None,
         "samples_ms": samples.astype(np.float32).tolist(),
     }

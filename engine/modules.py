@@ -78,14 +78,17 @@ def load_module(path: Path, fmt: str, spec: InputSpec | None = None) -> torch.nn
     return module
 
 
-def load_hf(folder: Path) -> torch.nn.Module:
+def load_hf(folder: Path, label: str = "the Hugging Face model") -> torch.nn.Module:
     """A transformers model from config.json and *.safetensors; never remote code, never pickles."""
     import transformers
+    from safetensors import SafetensorError
 
     try:
         config = transformers.AutoConfig.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
     except (OSError, ValueError, KeyError) as exc:
-        raise UserError(f"config.json cannot be read by transformers ({exc}); save it with save_pretrained") from exc
+        raise UserError(
+            f"{label}: config.json cannot be read by transformers ({_error_line(exc)}); save it with save_pretrained"
+        ) from exc
     model_cls: Any = transformers.AutoModel
     for arch in getattr(config, "architectures", None) or []:
         candidate = getattr(transformers, arch, None)
@@ -96,8 +99,11 @@ def load_hf(folder: Path) -> torch.nn.Module:
         model = model_cls.from_pretrained(
             str(folder), config=config, local_files_only=True, use_safetensors=True, trust_remote_code=False
         )
-    except (OSError, ValueError, RuntimeError) as exc:
-        raise UserError(f"the Hugging Face model cannot be built from its safetensors ({exc})") from exc
+    except (OSError, ValueError, RuntimeError, SafetensorError) as exc:
+        raise UserError(
+            f"{label}: the Hugging Face model cannot be built from its safetensors ({_error_line(exc)}); "
+            "save it again with save_pretrained"
+        ) from exc
     model.eval()
     return model  # type: ignore[no-any-return]
 
@@ -114,12 +120,21 @@ def inspect_torch(path: Path, fmt: str, label: str) -> tuple[InputSpec | None, d
             return _inspect_torchscript(path)
         if fmt == "pt2":
             return _inspect_exported(path)
-        return _inspect_hf(path)
+        return _inspect_hf(path, label)
     except UserError:
         raise
     except (RuntimeError, ValueError, KeyError, OSError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"{label}: cannot be loaded as {fmt} ({first}); save it again") from exc
+        raise UserError(f"{label}: cannot be loaded as {fmt} ({_error_line(exc)}); save it again") from exc
+
+
+def _error_line(exc: BaseException) -> str:
+    """The line of an exception's message that says what went wrong (TorchScript puts it last)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    if lines[0].startswith("The following operation failed in the TorchScript interpreter"):
+        return lines[-1][:300]
+    return lines[0][:300]
 
 
 def _param_count(module: torch.nn.Module) -> int:
@@ -176,19 +191,25 @@ def _inspect_exported(path: Path) -> tuple[InputSpec | None, dict[str, Any]]:
     return InputSpec(tuple(tensors)), info
 
 
-def _inspect_hf(folder: Path) -> tuple[InputSpec, dict[str, Any]]:
+def _inspect_hf(folder: Path, label: str) -> tuple[InputSpec, dict[str, Any]]:
     config_path = folder / "config.json"
     config = json.loads(config_path.read_text())
-    model = load_hf(folder)
+    if not isinstance(config, dict):
+        raise UserError(f"{label}: config.json is not a JSON object; save the model with save_pretrained")
+    declared = config.get("vocab_size")
+    if declared is not None and not (isinstance(declared, int) and declared > 0):
+        # transformers would fail deep inside the embedding's construction
+        raise UserError(f"{label}: config.json has vocab_size {declared!r}; it must be a positive integer")
+    model = load_hf(folder, label)
     names = hf_input_names(model)
     if "input_ids" not in names:
         raise UserError(
-            f"the Hugging Face model {type(model).__name__} does not take input_ids; only text encoders "
-            "and classifiers are supported for now"
+            f"{label}: the Hugging Face model {type(model).__name__} does not take input_ids; only text "
+            "encoders and classifiers are supported for now"
         )
     vocab = int(config.get("vocab_size") or 0)
     if vocab <= 0:
-        raise UserError("config.json has no vocab_size; it is needed to make valid token ids")
+        raise UserError(f"{label}: config.json has no vocab_size; it is needed to make valid token ids")
     ranges = {
         "input_ids": (0, vocab),
         "attention_mask": (1, 2),  # all tokens attended: padding patterns are the user's data to give
@@ -213,10 +234,10 @@ def probe_outputs(module: torch.nn.Module, spec: InputSpec, label: str) -> tuple
     try:
         with torch.inference_mode():
             out = module(*args)
-    except (RuntimeError, TypeError, ValueError, IndexError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+    # torch.export programs check their input shapes with AssertionError ("Guard failed")
+    except (RuntimeError, TypeError, ValueError, IndexError, AssertionError) as exc:
         raise UserError(
-            f"{label}: the model does not run on inputs {spec.describe()} ({first}); fix --input-spec"
+            f"{label}: the model does not run on inputs {spec.describe()} ({_error_line(exc)}); fix --input-spec"
         ) from exc
     outputs = out if isinstance(out, (tuple, list)) else (out,)
     if not all(isinstance(o, torch.Tensor) for o in outputs):

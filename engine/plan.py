@@ -24,6 +24,13 @@ def default_threads() -> int:
     return max(1, os.cpu_count() or 1)
 
 
+def default_memory_limit_mb() -> float:
+    """80% of the machine's memory: a runaway cell fails alone instead of taking the machine down."""
+    import psutil
+
+    return round(psutil.virtual_memory().total * 0.8 / 2**20)
+
+
 @dataclass(frozen=True)
 class StudySettings:
     """How every cell of a study is measured; stored with the study so it can be replayed."""
@@ -33,8 +40,11 @@ class StudySettings:
     timeout_s: float = DEFAULT_TIMEOUT_S
     eval_samples: int = DEFAULT_EVAL_SAMPLES
     runtime_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    memory_limit_mb: float | None = field(default_factory=default_memory_limit_mb)
 
     def __post_init__(self) -> None:
+        if self.memory_limit_mb is not None and self.memory_limit_mb < 64:
+            raise UserError(f"--memory-limit must be at least 64 MB, got {self.memory_limit_mb:g}")
         if self.threads < 1:
             raise UserError(f"--threads must be at least 1, got {self.threads}")
         if self.timeout_s <= 0:
@@ -53,6 +63,7 @@ class StudySettings:
             timeout_s=float(data["timeout_s"]),
             eval_samples=int(data["eval_samples"]),
             runtime_options=dict(data.get("runtime_options", {})),
+            memory_limit_mb=data.get("memory_limit_mb"),
         )
 
 

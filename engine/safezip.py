@@ -6,6 +6,8 @@ import os
 import shutil
 import stat
 import zipfile
+import zlib
+from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
 from engine.errors import UserError
@@ -20,7 +22,7 @@ def check_member_name(name: str, label: str) -> None:
     """Reject names that could escape the destination folder."""
     if "\\" in name:
         raise UserError(f"{label}: member '{name}' has a backslash in its path; re-create the archive with '/' paths")
-    if name.startswith("/") or (len(name) > 1 and name[1] == ":"):
+    if name.startswith("/") or (len(name) > 1 and name[0].isalpha() and name[1] == ":"):
         raise UserError(f"{label}: member '{name}' has an absolute path; re-create the archive with relative paths")
     if ".." in PurePosixPath(name).parts:
         raise UserError(f"{label}: member '{name}' points outside the archive ('..'); re-create the archive")
@@ -58,11 +60,10 @@ def stream_check(archive: zipfile.ZipFile, members: list[zipfile.ZipInfo], label
     for info in members:
         if info.is_dir():
             continue
-        with _open_member(archive, info, label) as src:
-            while chunk := src.read(_CHUNK):
-                total += len(chunk)
-                if total > max_bytes:
-                    raise _too_big(label, max_bytes)
+        for chunk in _chunks(archive, info, label):
+            total += len(chunk)
+            if total > max_bytes:
+                raise _too_big(label, max_bytes)
     return total
 
 
@@ -84,9 +85,14 @@ def safe_extract(archive: zipfile.ZipFile, members: list[zipfile.ZipInfo], dest:
             raise UserError(
                 f"{label}: member '{info.filename}' resolves outside the destination; re-create the archive"
             )
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with _open_member(archive, info, label) as src, open(target, "wb") as out:
-            while chunk := src.read(_CHUNK):
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError) as exc:
+            raise _clash(label, info) from exc
+        if target.is_dir():
+            raise _clash(label, info)
+        with open(target, "wb") as out:
+            for chunk in _chunks(archive, info, label):
                 total += len(chunk)
                 if total > max_bytes:
                     out.close()
@@ -96,15 +102,31 @@ def safe_extract(archive: zipfile.ZipFile, members: list[zipfile.ZipInfo], dest:
     return total
 
 
-def _open_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, label: str):  # type: ignore[no-untyped-def]
+def _chunks(archive: zipfile.ZipFile, info: zipfile.ZipInfo, label: str) -> Iterator[bytes]:
+    """A member's decompressed bytes in chunks; a corrupt member (bad CRC, a size its header
+    misstates, a broken stream) is the user's to fix, not a crash."""
     try:
-        return archive.open(info)
-    except (NotImplementedError, RuntimeError, zipfile.BadZipFile) as exc:
+        with archive.open(info) as src:
+            while chunk := src.read(_CHUNK):
+                yield chunk
+    except (NotImplementedError, RuntimeError, EOFError, zlib.error, zipfile.BadZipFile) as exc:
         raise UserError(f"{label}: cannot read member '{info.filename}' ({exc}); re-create the archive") from exc
+
+
+def _clash(label: str, info: zipfile.ZipInfo) -> UserError:
+    return UserError(f"{label}: member '{info.filename}' clashes with a file or folder of the same path; "
+                     "re-create the archive")
 
 
 def _too_big(label: str, max_bytes: int) -> UserError:
     return UserError(
-        f"{label}: unpacks to more than {max_bytes / 1024**3:.1f} GiB (a zip bomb or a too-large model); "
+        f"{label}: unpacks to more than {_human(max_bytes)} (a zip bomb or a too-large model); "
         "raise PARETOSCOPE_MAX_UNPACKED_BYTES if it is genuine"
     )
+
+
+def _human(n: int) -> str:
+    for unit, size in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} bytes"

@@ -142,3 +142,29 @@ def copy_to(tmp_path: Path):  # type: ignore[no-untyped-def]
         return dest
 
     return copy
+
+
+@pytest.fixture(scope="session")
+def shared_build(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """build(model_path, chain, target) -> (Artifact, Variant), built once per session in its own data folder.
+
+    For tests that only read or run a variant; tests of intake or the build cache use the per-test folder.
+    Callers must not mutate the returned objects.
+    """
+    folder = tmp_path_factory.mktemp("shared-data")
+    memo: dict[tuple[str, str, str], tuple[object, object]] = {}
+
+    def build(model: Path, chain: str = "baseline", target: str = "onnx"):  # type: ignore[no-untyped-def]
+        from engine.artifacts import intake
+        from engine.optimizations import parse_chain
+        from engine.optimizations.build import BuildContext, build_variant
+
+        key = (str(model), chain, target)
+        if key not in memo:
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setenv("PARETOSCOPE_DATA_DIR", str(folder))
+                artifact = intake(model)
+                memo[key] = (artifact, build_variant(artifact, parse_chain(chain), target, BuildContext(artifact.spec)))
+        return memo[key]
+
+    return build

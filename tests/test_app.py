@@ -30,5 +30,5 @@ def test_lists_a_cli_study_and_its_results(tmp_path: Path, mlp_onnx: Path) -> No
     assert set(results["runtime"]) == {"onnxruntime", "torch"}
     assert results.set_index("runtime").loc["torch", "status"] == "n/a"
     ort = results.set_index("runtime").loc["onnxruntime"]
-    assert ort["status"] == "ok", ort["error / notes"]
-    assert ort["p50 ms"] > 0
+    assert ort["status"] == "ok", ort["error"]
+    assert ort["p50_ms"] > 0

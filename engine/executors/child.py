@@ -12,6 +12,20 @@ import traceback
 from typing import Any
 
 
+# How allocators other than Python's report an allocation past the limit.
+_OOM_MESSAGES = ("can't allocate memory", "std::bad_alloc", "Failed to allocate memory", "out of memory")
+
+
+def limit_memory(limit_mb: float | None) -> None:
+    """Cap the address space so an allocation past the limit fails here instead of taking the machine."""
+    if not limit_mb:
+        return
+    import resource
+
+    limit = int(limit_mb * 2**20)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
 def main() -> None:
     task, fd = sys.argv[1], int(sys.argv[2])
     channel = os.fdopen(fd, "w", buffering=1)
@@ -28,7 +42,10 @@ def main() -> None:
 
     try:
         payload = json.loads(sys.stdin.read())
+        limit_memory(payload.get("memory_limit_mb"))
         send("ok", dispatch(task, payload, progress))
+    except MemoryError as exc:
+        send("oom", f"out of memory: the job passed its memory limit ({exc or 'allocation failed'})")
     except NotApplicable as exc:
         send("n/a", str(exc))
     except Unavailable as exc:
@@ -37,7 +54,10 @@ def main() -> None:
         send("failed", type(exc).__name__, str(exc), traceback.format_exc())
     except BaseException as exc:  # noqa: BLE001 - the child boundary records every failure as a row
         message = str(exc).strip() or repr(exc)
-        send("failed", type(exc).__name__, message, traceback.format_exc())
+        if any(m in message for m in _OOM_MESSAGES):
+            send("oom", f"out of memory: {message.splitlines()[0][:300]}")
+        else:
+            send("failed", type(exc).__name__, message, traceback.format_exc())
     finally:
         channel.close()
 

@@ -31,7 +31,7 @@ ProgressFn = Callable[[str, float], None]
 
 @dataclass
 class Outcome:
-    """How a child ended: status is ok, failed, timeout, crashed, n/a or unavailable."""
+    """How a child ended: status is ok, failed, timeout, crashed, oom, n/a or unavailable."""
 
     status: str
     result: dict[str, Any] | None = None
@@ -70,6 +70,11 @@ def _kill_group(pgid: int, sig: int = signal.SIGKILL) -> None:
         pass
 
 
+def stop_process_group(pid: int) -> None:
+    """SIGTERM a job's process group from another thread; run_child's own wait reaps it."""
+    _kill_group(pid, signal.SIGTERM)
+
+
 def _stop_group(process: subprocess.Popen[bytes]) -> None:
     """SIGTERM the child's process group, then SIGKILL it after the grace period."""
     _kill_group(process.pid, signal.SIGTERM)
@@ -82,7 +87,8 @@ def _stop_group(process: subprocess.Popen[bytes]) -> None:
 
 
 def run_child(task: str, payload: dict[str, Any], timeout_s: float, log_path: Path,
-              progress: ProgressFn = lambda phase, fraction: None) -> Outcome:
+              progress: ProgressFn = lambda phase, fraction: None,
+              on_spawn: Callable[[int], None] = lambda pid: None) -> Outcome:
     """Run `task` in a fresh interpreter (`python -m engine.executors.child`) and classify its end.
 
     A fresh interpreter rather than multiprocessing's spawn: spawn re-runs the parent's __main__
@@ -103,6 +109,7 @@ def run_child(task: str, payload: dict[str, Any], timeout_s: float, log_path: Pa
             env=env, cwd=str(scratch),
         )
     os.close(write_fd)
+    on_spawn(process.pid)
     outcome: Outcome | None = None
     try:
         assert process.stdin is not None
@@ -114,6 +121,8 @@ def run_child(task: str, payload: dict[str, Any], timeout_s: float, log_path: Pa
         outcome = _follow(process, read_fd, start + timeout_s, timeout_s, progress)
     finally:
         os.close(read_fd)
+        if outcome is None:  # interrupted (the worker is stopping): stop the child now
+            _stop_group(process)
         try:
             process.wait(GRACE_S)
         except subprocess.TimeoutExpired:
@@ -155,15 +164,17 @@ def _handle(message: list[Any], progress: ProgressFn) -> Outcome | None:
         return None
     if kind == "ok":
         return Outcome("ok", result=message[1])
-    if kind in ("n/a", "unavailable"):
-        return Outcome(kind, error=message[1])
+    if kind in ("n/a", "unavailable", "oom"):
+        return Outcome(kind, error=message[1], error_type="MemoryError" if kind == "oom" else None)
     return Outcome("failed", error_type=message[1], error=message[2], traceback=message[3])
 
 
 def _ended_without_result(exitcode: int | None) -> Outcome:
     if exitcode is not None and exitcode < 0:
         name = signal.Signals(-exitcode).name
-        hint = " (likely out of memory: the kernel's OOM killer sends SIGKILL)" if name == "SIGKILL" else ""
-        return Outcome("crashed", error=f"killed by {name}{hint}", error_type=name)
+        if name == "SIGKILL":  # we only send SIGKILL after a timeout, handled before this point
+            return Outcome("oom", error="killed by SIGKILL: the kernel's out-of-memory killer (or a manual kill -9)",
+                           error_type=name)
+        return Outcome("crashed", error=f"killed by {name}", error_type=name)
     return Outcome("crashed", error=f"the process exited with code {exitcode} before reporting a result",
                    error_type="ExitCode")

@@ -32,7 +32,10 @@ class OptConfig:
         unknown = sorted(set(data) - names)
         if unknown:
             raise UserError(f"unknown parameter(s) {unknown}; known: {sorted(names)}")
-        return cls(**data)
+        hints = typing.get_type_hints(cls)
+        # JSON has no tuples: turn lists back into the tuples the fields hold, so equality and names survive
+        values = {k: tuple(v) if isinstance(v, list) and get_origin(hints[k]) is tuple else v for k, v in data.items()}
+        return cls(**values)
 
     def suffix(self) -> str:
         """The non-default parameters as `k=v,...` for the canonical variant name."""
@@ -214,6 +217,8 @@ def parse_chain(text: str) -> Chain:
 def chain_from_json(data: list[dict[str, Any]]) -> Chain:
     steps = []
     for item in data:
+        if item["id"] not in REGISTRY:
+            raise UserError(f"unknown optimization '{item['id']}'; known: {', '.join(sorted(REGISTRY))}")
         opt = REGISTRY[item["id"]]
         steps.append(Step(item["id"], opt.config.from_json(item["config"])))
     return Chain(tuple(steps))

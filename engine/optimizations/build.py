@@ -72,6 +72,8 @@ def not_applicable_reason(model_format: str, chain: Chain, target: str, device: 
         return f"an ONNX model runs only on ONNX runtimes, not on {TARGET_LABELS[target]}"
     if model_format == TORCHSCRIPT and target == "torch":
         return "a TorchScript archive has no eager Python module; use the torchscript runtime"
+    if chain.stage("convert") and model_format == ONNX:
+        return "onnx-export needs a torch model; this model is ONNX already"
     if chain.stage("convert") and target != "onnx":
         return f"onnx-export produces ONNX, which {TARGET_LABELS[target]} does not run"
     work = "onnx" if target == "onnx" else "torch"
@@ -87,6 +89,21 @@ def not_applicable_reason(model_format: str, chain: Chain, target: str, device: 
 def _key(*parts: Any) -> str:
     blob = json.dumps([__version__, *parts], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
+def _calibration_digest(steps: list[Step], ctx: BuildContext) -> str | None:
+    """A digest of the calibration inputs when a step calibrates (it has a `samples` parameter).
+
+    Part of the cache key, so that a variant calibrated on one data set is never served for another.
+    """
+    samples = [n for n in (getattr(s.config, "samples", None) for s in steps) if isinstance(n, int)]
+    if not samples:
+        return None
+    digest = hashlib.sha256()
+    for name, array in sorted(ctx.calibration(max(samples)).items()):
+        digest.update(f"{name}:{array.dtype}:{array.shape}".encode())
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
 
 
 def _cached(key: str) -> tuple[Path, dict[str, Any]] | None:
@@ -158,11 +175,12 @@ def _state_size(module: Any) -> int:
 
 
 def _build_file(model: Artifact, chain: Chain, target: str, ctx: BuildContext) -> tuple[Path, bool]:
-    if target == ONNX and model.format == ONNX and not chain.steps:
+    if target == model.format and target in (ONNX, TORCHSCRIPT) and not chain.steps:
         return model.path, False  # the uploaded file itself
     steps = list(chain.steps)
     # the longest cached prefix wins; every built step is cached for the next chain that shares it
-    key = _key(model.sha256, target, [s.to_json() for s in steps], ctx.spec.to_json())
+    key = _key(model.sha256, target, [s.to_json() for s in steps], ctx.spec.to_json(),
+               _calibration_digest(steps, ctx))
     hit = _cached(key)
     if hit is not None:
         path, meta = hit

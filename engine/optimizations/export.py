@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -11,6 +12,7 @@ from engine.specs import InputSpec
 
 # Batch 2 for the example inputs: an exporter that sees size 1 may specialize the batch axis.
 EXAMPLE_BATCH = 2
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 @dataclass(frozen=True)
@@ -65,7 +67,8 @@ def to_onnx(module: Any, spec: InputSpec, dst: Path, config: OnnxExportConfig, n
         except Exception as exc:
             if config.exporter == "dynamo":
                 raise
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            text = _ANSI.sub("", str(exc)).strip()  # the exporter colours its messages for terminals
+            first = (text.splitlines() or [type(exc).__name__])[0][:200]
             notes.append(f"dynamo exporter failed ({type(exc).__name__}: {first}); used the legacy exporter")
     elif is_script:
         notes.append("TorchScript archives export with the legacy (TorchScript) exporter")
@@ -75,9 +78,13 @@ def to_onnx(module: Any, spec: InputSpec, dst: Path, config: OnnxExportConfig, n
     }
     for name in outputs:
         dynamic_axes[name] = {0: "batch"}
+    # torch.export programs are traced in eval mode and refuse .train(), which the exporter's default
+    # (EVAL) calls; every module here is in eval mode already, so preserving its mode is the same.
+    modes = torch.onnx.TrainingMode
+    mode = modes.PRESERVE if isinstance(module, torch.fx.GraphModule) else modes.EVAL
     torch.onnx.export(
         module, args, str(dst), dynamo=False, input_names=names, output_names=outputs,
-        dynamic_axes=dynamic_axes, opset_version=min(config.opset, 18), do_constant_folding=True,
+        dynamic_axes=dynamic_axes, opset_version=min(config.opset, 18), do_constant_folding=True, training=mode,
     )
     notes.append(f"exported to ONNX with the legacy exporter (opset {min(config.opset, 18)})")
 

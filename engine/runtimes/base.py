@@ -49,6 +49,8 @@ class Session(ABC):
 
     def run(self, prepared: Any) -> Any:
         """One inference on prepared inputs; the only call inside the timed region."""
+        if self._closed:  # one attribute check: negligible next to any inference
+            raise RuntimeError("session is closed")
         return self._run(prepared)
 
     def fetch(self, outputs: Any) -> list[np.ndarray]:

@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from engine.errors import Unavailable
+from engine.errors import Unavailable, UserError
 from engine.runtimes.base import Runtime, Session, register
 
 _LEVELS = ("disable", "basic", "extended", "all")
@@ -60,7 +60,7 @@ class _OrtRuntime(Runtime):
 
         level = str(self.settings.option("graph_optimization_level", "all"))
         if level not in _LEVELS:
-            raise ValueError(f"graph_optimization_level={level} is not one of {', '.join(_LEVELS)}")
+            raise UserError(f"graph_optimization_level={level} is not one of {', '.join(_LEVELS)}")
         options = ort.SessionOptions()
         options.graph_optimization_level = {
             "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -80,8 +80,10 @@ class _OrtRuntime(Runtime):
         if not active or active[0] != self.provider:
             raise Unavailable(f"ONNX Runtime did not activate {self.provider} (active: {', '.join(active)})")
         wrapped = OrtSession(session)
+        applied = session.get_session_options()  # read back what the session took, not what was asked
         wrapped.applied.update({"providers": active, "graph_optimization_level": level,
-                                "inter_op_threads": 1, "onnxruntime": ort.__version__})
+                                "intra_op_threads": applied.intra_op_num_threads,
+                                "inter_op_threads": applied.inter_op_num_threads, "onnxruntime": ort.__version__})
         if self.provider != "CPUExecutionProvider":
             wrapped.applied["host_device_copies_timed"] = True
         return wrapped

@@ -30,6 +30,9 @@ class TorchSession(Session):
         floats = [p.dtype for p in params if p.dtype.is_floating_point]
         self._float_dtype = floats[0] if floats else torch.float32
         self.applied["dtype"] = str(self._float_dtype).replace("torch.", "")
+        # read back: set_num_interop_threads cannot change once parallel work has run in this process
+        self.applied["intra_op_threads"] = torch.get_num_threads()
+        self.applied["inter_op_threads"] = torch.get_num_interop_threads()
 
     def _prepare(self, feeds: dict[str, np.ndarray]) -> Any:
         tensors = []

@@ -78,9 +78,15 @@ def test_bench_onnx_with_labels_records_every_field(tmp_path: Path, mlp_onnx: Pa
     # an ONNX model cannot run on a torch runtime: n/a rows with the reason, nothing silently dropped
     torch_row = cells[("baseline", "torch", 1)]
     assert torch_row["status"] == "n/a" and "ONNX" in torch_row["error"]
-    assert results["study"]["id"]
-    samples = np.load(Path(results["study"]["folder"]) / "samples.npz")
-    assert len(samples.files) == sum(r["status"] == "ok" for r in results["results"])
+    assert results["study"]["progress"] == {"ok": 6, "n/a": 6}
+    report = tmp_path / "report.json"
+    assert main(["report", str(results["study"]["id"]), "--format", "json", "--out", str(report)],
+                out=io.StringIO()) == 0
+    stored = by_cell(json.loads(report.read_text()))
+    assert stored[("baseline", "onnxruntime", 4)]["latency_ms"] == lat
+    samples = stored[("baseline", "onnxruntime", 4)]["samples_ms"]
+    assert len(samples) == lat["iterations"]
+    assert np.median(samples) == pytest.approx(lat["p50"], rel=1e-3)  # float32 storage of the raw samples
 
 
 def test_bench_torchscript_pt2_and_hf(tmp_path: Path, mlp_torchscript: Path, mlp_pt2: Path,
@@ -203,3 +209,4 @@ def test_bad_inputs_give_one_line_errors(tmp_path: Path, mlp_onnx: Path) -> None
     leftovers = [p.name for p in models.iterdir()] if models.exists() else []
     assert all(not name.startswith(".") for name in leftovers), leftovers
     assert not (data_dir / "studies").exists() or not any((data_dir / "studies").iterdir())
+    assert not (data_dir / "paretoscope.db").exists()  # nothing recorded for a refused input

@@ -1,0 +1,68 @@
+"""Test-only runtimes that misbehave on purpose; registered only when PARETOSCOPE_TEST_RUNTIMES=1."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+from engine.runtimes.base import Runtime, Session, register
+from engine.runtimes.onnxruntime import OnnxRuntimeCpu
+
+
+def _note_pid() -> None:
+    """Leave this process's pid in the data folder so tests can prove nothing outlived its job."""
+    from engine.paths import sub_dir
+
+    Path(sub_dir("test-pids") / str(os.getpid())).touch()
+
+
+@register
+class SegfaultRuntime(Runtime):
+    id = "test-segfault"
+    consumes = "onnx"
+    summary = "test only: dies with SIGSEGV while loading"
+
+    def load(self, variant: Any) -> Session:
+        _note_pid()
+        os.kill(os.getpid(), signal.SIGSEGV)
+        raise AssertionError("unreachable")
+
+
+@register
+class HangRuntime(Runtime):
+    id = "test-hang"
+    consumes = "onnx"
+    summary = "test only: sleeps past any time limit while loading"
+
+    def load(self, variant: Any) -> Session:
+        _note_pid()
+        time.sleep(3600)
+        raise AssertionError("unreachable")
+
+
+@register
+class GreedyRuntime(Runtime):
+    id = "test-greedy"
+    consumes = "onnx"
+    summary = "test only: allocates memory until the limit stops it"
+
+    def load(self, variant: Any) -> Session:
+        import numpy as np
+
+        _note_pid()
+        blocks = [np.ones(2**28, dtype=np.uint8) for _ in range(256)]  # 64 GiB, touched
+        raise AssertionError(f"allocated {len(blocks)} blocks")
+
+
+@register
+class SlowRuntime(OnnxRuntimeCpu):
+    id = "test-slow"
+    summary = "test only: ONNX Runtime after a delay (PARETOSCOPE_TEST_SLOW_S seconds) in load"
+
+    def load(self, variant: Any) -> Session:
+        _note_pid()
+        time.sleep(float(os.environ.get("PARETOSCOPE_TEST_SLOW_S", "3")))
+        return super().load(variant)

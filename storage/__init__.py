@@ -1,0 +1,1 @@
+"""Storage: SQLAlchemy tables, sessions, queries and the content-addressed blob store."""

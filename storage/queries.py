@@ -1,0 +1,439 @@
+"""What the CLI, the worker and the pages ask of the database; sessions are opened by the caller."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime, timedelta
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sqlalchemy import and_, case, delete, func, or_, select, update
+from sqlalchemy.orm import Session
+
+from storage.tables import (
+    FINAL_STATUSES,
+    QUEUED,
+    RUNNING,
+    Dataset,
+    Environment,
+    Job,
+    Model,
+    Result,
+    Samples,
+    Study,
+    Variant,
+    Worker,
+    utcnow,
+)
+
+# A crashed or timed-out job runs at most this many times (a killed worker counts as a crash).
+MAX_ATTEMPTS = 2
+
+
+# --- models, datasets, environments -------------------------------------------------------------
+
+
+def get_or_create_model(s: Session, artifact: dict[str, Any], name: str) -> Model:
+    model = s.scalar(select(Model).where(Model.sha256 == artifact["sha256"]))
+    if model is None:
+        model = Model(sha256=artifact["sha256"], name=name, format=artifact["format"],
+                      size_bytes=artifact["size_bytes"], artifact=artifact)
+        s.add(model)
+        s.flush()
+    elif model.artifact != artifact:
+        model.artifact = artifact  # a new input spec (e.g. another --seq-len) for the same bytes
+    return model
+
+
+def get_or_create_dataset(s: Session, sha256: str, name: str, size_bytes: int) -> Dataset:
+    dataset = s.scalar(select(Dataset).where(Dataset.sha256 == sha256))
+    if dataset is None:
+        dataset = Dataset(sha256=sha256, name=name, size_bytes=size_bytes)
+        s.add(dataset)
+        s.flush()
+    return dataset
+
+
+def record_environment(s: Session, data: dict[str, Any]) -> int:
+    fingerprint = hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+    env_id = s.scalar(select(Environment.id).where(Environment.fingerprint == fingerprint))
+    if env_id is None:
+        env = Environment(fingerprint=fingerprint, data=data)
+        s.add(env)
+        s.flush()
+        env_id = env.id
+    return env_id
+
+
+def record_variant(s: Session, model_id: int, chain: str, target: str, path: str | None, size_bytes: int) -> int:
+    variant = s.scalar(select(Variant).where(Variant.model_id == model_id, Variant.chain == chain,
+                                             Variant.target == target))
+    if variant is None:
+        variant = Variant(model_id=model_id, chain=chain, target=target, path=path, size_bytes=size_bytes)
+        s.add(variant)
+        s.flush()
+    return variant.id
+
+
+# --- studies and jobs -----------------------------------------------------------------------------
+
+
+def create_study(s: Session, *, name: str, model: Model, dataset: Dataset | None, variants: list[str],
+                 runtimes: list[str], batch_sizes: list[int], settings: dict[str, Any],
+                 cells: list[dict[str, Any]]) -> Study:
+    """A study and one job per cell; cells that cannot run are final at once, with their reason."""
+    study = Study(name=name, model_id=model.id, dataset_id=dataset.id if dataset else None, variants=variants,
+                  runtimes=runtimes, batch_sizes=batch_sizes, settings=settings)
+    s.add(study)
+    s.flush()
+    now = utcnow()
+    for cell in cells:
+        final = cell["status"] != "pending"
+        s.add(Job(study_id=study.id, cell=cell["index"], variant=cell["variant"], chain=list(cell["chain"]),
+                  runtime=cell["runtime"], batch_size=cell["batch_size"],
+                  status=cell["status"] if final else QUEUED, error_message=cell.get("reason"),
+                  finished_at=now if final else None))
+    s.flush()
+    if all(c["status"] != "pending" for c in cells):
+        study.finished_at = now
+    return study
+
+
+def claim_job(s: Session, worker_id: str, lease_s: float, study_id: int | None = None) -> Job | None:
+    """Atomically take the oldest queued job: no two workers ever get the same one.
+
+    One UPDATE ... WHERE id = (SELECT ... LIMIT 1) AND status = 'queued' RETURNING: on SQLite the
+    IMMEDIATE transaction serializes claimers; on PostgreSQL FOR UPDATE SKIP LOCKED lets them pass
+    each other without blocking.
+    """
+    now = utcnow()
+    pick = select(Job.id).where(Job.status == QUEUED)
+    if study_id is not None:
+        pick = pick.where(Job.study_id == study_id)
+    pick = pick.order_by(Job.id).limit(1).with_for_update(skip_locked=True)
+    claimed = s.execute(
+        update(Job)
+        .where(Job.id == pick.scalar_subquery(), Job.status == QUEUED)
+        .values(status=RUNNING, worker_id=worker_id, attempts=Job.attempts + 1, started_at=now,
+                lease_expires_at=now + timedelta(seconds=lease_s), phase="starting", fraction=0.0,
+                error_type=None, error_message=None, traceback=None)
+        .returning(Job.id)
+        .execution_options(synchronize_session=False)
+    ).scalar()
+    if claimed is None:
+        return None
+    return s.get(Job, claimed, populate_existing=True)
+
+
+def _rowcount(result: Any) -> int:
+    """Rows an UPDATE matched (CursorResult.rowcount; typed loosely by SQLAlchemy)."""
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+def extend_lease(s: Session, job_id: int, worker_id: str, lease_s: float) -> bool:
+    """Renew the lease; False when the job is no longer this worker's or its study was cancelled."""
+    renewed = _rowcount(s.execute(
+        update(Job).where(Job.id == job_id, Job.worker_id == worker_id, Job.status == RUNNING)
+        .values(lease_expires_at=utcnow() + timedelta(seconds=lease_s))
+        .execution_options(synchronize_session=False)
+    ))
+    if not renewed:
+        return False
+    cancelled = s.scalar(select(Study.cancelled).join(Job, Job.study_id == Study.id).where(Job.id == job_id))
+    return not cancelled
+
+
+def set_progress(s: Session, job_id: int, worker_id: str, phase: str, fraction: float) -> None:
+    s.execute(update(Job).where(Job.id == job_id, Job.worker_id == worker_id, Job.status == RUNNING)
+              .values(phase=phase[:64], fraction=fraction).execution_options(synchronize_session=False))
+
+
+def finish_job(s: Session, job_id: int, worker_id: str, status: str, *, result: dict[str, Any] | None = None,
+               samples: np.ndarray | None = None, error_type: str | None = None, error: str | None = None,
+               traceback: str | None = None, environment_id: int | None = None,
+               variant_id: int | None = None) -> str | None:
+    """Write the job's end and its result in one transaction; returns the status stored, or None when
+    the job was no longer this worker's (its lease expired and another worker took it)."""
+    job = s.get(Job, job_id, populate_existing=True, with_for_update=True)
+    if job is None or job.worker_id != worker_id or job.status != RUNNING:
+        return None
+    now = utcnow()
+    if status in ("crashed", "timeout") and job.attempts < MAX_ATTEMPTS:
+        stored = QUEUED  # one more try: a crash can be the machine's, not the model's
+    else:
+        stored = status
+    job.status = stored
+    job.error_type, job.error_message, job.traceback = error_type, error, traceback
+    job.phase, job.lease_expires_at = None, None
+    job.finished_at = now if stored != QUEUED else None
+    if stored == QUEUED:
+        job.worker_id = None
+    if status == "ok" and result is not None:
+        s.add(_result_row(job, result, environment_id, variant_id, samples))
+    s.flush()
+    _maybe_finish_study(s, job.study_id)
+    return stored
+
+
+def _result_row(job: Job, r: dict[str, Any], environment_id: int | None, variant_id: int | None,
+                samples: np.ndarray | None) -> Result:
+    lat = r.get("latency_ms") or {}
+    acc = r.get("accuracy") or {}
+    fid = acc.get("fidelity") or {}
+    task = acc.get("task") or {}
+    known = {"latency_ms", "throughput_per_s", "load_s", "first_run_ms", "peak_host_mb", "peak_device_mb",
+             "model_size_mb", "accuracy", "settings", "notes", "samples_ms"}
+    extra = {k: v for k, v in r.items() if k not in known}
+    extra.update({k: lat[k] for k in ("p50_ci95", "iterations") if k in lat})
+    row = Result(
+        job_id=job.id, study_id=job.study_id, environment_id=environment_id, variant_id=variant_id,
+        p50_ms=lat.get("p50"), p90_ms=lat.get("p90"), p95_ms=lat.get("p95"), p99_ms=lat.get("p99"),
+        mean_ms=lat.get("mean"), std_ms=lat.get("std"), min_ms=lat.get("min"), max_ms=lat.get("max"),
+        throughput_per_s=r.get("throughput_per_s"), load_s=r.get("load_s"), first_run_ms=r.get("first_run_ms"),
+        peak_host_mb=r.get("peak_host_mb"), peak_device_mb=r.get("peak_device_mb"),
+        model_size_mb=r.get("model_size_mb"), fidelity_max_abs=fid.get("max_abs"),
+        fidelity_mean_abs=fid.get("mean_abs"), fidelity_cosine=fid.get("cosine"),
+        top1_agreement=fid.get("top1_agreement"), task_name=task.get("name"), task_value=task.get("value"),
+        settings=r.get("settings") or {}, notes=list(r.get("notes") or []), extra=extra,
+    )
+    if samples is not None:
+        data = np.asarray(samples, dtype="<f4")
+        row.samples = Samples(count=int(data.size), data=data.tobytes())
+    return row
+
+
+def _maybe_finish_study(s: Session, study_id: int) -> None:
+    open_jobs = s.scalar(select(func.count()).select_from(Job)
+                         .where(Job.study_id == study_id, Job.status.in_((QUEUED, RUNNING))))
+    if not open_jobs:
+        s.execute(update(Study).where(Study.id == study_id, Study.finished_at.is_(None))
+                  .values(finished_at=utcnow()).execution_options(synchronize_session=False))
+
+
+def requeue_job(s: Session, job_id: int, worker_id: str) -> None:
+    """Give a job back to the queue without counting the attempt (its worker was asked to stop)."""
+    s.execute(update(Job).where(Job.id == job_id, Job.worker_id == worker_id, Job.status == RUNNING)
+              .values(status=QUEUED, worker_id=None, lease_expires_at=None, phase=None, fraction=None,
+                      attempts=Job.attempts - 1).execution_options(synchronize_session=False))
+
+
+def requeue_expired(s: Session) -> int:
+    """Jobs whose worker stopped heartbeating (killed): requeue, or end as crashed after MAX_ATTEMPTS."""
+    now = utcnow()
+    expired = and_(Job.status == RUNNING, Job.lease_expires_at < now)
+    ended = _rowcount(s.execute(
+        update(Job).where(expired, Job.attempts >= MAX_ATTEMPTS)
+        .values(status="crashed", finished_at=now, phase=None, lease_expires_at=None,
+                error_type="WorkerLost", error_message=f"its worker died {MAX_ATTEMPTS} times while running it")
+        .execution_options(synchronize_session=False)
+    ))
+    requeued = _rowcount(s.execute(
+        update(Job).where(expired).values(status=QUEUED, worker_id=None, phase=None, lease_expires_at=None)
+        .execution_options(synchronize_session=False)
+    ))
+    if ended:
+        for (study_id,) in s.execute(select(Job.study_id).where(Job.error_type == "WorkerLost").distinct()):
+            _maybe_finish_study(s, study_id)
+    return int(requeued or 0)
+
+
+def cancel_study(s: Session, study_id: int) -> int:
+    """Skip the study's queued jobs; running ones are stopped by their worker at its next heartbeat."""
+    study = s.get(Study, study_id)
+    if study is None:
+        raise KeyError(study_id)
+    study.cancelled = True
+    skipped = _rowcount(s.execute(
+        update(Job).where(Job.study_id == study_id, Job.status == QUEUED)
+        .values(status="cancelled", finished_at=utcnow(), error_message="the study was cancelled")
+        .execution_options(synchronize_session=False)
+    ))
+    s.flush()
+    _maybe_finish_study(s, study_id)
+    return int(skipped or 0)
+
+
+def delete_study(s: Session, study_id: int) -> None:
+    s.execute(delete(Study).where(Study.id == study_id))
+
+
+def referenced_blobs(s: Session) -> set[str]:
+    return set(s.scalars(select(Dataset.sha256)))
+
+
+# --- workers ----------------------------------------------------------------------------------------
+
+
+def register_worker(s: Session, worker_id: str, hostname: str, pid: int) -> None:
+    s.add(Worker(id=worker_id, hostname=hostname, pid=pid, status="idle"))
+
+
+def worker_heartbeat(s: Session, worker_id: str, status: str, job_id: int | None) -> None:
+    s.execute(update(Worker).where(Worker.id == worker_id)
+              .values(heartbeat_at=utcnow(), status=status, current_job_id=job_id)
+              .execution_options(synchronize_session=False))
+
+
+def live_workers(s: Session, within_s: float = 30.0) -> list[Worker]:
+    since = utcnow() - timedelta(seconds=within_s)
+    return list(s.scalars(select(Worker).where(Worker.heartbeat_at >= since, Worker.status != "stopped")))
+
+
+# --- reading ----------------------------------------------------------------------------------------
+
+
+def study_progress(s: Session, study_id: int) -> dict[str, int]:
+    rows = s.execute(select(Job.status, func.count()).where(Job.study_id == study_id).group_by(Job.status))
+    return {status: int(n) for status, n in rows}
+
+
+def list_studies(s: Session) -> pd.DataFrame:
+    """One row per study, newest first: name, model, cells, how many are done/ok, timestamps."""
+    done = func.sum(case((Job.status.in_(FINAL_STATUSES), 1), else_=0))
+    ok = func.sum(case((Job.status == "ok", 1), else_=0))
+    query = (
+        select(Study.id, Study.name, Model.name.label("model"), Study.created_at, Study.finished_at,
+               Study.cancelled, func.count(Job.id).label("cells"), done.label("done"), ok.label("ok"))
+        .join(Model, Model.id == Study.model_id).outerjoin(Job, Job.study_id == Study.id)
+        .group_by(Study.id, Model.name).order_by(Study.id.desc())
+    )
+    return pd.DataFrame(s.execute(query).mappings().all(),
+                        columns=["id", "name", "model", "created_at", "finished_at", "cancelled", "cells", "done",
+                                 "ok"])
+
+
+def study_jobs(s: Session, study_id: int) -> list[tuple[Job, Result | None]]:
+    query = (select(Job, Result).outerjoin(Result, Result.job_id == Job.id)
+             .where(Job.study_id == study_id).order_by(Job.cell))
+    return [(job, result) for job, result in s.execute(query).all()]
+
+
+def result_dict(job: Job, result: Result | None) -> dict[str, Any]:
+    """A job and its result as one row of the results JSON (ARCHITECTURE.md contract)."""
+    row: dict[str, Any] = {
+        "cell": job.cell, "job_id": job.id, "variant": job.variant, "runtime": job.runtime,
+        "batch_size": job.batch_size, "status": job.status, "error": _error_text(job),
+        "latency_ms": None, "throughput_per_s": None, "load_s": None, "first_run_ms": None, "peak_host_mb": None,
+        "peak_device_mb": None, "model_size_mb": None, "accuracy": {"fidelity": None, "task": None},
+        "settings": None, "notes": [job.error_message] if job.status in ("n/a", "unavailable") and
+        job.error_message else [], "attempts": job.attempts,
+    }
+    if result is None:
+        return row
+    extra = dict(result.extra or {})
+    row.update({
+        "latency_ms": {"p50": result.p50_ms, "p90": result.p90_ms, "p95": result.p95_ms, "p99": result.p99_ms,
+                       "mean": result.mean_ms, "std": result.std_ms, "min": result.min_ms, "max": result.max_ms,
+                       "p50_ci95": extra.pop("p50_ci95", None), "iterations": extra.pop("iterations", None)},
+        "throughput_per_s": result.throughput_per_s, "load_s": result.load_s, "first_run_ms": result.first_run_ms,
+        "peak_host_mb": result.peak_host_mb, "peak_device_mb": result.peak_device_mb,
+        "model_size_mb": result.model_size_mb,
+        "accuracy": {
+            "fidelity": None if result.fidelity_cosine is None else {
+                "max_abs": result.fidelity_max_abs, "mean_abs": result.fidelity_mean_abs,
+                "cosine": result.fidelity_cosine, "top1_agreement": result.top1_agreement},
+            "task": None if result.task_name is None else {"name": result.task_name, "value": result.task_value},
+        },
+        "settings": result.settings, "notes": result.notes, **extra,
+    })
+    return row
+
+
+def _error_text(job: Job) -> str | None:
+    if job.status in ("ok", QUEUED, RUNNING):
+        return None
+    if job.error_type and job.status == "failed":
+        return f"{job.error_type}: {job.error_message}"
+    return job.error_message
+
+
+def add_speedups(rows: list[dict[str, Any]]) -> None:
+    """Speedup of each ok cell's p50 over the baseline on the first runtime that ran it, same batch size."""
+    baselines: dict[int, float] = {}
+    for row in rows:
+        if row["variant"] == "baseline" and row["status"] == "ok" and row["batch_size"] not in baselines:
+            baselines[row["batch_size"]] = row["latency_ms"]["p50"]
+    for row in rows:
+        base = baselines.get(row["batch_size"])
+        ok = row["status"] == "ok" and base is not None
+        row["speedup_vs_baseline"] = base / row["latency_ms"]["p50"] if ok else None
+
+
+def study_results(s: Session, study_id: int) -> list[dict[str, Any]]:
+    rows = [result_dict(job, result) for job, result in study_jobs(s, study_id)]
+    add_speedups(rows)
+    return rows
+
+
+def results_frame(s: Session, study_id: int) -> pd.DataFrame:
+    """The study's results flattened for tables and charts (one row per cell)."""
+    flat = []
+    for r in study_results(s, study_id):
+        lat = r["latency_ms"] or {}
+        fid = r["accuracy"]["fidelity"] or {}
+        task = r["accuracy"]["task"] or {}
+        flat.append({
+            "cell": r["cell"], "variant": r["variant"], "runtime": r["runtime"], "batch_size": r["batch_size"],
+            "status": r["status"], "error": r["error"], "p50_ms": lat.get("p50"), "p90_ms": lat.get("p90"),
+            "p99_ms": lat.get("p99"), "mean_ms": lat.get("mean"), "throughput_per_s": r["throughput_per_s"],
+            "speedup": r["speedup_vs_baseline"], "load_s": r["load_s"], "first_run_ms": r["first_run_ms"],
+            "peak_host_mb": r["peak_host_mb"], "peak_device_mb": r["peak_device_mb"],
+            "model_size_mb": r["model_size_mb"], "cosine": fid.get("cosine"), "max_abs": fid.get("max_abs"),
+            "top1_agreement": fid.get("top1_agreement"), "task_metric": task.get("value"),
+            "notes": "; ".join(r["notes"] or []),
+        })
+    return pd.DataFrame(flat)
+
+
+def study_samples(s: Session, study_id: int) -> dict[int, np.ndarray]:
+    """Raw latency samples (ms) per cell index."""
+    query = (select(Job.cell, Samples.data).join(Result, Result.job_id == Job.id)
+             .join(Samples, Samples.result_id == Result.id).where(Job.study_id == study_id))
+    return {cell: np.frombuffer(data, dtype="<f4").astype(np.float64) for cell, data in s.execute(query)}
+
+
+def results_json(s: Session, study_id: int, with_samples: bool = False) -> dict[str, Any]:
+    """The results JSON of ARCHITECTURE.md for a stored study."""
+    study = s.get(Study, study_id)
+    if study is None:
+        raise KeyError(study_id)
+    rows = study_results(s, study_id)
+    env_ids = set(s.scalars(select(Result.environment_id).where(Result.study_id == study_id).distinct()))
+    envs = [e.data for e in s.scalars(select(Environment).where(Environment.id.in_(env_ids - {None})))]
+    if with_samples:
+        samples = study_samples(s, study_id)
+        for row in rows:
+            got = samples.get(row["cell"])
+            row["samples_ms"] = got.tolist() if got is not None else None
+    return {
+        "study": {
+            "id": study.id, "name": study.name, "created_at": _iso(study.created_at),
+            "finished_at": _iso(study.finished_at), "cancelled": study.cancelled,
+            "model": {"name": study.model.name, "sha256": study.model.sha256, "format": study.model.format,
+                      "size_bytes": study.model.size_bytes, "spec": study.model.artifact.get("spec"),
+                      "info": study.model.artifact.get("info")},
+            "variants": study.variants, "runtimes": study.runtimes, "batch_sizes": study.batch_sizes,
+            "settings": study.settings, "reference": study.reference, "progress": study_progress(s, study_id),
+        },
+        "environment": envs[0] if len(envs) == 1 else (envs or None),
+        "results": rows,
+    }
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def has_queued(s: Session) -> bool:
+    return s.scalar(select(Job.id).where(Job.status == QUEUED).limit(1)) is not None
+
+
+def open_studies(s: Session) -> list[int]:
+    return list(s.scalars(select(Study.id).where(Study.finished_at.is_(None))))
+
+
+def stale_running(s: Session) -> int:
+    return int(s.scalar(select(func.count()).select_from(Job).where(
+        Job.status == RUNNING, or_(Job.lease_expires_at.is_(None), Job.lease_expires_at < utcnow()))) or 0)

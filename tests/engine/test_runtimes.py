@@ -1,0 +1,225 @@
+"""Runtimes on tiny real models: agreement with torch, GPU runtimes refusing a CPU fallback, lifecycle, threads."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from engine.errors import Unavailable, UserError
+from engine.measure.devices import cuda_devices
+from engine.optimizations.build import Variant
+from engine.runtimes import REGISTRY, RuntimeSettings, Session, availability, get
+
+CPU_RUNTIMES = [("torch", "torch"), ("torchscript", "torchscript"), ("onnxruntime", "onnx"), ("openvino", "onnx")]
+NO_GPU = not cuda_devices()[0]
+
+
+@pytest.fixture(autouse=True)
+def torch_threads() -> Iterator[None]:
+    """Restore torch's thread count after each test: loading a torch runtime sets it process-wide."""
+    import torch
+
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def _feeds(n: int = 5) -> dict[str, np.ndarray]:
+    return {"input": np.random.default_rng(n).standard_normal((n, 16)).astype(np.float32)}
+
+
+def _reference(model: Any, feeds: dict[str, np.ndarray]) -> np.ndarray:
+    import torch
+
+    from engine.modules import load_module
+
+    with torch.inference_mode():
+        return load_module(model.path, model.format)(torch.from_numpy(feeds["input"])).numpy()  # type: ignore[no-any-return]
+
+
+def _infer(runtime_id: str, variant: Variant, feeds: dict[str, np.ndarray], threads: int = 1,
+           **options: Any) -> tuple[list[np.ndarray], dict[str, Any]]:
+    with get(runtime_id)(RuntimeSettings(threads=threads, options=options)).load(variant) as session:
+        outputs = session.fetch(session.run(session.prepare(feeds)))
+        return outputs, dict(session.applied)
+
+
+def test_registry_declares_consumes_and_device() -> None:
+    assert {"torch", "torch-compile", "torchscript", "onnxruntime", "onnxruntime-cuda", "onnxruntime-tensorrt",
+            "openvino"} <= set(REGISTRY)
+    rows = {row["id"]: row for row in availability()}
+    assert rows.keys() == REGISTRY.keys()
+    for rid, cls in REGISTRY.items():
+        assert cls.id == rid and cls.consumes in ("torch", "torchscript", "onnx") and cls.device in ("cpu", "cuda")
+        assert rows[rid]["available"] == (rows[rid]["reason"] is None)
+    for rid, _ in CPU_RUNTIMES:
+        assert rows[rid]["available"], rows[rid]["reason"]
+    with pytest.raises(UserError, match="nope"):
+        get("nope")
+
+
+@pytest.mark.parametrize(("runtime_id", "target"), CPU_RUNTIMES)
+def test_cpu_runtimes_agree_with_torch(shared_build, mlp_pt2: Path, runtime_id: str, target: str) -> None:
+    model, variant = shared_build(mlp_pt2, "baseline", target)
+    assert get(runtime_id).consumes == target
+    for n in (1, 5):
+        feeds = _feeds(n)
+        outputs, applied = _infer(runtime_id, variant, feeds)
+        assert len(outputs) == 1 and outputs[0].dtype == np.float32
+        np.testing.assert_allclose(outputs[0], _reference(model, feeds), atol=1e-4, rtol=0)
+    assert applied["intra_op_threads"] == 1
+
+
+def test_onnxruntime_and_openvino_run_an_uploaded_onnx_file(shared_build, mlp_onnx: Path) -> None:
+    import torch
+
+    from tests.conftest import _mlp
+
+    _, variant = shared_build(mlp_onnx)
+    feeds = {"x": _feeds(4)["input"]}
+    with torch.inference_mode():
+        reference = _mlp()(torch.from_numpy(feeds["x"])).numpy()
+    for runtime_id in ("onnxruntime", "openvino"):
+        outputs, _ = _infer(runtime_id, variant, feeds)
+        np.testing.assert_allclose(outputs[0], reference, atol=1e-4, rtol=0)
+
+
+def test_onnx_runtimes_feed_inputs_by_name(tmp_path: Path) -> None:
+    import onnx
+    from onnx import TensorProto, helper
+
+    from engine.artifacts import intake
+
+    graph = helper.make_graph(
+        [helper.make_node("Sub", ["a", "b"], ["d"])], "sub",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", 3]) for n in ("a", "b")],
+        [helper.make_tensor_value_info("d", TensorProto.FLOAT, ["batch", 3])])
+    path = tmp_path / "sub.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    model = intake(path)
+    variant = Variant("baseline", "onnx", model.path, model.size_bytes, [], 0.0, False, input_names=model.spec.names)
+    feeds = {"b": np.ones((2, 3), np.float32), "a": np.full((2, 3), 5, np.float32), "extra": np.zeros(1, np.float32)}
+    for runtime_id in ("onnxruntime", "openvino"):
+        outputs, _ = _infer(runtime_id, variant, feeds)
+        np.testing.assert_array_equal(outputs[0], np.full((2, 3), 4, np.float32))
+
+
+def test_torch_compile_compiles_and_agrees(shared_build, mlp_pt2: Path) -> None:
+    model, variant = shared_build(mlp_pt2, "baseline", "torch")
+    feeds = _feeds(3)
+    outputs, applied = _infer("torch-compile", variant, feeds)
+    assert applied["backend"] == "inductor" and applied["compile_mode"] == "default"
+    np.testing.assert_allclose(outputs[0], _reference(model, feeds), atol=1e-4, rtol=0)
+
+
+# --- GPU runtimes on a machine without one ----------------------------------------------------
+
+
+@pytest.mark.skipif(not NO_GPU, reason="this machine has an NVIDIA GPU")
+@pytest.mark.parametrize("runtime_id", ["onnxruntime-cuda", "onnxruntime-tensorrt"])
+def test_gpu_runtimes_are_unavailable_with_a_reason(runtime_id: str) -> None:
+    ok, reason = get(runtime_id).available()
+    assert not ok and reason
+
+
+@pytest.mark.skipif(not NO_GPU, reason="this machine has an NVIDIA GPU")
+@pytest.mark.parametrize("runtime_id", ["onnxruntime-cuda", "onnxruntime-tensorrt"])
+def test_gpu_runtimes_never_fall_back_to_the_cpu(shared_build, mlp_onnx: Path, runtime_id: str) -> None:
+    # load() is called without available(): the check after session creation must still refuse
+    _, variant = shared_build(mlp_onnx)
+    runtime = get(runtime_id)(RuntimeSettings(threads=1))
+    with pytest.raises(Unavailable, match="did not activate") as info:
+        runtime.load(variant)
+    assert runtime.provider in str(info.value) and "CPUExecutionProvider" in str(info.value)  # type: ignore[attr-defined]
+
+
+# --- lifecycle --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("runtime_id", "target"), CPU_RUNTIMES)
+def test_a_closed_session_refuses_to_run(shared_build, mlp_pt2: Path, runtime_id: str, target: str) -> None:
+    _, variant = shared_build(mlp_pt2, "baseline", target)
+    session = get(runtime_id)(RuntimeSettings(threads=1)).load(variant)
+    with session:
+        prepared = session.prepare(_feeds(2))
+        session.run(prepared)
+    with pytest.raises(RuntimeError, match="closed"):
+        session.run(prepared)
+    with pytest.raises(RuntimeError, match="closed"):
+        session.prepare(_feeds(2))
+    session.close()  # closing twice is harmless
+
+
+@pytest.mark.parametrize(("runtime_id", "target"), CPU_RUNTIMES)
+def test_missing_inputs_give_a_clear_error(shared_build, mlp_pt2: Path, runtime_id: str, target: str) -> None:
+    _, variant = shared_build(mlp_pt2, "baseline", target)
+    with get(runtime_id)(RuntimeSettings(threads=1)).load(variant) as session:
+        with pytest.raises(UserError, match=r"inputs \['input'\] are missing; the model takes \['input'\]"):
+            session.prepare({"x": _feeds(2)["input"]})
+
+
+def test_the_base_session_checks_state_for_every_runtime() -> None:
+    calls: list[str] = []
+
+    class Echo(Session):
+        def _prepare(self, feeds: dict[str, np.ndarray]) -> Any:
+            calls.append("prepare")
+            return feeds
+
+        def _run(self, prepared: Any) -> Any:
+            calls.append("run")
+            return [prepared["a"] * 2]
+
+        def _fetch(self, outputs: Any) -> list[np.ndarray]:
+            return list(outputs)
+
+        def _close(self) -> None:
+            calls.append("close")
+
+    with Echo(["a"]) as session:
+        assert session.fetch(session.run(session.prepare({"a": np.ones(2), "b": np.zeros(1)})))[0].tolist() == [2, 2]
+    session.close()
+    assert calls == ["prepare", "run", "close"]
+
+
+# --- settings ---------------------------------------------------------------------------------
+
+
+def test_threads_must_be_positive() -> None:
+    with pytest.raises(UserError, match="at least 1"):
+        RuntimeSettings(threads=0)
+    settings = RuntimeSettings(threads=3, options={"graph_optimization_level": "basic"})
+    assert settings.to_json() == {"threads": 3, "graph_optimization_level": "basic"}
+
+
+@pytest.mark.parametrize("runtime_id", ["torch", "torchscript"])
+def test_torch_runtimes_apply_the_thread_setting(shared_build, mlp_pt2: Path, runtime_id: str) -> None:
+    import torch
+
+    target = get(runtime_id).consumes
+    _, variant = shared_build(mlp_pt2, "baseline", target)
+    for threads in (2, 1):
+        with get(runtime_id)(RuntimeSettings(threads=threads)).load(variant) as session:
+            assert torch.get_num_threads() == threads
+            assert session.applied["intra_op_threads"] == threads
+
+
+def test_onnxruntime_records_the_options_it_applied(shared_build, mlp_pt2: Path) -> None:
+    _, variant = shared_build(mlp_pt2)
+    _, applied = _infer("onnxruntime", variant, _feeds(2), threads=2, graph_optimization_level="basic")
+    assert applied["intra_op_threads"] == 2 and applied["inter_op_threads"] == 1
+    assert applied["graph_optimization_level"] == "basic"
+    assert applied["providers"] == ["CPUExecutionProvider"]
+    with pytest.raises(UserError, match="graph_optimization_level=fast"):
+        _infer("onnxruntime", variant, _feeds(2), graph_optimization_level="fast")
+
+
+def test_openvino_runs_fp32_unless_asked_and_records_threads(shared_build, mlp_pt2: Path) -> None:
+    _, variant = shared_build(mlp_pt2)
+    _, applied = _infer("openvino", variant, _feeds(2), threads=2)
+    assert applied["inference_precision"] == "f32"
+    assert applied["intra_op_threads"] == 2 and applied["num_streams"] == 1

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,16 +51,8 @@ def submit_study(model: Artifact, variants: list[Chain], runtimes: list[str], ba
     return study_id, cells
 
 
-def run_study(study_id: int, events: StudyEvents | None = None, poll_s: float = 1.0) -> None:
-    """Run the study's queued jobs here; then wait for any that other workers still run."""
+def run_study(study_id: int, events: StudyEvents | None = None) -> None:
+    """Run the study's queued jobs here until none is queued or running (another worker may help)."""
     from engine.worker import Worker
-    from storage import queries as q
-    from storage.db import session
 
     Worker(study_id=study_id, events=events).run(until_idle=True)
-    while True:
-        with session(write=False) as s:
-            progress = q.study_progress(s, study_id)
-        if not progress.get("queued") and not progress.get("running"):
-            return
-        time.sleep(poll_s)  # cells claimed by another worker: wait for them to end

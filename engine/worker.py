@@ -121,11 +121,9 @@ class Worker:
             signal.signal(sig, handler)
 
     def _queue_empty(self) -> bool:
+        """Nothing queued and nothing in flight: a running job may still come back if its worker died."""
         with session(write=False) as s:
-            progress = q.study_progress(s, self.study_id) if self.study_id is not None else None
-            if progress is not None:
-                return not progress.get("queued") and not progress.get("running")
-            return not q.has_queued(s)
+            return not q.has_open_jobs(s, self.study_id)
 
     # --- heartbeat ---------------------------------------------------------------------------
 

@@ -426,8 +426,12 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value else None
 
 
-def has_queued(s: Session) -> bool:
-    return s.scalar(select(Job.id).where(Job.status == QUEUED).limit(1)) is not None
+def has_open_jobs(s: Session, study_id: int | None = None) -> bool:
+    """Any job queued or running (in one study, or anywhere)."""
+    query = select(Job.id).where(Job.status.in_((QUEUED, RUNNING)))
+    if study_id is not None:
+        query = query.where(Job.study_id == study_id)
+    return s.scalar(query.limit(1)) is not None
 
 
 def open_studies(s: Session) -> list[int]:

@@ -1,0 +1,151 @@
+"""The worker with real processes: crashes, hangs, memory blow-ups, kill -9, SIGTERM and cancel."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+from sqlalchemy import select
+
+from engine.artifacts import intake
+from engine.measure.latency import MeasureSettings
+from engine.plan import StudySettings
+from storage import db
+from storage import queries as q
+from storage.db import session
+from storage.tables import Job
+from tests.storage.helpers import make_study
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(autouse=True)
+def fresh_engines() -> Any:
+    db.reset()
+    yield
+    db.reset()
+
+
+def settings(**overrides: Any) -> dict[str, Any]:
+    base = StudySettings(measure=MeasureSettings(warmup=1, iterations=3, min_seconds=0.05), threads=1,
+                         timeout_s=overrides.pop("timeout_s", 60), memory_limit_mb=overrides.pop("memory_mb", 2048))
+    return base.to_json()
+
+
+def worker(data_dir: Path, *args: str, lease_s: float = 30, slow_s: float = 3) -> subprocess.Popen[str]:
+    env = {**os.environ, "PARETOSCOPE_DATA_DIR": str(data_dir), "PARETOSCOPE_TEST_RUNTIMES": "1",
+           "PARETOSCOPE_WORKER_LEASE_S": str(lease_s), "PARETOSCOPE_TEST_SLOW_S": str(slow_s)}
+    return subprocess.Popen([sys.executable, "-m", "engine", "worker", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def jobs(study_id: int) -> list[Job]:
+    with session(write=False) as s:
+        return list(s.scalars(select(Job).where(Job.study_id == study_id).order_by(Job.cell)))
+
+
+def wait_for(predicate: Any, timeout: float = 60, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def assert_pids_dead(data_dir: Path) -> None:
+    folder = data_dir / "test-pids"
+    pids = [int(p.name) for p in folder.iterdir()] if folder.exists() else []
+    for pid in pids:
+        alive = psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        assert not alive, f"process {pid} outlived its job"
+
+
+def test_crash_hang_and_memory_blowup_become_rows(data_dir: Path, mlp_onnx: Path) -> None:
+    artifact = intake(mlp_onnx).to_json()
+    study_id = make_study(4, ["test-segfault", "test-hang", "test-greedy", "onnxruntime"],
+                          settings=settings(timeout_s=3, memory_mb=1024), artifact=artifact)
+    proc = worker(data_dir, "--until-idle")
+    _out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    segv, hang, greedy, fine = jobs(study_id)
+    assert (segv.status, segv.error_type, segv.attempts) == ("crashed", "SIGSEGV", 2)
+    assert "SIGSEGV" in (segv.error_message or "")
+    assert (hang.status, hang.attempts) == ("timeout", 2)
+    assert greedy.status == "oom" and greedy.attempts == 1, greedy.error_message
+    assert fine.status == "ok"
+    assert_pids_dead(data_dir)
+    with session(write=False) as s:
+        assert s.get(q.Study, study_id).finished_at is not None
+        rows = q.study_results(s, study_id)
+    assert [r["status"] for r in rows] == ["crashed", "timeout", "oom", "ok"]
+    assert rows[3]["latency_ms"]["p50"] > 0
+
+
+def test_kill_9_of_a_worker_requeues_its_job_once(data_dir: Path, mlp_onnx: Path) -> None:
+    artifact = intake(mlp_onnx).to_json()
+    study_id = make_study(2, ["test-slow", "onnxruntime"], settings=settings(), artifact=artifact)
+    first = worker(data_dir, lease_s=2, slow_s=4)
+    wait_for(lambda: jobs(study_id)[0].status == "running", what="the first job to start")
+    children = psutil.Process(first.pid).children(recursive=True)
+    first.kill()
+    first.wait()
+    for child in children:  # the orphaned cell process: a killed worker cannot stop it
+        child.kill()
+    second = worker(data_dir, "--until-idle", lease_s=2, slow_s=0)
+    _out, err = second.communicate(timeout=300)
+    assert second.returncode == 0, err
+    slow, fine = jobs(study_id)
+    assert (slow.status, slow.attempts) == ("ok", 2)
+    assert fine.status == "ok"
+    with session(write=False) as s:
+        rows = q.study_results(s, study_id)
+    assert len(rows) == 2 and all(r["latency_ms"] is not None for r in rows)
+
+
+def test_sigterm_stops_the_child_requeues_the_job_and_exits_cleanly(data_dir: Path, mlp_onnx: Path) -> None:
+    artifact = intake(mlp_onnx).to_json()
+    study_id = make_study(1, ["test-hang"], settings=settings(timeout_s=120), artifact=artifact)
+    proc = worker(data_dir)
+    wait_for(lambda: (data_dir / "test-pids").exists() and any((data_dir / "test-pids").iterdir()),
+             what="the cell's process to start")
+    proc.send_signal(signal.SIGTERM)
+    _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    (job,) = jobs(study_id)
+    assert job.status == "queued" and job.attempts == 0 and job.worker_id is None
+    assert_pids_dead(data_dir)
+
+
+def test_cancelling_a_study_stops_its_running_job_and_skips_the_rest(data_dir: Path, mlp_onnx: Path) -> None:
+    artifact = intake(mlp_onnx).to_json()
+    study_id = make_study(3, ["test-hang", "onnxruntime", "onnxruntime"], settings=settings(timeout_s=120),
+                          artifact=artifact)
+    proc = worker(data_dir, "--until-idle", lease_s=3)
+    wait_for(lambda: jobs(study_id)[0].status == "running", what="the first job to start")
+    with session() as s:
+        q.cancel_study(s, study_id)
+    _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert [j.status for j in jobs(study_id)] == ["cancelled", "cancelled", "cancelled"]
+    assert_pids_dead(data_dir)
+
+
+def test_queued_jobs_wait_until_a_worker_starts(data_dir: Path, mlp_onnx: Path) -> None:
+    artifact = intake(mlp_onnx).to_json()
+    study_id = make_study(2, "onnxruntime", settings=settings(), artifact=artifact)
+    time.sleep(0.5)
+    assert [j.status for j in jobs(study_id)] == ["queued", "queued"]
+    proc = worker(data_dir, "--max-jobs", "1")
+    _out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert sorted(j.status for j in jobs(study_id)) == ["ok", "queued"]
+    with session(write=False) as s:
+        assert s.get(q.Study, study_id).reference is not None  # computed once, kept for the next cell

@@ -9,6 +9,7 @@ import pandas as pd
 import streamlit as st
 
 from engine.paths import data_dir
+from engine.worker import ensure_local_worker
 from storage import queries as q
 from storage.db import database_url, session
 
@@ -33,7 +34,14 @@ def _results(url: str, study_id: int) -> tuple[pd.DataFrame, dict]:  # type: ign
         return q.results_frame(s, study_id), q.results_json(s, study_id)
 
 
+@st.cache_resource
+def _local_worker(url: str) -> int | None:
+    """Once per dashboard process: make sure a worker runs the queued jobs."""
+    return ensure_local_worker()
+
+
 url = database_url()
+_local_worker(url)
 studies = _studies(url)
 st.caption(f"Data folder: `{data_dir()}`")
 if studies.empty:

@@ -271,3 +271,43 @@ class Worker:
             row = q.result_dict(job, job.result) if job is not None else {}
         if stored is not None and stored != q.QUEUED:
             self.events.finished(cell, row, meta["position"], meta["total"])
+
+
+def ensure_local_worker() -> int | None:
+    """Start one background worker when none has a live heartbeat; return its pid (None if one runs).
+
+    The dashboard calls this on start. A file lock and a pid file keep two sessions from starting two
+    workers while the first is still importing.
+    """
+    import subprocess
+    import sys
+
+    if os.environ.get("PARETOSCOPE_NO_AUTO_WORKER") == "1":
+        return None
+    folder = sub_dir("locks")
+    with open(folder / "auto-worker.lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        with session(write=False) as s:
+            if q.live_workers(s, within_s=max(3 * HEARTBEAT_S, 15.0)):
+                return None
+        pid_file = folder / "auto-worker.pid"
+        if pid_file.is_file() and _alive(pid_file.read_text()):
+            return None  # started moments ago and still starting up
+        log = open(sub_dir("logs") / "worker.log", "ab")
+        root = Path(__file__).resolve().parents[1]
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
+        process = subprocess.Popen([sys.executable, "-m", "engine", "worker"], stdout=log, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL, start_new_session=True, cwd=str(root), env=env)
+        log.close()
+        pid_file.write_text(str(process.pid))
+        return process.pid
+
+
+def _alive(pid_text: str) -> bool:
+    """A running (not zombie) process: a worker we started but never reaped stays a zombie."""
+    import psutil
+
+    try:
+        return psutil.Process(int(pid_text)).status() != psutil.STATUS_ZOMBIE
+    except (ValueError, psutil.Error):
+        return False

@@ -441,3 +441,62 @@ def open_studies(s: Session) -> list[int]:
 def stale_running(s: Session) -> int:
     return int(s.scalar(select(func.count()).select_from(Job).where(
         Job.status == RUNNING, or_(Job.lease_expires_at.is_(None), Job.lease_expires_at < utcnow()))) or 0)
+
+
+# --- models page ------------------------------------------------------------------------------------
+
+
+def list_models(s: Session) -> pd.DataFrame:
+    studies = func.count(Study.id)
+    query = (select(Model.id, Model.name, Model.format, Model.size_bytes, Model.sha256, Model.created_at,
+                    studies.label("studies"))
+             .outerjoin(Study, Study.model_id == Model.id).group_by(Model.id).order_by(Model.id.desc()))
+    return pd.DataFrame(s.execute(query).mappings().all(),
+                        columns=["id", "name", "format", "size_bytes", "sha256", "created_at", "studies"])
+
+
+def get_model(s: Session, model_id: int) -> Model | None:
+    return s.get(Model, model_id)
+
+
+def rename_model(s: Session, model_id: int, name: str) -> None:
+    model = s.get(Model, model_id)
+    if model is None:
+        raise KeyError(model_id)
+    model.name = name.strip()[:255] or model.name
+
+
+def delete_model(s: Session, model_id: int) -> None:
+    """Delete a model no study uses (studies keep their model: delete them first)."""
+    used = s.scalar(select(func.count()).select_from(Study).where(Study.model_id == model_id))
+    if used:
+        raise ValueError(f"{used} studies use this model; delete them first")
+    s.execute(delete(Variant).where(Variant.model_id == model_id))
+    s.execute(delete(Model).where(Model.id == model_id))
+
+
+def list_datasets(s: Session) -> pd.DataFrame:
+    query = select(Dataset.id, Dataset.name, Dataset.size_bytes, Dataset.sha256, Dataset.created_at)
+    return pd.DataFrame(s.execute(query.order_by(Dataset.id.desc())).mappings().all(),
+                        columns=["id", "name", "size_bytes", "sha256", "created_at"])
+
+
+def get_study(s: Session, study_id: int) -> Study | None:
+    return s.get(Study, study_id)
+
+
+def live_jobs(s: Session, study_id: int) -> pd.DataFrame:
+    """Per-cell state for the progress view: status, phase, fraction, start and end times."""
+    query = (select(Job.cell, Job.variant, Job.runtime, Job.batch_size, Job.status, Job.phase, Job.fraction,
+                    Job.attempts, Job.started_at, Job.finished_at, Job.error_message)
+             .where(Job.study_id == study_id).order_by(Job.cell))
+    return pd.DataFrame(s.execute(query).mappings().all(),
+                        columns=["cell", "variant", "runtime", "batch_size", "status", "phase", "fraction", "attempts",
+                                 "started_at", "finished_at", "error_message"])
+
+
+def workers_frame(s: Session) -> pd.DataFrame:
+    query = select(Worker.id, Worker.hostname, Worker.pid, Worker.status, Worker.current_job_id, Worker.started_at,
+                   Worker.heartbeat_at).order_by(Worker.heartbeat_at.desc()).limit(50)
+    return pd.DataFrame(s.execute(query).mappings().all(),
+                        columns=["id", "hostname", "pid", "status", "current_job_id", "started_at", "heartbeat_at"])

@@ -16,6 +16,7 @@ def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     folder = tmp_path / "data"
     monkeypatch.setenv("PARETOSCOPE_DATA_DIR", str(folder))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("PARETOSCOPE_NO_AUTO_WORKER", "1")  # tests start the workers they need
     return folder
 
 

@@ -149,3 +149,23 @@ def test_queued_jobs_wait_until_a_worker_starts(data_dir: Path, mlp_onnx: Path) 
     assert sorted(j.status for j in jobs(study_id)) == ["ok", "queued"]
     with session(write=False) as s:
         assert s.get(q.Study, study_id).reference is not None  # computed once, kept for the next cell
+
+
+def test_dashboard_starts_one_local_worker_when_none_is_alive(data_dir: Path, mlp_onnx: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from engine.worker import ensure_local_worker
+
+    artifact = intake(mlp_onnx).to_json()
+    study_id = make_study(1, "onnxruntime", settings=settings(), artifact=artifact)
+    monkeypatch.delenv("PARETOSCOPE_NO_AUTO_WORKER")
+    pid = ensure_local_worker()
+    assert pid is not None
+    try:
+        assert ensure_local_worker() is None  # still starting: not a second one
+        wait_for(lambda: jobs(study_id)[0].status == "ok", what="the auto-started worker to run the job")
+        with session(write=False) as s:
+            assert len(q.live_workers(s)) == 1
+        assert ensure_local_worker() is None
+    finally:
+        os.kill(pid, signal.SIGTERM)
+        psutil.Process(pid).wait(30)

@@ -1,0 +1,1 @@
+"""Reports: the Pareto analysis and the Plotly charts shared by the dashboard and exported reports."""

@@ -205,6 +205,15 @@ def intake(path: str | Path, *, input_spec: str | None = None, seq_len: int | No
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def respec(artifact: Artifact, *, input_spec: str | None, seq_len: int | None) -> Artifact:
+    """The stored model with another input spec or sequence length, checked like at intake."""
+    label = artifact.path.name
+    if input_spec is None:
+        return _respec(artifact, artifact.spec.with_seq_len(_seq_len(artifact.info, seq_len, label)))
+    spec, _ = _inspect(artifact.path, artifact.format, label, input_spec, seq_len)
+    return _respec(artifact, spec)
+
+
 def load_artifact(folder: Path) -> Artifact:
     return Artifact.from_json(json.loads((folder / _ARTIFACT_JSON).read_text()))
 

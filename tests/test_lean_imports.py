@@ -32,3 +32,28 @@ def test_runtime_listing_imports_no_heavy_library() -> None:
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert proc.stdout.strip() == ""
+
+
+def test_dashboard_pages_import_no_heavy_library(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The dashboard process never loads torch or a runtime: uploads are inspected in child processes."""
+    code = (
+        "import sys\n"
+        "from streamlit.testing.v1 import AppTest\n"
+        "from pages import PAGES\n"
+        "at = AppTest.from_file('app.py', default_timeout=60).run()\n"
+        "assert not at.exception, at.exception\n"
+        "for file, _, _ in PAGES[1:]:\n"
+        "    at.switch_page('pages/' + file).run()\n"
+        "    assert not at.exception, (file, at.exception)\n"
+        f"print(','.join(m for m in {HEAVY!r} if m in sys.modules))\n"
+    )
+    import os
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PARETOSCOPE_DATA_DIR": str(tmp_path / "data"), "PARETOSCOPE_NO_AUTO_WORKER": "1"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=root,
+                          env=env, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    last = proc.stdout.rstrip("\n").split("\n")[-1]
+    assert last == "", f"the dashboard imported {last}"

@@ -48,6 +48,23 @@ def dispatch(task: str, payload: dict[str, Any], progress: ProgressFn) -> dict[s
         from engine.executors import testing
 
         return testing.run(payload, progress)
+    if task == "intake":  # inspection of an untrusted upload, away from the dashboard's process
+        from engine.artifacts import intake
+
+        artifact = intake(payload["path"], input_spec=payload.get("input_spec"), seq_len=payload.get("seq_len"))
+        return artifact.to_json()
+    if task == "respec":
+        from engine.artifacts import Artifact, respec
+
+        changed = respec(Artifact.from_json(payload["artifact"]), input_spec=payload.get("input_spec"),
+                         seq_len=payload.get("seq_len"))
+        return changed.to_json()
+    if task == "demo":
+        from engine.artifacts import intake
+        from engine.demo import build_demo
+
+        model_path, data_path, report = build_demo()
+        return {"artifact": intake(model_path).to_json(), "data": str(data_path), "report": report}
     from engine import job
     from engine.artifacts import Artifact
     from engine.plan import Cell, StudySettings

@@ -55,13 +55,12 @@ class Int8StaticConfig(OptConfig):
     method: Literal["minmax", "entropy", "percentile"] = "minmax"
     per_channel: bool = True
     samples: int = 128
-    # uint8 (asymmetric) activations are ONNX Runtime's fast x86 path (U8S8); OpenVINO runs
-    # activation_type=int8,symmetric_activations=true fastest.
+    # uint8 activations are asymmetric: ONNX Runtime's fast x86 path (U8S8). int8 activations are
+    # symmetric (zero point 0, the S8S8 recipe): OpenVINO runs those fastest.
     activation_type: Literal["uint8", "int8"] = "uint8"
     percentile: float = 99.999
     # op types to quantize; empty = chosen by model (see STATIC_TRANSFORMER_OPS)
     ops: tuple[str, ...] = ()
-    symmetric_activations: bool = False
     # 7-bit weights: for x86 CPUs without VNNI, where U8S8 products can saturate
     reduce_range: bool = False
     # node names kept in float (sensitive layers), joined with '|' on the command line
@@ -78,9 +77,6 @@ class Int8StaticConfig(OptConfig):
             raise ValueError(f"percentile={self.percentile} must be in [90, 100)")
         _check_names("ops", self.ops)
         _check_names("exclude", self.exclude)
-        if self.symmetric_activations and self.activation_type != "int8":
-            raise ValueError("symmetric_activations=true needs activation_type=int8 (uint8 activations are "
-                             f"asymmetric), got activation_type={self.activation_type}")
 
 
 register("int8-dynamic", stage="format", config=Int8DynamicConfig, formats=("onnx", "torch"),
@@ -175,7 +171,7 @@ def int8_static_onnx(src: Path, dst: Path, config: Int8StaticConfig, ctx: Any) -
     extra: dict[str, Any] = {}
     if config.method == "percentile":
         extra["CalibPercentile"] = config.percentile
-    if config.symmetric_activations:
+    if config.activation_type == "int8":
         extra["ActivationSymmetric"] = True
     ops = _static_ops(pre, config, ctx.notes)
     large = pre.stat().st_size > 1_500_000_000

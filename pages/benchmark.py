@@ -1,0 +1,160 @@
+"""Benchmark: build a study (variants, runtimes, batch sizes, settings), preview its cells, submit, watch it run."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pandas as pd
+import streamlit as st
+
+from engine.artifacts import Artifact
+from engine.errors import UserError
+from engine.measure.latency import MeasureSettings
+from engine.optimizations import REGISTRY, parse_chain
+from engine.plan import StudySettings, default_memory_limit_mb, default_threads, expand
+from engine.runtimes import availability
+from engine.study import submit_study
+from pages import common
+from storage import blobs
+from storage import queries as q
+from storage.db import session
+
+PRESETS = ["baseline", "int8-dynamic", "int8-static", "int8-static:method=entropy", "fp16"]
+
+st.title("Benchmark")
+
+
+@st.fragment(run_every=1.0)
+def watch(study_id: int) -> None:
+    """Live per-cell progress; once the study ends the page reruns without this polling fragment."""
+    with session(write=False) as s:
+        jobs = q.live_jobs(s, study_id)
+        study = q.get_study(s, study_id)
+        finished = study is not None and study.finished_at is not None
+    done = int(jobs["status"].isin(["ok", "failed", "timeout", "crashed", "oom", "n/a", "unavailable",
+                                    "cancelled"]).sum())
+    total = len(jobs)
+    now = datetime.now(UTC)
+    started = jobs["started_at"].dropna()
+    elapsed = (now - started.min()).total_seconds() if len(started) else 0.0
+    ran = jobs[jobs["finished_at"].notna() & jobs["started_at"].notna()]
+    per_cell = ((ran["finished_at"] - ran["started_at"]).dt.total_seconds().mean()) if len(ran) else None
+    waiting = int(jobs["status"].isin(["queued", "running"]).sum())
+    eta = f"{per_cell * waiting:.0f} s" if per_cell and waiting else "-"
+    st.progress(done / total if total else 1.0, text=f"{done} of {total} cells done · elapsed {elapsed:.0f} s · "
+                                                     f"ETA {eta}")
+    view = jobs.assign(
+        progress=jobs["fraction"].fillna(0.0).where(jobs["status"] == "running",
+                                                    (jobs["status"] != "queued").astype(float)),
+        elapsed_s=[((f if pd.notna(f) else now) - s_).total_seconds() if pd.notna(s_) else None
+                   for s_, f in zip(jobs["started_at"], jobs["finished_at"], strict=True)],
+    )
+    st.dataframe(view[["cell", "variant", "runtime", "batch_size", "status", "phase", "progress", "elapsed_s",
+                       "attempts", "error_message"]], hide_index=True,
+                 column_config={"progress": st.column_config.ProgressColumn("progress", min_value=0, max_value=1),
+                                "elapsed_s": st.column_config.NumberColumn("elapsed s", format="%.1f")})
+    if finished:
+        st.session_state.pop("watch_study", None)
+        st.session_state["results_study"] = study_id
+        common.clear()
+        st.rerun(scope="app")
+
+
+watching = st.session_state.get("watch_study")
+if watching is not None:
+    st.subheader(f"Study #{watching} is running")
+    c1, c2 = st.columns([1, 4])
+    if c1.button("Cancel study", type="secondary"):
+        with session() as s:
+            q.cancel_study(s, int(watching))
+        common.clear()
+    c2.page_link("pages/results.py", label="Results so far", icon=":material/insights:")
+    watch(int(watching))
+    st.divider()
+elif st.session_state.get("results_study") is not None:
+    st.success(f"Study #{st.session_state['results_study']} finished.")
+    st.page_link("pages/results.py", label="See its results", icon=":material/insights:")
+
+models = common.models(common.url())
+if models.empty:
+    st.info("Upload a model on the Models page first (or run the demo from Home).")
+    st.stop()
+
+ids = list(models["id"])
+default = ids.index(st.session_state["model_id"]) if st.session_state.get("model_id") in ids else 0
+model_id = st.selectbox("Model", ids, index=default,
+                        format_func=lambda i: f"#{i} {models.set_index('id').loc[i, 'name']}")
+artifact_json = common.model_artifact(common.url(), int(model_id))
+if artifact_json is None:
+    st.stop()
+artifact = Artifact.from_json(artifact_json)
+st.caption(f"{artifact.format} · inputs {artifact.spec.describe()}")
+
+left, right = st.columns(2)
+with left:
+    chosen = st.multiselect("Variants", PRESETS + sorted(set(REGISTRY) - {"onnx-export"} - set(PRESETS)),
+                            default=["baseline", "int8-dynamic", "int8-static", "fp16"])
+    custom = st.text_input("Chain builder", placeholder="int8-static:method=percentile,per_channel=false",
+                           help="Optimization ids joined with '+', parameters after ':' "
+                                f"(known: {', '.join(sorted(REGISTRY))})")
+with right:
+    runtimes = availability()
+    usable = [r["id"] for r in runtimes if r["available"] and not r["id"].startswith("test-")]
+    picked = st.multiselect("Runtimes", usable, default=usable)
+    for r in runtimes:
+        if not r["available"]:
+            st.caption(f"~~{r['id']}~~ unavailable: {r['reason']}")
+
+c1, c2, c3, c4, c5 = st.columns(5)
+batches_text = c1.text_input("Batch sizes", value="1,8")
+threads = c2.number_input("Threads", min_value=1, max_value=256, value=default_threads())
+iterations = c3.number_input("Min iterations", min_value=1, value=50)
+min_seconds = c4.number_input("Min seconds", min_value=0.0, value=2.0, step=0.5)
+timeout = c5.number_input("Time limit per cell (s)", min_value=10, value=600, step=30)
+
+datasets = common.datasets(common.url())
+dataset_choice = st.selectbox("Data (.npz, from the Models page)", [None, *list(datasets["id"])],
+                              format_func=lambda i: "none: synthesized inputs" if i is None
+                              else str(datasets.set_index("id").loc[i, "name"]))
+name = st.text_input("Study name", value=f"{models.set_index('id').loc[model_id, 'name']}")
+
+try:
+    from engine.plan import parse_batch_sizes
+
+    chains = [parse_chain(v) for v in [*chosen, *([custom] if custom.strip() else [])]]
+    unique = list({c.name: c for c in chains}.values())
+    batch_sizes = parse_batch_sizes(batches_text)
+    if not unique or not picked:
+        raise UserError("pick at least one variant and one runtime")
+    cells = expand(artifact.format, artifact.spec, unique, picked, batch_sizes)
+except UserError as exc:
+    st.error(f"error: {exc}")
+    st.stop()
+
+runnable = sum(c.runnable for c in cells)
+st.markdown(f"**{len(cells)} cells**: {runnable} will run, {len(cells) - runnable} cannot (listed with the reason).")
+blocked = [c for c in cells if not c.runnable]
+if blocked:
+    st.dataframe(pd.DataFrame([{"variant": c.variant, "runtime": c.runtime, "batch": c.batch_size,
+                                "status": c.status, "reason": c.reason} for c in blocked]), hide_index=True)
+
+if st.button("Submit study", type="primary", disabled=runnable == 0):
+    data_path = None
+    if dataset_choice is not None:
+        from engine.data import load_npz
+
+        data_path = str(blobs.path_of(str(datasets.set_index("id").loc[dataset_choice, "sha256"])))
+        try:
+            load_npz(data_path, artifact.spec)
+        except UserError as exc:
+            st.error(f"error: {exc}")
+            st.stop()
+    settings = StudySettings(measure=MeasureSettings(warmup=10, iterations=int(iterations),
+                                                     min_seconds=float(min_seconds)),
+                             threads=int(threads), timeout_s=float(timeout), memory_limit_mb=default_memory_limit_mb())
+    study_id, _ = submit_study(artifact, unique, picked, batch_sizes, settings, name=name or None,
+                               model_name=str(models.set_index("id").loc[model_id, "name"]), data_path=data_path)
+    common.clear()
+    st.session_state["watch_study"] = study_id
+    st.session_state.pop("results_study", None)
+    st.rerun()

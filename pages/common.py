@@ -1,0 +1,85 @@
+"""What the pages share: cached reads through storage.queries, submitting studies, formatting."""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+
+from engine.paths import sub_dir
+from storage import queries as q
+from storage.db import database_url, session
+
+TTL_S = 2
+
+
+def url() -> str:
+    return database_url()
+
+
+@st.cache_data(ttl=TTL_S, show_spinner=False)
+def studies(db_url: str) -> pd.DataFrame:
+    with session(write=False) as s:
+        return q.list_studies(s)
+
+
+@st.cache_data(ttl=TTL_S, show_spinner=False)
+def models(db_url: str) -> pd.DataFrame:
+    with session(write=False) as s:
+        return q.list_models(s)
+
+
+@st.cache_data(ttl=TTL_S, show_spinner=False)
+def datasets(db_url: str) -> pd.DataFrame:
+    with session(write=False) as s:
+        return q.list_datasets(s)
+
+
+@st.cache_data(ttl=TTL_S, show_spinner=False)
+def model_artifact(db_url: str, model_id: int) -> dict[str, Any] | None:
+    with session(write=False) as s:
+        model = q.get_model(s, model_id)
+        return dict(model.artifact) if model else None
+
+
+@st.cache_data(ttl=TTL_S, show_spinner=False)
+def results(db_url: str, study_id: int) -> tuple[pd.DataFrame, dict[str, Any]]:
+    with session(write=False) as s:
+        return q.results_frame(s, study_id), q.results_json(s, study_id)
+
+
+@st.cache_data(ttl=TTL_S, show_spinner=False)
+def samples(db_url: str, study_id: int) -> dict[int, Any]:
+    with session(write=False) as s:
+        return q.study_samples(s, study_id)
+
+
+def clear() -> None:
+    """Forget cached reads after this session wrote something."""
+    st.cache_data.clear()
+
+
+def study_label(frame: pd.DataFrame, study_id: int) -> str:
+    row = frame.set_index("id").loc[study_id]
+    state = "cancelled" if row["cancelled"] else ("done" if pd.notna(row["finished_at"]) else "running")
+    return f"#{study_id} {row['name']} ({state})"
+
+
+def stage_upload(name: str, data: bytes) -> Path:
+    """Write uploaded bytes inside the data folder for a child process to inspect."""
+    folder = sub_dir("uploads", uuid.uuid4().hex)
+    target = folder / Path(name).name
+    target.write_bytes(data)
+    return target
+
+
+def drop_upload(path: Path) -> None:
+    shutil.rmtree(path.parent, ignore_errors=True)
+
+
+def mb(value: Any) -> str:
+    return "-" if value is None or pd.isna(value) else f"{value / 2**20:.2f} MB"

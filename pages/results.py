@@ -1,0 +1,91 @@
+"""Results of one study: the table, latency charts, the Pareto frontier with a recommendation, memory, throughput."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import streamlit as st
+
+from engine.report import charts
+from engine.report.pareto import Constraints, accuracy_column, recommend
+from pages import common
+
+st.title("Results")
+studies = common.studies(common.url())
+if studies.empty:
+    st.info("No studies yet: run the demo from Home, or submit one on the Benchmark page.")
+    st.stop()
+
+ids = list(studies["id"])
+wanted = st.session_state.get("results_study")
+study_id = st.selectbox("Study", ids, index=ids.index(wanted) if wanted in ids else 0,
+                        format_func=lambda i: common.study_label(studies, i))
+st.session_state["results_study"] = study_id
+frame, full = common.results(common.url(), int(study_id))
+study = full["study"]
+st.caption(f"Model **{study['model']['name']}** ({study['model']['format']}) · threads "
+           f"{study['settings'].get('threads')} · min {study['settings']['measure']['iterations']} iterations and "
+           f"{study['settings']['measure']['min_seconds']} s per cell · progress {study['progress']}")
+
+st.dataframe(
+    frame[["variant", "runtime", "batch_size", "status", "p50_ms", "p99_ms", "throughput_per_s", "speedup",
+           "peak_host_mb", "model_size_mb", "cosine", "top1_agreement", "task_metric", "error", "notes"]],
+    hide_index=True,
+    column_config={
+        "batch_size": st.column_config.NumberColumn("batch"),
+        "p50_ms": st.column_config.NumberColumn("p50 ms", format="%.3f"),
+        "p99_ms": st.column_config.NumberColumn("p99 ms", format="%.3f"),
+        "throughput_per_s": st.column_config.NumberColumn("items/s", format="%.1f"),
+        "speedup": st.column_config.NumberColumn("speedup vs baseline", format="%.2fx"),
+        "peak_host_mb": st.column_config.NumberColumn("peak host MB", format="%.0f"),
+        "model_size_mb": st.column_config.NumberColumn("size MB", format="%.2f"),
+        "cosine": st.column_config.NumberColumn("fidelity (cosine)", format="%.5f"),
+        "top1_agreement": st.column_config.NumberColumn("top-1 agreement", format="%.3f"),
+        "task_metric": st.column_config.NumberColumn("task top-1", format="%.4f"),
+        "error": st.column_config.TextColumn("error", width="medium"),
+        "notes": st.column_config.TextColumn("notes", width="medium"),
+    },
+)
+
+ok = frame[frame["status"] == "ok"]
+if ok.empty:
+    st.info("No cell has finished successfully yet.")
+    st.stop()
+
+accuracy, accuracy_label = accuracy_column(frame)
+st.subheader("Which variant should I ship?")
+c1, c2, c3 = st.columns(3)
+unit = "points of top-1" if accuracy == "task_metric" else "of cosine"
+drop = c1.number_input(f"Maximum accuracy drop ({unit})", min_value=0.0, value=0.01, step=0.005, format="%.4f")
+budget = c2.number_input("Maximum p99 (ms, 0 = none)", min_value=0.0, value=0.0, step=1.0)
+batches = sorted(ok["batch_size"].unique())
+batch = c3.selectbox("Batch size", batches)
+constraints = Constraints(max_accuracy_drop=drop, max_p99_ms=budget or None, batch_size=int(batch))
+best = recommend(frame, constraints, accuracy)
+if best is None:
+    st.warning("No cell meets these constraints; loosen them.")
+else:
+    st.success(f"Ship **{best['variant']}** on **{best['runtime']}** (batch {best['batch_size']}): p50 "
+               f"{best['p50_ms']:.3f} ms, p99 {best['p99_ms']:.3f} ms, {accuracy_label} {best[accuracy]:.4f}"
+               + (f", {best['speedup']:.2f}× the baseline" if best["speedup"] == best["speedup"] else ""))
+    row = next(r for r in full["results"] if r["cell"] == best["cell"])
+    path = row.get("variant_path")
+    if path and Path(path).is_file():
+        st.download_button("Download this variant's model file", data=Path(path).read_bytes(),
+                           file_name=f"{best['variant'].replace(':', '_')}-{Path(path).name}")
+    elif best["runtime"] in ("torch", "torch-compile"):
+        st.caption("This eager variant is rebuilt in memory from the original model; download the original "
+                   "from the Models page and apply the same chain.")
+
+at_batch = frame[frame["batch_size"] == batch]
+st.plotly_chart(charts.accuracy_vs_latency(at_batch, accuracy, accuracy_label, best), key="pareto")
+st.plotly_chart(charts.latency_bars(frame), key="latency")
+st.plotly_chart(charts.latency_distribution(frame, common.samples(common.url(), int(study_id))), key="distribution")
+c1, c2 = st.columns(2)
+c1.plotly_chart(charts.memory_and_size(frame), key="memory")
+c2.plotly_chart(charts.throughput_vs_batch(frame), key="throughput")
+
+env = full["environment"]
+if isinstance(env, dict):
+    with st.expander("Environment"):
+        st.json(env)

@@ -1,0 +1,62 @@
+"""System: this machine, GPUs, runtime availability, workers, database and data folder sizes."""
+
+from __future__ import annotations
+
+import os
+
+import pandas as pd
+import psutil
+import streamlit as st
+
+from engine.measure.devices import cuda_devices
+from engine.measure.environment import cpu_model, library_versions
+from engine.paths import data_dir
+from engine.runtimes import availability
+from storage import blobs
+from storage import queries as q
+from storage.db import database_url, session
+
+st.title("System")
+
+
+c1, c2, c3 = st.columns(3)
+c1.metric("CPU", cpu_model())
+c2.metric("Cores (logical / physical)", f"{os.cpu_count()} / {psutil.cpu_count(logical=False)}")
+c3.metric("Memory", f"{psutil.virtual_memory().total / 2**30:.1f} GiB")
+
+st.subheader("GPUs")
+gpus, reason = cuda_devices()
+if gpus:
+    st.dataframe(pd.DataFrame(gpus), hide_index=True)
+else:
+    st.info(f"No GPU: {reason}")
+
+st.subheader("Runtimes")
+st.dataframe(pd.DataFrame(availability())[["id", "available", "reason", "device", "consumes", "summary"]],
+             hide_index=True)
+versions = {k: v for k, v in library_versions().items() if v}
+st.caption(" · ".join(f"{k} {v}" for k, v in versions.items()))
+
+st.subheader("Workers")
+with session(write=False) as s:
+    workers = q.workers_frame(s)
+    live = {w.id for w in q.live_workers(s)}
+if workers.empty:
+    st.caption("No worker has run yet.")
+else:
+    workers["alive"] = workers["id"].isin(live)
+    st.dataframe(workers, hide_index=True)
+
+st.subheader("Storage")
+report = blobs.size_report()
+url = database_url()
+st.markdown(f"Database: `{url if not url.startswith('sqlite') else url.removeprefix('sqlite:///')}` · data folder "
+            f"`{data_dir()}`")
+st.dataframe(pd.DataFrame([
+    {"what": "database", "MB": report.database_bytes / 2**20},
+    {"what": f"blobs ({report.blob_count} files)", "MB": report.blobs_bytes / 2**20},
+    {"what": "models", "MB": report.models_bytes / 2**20},
+    {"what": "built variants", "MB": report.variants_bytes / 2**20},
+    {"what": "studies (logs, reference outputs)", "MB": report.studies_bytes / 2**20},
+    {"what": "total", "MB": report.total_bytes / 2**20},
+]), hide_index=True, column_config={"MB": st.column_config.NumberColumn("MB", format="%.2f")})

@@ -5,22 +5,14 @@ from __future__ import annotations
 import streamlit as st
 
 from engine.paths import data_dir
-from engine.worker import ensure_local_worker
-from pages import FOLDER, PAGES
+from pages import FOLDER, PAGES, common
 from storage import queries as q
-from storage.db import database_url, session
+from storage.db import session
 
 st.set_page_config(page_title="Paretoscope", page_icon=":material/insights:", layout="wide")
 
 
-@st.cache_resource
-def _local_worker(url: str) -> int | None:
-    """Once per dashboard process: make sure a worker runs the queued jobs."""
-    return ensure_local_worker()
-
-
-url = database_url()
-_local_worker(url)
+common.ensure_worker()
 
 navigation = st.navigation([st.Page(str(FOLDER / file), title=title, icon=icon, default=i == 0)
                             for i, (file, title, icon) in enumerate(PAGES)])

@@ -88,7 +88,7 @@ def run_cell(study_dir: Path, model: Artifact, cell: Cell, settings: StudySettin
     ctx = BuildContext(
         model.spec, runtime_cls.device,
         calibration_data=lambda n: calib_set(dataset, model.spec, n),
-        calibration_source=calibration_source, progress=progress,
+        calibration_source=calibration_source, progress=progress, dataset=dataset,
     )
     progress("building variant", 0.0)
     variant = build_variant(model, cell.parsed_chain(), runtime_cls.consumes, ctx)
@@ -127,6 +127,7 @@ def run_cell(study_dir: Path, model: Artifact, cell: Cell, settings: StudySettin
                      "min_seconds": settings.measure.min_seconds},
         "notes": notes,
         "build_s": variant.build_s,
+        "train_s": variant.train_s,
         "target": runtime_cls.consumes,
         "variant_path": str(variant.path) if variant.path else None,
         "samples_ms": samples.astype(np.float32).tolist(),

@@ -21,7 +21,23 @@ from storage.db import session
 
 PRESETS = ["baseline", "int8-dynamic", "int8-static", "int8-static:method=entropy", "fp16"]
 
+common.ensure_worker()
 st.title("Benchmark")
+# A study's choices can come from the URL (?variants=baseline,int8-dynamic&runtimes=onnxruntime&batch_sizes=1),
+# so a setup can be shared as a link.
+params = st.query_params
+
+
+def from_url(name: str, default: list[str]) -> list[str]:
+    raw = params.get(name)
+    return [v for v in raw.split(",") if v] if raw else default
+
+
+def number_from_url(name: str, default: float) -> float:
+    try:
+        return float(params.get(name, default))
+    except ValueError:
+        return default
 
 
 @st.fragment(run_every=1.0)
@@ -81,7 +97,8 @@ if models.empty:
     st.stop()
 
 ids = list(models["id"])
-default = ids.index(st.session_state["model_id"]) if st.session_state.get("model_id") in ids else 0
+wanted_model = int(params["model"]) if params.get("model", "").isdigit() else st.session_state.get("model_id")
+default = ids.index(wanted_model) if wanted_model in ids else 0
 model_id = st.selectbox("Model", ids, index=default,
                         format_func=lambda i: f"#{i} {models.set_index('id').loc[i, 'name']}")
 artifact_json = common.model_artifact(common.url(), int(model_id))
@@ -92,24 +109,27 @@ st.caption(f"{artifact.format} · inputs {artifact.spec.describe()}")
 
 left, right = st.columns(2)
 with left:
-    chosen = st.multiselect("Variants", PRESETS + sorted(set(REGISTRY) - {"onnx-export"} - set(PRESETS)),
-                            default=["baseline", "int8-dynamic", "int8-static", "fp16"])
+    options = PRESETS + sorted(set(REGISTRY) - {"onnx-export"} - set(PRESETS))
+    url_variants = from_url("variants", ["baseline", "int8-dynamic", "int8-static", "fp16"])
+    options += [v for v in url_variants if v not in options]
+    chosen = st.multiselect("Variants", options, default=url_variants)
     custom = st.text_input("Chain builder", placeholder="int8-static:method=percentile,per_channel=false",
                            help="Optimization ids joined with '+', parameters after ':' "
                                 f"(known: {', '.join(sorted(REGISTRY))})")
 with right:
     runtimes = availability()
     usable = [r["id"] for r in runtimes if r["available"] and not r["id"].startswith("test-")]
-    picked = st.multiselect("Runtimes", usable, default=usable)
+    picked = st.multiselect("Runtimes", usable, default=[r for r in from_url("runtimes", usable) if r in usable])
     for r in runtimes:
         if not r["available"]:
             st.caption(f"~~{r['id']}~~ unavailable: {r['reason']}")
 
 c1, c2, c3, c4, c5 = st.columns(5)
-batches_text = c1.text_input("Batch sizes", value="1,8")
+batches_text = c1.text_input("Batch sizes", value=",".join(from_url("batch_sizes", ["1", "8"])))
 threads = c2.number_input("Threads", min_value=1, max_value=256, value=default_threads())
-iterations = c3.number_input("Min iterations", min_value=1, value=50)
-min_seconds = c4.number_input("Min seconds", min_value=0.0, value=2.0, step=0.5)
+iterations = c3.number_input("Min iterations", min_value=1, value=max(1, int(number_from_url("iterations", 50))))
+min_seconds = c4.number_input("Min seconds", min_value=0.0, value=max(0.0, number_from_url("min_seconds", 2.0)),
+                                 step=0.5)
 timeout = c5.number_input("Time limit per cell (s)", min_value=10, value=600, step=30)
 
 datasets = common.datasets(common.url())

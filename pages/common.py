@@ -21,6 +21,19 @@ def url() -> str:
     return database_url()
 
 
+@st.cache_resource
+def _local_worker(db_url: str) -> int | None:
+    from engine.worker import ensure_local_worker
+
+    return ensure_local_worker()
+
+
+def ensure_worker() -> None:
+    """Once per dashboard process: a worker runs the queued jobs. Every page calls it, so a page
+    opened directly by its URL before the app's navigation ran still gets one."""
+    _local_worker(url())
+
+
 @st.cache_data(ttl=TTL_S, show_spinner=False)
 def studies(db_url: str) -> pd.DataFrame:
     with session(write=False) as s:

@@ -8,6 +8,7 @@ import streamlit as st
 from engine.report import charts
 from pages import common
 
+common.ensure_worker()
 st.title("Compare")
 studies = common.studies(common.url())
 if len(studies) < 2:

@@ -10,6 +10,7 @@ from engine.report import charts
 from engine.report.pareto import Constraints, accuracy_column, recommend
 from pages import common
 
+common.ensure_worker()
 st.title("Results")
 studies = common.studies(common.url())
 if studies.empty:
@@ -25,7 +26,8 @@ frame, full = common.results(common.url(), int(study_id))
 study = full["study"]
 st.caption(f"Model **{study['model']['name']}** ({study['model']['format']}) · threads "
            f"{study['settings'].get('threads')} · min {study['settings']['measure']['iterations']} iterations and "
-           f"{study['settings']['measure']['min_seconds']} s per cell · progress {study['progress']}")
+           f"{study['settings']['measure']['min_seconds']} s per cell · "
+           + " · ".join(f"{n} {status}" for status, n in sorted(study["progress"].items())))
 
 st.dataframe(
     frame[["variant", "runtime", "batch_size", "status", "p50_ms", "p99_ms", "throughput_per_s", "speedup",

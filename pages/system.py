@@ -12,10 +12,12 @@ from engine.measure.devices import cuda_devices
 from engine.measure.environment import cpu_model, library_versions
 from engine.paths import data_dir
 from engine.runtimes import availability
+from pages import common
 from storage import blobs
 from storage import queries as q
 from storage.db import database_url, session
 
+common.ensure_worker()
 st.title("System")
 
 

@@ -1,4 +1,9 @@
-"""Build a variant: run a chain on a model for a target format, caching every ONNX/TorchScript step."""
+"""Build a variant: run a chain on a model for a target format, caching every built step.
+
+ONNX and TorchScript files are cached by (model, chain, target). Torch-level passes (pruning, distillation)
+are cached once for every target: their structural edits and final weights are stored, and every target
+(eager torch, TorchScript, ONNX) rebuilds the module from them instead of pruning or training again.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ import numpy as np
 
 from engine import __version__
 from engine.artifacts import ONNX, TORCHSCRIPT, Artifact, folder_size
+from engine.data import Dataset
 from engine.errors import NotApplicable
 from engine.optimizations.base import Chain, Step
 from engine.optimizations.export import OnnxExportConfig, to_onnx, to_torchscript
@@ -25,6 +31,9 @@ from engine.specs import InputSpec
 # What a runtime consumes: an eager module, a TorchScript archive, or an ONNX file.
 TARGET_LABELS = {"torch": "PyTorch eager", "torchscript": "TorchScript", "onnx": "ONNX"}
 _VARIANT_JSON = "variant.json"
+_WEIGHTS = "weights.safetensors"
+# Without a data file, distillation trains on this many synthesized samples.
+SYNTHETIC_TRAIN = 256
 
 
 @dataclass
@@ -37,6 +46,13 @@ class BuildContext:
     calibration_source: str = "synthesized inputs"
     notes: list[str] = field(default_factory=list)
     progress: Callable[[str, float], None] = lambda phase, fraction: None
+    # the study's data: distillation trains on its train split
+    dataset: Dataset | None = None
+    # set by the build for torch-level passes: loads the original model (distillation's teacher)
+    original: Callable[[], Any] | None = None
+    # structural edits made by torch-level passes, replayed when the variant is rebuilt from the cache
+    edits: list[dict[str, Any]] = field(default_factory=list)
+    train_s: float | None = None
 
     def calibration(self, samples: int) -> dict[str, np.ndarray]:
         from engine.data import calib_set
@@ -44,6 +60,27 @@ class BuildContext:
         if self.calibration_data is not None:
             return self.calibration_data(samples)
         return calib_set(None, self.spec, samples)
+
+    def training(self, limit: int = 0) -> tuple[dict[str, np.ndarray], np.ndarray | None, str]:
+        """Training inputs (at most `limit` samples; 0: all), their labels if any, and where they came from.
+
+        The train split, else the data's sample inputs, else synthesized; never the eval split, which
+        measures the result.
+        """
+        from engine.data import conform, synthesize
+
+        if self.dataset is not None:
+            for split, source in (("train", "the train split"), ("", "the sample inputs"),
+                                  ("calib", "the calib split")):
+                if split in self.dataset.splits:
+                    arrays = self.dataset.splits[split]
+                    labels = self.dataset.labels.get(split)
+                    n = next(iter(arrays.values())).shape[0]
+                    n = min(n, limit) if limit else n
+                    return (conform({k: v[:n] for k, v in arrays.items()}, self.spec),
+                            labels[:n] if labels is not None else None, source)
+        count = limit or SYNTHETIC_TRAIN
+        return conform(synthesize(self.spec, count, seed=2), self.spec), None, "synthesized inputs"
 
 
 @dataclass
@@ -59,6 +96,7 @@ class Variant:
     cached: bool
     module: Any = None  # the eager module for target "torch"
     input_names: list[str] = field(default_factory=list)
+    train_s: float | None = None  # training time of the chain's torch-level passes, when one trains
 
 
 def not_applicable_reason(model_format: str, chain: Chain, target: str, device: str) -> str | None:
@@ -68,6 +106,11 @@ def not_applicable_reason(model_format: str, chain: Chain, target: str, device: 
             return f"{step.id} is a torch-level pass and needs a torch model; this model is ONNX"
         if step.opt.torch_devices and device not in step.opt.torch_devices:
             return f"{step.id} needs a {'/'.join(sorted(step.opt.torch_devices))} device"
+        # a config may declare model formats it cannot handle (e.g. structured pruning of TorchScript)
+        check = getattr(step.config, "unsupported_reason", None)
+        reason = check(model_format) if callable(check) else None
+        if reason:
+            return str(reason)
     if model_format == ONNX and target != "onnx":
         return f"an ONNX model runs only on ONNX runtimes, not on {TARGET_LABELS[target]}"
     if model_format == TORCHSCRIPT and target == "torch":
@@ -103,6 +146,22 @@ def _calibration_digest(steps: list[Step], ctx: BuildContext) -> str | None:
     for name, array in sorted(ctx.calibration(max(samples)).items()):
         digest.update(f"{name}:{array.dtype}:{array.shape}".encode())
         digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
+
+
+def _training_digest(steps: list[Step] | tuple[Step, ...], ctx: BuildContext) -> str | None:
+    """A digest of the training data when a step trains: a variant trained on one data set is never served
+    for another."""
+    limits = [s.config.max_samples for s in steps if getattr(s.config, "uses_training_data", False)]
+    if not limits:
+        return None
+    digest = hashlib.sha256()
+    for limit in sorted(set(limits)):
+        inputs, labels, source = ctx.training(limit)
+        digest.update(source.encode())
+        for name, array in sorted(inputs.items()) + ([("labels", labels)] if labels is not None else []):
+            digest.update(f"{name}:{array.dtype}:{array.shape}".encode())
+            digest.update(np.ascontiguousarray(array).tobytes())
     return digest.hexdigest()
 
 
@@ -142,25 +201,59 @@ def build_variant(model: Artifact, chain: Chain, target: str, ctx: BuildContext)
         raise NotApplicable(reason)
     start = time.perf_counter()
     if target == "torch":
-        module = _torch_module(model, chain, ctx)
+        module, cached = _torch_module(model, chain, ctx)
         size = _state_size(module)
         return Variant(chain.name, target, None if chain.steps else model.path, size, ctx.notes,
-                       time.perf_counter() - start, False, module, model.spec.names)
+                       time.perf_counter() - start, cached, module, model.spec.names, ctx.train_s)
     path, cached = _build_file(model, chain, target, ctx)
     meta = path.parent / _VARIANT_JSON
     size = folder_size(path.parent) - meta.stat().st_size if meta.is_file() else model.size_bytes
     return Variant(chain.name, target, path, size, ctx.notes, time.perf_counter() - start, cached,
-                   input_names=model.spec.names)
+                   input_names=model.spec.names, train_s=ctx.train_s)
 
 
-def _torch_module(model: Artifact, chain: Chain, ctx: BuildContext) -> Any:
-    from engine.modules import load_module
-
-    module = load_module(model.path, model.format, model.spec)
-    for step in (*chain.stage("torch"), *chain.stage("format")):
+def _torch_module(model: Artifact, chain: Chain, ctx: BuildContext) -> tuple[Any, bool]:
+    """The module after the chain's torch-level passes (cached) and its torch format passes."""
+    module, cached = _torch_stage(model, chain.stage("torch"), ctx)
+    for step in chain.stage("format"):
         ctx.progress(f"building {step.id}", 0.0)
         module = step.opt.impls["torch"](module, step.config, ctx)
-    return module
+    return module, cached and not chain.stage("format")
+
+
+def _torch_stage(model: Artifact, steps: tuple[Step, ...], ctx: BuildContext) -> tuple[Any, bool]:
+    """Run the torch-level passes once and cache their edits and weights; later builds replay them."""
+    import torch
+
+    from engine.modules import load_module
+    from engine.optimizations import surgery
+
+    def original() -> Any:
+        return load_module(model.path, model.format, model.spec)
+
+    module = original()
+    if not steps:
+        return module, False
+    key = _key("torch-stage", model.sha256, [s.to_json() for s in steps], ctx.spec.to_json(),
+               _training_digest(steps, ctx), torch.__version__)
+    hit = _cached(key)
+    if hit is not None:
+        path, meta = hit
+        ctx.progress("loading the cached torch-level passes", 0.0)
+        surgery.apply(module, meta["edits"])
+        surgery.load_weights(module, path)
+        ctx.notes[:] = list(meta.get("notes", []))
+        ctx.edits[:] = list(meta["edits"])
+        ctx.train_s = meta.get("train_s")
+        return module, True
+    ctx.original = original
+    for step in steps:
+        ctx.progress(f"building {step.id}", 0.0)
+        module = step.opt.impls["torch"](module, step.config, ctx)
+    name = Chain(steps).name
+    _store(key, lambda dst: surgery.save_weights(module, dst), _WEIGHTS,
+           {"chain": name, "target": "torch", "notes": ctx.notes, "edits": ctx.edits, "train_s": ctx.train_s})
+    return module, False
 
 
 def _state_size(module: Any) -> int:
@@ -180,16 +273,17 @@ def _build_file(model: Artifact, chain: Chain, target: str, ctx: BuildContext) -
     steps = list(chain.steps)
     # the longest cached prefix wins; every built step is cached for the next chain that shares it
     key = _key(model.sha256, target, [s.to_json() for s in steps], ctx.spec.to_json(),
-               _calibration_digest(steps, ctx))
+               _calibration_digest(steps, ctx), _training_digest(steps, ctx))
     hit = _cached(key)
     if hit is not None:
         path, meta = hit
         ctx.notes[:] = list(meta.get("notes", []))  # the cached chain's notes replace the partial ones
+        ctx.train_s = meta.get("train_s")
         return path, True
     if target == "torchscript":
-        module = _torch_module(model, chain, ctx)
+        module, _ = _torch_module(model, chain, ctx)
         path = _store(key, lambda dst: to_torchscript(module, ctx.spec, dst, ctx.notes), "model.pt",
-                      {"chain": chain.name, "target": target, "notes": ctx.notes})
+                      {"chain": chain.name, "target": target, "notes": ctx.notes, "train_s": ctx.train_s})
         return path, False
     last = steps[-1] if steps else None
     if last is not None and last.opt.stage == "format":
@@ -199,9 +293,9 @@ def _build_file(model: Artifact, chain: Chain, target: str, ctx: BuildContext) -
     export_cfg = last.config if last is not None and last.id == "onnx-export" else OnnxExportConfig()
     assert isinstance(export_cfg, OnnxExportConfig)
     ctx.progress("exporting to ONNX", 0.0)
-    module = _torch_module(model, Chain(chain.stage("torch")), ctx)
+    module, _ = _torch_module(model, Chain(chain.stage("torch")), ctx)
     path = _store(key, lambda dst: to_onnx(module, ctx.spec, dst, export_cfg, ctx.notes), "model.onnx",
-                  {"chain": chain.name, "target": target, "notes": ctx.notes})
+                  {"chain": chain.name, "target": target, "notes": ctx.notes, "train_s": ctx.train_s})
     return path, False
 
 
@@ -209,4 +303,4 @@ def _apply_onnx_pass(key: str, parent: Path, step: Step, chain: Chain, ctx: Buil
     """Run one ONNX pass on the parent's file; the stored notes cover the whole chain so far."""
     ctx.progress(f"building {step.id}", 0.0)
     return _store(key, lambda dst: step.opt.impls["onnx"](parent, dst, step.config, ctx), "model.onnx",
-                  {"chain": chain.name, "target": "onnx", "notes": ctx.notes})
+                  {"chain": chain.name, "target": "onnx", "notes": ctx.notes, "train_s": ctx.train_s})

@@ -95,7 +95,7 @@ def cmd_bench(args: argparse.Namespace, out: TextIO) -> int:
         eval_samples=args.eval_samples, runtime_options=_parse_options(args.option),
         memory_limit_mb=args.memory_limit or plan.default_memory_limit_mb(),
     )
-    variants = plan.parse_variants((args.variants or ",".join(plan.DEFAULT_VARIANTS)).split(","))
+    variants = plan.parse_variants(plan.split_variants(args.variants or ",".join(plan.DEFAULT_VARIANTS)))
     runtimes = plan.parse_runtimes(args.runtimes.split(",") if args.runtimes else None)
     batch_sizes = plan.parse_batch_sizes(args.batch_sizes)
     model = intake(model_path, input_spec=args.input_spec, seq_len=args.seq_len)

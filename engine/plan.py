@@ -94,6 +94,21 @@ class Cell:
         return chain_from_json(list(self.chain))
 
 
+def split_variants(text: str) -> list[str]:
+    """Split `--variants` on commas, keeping `k=v` parameters with their chain:
+    `baseline,int8-static:method=entropy,per_channel=false` is two variants, not three."""
+    out: list[str] = []
+    for token in (t.strip() for t in text.split(",")):
+        if not token:
+            continue
+        head = token.split("+")[0].split(":")[0]
+        if out and "=" in head and ":" in out[-1].split("+")[-1]:
+            out[-1] += "," + token
+        else:
+            out.append(token)
+    return out
+
+
 def parse_variants(items: list[str]) -> list[Chain]:
     chains = [parse_chain(v) for v in items if v.strip()]
     if not chains:

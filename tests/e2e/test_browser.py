@@ -37,7 +37,7 @@ def dashboard(tmp_path: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch) -
     port = _free_port()
     env = {**os.environ, "PARETOSCOPE_DATA_DIR": str(data_dir)}
     env.pop("PARETOSCOPE_NO_AUTO_WORKER", None)  # the dashboard starts its worker, as for a user
-    log = open(tmp_path / "streamlit.log", "wb")  # noqa: SIM115 - closed below
+    log = open(tmp_path / "streamlit.log", "wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port), "--server.address",
          "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false"],

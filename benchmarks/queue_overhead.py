@@ -1,0 +1,119 @@
+"""Per-job overhead of the queue and the worker: claim, spawn, imports, result writes.
+
+Two cases, median of 20 jobs each, in a fresh data folder:
+  no-op      claim a job, run a child that does nothing, record its end (targets <= 1.5 s)
+  1 ms cell  a real cell (an MLP of ~1 ms on ONNX Runtime) run by the worker; overhead is the job's wall
+             time beyond its measuring time (warm-up + timed iterations) (target <= 3 s)
+Prints a table and writes JSON (default benchmarks/results/queue_overhead.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def _mlp_onnx(folder: Path) -> Path:
+    import torch
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(512, 1024), torch.nn.ReLU(), torch.nn.Linear(1024, 1024),
+                                torch.nn.ReLU(), torch.nn.Linear(1024, 10)).eval()
+    path = folder / "mlp.onnx"
+    torch.onnx.export(model, (torch.randn(2, 512),), str(path), dynamo=False, input_names=["x"],
+                      output_names=["logits"], dynamic_axes={"x": {0: "batch"}})
+    return path
+
+
+def noop_jobs(n: int) -> list[float]:
+    from engine.executors.local import run_child
+    from engine.paths import sub_dir
+    from storage import queries as q
+    from storage.db import session
+    from tests.storage.helpers import make_study
+
+    make_study(n)
+    walls = []
+    for i in range(n):
+        start = time.perf_counter()
+        with session() as s:
+            job = q.claim_job(s, "bench", lease_s=60)
+            assert job is not None
+            job_id = job.id
+        outcome = run_child("test", {"mode": "ok"}, 60, sub_dir("logs") / f"noop-{i}.log")
+        with session() as s:
+            q.finish_job(s, job_id, "bench", outcome.status, result={"notes": [], "settings": {}})
+        walls.append(time.perf_counter() - start)
+    return walls
+
+
+def cell_jobs(n: int, model: Path, batch: int, min_seconds: float, iterations: int) -> tuple[list[float], float]:
+    from engine.artifacts import intake
+    from engine.measure.latency import MeasureSettings
+    from engine.optimizations import parse_chain
+    from engine.plan import StudySettings
+    from engine.study import run_study, submit_study
+    from storage import queries as q
+    from storage.db import session
+
+    artifact = intake(model)
+    settings = StudySettings(measure=MeasureSettings(warmup=10, iterations=iterations, min_seconds=min_seconds),
+                             threads=2, timeout_s=120)
+    # one batch size per cell, so every cell is a separate job of the same model
+    study_id, _ = submit_study(artifact, [parse_chain("baseline")], ["onnxruntime"], list(range(1, n + 1)),
+                               settings)
+    start = time.perf_counter()
+    run_study(study_id)
+    total = time.perf_counter() - start
+    with session(write=False) as s:
+        rows = q.study_results(s, study_id)
+        samples = q.study_samples(s, study_id)
+    overheads = []
+    for row in rows:
+        if row["status"] != "ok":
+            raise SystemExit(f"cell {row['cell']} ended {row['status']}: {row['error']}")
+        measured_s = (samples[row["cell"]].sum() + 10 * row["latency_ms"]["p50"]) / 1000
+        overheads.append(row["wall_s"] - measured_s)
+    return overheads, total
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=20)
+    parser.add_argument("--min-seconds", type=float, default=1.0)
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "queue_overhead.json"))
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="paretoscope-bench-") as tmp:
+        os.environ["PARETOSCOPE_DATA_DIR"] = str(Path(tmp) / "data")
+        model = _mlp_onnx(Path(tmp))
+        noop = noop_jobs(args.jobs)
+        cells, total = cell_jobs(args.jobs, model, 1, args.min_seconds, 50)
+    rows = [
+        {"case": "no-op job", "median_s": statistics.median(noop), "max_s": max(noop), "target_s": 1.5},
+        {"case": "1 ms model cell (beyond measuring)", "median_s": statistics.median(cells), "max_s": max(cells),
+         "target_s": 3.0},
+    ]
+    print(f"{'case':<38} {'median s':>9} {'max s':>8} {'target':>7}  verdict")
+    for r in rows:
+        verdict = "ok" if r["median_s"] <= r["target_s"] else "MISSED"
+        print(f"{r['case']:<38} {r['median_s']:>9.3f} {r['max_s']:>8.3f} {r['target_s']:>7.1f}  {verdict}")
+    from engine.measure.environment import collect
+
+    result = {"benchmark": "queue_overhead", "jobs": args.jobs, "rows": rows, "environment": collect(2),
+              "cell_study_wall_s": total}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=1))
+    print(f"written {args.out}")
+
+
+if __name__ == "__main__":
+    main()

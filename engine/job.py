@@ -12,7 +12,7 @@ import numpy as np
 from engine.artifacts import ONNX, TORCHSCRIPT, Artifact
 from engine.data import Dataset, calib_set, eval_set, load_npz, take_batch
 from engine.errors import Unavailable
-from engine.measure import accuracy, latency, memory
+from engine.measure import accuracy, gpu, latency, memory
 from engine.optimizations.base import Chain
 from engine.optimizations.build import BuildContext, build_variant
 from engine.plan import Cell, StudySettings
@@ -81,7 +81,9 @@ def run_cell(study_dir: Path, model: Artifact, cell: Cell, settings: StudySettin
     ok, why = runtime_cls.available()
     if not ok:
         raise Unavailable(why or f"{cell.runtime} is unavailable")
-    runtime = runtime_cls(RuntimeSettings(settings.threads, settings.runtime_options.get(cell.runtime, {})))
+    options = dict(settings.runtime_options.get(cell.runtime, {}))
+    options.setdefault("input_shapes", model.spec.shapes(cell.batch_size))  # engines built for this cell's shapes
+    runtime = runtime_cls(RuntimeSettings(settings.threads, options))
     dataset = _dataset(model, data_path)
     calibration_source = "the calib split" if dataset is not None and "calib" in dataset.splits else (
         "the sample data" if dataset is not None else "synthesized inputs")
@@ -105,7 +107,16 @@ def run_cell(study_dir: Path, model: Artifact, cell: Cell, settings: StudySettin
         session.run(prepared)
         session.synchronize()
         first_run_ms = (time.perf_counter() - t0) * 1e3
+        nvml = gpu.open_nvml(str(options.get("device", "cuda:0")) if runtime_cls.device == "cuda" else "cpu")
+        energy = gpu.EnergyMeter(nvml)
+        energy.start()
         samples = latency.measure(session, prepared, settings.measure, progress)
+        window = energy.stop()
+        peak_allocated = getattr(session, "peak_allocated_mb", None)
+        device = gpu.device_metrics(nvml, window, len(samples), cell.batch_size,
+                                    peak_allocated() if peak_allocated else None) if nvml else None
+        if nvml is not None:
+            nvml.close()
         progress("accuracy", 0.0)
         outputs = run_batches(session, inputs, cell.batch_size)
         applied = dict(session.applied)
@@ -119,7 +130,8 @@ def run_cell(study_dir: Path, model: Artifact, cell: Cell, settings: StudySettin
         "load_s": load_s,
         "first_run_ms": first_run_ms,
         "peak_host_mb": memory.peak_host_mb(),
-        "peak_device_mb": None,
+        "peak_device_mb": device["peak_device_mb"] if device else None,
+        "device_metrics": device,
         "model_size_mb": variant.size_bytes / 2**20,
         "accuracy": {"fidelity": fidelity, "task": accuracy.task_metric(outputs, labels)},
         "settings": {"threads": settings.threads, "device": runtime_cls.device, **applied,

@@ -35,9 +35,14 @@ def measure(session: Any, prepared: Any, settings: MeasureSettings,
     """Per-iteration latencies in milliseconds (float64), in the order they ran.
 
     Each sample spans run() and synchronize() only: inputs were prepared before, outputs are
-    converted after. The garbage collector is paused while timing so that a collection of
-    unrelated objects does not land inside one sample.
+    converted after. A device session with a `device_timer` (CUDA events) times each call on the
+    device and waits for it to end; a host clock around an asynchronous launch would time only the
+    launch. The garbage collector is paused while timing so that a collection of unrelated objects
+    does not land inside one sample.
     """
+    device_timer = getattr(session, "device_timer", None)
+    if device_timer is not None:
+        return _measure_on_device(session, prepared, settings, progress, device_timer)
     run, sync = session.run, session.synchronize
     progress("warming up", 0.0)
     for _ in range(settings.warmup):
@@ -71,6 +76,34 @@ def measure(session: Any, prepared: Any, settings: MeasureSettings,
             gc.enable()
     progress("measuring", 1.0)
     return np.asarray(samples, dtype=np.float64) / 1e6
+
+
+def _measure_on_device(session: Any, prepared: Any, settings: MeasureSettings,
+                       progress: Callable[[str, float], None], timer: Callable[[Any], float]) -> np.ndarray:
+    for _ in range(settings.warmup):
+        session.run(prepared)
+    session.synchronize()
+    progress("measuring", 0.0)
+    samples: list[float] = []
+    start = time.perf_counter()
+    gc.collect()
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        while True:
+            samples.append(timer(prepared))
+            n = len(samples)
+            elapsed = time.perf_counter() - start
+            if n >= settings.iterations and elapsed >= settings.min_seconds:
+                break
+            if n % _REPORT_EVERY == 0:
+                done = min(n / settings.iterations, elapsed / settings.min_seconds if settings.min_seconds else 1.0)
+                progress("measuring", min(done, 0.99))
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    progress("measuring", 1.0)
+    return np.asarray(samples, dtype=np.float64)
 
 
 def summarize(samples_ms: np.ndarray, batch_size: int, seed: int = 0) -> dict[str, Any]:

@@ -4,7 +4,9 @@ import os
 
 # Registration order is listing order: torch runtimes first, then ONNX consumers.
 from engine.runtimes import torch_eager  # noqa: F401
+from engine.runtimes import torch_cuda  # noqa: F401
 from engine.runtimes import onnxruntime  # noqa: F401
+from engine.runtimes import tensorrt  # noqa: F401
 from engine.runtimes import openvino  # noqa: F401
 from engine.runtimes.base import REGISTRY, Runtime, RuntimeSettings, Session, availability, get
 

@@ -1,0 +1,204 @@
+"""TensorRT engines built here from the cell's ONNX variant (TensorRT 10 and 11), run with device buffers.
+
+Precision comes from the ONNX itself (the fp16 variant, or int8-static's QDQ nodes): networks are
+strongly typed, which TensorRT 11 requires and TensorRT 10 offers, so no fp16/int8 builder flag is set.
+Engines and the timing cache persist in the data folder; an engine is never loaded from an upload.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engine.errors import Unavailable
+from engine.runtimes.base import Runtime, Session, register
+from engine.runtimes.torch_cuda import torch_cuda_available
+
+DEFAULT_WORKSPACE_MB = 4096
+
+
+class TensorRTBuildError(RuntimeError):
+    """The ONNX parser or the builder refused the network; the message lists TensorRT's reasons."""
+
+
+def trt_major(trt: Any) -> int:
+    return int(str(trt.__version__).split(".")[0])
+
+
+def network_flags(trt: Any) -> int:
+    """Creation flags for a strongly typed network: implicit in TensorRT 11, a flag in TensorRT 10."""
+    if trt_major(trt) >= 11:
+        return 0
+    flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+    if flag is None:
+        raise TensorRTBuildError(f"TensorRT {trt.__version__} has no strongly typed networks; use TensorRT 10 or 11")
+    return 1 << int(flag)
+
+
+def engine_key(onnx_path: Path, shapes: dict[str, tuple[int, ...]], trt_version: str, gpu: str,
+               workspace_mb: int) -> str:
+    """Engines depend on the ONNX bytes, the input shapes, TensorRT's version and the GPU."""
+    digest = hashlib.sha256()
+    with open(onnx_path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    digest.update(repr((sorted(shapes.items()), trt_version, gpu, workspace_mb)).encode())
+    return digest.hexdigest()[:32]
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+    with os.fdopen(fd, "wb") as out:
+        out.write(data)
+    os.replace(tmp, path)
+
+
+def build_engine(trt: Any, logger: Any, onnx_path: Path, shapes: dict[str, tuple[int, ...]], workspace_mb: int,
+                 timing_cache: Path) -> bytes:
+    """Parse the ONNX, fix every input to the cell's shape, build a serialized engine.
+
+    The timing cache is loaded before and saved after, so later builds on this GPU are faster.
+    """
+    builder = trt.Builder(logger)
+    network = builder.create_network(network_flags(trt))
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors)) or "no detail"
+        raise TensorRTBuildError(f"TensorRT's ONNX parser refused the model: {errors}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb * 2**20)
+    cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache.is_file() else b"")
+    config.set_timing_cache(cache, ignore_mismatch=True)
+    profile = builder.create_optimization_profile()
+    for i in range(network.num_inputs):
+        tensor = network.get_input(i)
+        if tensor.name not in shapes:
+            raise TensorRTBuildError(f"the engine input '{tensor.name}' has no shape in this cell")
+        shape = shapes[tensor.name]
+        profile.set_shape(tensor.name, shape, shape, shape)
+    config.add_optimization_profile(profile)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise TensorRTBuildError("TensorRT could not build an engine for this network (see the cell's log)")
+    timing_cache.parent.mkdir(parents=True, exist_ok=True)
+    _write_atomic(timing_cache, bytes(memoryview(config.get_timing_cache().serialize())))
+    return bytes(memoryview(serialized))
+
+
+class TensorRTSession(Session):
+    """One engine and its execution context; buffers are torch CUDA tensors on one stream."""
+
+    def __init__(self, trt: Any, engine: Any, input_names: list[str], device: str) -> None:
+        import torch
+
+        super().__init__(input_names)
+        self._trt, self._torch, self._engine = trt, torch, engine
+        self._context = engine.create_execution_context()
+        self._device = torch.device(device)
+        self._stream = torch.cuda.Stream(self._device)
+        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+        self._outputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+        self._start = torch.cuda.Event(enable_timing=True)
+        self._end = torch.cuda.Event(enable_timing=True)
+        self._out_buffers: list[Any] = []
+
+    def _dtype(self, name: str) -> Any:
+        return np.dtype(self._trt.nptype(self._engine.get_tensor_dtype(name)))
+
+    def _prepare(self, feeds: dict[str, np.ndarray]) -> Any:
+        torch = self._torch
+        inputs = []
+        for name in self.input_names:
+            array = np.ascontiguousarray(feeds[name], dtype=self._dtype(name))
+            tensor = torch.from_numpy(array).to(self._device)
+            self._context.set_input_shape(name, tuple(tensor.shape))
+            self._context.set_tensor_address(name, tensor.data_ptr())
+            inputs.append(tensor)
+        self._out_buffers = []
+        for name in self._outputs:
+            shape = tuple(self._context.get_tensor_shape(name))
+            buffer = torch.empty(shape, dtype=getattr(torch, self._dtype(name).name), device=self._device)
+            self._context.set_tensor_address(name, buffer.data_ptr())
+            self._out_buffers.append(buffer)
+        torch.cuda.synchronize(self._device)
+        return inputs  # kept alive: the context holds raw pointers into them
+
+    def _run(self, prepared: Any) -> Any:
+        if not self._context.execute_async_v3(self._stream.cuda_stream):
+            raise RuntimeError("TensorRT execute_async_v3 failed")
+        return self._out_buffers
+
+    def synchronize(self) -> None:
+        self._stream.synchronize()
+
+    def device_timer(self, prepared: Any) -> float:
+        self._start.record(self._stream)
+        self._run(prepared)
+        self._end.record(self._stream)
+        self._end.synchronize()
+        return float(self._start.elapsed_time(self._end))
+
+    def _fetch(self, outputs: Any) -> list[np.ndarray]:
+        self.synchronize()
+        return [o.float().cpu().numpy() if o.dtype.is_floating_point else o.cpu().numpy() for o in outputs]
+
+    def peak_allocated_mb(self) -> float:
+        return float(self._torch.cuda.max_memory_allocated(self._device)) / 2**20
+
+
+@register
+class TensorRTRuntime(Runtime):
+    id = "tensorrt"
+    consumes = "onnx"
+    device = "cuda"
+    summary = "TensorRT engine built from the ONNX variant (strongly typed; CUDA events)"
+    requires = ("tensorrt",)
+
+    @classmethod
+    def available(cls) -> tuple[bool, str | None]:
+        if importlib.util.find_spec("tensorrt") is None:
+            return False, "the Python package 'tensorrt' is not installed (requirements-gpu.txt)"
+        return torch_cuda_available()
+
+    def load(self, variant: Any) -> Session:
+        import tensorrt as trt
+        import torch
+
+        from engine.paths import sub_dir
+
+        if not torch.cuda.is_available():
+            raise Unavailable("torch.cuda.is_available() is False: TensorRT needs a CUDA device")
+        device = str(self.settings.option("device", "cuda:0"))
+        workspace_mb = int(self.settings.option("workspace_mb", DEFAULT_WORKSPACE_MB))
+        shapes = {k: tuple(v) for k, v in self.settings.option("input_shapes", {}).items()}
+        if not shapes:
+            raise ValueError("the TensorRT runtime needs the cell's input shapes (settings.input_shapes)")
+        logger = trt.Logger(trt.Logger.WARNING)
+        gpu = torch.cuda.get_device_name(torch.device(device))
+        folder = sub_dir("tensorrt")
+        key = engine_key(Path(variant.path), shapes, trt.__version__, gpu, workspace_mb)
+        plan_path = folder / "engines" / f"{key}.plan"
+        start = time.perf_counter()
+        built = not plan_path.is_file()
+        if built:
+            plan = build_engine(trt, logger, Path(variant.path), shapes, workspace_mb, folder / "timing.cache")
+            plan_path.parent.mkdir(parents=True, exist_ok=True)
+            _write_atomic(plan_path, plan)
+        else:
+            plan = plan_path.read_bytes()
+        build_s = time.perf_counter() - start
+        engine = trt.Runtime(logger).deserialize_cuda_engine(plan)
+        if engine is None:
+            raise TensorRTBuildError("TensorRT could not deserialize the engine it built")
+        session = TensorRTSession(trt, engine, variant.input_names, device)
+        session.applied.update({"tensorrt": trt.__version__, "gpu": gpu, "strongly_typed": True,
+                                "workspace_mb": workspace_mb, "engine_built": built,
+                                "engine_build_s": build_s if built else None, "timing": "cuda-events"})
+        return session

@@ -1,0 +1,156 @@
+"""PyTorch eager and torch.compile on a CUDA device, timed with CUDA events; optional CUDA-graph replay."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+from typing import Any
+
+import numpy as np
+
+from engine.errors import Unavailable
+from engine.runtimes.base import Runtime, Session, register
+from engine.runtimes.torch_eager import set_torch_threads
+
+
+def torch_cuda_available() -> tuple[bool, str | None]:
+    """Without importing torch: a GPU through NVML, and a torch build that is not CPU-only."""
+    if importlib.util.find_spec("torch") is None:
+        return False, "the Python package 'torch' is not installed"
+    from engine.measure.devices import cuda_devices
+
+    gpus, why = cuda_devices()
+    if not gpus:
+        return False, why
+    version = importlib.metadata.version("torch")
+    if version.endswith("+cpu"):
+        return False, f"torch {version} is a CPU-only build; install a CUDA build of torch"
+    return True, None
+
+
+class CudaTorchSession(Session):
+    """Inputs are copied to the device in prepare(); run() launches; CUDA events time each call."""
+
+    def __init__(self, module: Any, input_names: list[str], device: str, cuda_graph: bool) -> None:
+        import torch
+
+        super().__init__(input_names)
+        self._torch = torch
+        self.device = torch.device(device)
+        self.module = module
+        floats = [p.dtype for p in module.parameters() if p.dtype.is_floating_point] \
+            if hasattr(module, "parameters") else []
+        self._float_dtype = floats[0] if floats else torch.float32
+        self._graph: Any = None
+        self._static_in: tuple[Any, ...] = ()
+        self._static_out: Any = None
+        self._cuda_graph = cuda_graph
+        self._start = torch.cuda.Event(enable_timing=True)
+        self._end = torch.cuda.Event(enable_timing=True)
+        self.applied.update({"dtype": str(self._float_dtype).replace("torch.", ""), "device": str(self.device),
+                             "gpu": torch.cuda.get_device_name(self.device), "cuda_graph": cuda_graph,
+                             "timing": "cuda-events", "host_device_copies_timed": False})
+        torch.cuda.reset_peak_memory_stats(self.device)
+
+    def _prepare(self, feeds: dict[str, np.ndarray]) -> Any:
+        tensors = []
+        for name in self.input_names:
+            t = self._torch.from_numpy(np.ascontiguousarray(feeds[name])).to(self.device)
+            if t.dtype.is_floating_point and t.dtype != self._float_dtype:
+                t = t.to(self._float_dtype)
+            tensors.append(t)
+        if self._cuda_graph:
+            self._capture_or_copy(tuple(tensors))
+        self._torch.cuda.synchronize(self.device)
+        return tuple(tensors)
+
+    def _capture_or_copy(self, tensors: tuple[Any, ...]) -> None:
+        """Capture the model once on static buffers; later inputs are copied into those buffers."""
+        torch = self._torch
+        if self._graph is not None and all(a.shape == b.shape for a, b in zip(self._static_in, tensors, strict=True)):
+            for static, new in zip(self._static_in, tensors, strict=True):
+                static.copy_(new)
+            return
+        self._static_in = tuple(t.clone() for t in tensors)
+        stream = torch.cuda.Stream(self.device)
+        stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(stream), torch.inference_mode():
+            for _ in range(3):  # warm up allocations on a side stream before capture, as CUDA graphs need
+                self.module(*self._static_in)
+        torch.cuda.current_stream(self.device).wait_stream(stream)
+        self._graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self._graph), torch.inference_mode():
+            self._static_out = self.module(*self._static_in)
+
+    def _run(self, prepared: Any) -> Any:
+        if self._graph is not None:
+            self._graph.replay()
+            return self._static_out
+        with self._torch.inference_mode():
+            return self.module(*prepared)
+
+    def synchronize(self) -> None:
+        self._torch.cuda.synchronize(self.device)
+
+    def device_timer(self, prepared: Any) -> float:
+        """Milliseconds of one call measured on the GPU between two events; waits for the end event."""
+        self._start.record()
+        self._run(prepared)
+        self._end.record()
+        self._end.synchronize()
+        return float(self._start.elapsed_time(self._end))
+
+    def _fetch(self, outputs: Any) -> list[np.ndarray]:
+        items = outputs if isinstance(outputs, (tuple, list)) else (outputs,)
+        return [o.detach().float().cpu().numpy() if o.dtype.is_floating_point else o.cpu().numpy() for o in items]
+
+    def peak_allocated_mb(self) -> float:
+        return float(self._torch.cuda.max_memory_allocated(self.device)) / 2**20
+
+
+class _TorchCudaRuntime(Runtime):
+    consumes = "torch"
+    device = "cuda"
+    requires = ("torch",)
+
+    @classmethod
+    def available(cls) -> tuple[bool, str | None]:
+        return torch_cuda_available()
+
+    def _device(self) -> str:
+        return str(self.settings.option("device", "cuda:0"))
+
+    def _module(self, variant: Any) -> Any:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise Unavailable("torch.cuda.is_available() is False: no usable CUDA device for torch")
+        return variant.module.to(self._device())
+
+
+@register
+class TorchCuda(_TorchCudaRuntime):
+    id = "torch-cuda"
+    summary = "PyTorch eager on a CUDA GPU (CUDA events; optional CUDA graphs)"
+
+    def load(self, variant: Any) -> Session:
+        set_torch_threads(self.settings)
+        module = self._module(variant)
+        return CudaTorchSession(module, variant.input_names, self._device(),
+                                bool(self.settings.option("cuda_graph", False)))
+
+
+@register
+class TorchCompileCuda(_TorchCudaRuntime):
+    id = "torch-compile-cuda"
+    summary = "torch.compile (inductor) on a CUDA GPU; compile time is cold start"
+
+    def load(self, variant: Any) -> Session:
+        import torch
+
+        set_torch_threads(self.settings)
+        mode = self.settings.option("compile_mode", "default")
+        compiled = torch.compile(self._module(variant), backend="inductor", mode=mode, dynamic=False)
+        session = CudaTorchSession(compiled, variant.input_names, self._device(), False)
+        session.applied.update({"backend": "inductor", "compile_mode": mode})
+        return session

@@ -1,0 +1,255 @@
+"""GPU paths: honest without a GPU here, TensorRT builder logic up to the device, device timing and metrics.
+
+Tests that need a GPU are marked `gpu` and skip with the reason on machines without one.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pytest
+
+from engine.errors import Unavailable
+from engine.measure import gpu
+from engine.measure.devices import cuda_devices
+from engine.measure.latency import MeasureSettings, measure
+from engine.plan import expand
+from engine.optimizations import parse_chain
+from engine.runtimes import REGISTRY, RuntimeSettings
+from engine.runtimes import tensorrt as trt_runtime
+from engine.specs import InputSpec
+
+GPU_RUNTIMES = ("torch-cuda", "torch-compile-cuda", "onnxruntime-cuda", "onnxruntime-tensorrt", "tensorrt")
+HAS_GPU = bool(cuda_devices()[0])
+needs_gpu = pytest.mark.skipif(not HAS_GPU, reason=f"no NVIDIA GPU here: {cuda_devices()[1]}")
+
+
+@pytest.mark.skipif(HAS_GPU, reason="this machine has a GPU")
+@pytest.mark.parametrize("runtime_id", GPU_RUNTIMES)
+def test_gpu_runtimes_are_unavailable_with_a_reason(runtime_id: str) -> None:
+    ok, reason = REGISTRY[runtime_id].available()
+    assert ok is False
+    assert reason and len(reason) > 10
+
+
+@pytest.mark.skipif(HAS_GPU, reason="this machine has a GPU")
+def test_plan_marks_gpu_cells_unavailable_not_run_on_cpu() -> None:
+    spec = InputSpec.parse("x:float32[B,16]")
+    cells = expand("pt2", spec, [parse_chain("baseline"), parse_chain("bf16")], list(GPU_RUNTIMES), [1])
+    assert {c.status for c in cells} == {"unavailable"}
+    assert all(c.reason for c in cells)
+
+
+def test_bf16_and_fp16_torch_variants_need_cuda() -> None:
+    spec = InputSpec.parse("x:float32[B,16]")
+    cells = expand("pt2", spec, [parse_chain("bf16"), parse_chain("fp16")], ["torch"], [1])
+    assert [c.status for c in cells] == ["n/a", "n/a"]
+    assert all("CUDA" in (c.reason or "") for c in cells)
+
+
+def test_torch_cuda_load_without_cuda_is_unavailable() -> None:
+    runtime = REGISTRY["torch-cuda"](RuntimeSettings(threads=1))
+    variant = SimpleNamespace(module=None, input_names=["x"])
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("torch sees a CUDA device")
+    with pytest.raises(Unavailable, match="CUDA"):
+        runtime.load(variant)
+
+
+# --- TensorRT builder, up to the device ------------------------------------------------------------
+
+
+class FakeTrt:
+    """The slice of the TensorRT Python API the builder uses, recording what it is asked."""
+
+    class NetworkDefinitionCreationFlag:
+        STRONGLY_TYPED = 5
+
+    class MemoryPoolType:
+        WORKSPACE = "workspace"
+
+    def __init__(self, version: str, parse_ok: bool = True, build_ok: bool = True) -> None:
+        self.__version__ = version
+        self.parse_ok, self.build_ok = parse_ok, build_ok
+        self.calls: dict[str, Any] = {}
+        fake = self
+
+        class Builder:
+            def __init__(self, logger: Any) -> None:
+                pass
+
+            def create_network(self, flags: int) -> Any:
+                fake.calls["network_flags"] = flags
+                inputs = [SimpleNamespace(name="x")]
+                return SimpleNamespace(num_inputs=1, get_input=lambda i: inputs[i])
+
+            def create_builder_config(self) -> Any:
+                cache = SimpleNamespace(serialize=lambda: b"timing-cache-v2")
+                config = SimpleNamespace(
+                    set_memory_pool_limit=lambda pool, size: fake.calls.__setitem__("workspace", (pool, size)),
+                    create_timing_cache=lambda data: fake.calls.__setitem__("cache_in", data) or cache,
+                    set_timing_cache=lambda c, ignore_mismatch: None,
+                    add_optimization_profile=lambda p: None,
+                    get_timing_cache=lambda: cache,
+                    set_flag=lambda flag: fake.calls.__setitem__("precision_flag", flag),
+                )
+                return config
+
+            def create_optimization_profile(self) -> Any:
+                return SimpleNamespace(set_shape=lambda name, lo, opt, hi: fake.calls.__setitem__(
+                    "profile", (name, lo, opt, hi)))
+
+            def build_serialized_network(self, network: Any, config: Any) -> Any:
+                return b"engine-bytes" if fake.build_ok else None
+
+        class OnnxParser:
+            num_errors = 1
+
+            def __init__(self, network: Any, logger: Any) -> None:
+                pass
+
+            def parse_from_file(self, path: str) -> bool:
+                fake.calls["parsed"] = path
+                return fake.parse_ok
+
+            def get_error(self, i: int) -> str:
+                return "Unsupported ONNX op: FancyOp"
+
+        self.Builder, self.OnnxParser = Builder, OnnxParser
+
+
+@pytest.mark.parametrize(("version", "flags"), [("10.13.0", 1 << 5), ("11.4.1", 0)])
+def test_networks_are_strongly_typed_on_tensorrt_10_and_11(version: str, flags: int) -> None:
+    assert trt_runtime.network_flags(FakeTrt(version)) == flags
+
+
+def test_build_engine_fixes_shapes_sets_no_precision_flag_and_persists_the_timing_cache(tmp_path: Path) -> None:
+    fake = FakeTrt("11.4.1")
+    onnx_path = tmp_path / "m.onnx"
+    onnx_path.write_bytes(b"onnx")
+    cache = tmp_path / "trt" / "timing.cache"
+    plan = trt_runtime.build_engine(fake, None, onnx_path, {"x": (8, 16)}, 512, cache)
+    assert plan == b"engine-bytes"
+    assert fake.calls["profile"] == ("x", (8, 16), (8, 16), (8, 16))
+    assert fake.calls["workspace"] == ("workspace", 512 * 2**20)
+    assert "precision_flag" not in fake.calls  # precision comes from the ONNX
+    assert cache.read_bytes() == b"timing-cache-v2"
+    trt_runtime.build_engine(fake, None, onnx_path, {"x": (8, 16)}, 512, cache)
+    assert fake.calls["cache_in"] == b"timing-cache-v2"  # the second build starts from the saved cache
+
+
+def test_build_engine_reports_parser_and_builder_failures(tmp_path: Path) -> None:
+    onnx_path = tmp_path / "m.onnx"
+    onnx_path.write_bytes(b"onnx")
+    with pytest.raises(trt_runtime.TensorRTBuildError, match="FancyOp"):
+        trt_runtime.build_engine(FakeTrt("10.13.0", parse_ok=False), None, onnx_path, {"x": (1, 16)}, 64,
+                                 tmp_path / "c")
+    with pytest.raises(trt_runtime.TensorRTBuildError, match="could not build"):
+        trt_runtime.build_engine(FakeTrt("10.13.0", build_ok=False), None, onnx_path, {"x": (1, 16)}, 64,
+                                 tmp_path / "c")
+    with pytest.raises(trt_runtime.TensorRTBuildError, match="no shape"):
+        trt_runtime.build_engine(FakeTrt("10.13.0"), None, onnx_path, {"y": (1, 16)}, 64, tmp_path / "c")
+
+
+def test_engine_key_depends_on_model_shapes_version_and_gpu(tmp_path: Path) -> None:
+    onnx_path = tmp_path / "m.onnx"
+    onnx_path.write_bytes(b"onnx")
+    base = trt_runtime.engine_key(onnx_path, {"x": (1, 16)}, "10.13", "H100", 4096)
+    assert base == trt_runtime.engine_key(onnx_path, {"x": (1, 16)}, "10.13", "H100", 4096)
+    assert base != trt_runtime.engine_key(onnx_path, {"x": (8, 16)}, "10.13", "H100", 4096)
+    assert base != trt_runtime.engine_key(onnx_path, {"x": (1, 16)}, "11.4", "H100", 4096)
+    assert base != trt_runtime.engine_key(onnx_path, {"x": (1, 16)}, "10.13", "A100", 4096)
+
+
+# --- device timing and metrics -----------------------------------------------------------------------
+
+
+class AsyncSession:
+    """A device-like session: run() returns at once, the work finishes later; device_timer sees it all."""
+
+    def __init__(self, work_s: float) -> None:
+        self.work_s = work_s
+        self.launches = 0
+
+    def run(self, prepared: Any) -> None:
+        self.launches += 1
+
+    def synchronize(self) -> None:
+        time.sleep(self.work_s)
+
+    def device_timer(self, prepared: Any) -> float:
+        start = time.perf_counter()
+        self.run(prepared)
+        self.synchronize()
+        return (time.perf_counter() - start) * 1000
+
+
+def test_device_sessions_are_timed_to_completion_not_launch() -> None:
+    session = AsyncSession(0.004)
+    samples = measure(session, None, MeasureSettings(warmup=2, iterations=10, min_seconds=0.0))
+    assert len(samples) == 10
+    assert np.median(samples) >= 3.5  # the 4 ms of work, not the microseconds of the launch
+
+
+class FakeNvml:
+    def __init__(self, energy: list[float | None], memory: float | None) -> None:
+        self._energy = iter(energy)
+        self._memory = memory
+
+    def energy_mj(self) -> float | None:
+        return next(self._energy)
+
+    def process_memory_mb(self) -> float | None:
+        return self._memory
+
+
+def test_energy_per_inference_and_device_memory() -> None:
+    meter = gpu.EnergyMeter(FakeNvml([1000.0, 3000.0], 512.0))  # type: ignore[arg-type]
+    meter.start()
+    time.sleep(0.05)
+    window = meter.stop()
+    assert window.energy_mj == 2000.0 and window.mean_power_w is not None and window.mean_power_w > 0
+    metrics = gpu.device_metrics(FakeNvml([], 512.0), window, iterations=100, batch_size=4,  # type: ignore[arg-type]
+                                 torch_peak_mb=300.0)
+    assert metrics["peak_device_mb"] == 512.0
+    assert metrics["energy_mj_per_inference"] == 20.0 and metrics["energy_mj_per_item"] == 5.0
+
+
+def test_unsupported_counters_are_null_never_zero() -> None:
+    meter = gpu.EnergyMeter(FakeNvml([None], None))  # type: ignore[arg-type]
+    meter.start()
+    window = meter.stop()
+    metrics = gpu.device_metrics(FakeNvml([], None), window, 10, 1, None)  # type: ignore[arg-type]
+    assert metrics["peak_device_mb"] is None
+    assert metrics["power_w"] is None and metrics["energy_mj_per_inference"] is None
+    assert gpu.open_nvml("cpu") is None
+
+
+# --- on a real GPU -------------------------------------------------------------------------------------
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_torch_cuda_matches_cpu_reference() -> None:
+    import torch
+
+    from engine.runtimes import get
+
+    if not torch.cuda.is_available():
+        pytest.skip("torch has no CUDA")
+    model = torch.nn.Sequential(torch.nn.Linear(16, 64), torch.nn.ReLU(), torch.nn.Linear(64, 4)).eval()
+    x = np.random.default_rng(0).standard_normal((8, 16)).astype(np.float32)
+    with torch.no_grad():
+        reference = model(torch.from_numpy(x)).numpy()
+    variant = SimpleNamespace(module=model, input_names=["x"])
+    with get("torch-cuda")(RuntimeSettings(threads=1)).load(variant) as session:
+        prepared = session.prepare({"x": x})
+        out = session.fetch(session.run(prepared))[0]
+        assert session.device_timer(prepared) > 0  # type: ignore[attr-defined]
+    assert np.abs(out - reference).max() / np.abs(reference).max() < 1e-3

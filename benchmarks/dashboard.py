@@ -10,18 +10,20 @@ Prints a table and writes JSON (default benchmarks/results/dashboard.json).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT))  # run as a script from any folder
+
+from benchmarks.common import table, write_json  # noqa: E402
 
 VARIANTS = ["baseline", "int8-dynamic", "int8-static", "fp16", "int8-static:method=entropy"]
 RUNTIMES = ["torch", "torch-compile", "torchscript", "onnxruntime", "openvino"]
@@ -102,7 +104,7 @@ def study_list() -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "dashboard.json"))
+    parser.add_argument("--out", help="JSON output (default benchmarks/results/dashboard.json)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="paretoscope-dash-") as tmp:
         os.environ["PARETOSCOPE_DATA_DIR"] = str(Path(tmp) / "data")
@@ -113,22 +115,21 @@ def main() -> None:
         render_results_page(study_id)  # first render imports plotly, pandas styling: not counted
         pages = [render_results_page(study_id) for _ in range(5)]
         lists = [study_list() for _ in range(20)]
-    rows = [
+    extra = {"seed_s": seed_s}
+    rows: list[dict[str, Any]] = [
         {"case": "Results page, 500 results (AppTest)", "median_s": statistics.median(pages), "max_s": max(pages),
          "target_s": 2.0},
         {"case": "study list over 10,000 results", "median_s": statistics.median(lists), "max_s": max(lists),
          "target_s": 0.2},
     ]
-    print(f"{'case':<40} {'median s':>9} {'max s':>8} {'target s':>9}  verdict")
-    for r in rows:
-        verdict = "ok" if r["median_s"] <= r["target_s"] else "MISSED"
-        print(f"{r['case']:<40} {r['median_s']:>9.3f} {r['max_s']:>8.3f} {r['target_s']:>9.2f}  {verdict}")
+    print(table(["case", "median s", "max s", "target s", "verdict"],
+                [[r["case"], f"{r['median_s']:.3f}", f"{r['max_s']:.3f}", f"{r['target_s']:.2f}",
+                  "ok" if r["median_s"] <= r["target_s"] else "MISSED"] for r in rows]))
     from engine.measure.environment import collect
 
-    out = {"benchmark": "dashboard", "rows": rows, "seed_s": seed_s, "environment": collect(None)}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=1))
-    print(f"written {args.out}")
+    path = write_json({"benchmark": "dashboard", "rows": rows, "environment": collect(None), **extra},
+                      args.out, "dashboard")
+    print(f"written {path}")
 
 
 if __name__ == "__main__":

@@ -10,16 +10,18 @@ Prints a table and writes JSON (default benchmarks/results/queue_overhead.json).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT))  # run as a script from any folder
+
+from benchmarks.common import table, write_json  # noqa: E402
 
 
 def _mlp_onnx(folder: Path) -> Path:
@@ -90,29 +92,27 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=20)
     parser.add_argument("--min-seconds", type=float, default=1.0)
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "queue_overhead.json"))
+    parser.add_argument("--out", help="JSON output (default benchmarks/results/queue_overhead.json)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="paretoscope-bench-") as tmp:
         os.environ["PARETOSCOPE_DATA_DIR"] = str(Path(tmp) / "data")
         model = _mlp_onnx(Path(tmp))
         noop = noop_jobs(args.jobs)
         cells, total = cell_jobs(args.jobs, model, 1, args.min_seconds, 50)
-    rows = [
+    extra = {"jobs": args.jobs, "cell_study_wall_s": total}
+    rows: list[dict[str, Any]] = [
         {"case": "no-op job", "median_s": statistics.median(noop), "max_s": max(noop), "target_s": 1.5},
         {"case": "1 ms model cell (beyond measuring)", "median_s": statistics.median(cells), "max_s": max(cells),
          "target_s": 3.0},
     ]
-    print(f"{'case':<38} {'median s':>9} {'max s':>8} {'target':>7}  verdict")
-    for r in rows:
-        verdict = "ok" if r["median_s"] <= r["target_s"] else "MISSED"
-        print(f"{r['case']:<38} {r['median_s']:>9.3f} {r['max_s']:>8.3f} {r['target_s']:>7.1f}  {verdict}")
+    print(table(["case", "median s", "max s", "target s", "verdict"],
+                [[r["case"], f"{r['median_s']:.3f}", f"{r['max_s']:.3f}", f"{r['target_s']:.2f}",
+                  "ok" if r["median_s"] <= r["target_s"] else "MISSED"] for r in rows]))
     from engine.measure.environment import collect
 
-    result = {"benchmark": "queue_overhead", "jobs": args.jobs, "rows": rows, "environment": collect(2),
-              "cell_study_wall_s": total}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1))
-    print(f"written {args.out}")
+    path = write_json({"benchmark": "queue_overhead", "rows": rows, "environment": collect(2), **extra},
+                      args.out, "queue_overhead")
+    print(f"written {path}")
 
 
 if __name__ == "__main__":

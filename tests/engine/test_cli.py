@@ -210,3 +210,30 @@ def test_bad_inputs_give_one_line_errors(tmp_path: Path, mlp_onnx: Path) -> None
     assert all(not name.startswith(".") for name in leftovers), leftovers
     assert not (data_dir / "studies").exists() or not any((data_dir / "studies").iterdir())
     assert not (data_dir / "paretoscope.db").exists()  # nothing recorded for a refused input
+
+
+def test_terminal_output_shows_live_progress(tmp_path: Path, mlp_onnx: Path, data_dir: Path) -> None:
+    """On a terminal a status line (cell i of n, phase, elapsed, ETA) is redrawn in place."""
+    import pty
+
+    leader, follower = pty.openpty()
+    env = {**os.environ, "PARETOSCOPE_DATA_DIR": str(data_dir), "COLUMNS": "200"}
+    proc = subprocess.Popen([sys.executable, "-m", "engine", "bench", str(mlp_onnx), *FAST, "--min-seconds", "0.5",
+                             "--variants", "baseline,int8-dynamic", "--runtimes", "onnxruntime"],
+                            stdout=follower, stderr=subprocess.PIPE, cwd=ROOT, env=env)
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            data = os.read(leader, 65536)
+        except OSError:  # the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    proc.wait(timeout=300)
+    os.close(leader)
+    text = b"".join(chunks).decode(errors="replace")
+    assert proc.returncode == 0
+    assert "\r\x1b[2K" in text
+    assert "[1/2] baseline × onnxruntime × b1" in text and "ETA" in text and "measuring" in text

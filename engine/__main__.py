@@ -142,20 +142,89 @@ def cmd_worker(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_report(args: argparse.Namespace, out: TextIO) -> int:
-    from storage import queries as q
-    from storage.db import session
+    from engine.report.source import load_report
 
-    with session(write=False) as s:
-        try:
-            results = q.results_json(s, args.study_id, with_samples=True)
-        except KeyError:
-            raise UserError(f"no study with id {args.study_id}; list them in the dashboard") from None
-    text = json.dumps(results, indent=1)
-    if args.out:
-        Path(args.out).write_text(text)
-        print(f"{args.format} report of study {args.study_id} written to {args.out}", file=out)
+    _check_report_args(args)
+    report = load_report(args.study_id)
+    if args.format == "space":
+        return _write_space(args, report, out)
+    if args.format == "json":
+        text = json.dumps(report, indent=1)
+    elif args.format == "csv":
+        from engine.report.tables import csv_text
+
+        text = csv_text(report)
+    elif args.compare is not None:
+        from engine.report.html import compare_html
+
+        text = compare_html(report, load_report(args.compare))
     else:
-        print(text, file=out)
+        from engine.report.html import study_html
+
+        text = study_html(report, _constraints(args, report))
+    if not args.out:
+        out.write(text if text.endswith("\n") else text + "\n")
+        return 0
+    _write_text(Path(args.out), text)
+    what = f"comparison of studies {args.study_id} and {args.compare}" if args.compare is not None else (
+        f"{args.format} report of study {args.study_id}")
+    print(f"{what} written to {args.out}", file=out)
+    return 0
+
+
+def _check_report_args(args: argparse.Namespace) -> None:
+    if args.compare is not None and args.format != "html":
+        raise UserError("--compare makes an HTML comparison: add --format html")
+    if args.push and args.format != "space":
+        raise UserError("--push uploads a Space: add --format space")
+    if args.push:
+        from engine.report.space import check_repo_id
+
+        check_repo_id(args.push)
+    tuned = [name for name, value in (("--max-drop", args.max_drop), ("--max-p99", args.max_p99),
+                                      ("--batch-size", args.batch_size)) if value is not None]
+    if tuned and (args.format != "html" or args.compare is not None):
+        raise UserError(f"{', '.join(tuned)}: only for a study's HTML report, whose recommended cell they choose; "
+                        "use --format html without --compare")
+    if args.max_drop is not None and not args.max_drop >= 0:
+        raise UserError(f"--max-drop must be 0 or more, got {args.max_drop}")
+    if args.max_p99 is not None and not args.max_p99 >= 0:
+        raise UserError(f"--max-p99 must be 0 (no budget) or more, got {args.max_p99}")
+
+
+def _constraints(args: argparse.Namespace, report: dict[str, Any]) -> Any:
+    from engine.report.html import DEFAULT_MAX_DROP, default_constraints
+    from engine.report.tables import results_table
+
+    frame = results_table(report)
+    if args.batch_size is not None:
+        measured = sorted({int(r["batch_size"]) for r in report["results"] if r["status"] == "ok"})
+        if args.batch_size not in measured:
+            raise UserError(f"--batch-size {args.batch_size} has no measured cell in study {args.study_id}; "
+                            f"measured: {', '.join(map(str, measured)) or 'none'}")
+    max_drop = DEFAULT_MAX_DROP if args.max_drop is None else args.max_drop
+    return default_constraints(frame, max_drop, args.max_p99, args.batch_size)
+
+
+def _write_text(path: Path, text: str) -> None:
+    try:
+        path.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise UserError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def _write_space(args: argparse.Namespace, report: dict[str, Any], out: TextIO) -> int:
+    from engine.report.space import push_space, write_space
+
+    folder = Path(args.out or f"paretoscope-study-{args.study_id}-space")
+    try:
+        archive = write_space(report, folder)
+    except OSError as exc:
+        raise UserError(f"cannot write the Space folder {folder}: {exc.strerror or exc}") from None
+    print(f"Space of study {args.study_id} written to {folder} and {archive}", file=out)
+    if args.push:
+        url = push_space(folder, args.push)
+        print(f"pushed to {url}", file=out)
     return 0
 
 
@@ -264,10 +333,25 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
     p = sub.add_parser("worker", help="run queued jobs from the database")
     p.add_argument("--until-idle", action="store_true", help="exit when no job is queued")
     p.add_argument("--max-jobs", type=int, default=None, help="exit after this many jobs")
-    p = sub.add_parser("report", help="write a study's results")
+    p = sub.add_parser("report", help="write a study's results: HTML, CSV, JSON, or a Hugging Face Space")
     p.add_argument("study_id", type=int)
-    p.add_argument("--format", choices=["json"], default="json")
-    p.add_argument("--out", help="output file (default: standard output)")
+    p.add_argument("--format", choices=["html", "csv", "json", "space"], default="json",
+                   help="html: one self-contained file with the Results page's charts; csv: one row per cell; "
+                        "json: the results JSON with raw samples; space: a Hugging Face Space folder and its zip "
+                        "(default json)")
+    p.add_argument("--out", help="output file, or the Space's folder (default: standard output; for space "
+                                 "./paretoscope-study-ID-space)")
+    p.add_argument("--compare", type=int, metavar="STUDY_B",
+                   help="with --format html: compare STUDY_B against STUDY_ID, as the Compare page does")
+    p.add_argument("--max-drop", type=float, default=None,
+                   help="html: largest accuracy drop against the baseline for the recommended cell (default 0.01)")
+    p.add_argument("--max-p99", type=float, default=None, metavar="MS",
+                   help="html: p99 budget in ms for the recommended cell (default: none; 0 = none)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="html: batch size of the recommendation and the Pareto chart (default: the smallest measured)")
+    p.add_argument("--push", metavar="REPO_ID",
+                   help="with --format space: upload the folder to the Hugging Face Space OWNER/NAME "
+                        "(needs huggingface_hub and a token: hf auth login, or HF_TOKEN)")
     args = parser.parse_args(argv)
     commands = {"bench": cmd_bench, "runtimes": cmd_runtimes, "worker": cmd_worker, "report": cmd_report}
     try:

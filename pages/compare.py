@@ -5,8 +5,17 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from engine.report import charts
+from engine.report import charts, tables
 from pages import common
+
+
+def comparison_html(study_a: int, study_b: int) -> str:
+    """Built only when its download button is clicked."""
+    from engine.report.html import compare_html
+    from engine.report.source import load_report
+
+    return compare_html(load_report(study_a), load_report(study_b))
+
 
 common.ensure_worker()
 st.title("Compare")
@@ -21,15 +30,11 @@ a = c1.selectbox("Study A", ids, index=1, format_func=lambda i: common.study_lab
 b = c2.selectbox("Study B", ids, index=0, format_func=lambda i: common.study_label(studies, i))
 frame_a, full_a = common.results(common.url(), int(a))
 frame_b, full_b = common.results(common.url(), int(b))
-keys = ["variant", "runtime", "batch_size"]
-cols = ["p50_ms", "p99_ms", "throughput_per_s", "peak_host_mb", "cosine", "status"]
-joined = frame_a[keys + cols].merge(frame_b[keys + cols], on=keys, suffixes=("_a", "_b"), how="outer")
-joined["p50_ratio"] = joined["p50_ms_b"] / joined["p50_ms_a"]
-joined["p99_ratio"] = joined["p99_ms_b"] / joined["p99_ms_a"]
-joined["throughput_ratio"] = joined["throughput_per_s_b"] / joined["throughput_per_s_a"]
-shown = [*keys, "status_a", "status_b", "p50_ms_a", "p50_ms_b", "p50_ratio", "p99_ratio", "throughput_ratio",
-         "cosine_a", "cosine_b"]
-st.dataframe(joined[shown], hide_index=True,
+st.download_button("Comparison report (HTML)", data=lambda: comparison_html(int(a), int(b)),
+                   file_name=f"paretoscope-compare-{a}-{b}.html", mime="text/html", on_click="ignore",
+                   help="This page as one file that opens offline")
+joined = tables.compare_frames(frame_a, frame_b)
+st.dataframe(joined[tables.COMPARE_SHOWN], hide_index=True,
              column_config={c: st.column_config.NumberColumn(c, format="%.3f")
                             for c in ("p50_ms_a", "p50_ms_b", "p50_ratio", "p99_ratio", "throughput_ratio")})
 both = joined.dropna(subset=["p50_ratio"])
@@ -38,19 +43,7 @@ if both.empty:
 else:
     st.plotly_chart(charts.compare_ratios(both, f"#{a}", f"#{b}"), key="ratios")
 
-
-def flat(env: object, prefix: str = "") -> dict[str, object]:
-    if isinstance(env, dict):
-        out: dict[str, object] = {}
-        for k, v in env.items():
-            out.update(flat(v, f"{prefix}{k}."))
-        return out
-    return {prefix.rstrip("."): env}
-
-
-env_a, env_b = flat(full_a["environment"] or {}), flat(full_b["environment"] or {})
-diff = [{"field": k, "A": str(env_a.get(k)), "B": str(env_b.get(k))}
-        for k in sorted(set(env_a) | set(env_b)) if env_a.get(k) != env_b.get(k)]
+diff = tables.environment_diff(full_a["environment"], full_b["environment"])
 st.subheader("Environment differences")
 if diff:
     st.dataframe(pd.DataFrame(diff), hide_index=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import streamlit as st
@@ -9,6 +10,30 @@ import streamlit as st
 from engine.report import charts
 from engine.report.pareto import Constraints, accuracy_column, recommend
 from pages import common
+
+
+def download_bar(where: st.delta_generator.DeltaGenerator, study_id: int, constraints: Constraints | None) -> None:
+    """The four report formats; each is built from a fresh read only when its button is clicked."""
+    from engine.report.html import study_html
+    from engine.report.source import load_report
+    from engine.report.space import space_zip
+    from engine.report.tables import csv_text
+
+    stem = f"paretoscope-study-{study_id}"
+    c1, c2, c3, c4 = where.columns(4)
+    c1.download_button("HTML report", data=lambda: study_html(load_report(study_id), constraints),
+                       file_name=f"{stem}.html", mime="text/html", on_click="ignore", key="download_html",
+                       help="One file with the table, every chart, the Pareto frontier and this recommendation; "
+                            "opens offline")
+    c2.download_button("CSV", data=lambda: csv_text(load_report(study_id)), file_name=f"{stem}.csv",
+                       mime="text/csv", on_click="ignore", key="download_csv", help="One row per cell")
+    c3.download_button("JSON", data=lambda: json.dumps(load_report(study_id), indent=1), file_name=f"{stem}.json",
+                       mime="application/json", on_click="ignore", key="download_json",
+                       help="The results JSON with the raw latency samples")
+    c4.download_button("Hugging Face Space (.zip)", data=lambda: space_zip(load_report(study_id), f"{stem}-space"),
+                       file_name=f"{stem}-space.zip", mime="application/zip", on_click="ignore",
+                       key="download_space", help="A read-only viewer of these results, ready to push as a Space")
+
 
 common.ensure_worker()
 st.title("Results")
@@ -28,6 +53,7 @@ st.caption(f"Model **{study['model']['name']}** ({study['model']['format']}) · 
            f"{study['settings'].get('threads')} · min {study['settings']['measure']['iterations']} iterations and "
            f"{study['settings']['measure']['min_seconds']} s per cell · "
            + " · ".join(f"{n} {status}" for status, n in sorted(study["progress"].items())))
+downloads = st.container()  # filled once the recommendation's constraints are known
 
 st.dataframe(
     frame[["variant", "runtime", "batch_size", "status", "p50_ms", "p99_ms", "throughput_per_s", "speedup",
@@ -51,6 +77,7 @@ st.dataframe(
 
 ok = frame[frame["status"] == "ok"]
 if ok.empty:
+    download_bar(downloads, int(study_id), None)
     st.info("No cell has finished successfully yet.")
     st.stop()
 
@@ -64,6 +91,7 @@ batches = sorted(ok["batch_size"].unique())
 batch = c3.selectbox("Batch size", batches)
 constraints = Constraints(max_accuracy_drop=drop, max_p99_ms=budget or None, batch_size=int(batch))
 best = recommend(frame, constraints, accuracy)
+download_bar(downloads, int(study_id), constraints)
 if best is None:
     st.warning("No cell meets these constraints; loosen them.")
 else:

@@ -1,0 +1,116 @@
+"""Read-only viewer of one Paretoscope study: the results table, filters, the Pareto view and the charts.
+
+Written into a Hugging Face Space by Paretoscope. It reads data/results.json beside it and needs only
+streamlit, plotly and pandas; viewer/ holds copies of Paretoscope's chart, Pareto and table code.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import streamlit as st
+
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:  # `streamlit run` puts it there; test runners may not
+    sys.path.insert(0, str(HERE))
+
+from viewer import charts, tables  # noqa: E402
+from viewer.pareto import Constraints, accuracy_column, pareto_frontier, recommend  # noqa: E402
+
+DATA = HERE / "data"
+
+
+@st.cache_data
+def load() -> dict[str, Any]:
+    return json.loads((DATA / "results.json").read_text(encoding="utf-8"))
+
+
+def md(text: Any) -> str:
+    """Names and messages shown as written, never as Markdown or HTML."""
+    return re.sub(r"([\\`*_{}\[\]()#+\-.!|~<>&])", r"\\\1", str(text))
+
+
+report = load()
+study = report["study"]
+st.set_page_config(page_title=f"Paretoscope: {study['name']}"[:80], page_icon="📊", layout="wide")
+frame = tables.results_table(report)
+samples = tables.samples_by_cell(report)
+
+st.title(md(study["name"]))
+model = study["model"]
+settings = study.get("settings") or {}
+measure = settings.get("measure") or {}
+st.caption(f"Model **{md(model['name'])}** ({md(model['format'])}) · threads {md(settings.get('threads'))} · "
+           f"min {md(measure.get('iterations'))} iterations and {md(measure.get('min_seconds'))} s per cell · "
+           "measured with Paretoscope; this page only reads the results")
+
+with st.sidebar:
+    st.header("Filters")
+    runtimes = st.multiselect("Runtimes", sorted(frame["runtime"].unique()), default=sorted(frame["runtime"].unique()))
+    variants = st.multiselect("Variants", list(dict.fromkeys(frame["variant"])), default=list(dict.fromkeys(
+        frame["variant"])))
+    batches = st.multiselect("Batch sizes", sorted(int(b) for b in frame["batch_size"].unique()),
+                             default=sorted(int(b) for b in frame["batch_size"].unique()))
+    statuses = st.multiselect("Status", sorted(frame["status"].unique()), default=sorted(frame["status"].unique()))
+    st.header("Data")
+    st.download_button("Results CSV", data=(DATA / "results.csv").read_bytes(), file_name="results.csv",
+                       mime="text/csv", on_click="ignore")
+    st.download_button("Results JSON (with raw samples)", data=(DATA / "results.json").read_bytes(),
+                       file_name="results.json", mime="application/json", on_click="ignore")
+
+shown = frame[frame["runtime"].isin(runtimes) & frame["variant"].isin(variants)
+              & frame["batch_size"].isin(batches) & frame["status"].isin(statuses)]
+config = {column: (st.column_config.TextColumn(label) if fmt is None
+                   else st.column_config.NumberColumn(label, format=fmt))
+          for column, label, fmt in tables.SHOWN}
+st.dataframe(shown[[c for c, _, _ in tables.SHOWN]], hide_index=True, column_config=config)
+
+ok = shown[(shown["status"] == "ok") & shown["p50_ms"].notna()]
+if ok.empty:
+    st.info("No measured cell matches the filters.")
+    st.stop()
+
+accuracy, accuracy_label = accuracy_column(shown)
+st.subheader("Which variant should I ship?")
+c1, c2, c3 = st.columns(3)
+unit = "points of top-1" if accuracy == "task_metric" else "of cosine"
+drop = c1.number_input(f"Maximum accuracy drop ({unit})", min_value=0.0, value=0.01, step=0.005, format="%.4f")
+budget = c2.number_input("Maximum p99 (ms, 0 = none)", min_value=0.0, value=0.0, step=1.0)
+batch = c3.selectbox("Batch size", sorted(int(b) for b in ok["batch_size"].unique()))
+best = recommend(shown, Constraints(max_accuracy_drop=drop, max_p99_ms=budget or None, batch_size=int(batch)),
+                 accuracy)
+if best is None:
+    st.warning("No cell meets these constraints; loosen them.")
+else:
+    speedup = best["speedup"]
+    st.success(f"Ship **{md(best['variant'])}** on **{md(best['runtime'])}** (batch {best['batch_size']}): p50 "
+               f"{best['p50_ms']:.3f} ms, p99 {best['p99_ms']:.3f} ms, {accuracy_label} {best[accuracy]:.4f}"
+               + (f", {speedup:.2f}× the baseline" if speedup is not None and speedup == speedup else ""))
+
+at_batch = shown[shown["batch_size"] == batch]
+st.plotly_chart(charts.accuracy_vs_latency(at_batch, accuracy, accuracy_label, best), key="pareto")
+front = pareto_frontier(at_batch, "p50_ms", accuracy)
+st.caption("Pareto frontier at this batch size: no other cell is both faster and more accurate.")
+st.dataframe(front[["variant", "runtime", "batch_size", "p50_ms", "p99_ms", accuracy]], hide_index=True,
+             column_config={"p50_ms": st.column_config.NumberColumn("p50 ms", format="%.3f"),
+                            "p99_ms": st.column_config.NumberColumn("p99 ms", format="%.3f"),
+                            accuracy: st.column_config.NumberColumn(accuracy_label, format="%.5f")})
+
+st.plotly_chart(charts.latency_bars(shown), key="latency")
+st.plotly_chart(charts.latency_distribution(shown, samples), key="distribution")
+c1, c2 = st.columns(2)
+c1.plotly_chart(charts.memory_and_size(shown), key="memory")
+c2.plotly_chart(charts.throughput_vs_batch(shown), key="throughput")
+
+with st.expander("Study settings"):
+    st.json({k: study.get(k) for k in ("variants", "runtimes", "batch_sizes", "settings", "reference", "progress",
+                                       "created_at", "finished_at")})
+    st.json({"model": model})
+environment = report.get("environment")
+if environment:
+    with st.expander("Environment"):
+        st.json(environment)

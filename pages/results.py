@@ -84,7 +84,7 @@ if ok.empty:
 accuracy, accuracy_label = accuracy_column(frame)
 st.subheader("Which variant should I ship?")
 c1, c2, c3 = st.columns(3)
-unit = "points of top-1" if accuracy == "task_metric" else "of cosine"
+unit = "top-1 as a fraction, 0.01 = 1 point" if accuracy == "task_metric" else "of cosine"
 drop = c1.number_input(f"Maximum accuracy drop ({unit})", min_value=0.0, value=0.01, step=0.005, format="%.4f")
 budget = c2.number_input("Maximum p99 (ms, 0 = none)", min_value=0.0, value=0.0, step=1.0)
 batches = sorted(ok["batch_size"].unique())

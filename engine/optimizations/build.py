@@ -152,7 +152,8 @@ def _calibration_digest(steps: list[Step], ctx: BuildContext) -> str | None:
 def _training_digest(steps: list[Step] | tuple[Step, ...], ctx: BuildContext) -> str | None:
     """A digest of the training data when a step trains: a variant trained on one data set is never served
     for another."""
-    limits = [s.config.max_samples for s in steps if getattr(s.config, "uses_training_data", False)]
+    limits = [int(getattr(s.config, "max_samples", 0)) for s in steps
+              if getattr(s.config, "uses_training_data", False)]
     if not limits:
         return None
     digest = hashlib.sha256()

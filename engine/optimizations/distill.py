@@ -94,12 +94,12 @@ def distill(student: Any, config: DistillConfig, ctx: Any) -> Any:
     names = ctx.spec.names
     tensors = [torch.from_numpy(inputs[n]) for n in names]
     count = int(tensors[0].shape[0])
-    transformer = isinstance(student, HFWrapper)
-    lr = config.lr or (AUTO_LR_TRANSFORMER if transformer else AUTO_LR)
+    lr = config.lr or (AUTO_LR_TRANSFORMER if _is_transformer(student) else AUTO_LR)
+    masks = _sparsity_masks(student)
     start = time.perf_counter()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        loss_before, loss_after, used_labels = _train(student, teacher, tensors, labels, config, lr, ctx)
+        loss_before, loss_after, used_labels = _train(student, teacher, tensors, labels, config, lr, masks, ctx)
     seconds = time.perf_counter() - start
     ctx.train_s = (ctx.train_s or 0.0) + seconds
     used = " and its labels" if used_labels else ""
@@ -107,8 +107,23 @@ def distill(student: Any, config: DistillConfig, ctx: Any) -> Any:
         f"distill trained {surgery.parameter_count(student):,} parameters for {config.epochs} epoch(s) on {count} "
         f"samples of {source}{used} (lr {lr:g}, T {config.temperature:g}, seed {config.seed}) in {seconds:.1f} s; "
         f"loss against the teacher {loss_before:.4g} -> {loss_after:.4g}"
+        + ("; pruned (zero) weights stayed zero" if masks else "")
     )
     return student
+
+
+def _is_transformer(module: Any) -> bool:
+    """A transformers model, or a graph with layer norms or attention (an exported transformer)."""
+    import torch
+
+    from engine.modules import HFWrapper
+
+    if isinstance(module, HFWrapper):
+        return True
+    if isinstance(module, torch.fx.GraphModule):
+        ops = {torch.ops.aten.layer_norm.default, torch.ops.aten.scaled_dot_product_attention.default}
+        return any(node.target in ops for node in module.graph.nodes)
+    return False
 
 
 def _keep_layers(student: Any, count: int, ctx: Any) -> None:
@@ -151,7 +166,7 @@ def _as_list(out: Any) -> list[Any]:
 def _teacher_loss(student_out: list[Any], teacher_out: list[Any], kinds: list[str], temperature: float) -> Any:
     import torch.nn.functional as F
 
-    total = 0
+    total: Any = 0
     for s, t, kind in zip(student_out, teacher_out, kinds, strict=True):
         if kind == "kl":
             s_log = F.log_softmax(s.float() / temperature, dim=-1).reshape(-1, s.shape[-1])
@@ -211,7 +226,7 @@ def _run(module: Any, tensors: list[Any], index: Any) -> list[Any]:
 
 
 def _train(student: Any, teacher: Any, tensors: list[Any], labels: Any, config: DistillConfig, lr: float,
-           ctx: Any) -> tuple[float, float, bool]:
+           masks: list[tuple[Any, Any]], ctx: Any) -> tuple[float, float, bool]:
     import torch
     import torch.nn.functional as F
 
@@ -271,12 +286,25 @@ def _train(student: Any, teacher: Any, tensors: list[Any], labels: Any, config: 
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
+                with torch.no_grad():
+                    for weight, mask in masks:
+                        weight.mul_(mask)
                 scheduler.step()
                 step += 1
                 ctx.progress(f"distill epoch {epoch + 1}/{config.epochs}", step / steps)
     for p, flag in zip(params, trainable, strict=True):
         p.requires_grad_(flag)
     return before, evaluate(), y is not None
+
+
+def _sparsity_masks(student: Any) -> list[tuple[Any, Any]]:
+    """Linear/Conv weights with exact zeros (left by unstructured pruning) and where they are non-zero.
+
+    Training re-applies them after every step, so that distillation after pruning keeps the sparsity.
+    """
+    from engine.optimizations.prune import linear_and_conv_weights
+
+    return [(w, (w != 0).to(w.dtype)) for _, w in linear_and_conv_weights(student) if bool((w == 0).any())]
 
 
 def _teacher_outputs(teacher: Any, tensors: list[Any], batch: int) -> list[Any]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import operator
+import sys
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -83,6 +84,7 @@ class _Group:
 class PruneReport:
     groups: int = 0  # channel groups inside the model (the outputs' are not counted)
     pruned: int = 0
+    whole: int = 0  # groups left whole because their channels meet something this module cannot rewrite
     channels_before: int = 0
     channels_after: int = 0
     ops: Counter[str] = field(default_factory=Counter)
@@ -107,6 +109,11 @@ def _same(a: Any, b: Any) -> bool:
 def _prod(dims: tuple[Any, ...]) -> int | None:
     values = [_int(d) for d in dims]
     return math.prod(v for v in values if v is not None) if all(v is not None for v in values) else None
+
+
+def _args(node: fx.Node) -> Any:
+    """A node's arguments, untyped: aten schemas say what each holds, the fx types cannot."""
+    return node.args
 
 
 def _flat_nodes(args: Any) -> list[fx.Node]:
@@ -139,6 +146,7 @@ class _Analysis:
             "reshape": self._view, "_unsafe_view": self._view, "permute": self._permute,
             "transpose": self._transpose, "t": self._transpose, "unsqueeze": self._unsqueeze,
             "squeeze": self._squeeze, "cat": self._cat, "concat": self._cat, "sym_size": self._sym_size,
+            "slice": self._slice_op, "select": self._select,
         }
 
     # --- groups -------------------------------------------------------------------------------
@@ -210,7 +218,7 @@ class _Analysis:
     @staticmethod
     def arg(node: fx.Node, index: int, name: str, default: Any = None) -> Any:
         if len(node.args) > index:
-            return node.args[index]
+            return _args(node)[index]
         return node.kwargs.get(name, default)
 
     # --- the walk -----------------------------------------------------------------------------
@@ -226,7 +234,7 @@ class _Analysis:
 
     def call(self, node: fx.Node) -> Any:
         if node.target is operator.getitem:
-            source, index = node.args[0], node.args[1]
+            source, index = _args(node)[0], _args(node)[1]
             state = self.state.get(source) if isinstance(source, fx.Node) else None
             if isinstance(state, tuple):
                 return state[index] if isinstance(index, int) and index < len(state) else None
@@ -262,7 +270,7 @@ class _Analysis:
             transposed = name.startswith("conv_transpose")
             groups_index = 6
         groups = self.arg(node, groups_index, "groups", 1)
-        x, w, b = node.args[0], node.args[1], self.arg(node, 2, "bias")
+        x, w, b = _args(node)[0], _args(node)[1], self.arg(node, 2, "bias")
         wt, bt = self.attr(w), self.attr(b)
         tin = self.track(x)
         if wt is None or (b is not None and bt is None):
@@ -291,7 +299,7 @@ class _Analysis:
         return None
 
     def _linear(self, node: fx.Node, name: str) -> Track | None:
-        x, w, b = node.args[0], node.args[1], self.arg(node, 2, "bias")
+        x, w, b = _args(node)[0], _args(node)[1], self.arg(node, 2, "bias")
         wt, bt = self.attr(w), self.attr(b)
         tin, sx, so = self.track(x), _shape(x), _shape(node)
         if wt is None or (b is not None and bt is None) or sx is None or so is None:
@@ -309,8 +317,8 @@ class _Analysis:
         return Track(g, len(so) - 1, 1)
 
     def _batch_norm(self, node: fx.Node, name: str) -> Any:
-        tin = self.track(node.args[0])
-        tensors = [node.args[i] if len(node.args) > i else None for i in range(1, 5)]
+        tin = self.track(_args(node)[0])
+        tensors = [_args(node)[i] if len(node.args) > i else None for i in range(1, 5)]
         targets = [self.attr(t) for t in tensors]
         if any(t is not None and target is None for t, target in zip(tensors, targets, strict=True)):
             self.block_args(node, f"{name} with computed statistics")
@@ -328,16 +336,16 @@ class _Analysis:
     # --- ops that keep or move the channels ---------------------------------------------------
 
     def _unary(self, node: fx.Node, name: str) -> Track | None:
-        tin = self.track(node.args[0])
+        tin = self.track(_args(node)[0])
         if tin is None:
             return None
-        if any(isinstance(a, fx.Node) for a in _flat_nodes([node.args[1:], node.kwargs])):
+        if any(isinstance(a, fx.Node) for a in _flat_nodes([_args(node)[1:], node.kwargs])):
             self.block(tin, name)
             return None
         return tin
 
     def _pool(self, node: fx.Node, name: str) -> Any:
-        tin = self.track(node.args[0])
+        tin = self.track(_args(node)[0])
         if tin is not None and (tin.dim != 1 or tin.expand != 1):
             self.block(tin, f"{name} layout")
             tin = None
@@ -345,7 +353,7 @@ class _Analysis:
 
     def _binary(self, node: fx.Node, name: str) -> Track | None:
         out = _shape(node)
-        operands = [a for a in node.args[:2] if isinstance(a, fx.Node) and _shape(a) is not None]
+        operands = [a for a in _args(node)[:2] if isinstance(a, fx.Node) and _shape(a) is not None]
         tracked = [(a, t) for a in operands if (t := self.track(a)) is not None]
         if not tracked:
             return None
@@ -381,7 +389,7 @@ class _Analysis:
         return Track(self.find(root), d, expand)
 
     def _flatten(self, node: fx.Node, name: str) -> Track | None:
-        tin, shape = self.track(node.args[0]), _shape(node.args[0])
+        tin, shape = self.track(_args(node)[0]), _shape(_args(node)[0])
         if tin is None or shape is None:
             return None
         rank = len(shape)
@@ -398,7 +406,7 @@ class _Analysis:
         return None
 
     def _fix_shape(self, node: fx.Node, track: Track, out_dim: int, expand: int) -> bool:
-        sizes = node.args[1] if len(node.args) > 1 else None
+        sizes = _args(node)[1] if len(node.args) > 1 else None
         if not isinstance(sizes, (list, tuple)) or out_dim >= len(sizes):
             self.block(track, "view with a computed shape")
             return False
@@ -411,7 +419,7 @@ class _Analysis:
         return True
 
     def _view(self, node: fx.Node, name: str) -> Track | None:
-        tin, si, so = self.track(node.args[0]), _shape(node.args[0]), _shape(node)
+        tin, si, so = self.track(_args(node)[0]), _shape(_args(node)[0]), _shape(node)
         if tin is None:
             return None
         if si is None or so is None:
@@ -433,35 +441,64 @@ class _Analysis:
         self.block(tin, f"{name} that splits the channels")
         return None
 
-    def _permute(self, node: fx.Node, name: str) -> Track | None:
-        tin = self.track(node.args[0])
+    def _slice_op(self, node: fx.Node, name: str) -> Track | None:
+        """x[:, a:b]: fine along other dims, and along the channels only when it keeps them all."""
+        tin, shape, out = self.track(_args(node)[0]), _shape(_args(node)[0]), _shape(node)
         if tin is None:
             return None
-        order = [int(p) % len(node.args[1]) for p in node.args[1]]
+        if shape is None or out is None:
+            self.block(tin, name)
+            return None
+        dim = int(self.arg(node, 1, "dim", 0)) % len(shape)
+        if dim == tin.dim and not _same(shape[dim], out[dim]):
+            self.block(tin, "a slice of the channels")
+            return None
+        if dim == tin.dim:  # a full slice: its end may be the channel count, baked
+            end = self.arg(node, 3, "end")
+            if _int(end) is not None and end != sys.maxsize and end < 2**62:
+                self.block(tin, "a slice of the channels with a baked end")
+                return None
+        return tin
+
+    def _select(self, node: fx.Node, name: str) -> Track | None:
+        tin, shape = self.track(_args(node)[0]), _shape(_args(node)[0])
+        if tin is None:
+            return None
+        dim = int(_args(node)[1]) % len(shape) if shape else -1
+        if dim < 0 or dim == tin.dim:
+            self.block(tin, "a selection of one channel")
+            return None
+        return Track(tin.group, tin.dim - 1 if dim < tin.dim else tin.dim, tin.expand)
+
+    def _permute(self, node: fx.Node, name: str) -> Track | None:
+        tin = self.track(_args(node)[0])
+        if tin is None:
+            return None
+        order = [int(p) % len(_args(node)[1]) for p in _args(node)[1]]
         return Track(tin.group, order.index(tin.dim), tin.expand)
 
     def _transpose(self, node: fx.Node, name: str) -> Track | None:
-        tin, shape = self.track(node.args[0]), _shape(node.args[0])
+        tin, shape = self.track(_args(node)[0]), _shape(_args(node)[0])
         if tin is None or shape is None:
             return None
         rank = len(shape)
-        a, b = (0, 1) if name == "t" else (int(node.args[1]) % rank, int(node.args[2]) % rank)
+        a, b = (0, 1) if name == "t" else (int(_args(node)[1]) % rank, int(_args(node)[2]) % rank)
         dim = b if tin.dim == a else a if tin.dim == b else tin.dim
         return Track(tin.group, dim, tin.expand)
 
     def _unsqueeze(self, node: fx.Node, name: str) -> Track | None:
-        tin, out = self.track(node.args[0]), _shape(node)
+        tin, out = self.track(_args(node)[0]), _shape(node)
         if tin is None or out is None:
             return None
-        k = int(node.args[1]) % len(out)
+        k = int(_args(node)[1]) % len(out)
         return Track(tin.group, tin.dim + 1 if k <= tin.dim else tin.dim, tin.expand)
 
     def _squeeze(self, node: fx.Node, name: str) -> Track | None:
-        tin, shape = self.track(node.args[0]), _shape(node.args[0])
+        tin, shape = self.track(_args(node)[0]), _shape(_args(node)[0])
         if tin is None or shape is None:
             return None
         if len(node.args) > 1:
-            dims = node.args[1] if isinstance(node.args[1], (list, tuple)) else [node.args[1]]
+            dims = _args(node)[1] if isinstance(_args(node)[1], (list, tuple)) else [_args(node)[1]]
             removed = {int(k) % len(shape) for k in dims if _int(shape[int(k) % len(shape)]) == 1}
         else:
             removed = {i for i, s in enumerate(shape) if _int(s) == 1}
@@ -471,7 +508,7 @@ class _Analysis:
         return Track(tin.group, tin.dim - sum(1 for k in removed if k < tin.dim), tin.expand)
 
     def _reduce(self, node: fx.Node, name: str) -> Track | None:
-        tin, shape = self.track(node.args[0]), _shape(node.args[0])
+        tin, shape = self.track(_args(node)[0]), _shape(_args(node)[0])
         if tin is None:
             return None
         dims = self.arg(node, 1, "dim")
@@ -486,16 +523,16 @@ class _Analysis:
         return Track(tin.group, tin.dim if keepdim else tin.dim - sum(1 for k in reduced if k < tin.dim), tin.expand)
 
     def _softmax(self, node: fx.Node, name: str) -> Track | None:
-        tin, shape = self.track(node.args[0]), _shape(node.args[0])
+        tin, shape = self.track(_args(node)[0]), _shape(_args(node)[0])
         if tin is None:
             return None
-        if shape is None or int(node.args[1]) % len(shape) == tin.dim:
+        if shape is None or int(_args(node)[1]) % len(shape) == tin.dim:
             self.block(tin, f"{name} over the channels")
             return None
         return tin
 
     def _cat(self, node: fx.Node, name: str) -> Track | None:
-        tensors = list(node.args[0])
+        tensors = list(_args(node)[0])
         tracked = [self.track(t) for t in tensors]
         if not any(tracked):
             return None
@@ -512,8 +549,8 @@ class _Analysis:
         return Track(self.find(root), tracks[0].dim, tracks[0].expand)
 
     def _sym_size(self, node: fx.Node, name: str) -> None:
-        tin, shape = self.track(node.args[0]), _shape(node.args[0])
-        if tin is not None and shape is not None and int(node.args[1]) % len(shape) == tin.dim:
+        tin, shape = self.track(_args(node)[0]), _shape(_args(node)[0])
+        if tin is not None and shape is not None and int(_args(node)[1]) % len(shape) == tin.dim:
             self.block(tin, "a size read of the channels")
 
     # --- the plan -----------------------------------------------------------------------------
@@ -527,7 +564,7 @@ class _Analysis:
         for root in self.roots():
             for s in self.groups[root].slices:
                 owners[(s.target, s.dim)].add(root)
-        for (target, _), roots in owners.items():
+        for roots in owners.values():
             if len(roots) > 1:
                 for root in roots:
                     self.groups[root].blocked.add("a weight shared between channel groups")
@@ -555,6 +592,7 @@ def prune_graph(gm: fx.GraphModule, ratio: float) -> tuple[list[surgery.Edit], P
             continue  # the model's outputs (its logits) keep their size by definition
         report.groups += 1
         if group.blocked:
+            report.whole += 1
             report.blocked.update(group.blocked)
             continue
         kept = max(1, round(group.size * (1 - ratio)))

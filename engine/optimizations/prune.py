@@ -55,7 +55,7 @@ register("prune-structured", stage="torch", config=PruneStructuredConfig, format
          summary="remove whole channels, neurons and attention heads: a smaller, faster dense model")
 
 
-def _weights(module: Any) -> list[tuple[str, Any]]:
+def linear_and_conv_weights(module: Any) -> list[tuple[str, Any]]:
     """(name, tensor) of every Linear / Conv weight, whatever form the module takes."""
     import torch
 
@@ -82,13 +82,13 @@ def _weights(module: Any) -> list[tuple[str, Any]]:
 def prune_unstructured(module: Any, config: PruneUnstructuredConfig, ctx: Any) -> Any:
     import torch
 
-    weights = _weights(module)
+    weights = linear_and_conv_weights(module)
     if not weights:
         raise NotApplicable("prune-unstructured found no Linear or Conv weights in this model")
     with torch.no_grad():
         magnitudes = torch.cat([w.detach().abs().flatten().float() for _, w in weights])
         total = magnitudes.numel()
-        k = int(round(config.amount * total))
+        k = round(config.amount * total)
         if k > 0:
             threshold = torch.kthvalue(magnitudes, k).values
             for _, w in weights:
@@ -130,16 +130,17 @@ def _prune_graph(module: Any, config: PruneStructuredConfig, ctx: Any) -> str:
     from engine.optimizations.fx_channels import prune_graph
 
     edits, report = prune_graph(module, config.ratio)
+    if not report.pruned and report.whole < report.groups:
+        raise NotApplicable(f"prune-structured:{config.ratio} removes no whole channel: its groups are too small")
     if not report.pruned:
-        reasons = ", ".join(f"{r} ({n})" for r, n in report.blocked.most_common(4)) or "none found"
+        reasons = ", ".join(f"{r} ({n})" for r, n in report.blocked.most_common(4)) or "the model has none"
         raise NotApplicable(f"prune-structured found no channel group it can remove safely: {reasons}")
     ctx.edits.extend(edits)
     ops = ", ".join(f"{n} {op}" for op, n in sorted(report.ops.items()))
     if report.blocked:
-        kept = sum(report.blocked.values())
         reasons = ", ".join(r for r, _ in report.blocked.most_common(4))
-        ctx.notes.append(f"prune-structured left {report.groups - report.pruned} channel group(s) whole "
-                         f"({kept} reason(s): {reasons})")
+        ctx.notes.append(f"prune-structured left {report.whole} channel group(s) whole, where "
+                         f"channels meet what it cannot rewrite: {reasons}")
     return f"the channels of {report.pruned} group(s) ({ops}; {report.channels_before} -> {report.channels_after})"
 
 

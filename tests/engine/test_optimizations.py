@@ -34,7 +34,7 @@ def _other_value(owner: type, field: dataclasses.Field[Any]) -> Any:
     if hint is int:
         return default - 1 if default > 1 else default + 1
     if hint is float:
-        return default - 0.5
+        return default - 0.5 if default > 0.5 else default / 2
     if get_origin(hint) is Literal:
         return next(c for c in get_args(hint) if c != default)
     if get_origin(hint) is tuple:

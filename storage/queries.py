@@ -205,6 +205,10 @@ def _result_row(job: Job, r: dict[str, Any], environment_id: int | None, variant
 
 
 def _maybe_finish_study(s: Session, study_id: int) -> None:
+    # Lock the study row first: two workers ending the last two jobs at once would each still see the
+    # other's job running (READ COMMITTED on PostgreSQL) and neither would mark the study finished.
+    # FOR NO KEY UPDATE: it does not conflict with the KEY SHARE locks that inserting results takes.
+    s.execute(select(Study.id).where(Study.id == study_id).with_for_update(key_share=True))
     open_jobs = s.scalar(select(func.count()).select_from(Job)
                          .where(Job.study_id == study_id, Job.status.in_((QUEUED, RUNNING))))
     if not open_jobs:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +21,28 @@ def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("PARETOSCOPE_NO_AUTO_WORKER", "1")  # tests start the workers they need
     return folder
+
+
+@contextmanager
+def shared_data_dir(folder: Path) -> Iterator[Path]:
+    """A data folder for fixtures wider than one test (seeded once per module or package): sets the
+    environment outside monkeypatch, which is per test, and puts it back afterwards."""
+    from storage import db
+
+    keys = ("PARETOSCOPE_DATA_DIR", "PARETOSCOPE_NO_AUTO_WORKER")
+    saved = {k: os.environ.get(k) for k in keys}
+    os.environ["PARETOSCOPE_DATA_DIR"] = str(folder)
+    os.environ["PARETOSCOPE_NO_AUTO_WORKER"] = "1"
+    db.reset()
+    try:
+        yield folder
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        db.reset()
 
 
 @pytest.fixture(scope="session")

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import io
-import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from engine.__main__ import main
-from storage import db
+from tests.conftest import shared_data_dir
 
 FAST = ["--iterations", "5", "--min-seconds", "0.05", "--warmup", "1", "--threads", "1"]
 
@@ -19,10 +19,11 @@ FAST = ["--iterations", "5", "--min-seconds", "0.05", "--warmup", "1", "--thread
 @pytest.fixture(scope="module")
 def seeded(tmp_path_factory: pytest.TempPathFactory, mlp_onnx: Path) -> Iterator[Path]:
     folder = tmp_path_factory.mktemp("seeded") / "data"
-    saved = {k: os.environ.get(k) for k in ("PARETOSCOPE_DATA_DIR", "PARETOSCOPE_NO_AUTO_WORKER")}
-    os.environ["PARETOSCOPE_DATA_DIR"] = str(folder)
-    os.environ["PARETOSCOPE_NO_AUTO_WORKER"] = "1"
-    db.reset()
+    with shared_data_dir(folder):
+        yield _seed(folder, mlp_onnx)
+
+
+def _seed(folder: Path, mlp_onnx: Path) -> Any:
     rng = np.random.default_rng(0)
     data = folder.parent / "mlp.npz"
     np.savez(data, **{"eval/x": rng.standard_normal((32, 16)).astype(np.float32),
@@ -31,13 +32,7 @@ def seeded(tmp_path_factory: pytest.TempPathFactory, mlp_onnx: Path) -> Iterator
         code = main(["bench", str(mlp_onnx), *FAST, "--variants", "baseline,int8-dynamic", "--runtimes", runtimes,
                      "--batch-sizes", "1,4", "--data", str(data), "--name", name], out=io.StringIO())
         assert code == 0
-    yield folder
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
-    db.reset()
+    return folder
 
 
 @pytest.fixture

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import io
-import os
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from engine.__main__ import main
-from storage import db
+from tests.conftest import shared_data_dir
 
 FAST = ["--iterations", "5", "--min-seconds", "0.05", "--warmup", "1", "--threads", "1"]
 HOSTILE_STUDY = "<script>alert(1)</script>"
@@ -35,23 +35,18 @@ def _bench(*args: str) -> int:
 @pytest.fixture(scope="package")
 def seeded(tmp_path_factory: pytest.TempPathFactory, mlp_onnx: Path) -> Iterator[Seeded]:
     folder = tmp_path_factory.mktemp("reports") / "data"
-    saved = {k: os.environ.get(k) for k in ("PARETOSCOPE_DATA_DIR", "PARETOSCOPE_NO_AUTO_WORKER")}
-    os.environ["PARETOSCOPE_DATA_DIR"] = str(folder)
-    os.environ["PARETOSCOPE_NO_AUTO_WORKER"] = "1"
-    db.reset()
+    with shared_data_dir(folder):
+        yield _seed(folder, mlp_onnx)
+
+
+def _seed(folder: Path, mlp_onnx: Path) -> Any:
     model = folder.parent / HOSTILE_FILE
     shutil.copyfile(mlp_onnx, model)
     a = _bench(str(model), "--variants", "baseline,int8-dynamic", "--runtimes", "onnxruntime", "--batch-sizes", "1,2",
                "--name", HOSTILE_STUDY)
     b = _bench(str(model), "--variants", "baseline", "--runtimes", "onnxruntime", "--batch-sizes", "1",
                "--name", "second")
-    yield Seeded(folder, a, b)
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
-    db.reset()
+    return Seeded(folder, a, b)
 
 
 @pytest.fixture

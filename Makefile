@@ -18,6 +18,8 @@ $(STAMP): requirements.txt requirements-dev.txt
 	touch $(STAMP)
 
 run: install
+	# on an empty database, queue the bundled demo: the dashboard's worker runs it while you look around
+	$(BIN)/python -m engine demo --if-empty
 	$(BIN)/streamlit run app.py --server.port $(PORT)
 
 lint: install

@@ -131,6 +131,28 @@ def empty_row(cell: Any) -> dict[str, Any]:
             "status": cell.status, "error": cell.reason, "notes": []}
 
 
+def cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
+    """Build the demo and queue its study for a worker (the dashboard's worker runs it)."""
+    from engine.artifacts import intake
+    from engine.demo import build_demo
+    from engine.study import submit_demo_study
+    from storage import queries as q
+    from storage.db import session
+
+    if args.if_empty:
+        with session(write=False) as s:
+            if not q.list_studies(s).empty:
+                print("the database has studies already; no demo queued", file=out)
+                return 0
+    print("building the demo: a CNN trained offline on scikit-learn's digits (first time only)...", file=out,
+          flush=True)
+    model_path, data_path, report = build_demo()
+    study_id = submit_demo_study(intake(model_path), str(data_path))
+    print(f"demo model top-1 {report['eval_top1']:.3f}; study {study_id} queued for the worker", file=out)
+    print(study_id, file=out)
+    return 0
+
+
 def cmd_worker(args: argparse.Namespace, out: TextIO) -> int:
     from engine.worker import Worker
 
@@ -330,6 +352,8 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
     _add_bench(sub)
     p = sub.add_parser("runtimes", help="list runtimes and whether they are available here")
     p.add_argument("--json", action="store_true", help="print JSON")
+    p = sub.add_parser("demo", help="build the bundled demo and queue its study")
+    p.add_argument("--if-empty", action="store_true", help="only when the database has no study yet")
     p = sub.add_parser("worker", help="run queued jobs from the database")
     p.add_argument("--until-idle", action="store_true", help="exit when no job is queued")
     p.add_argument("--max-jobs", type=int, default=None, help="exit after this many jobs")
@@ -353,7 +377,8 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
                    help="with --format space: upload the folder to the Hugging Face Space OWNER/NAME "
                         "(needs huggingface_hub and a token: hf auth login, or HF_TOKEN)")
     args = parser.parse_args(argv)
-    commands = {"bench": cmd_bench, "runtimes": cmd_runtimes, "worker": cmd_worker, "report": cmd_report}
+    commands = {"bench": cmd_bench, "runtimes": cmd_runtimes, "demo": cmd_demo, "worker": cmd_worker,
+                "report": cmd_report}
     try:
         return commands[args.command](args, out)
     except UserError as exc:

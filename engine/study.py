@@ -56,3 +56,24 @@ def run_study(study_id: int, events: StudyEvents | None = None) -> None:
     from engine.worker import Worker
 
     Worker(study_id=study_id, events=events).run(until_idle=True)
+
+
+DEMO_VARIANTS = ("baseline", "int8-static", "fp16")
+DEMO_RUNTIMES = ("torch", "onnxruntime", "openvino")
+DEMO_BATCH_SIZES = (1, 32)
+
+
+def submit_demo_study(artifact: Artifact, data_path: str) -> int:
+    """Queue the demo study (the Home page's button and `python -m engine demo`): every CPU runtime at batch
+    1 and 32, settings short enough that results appear within about a minute and a half on 2 cores."""
+    from engine.measure.latency import MeasureSettings
+    from engine.optimizations import parse_chain
+    from engine.plan import default_threads, parse_runtimes
+
+    available = parse_runtimes(None)
+    settings = StudySettings(measure=MeasureSettings(warmup=5, iterations=30, min_seconds=0.5),
+                             threads=default_threads(), timeout_s=300)
+    study_id, _ = submit_study(artifact, [parse_chain(v) for v in DEMO_VARIANTS],
+                               [r for r in DEMO_RUNTIMES if r in available], list(DEMO_BATCH_SIZES), settings,
+                               name="Demo: digits CNN", model_name="demo digits CNN", data_path=data_path)
+    return study_id

@@ -21,25 +21,15 @@ if st.button("Run the demo", type="primary" if studies.empty else "secondary",
              help="A small CNN trained offline on scikit-learn's digits, on every CPU runtime at batch 1 and 32"):
     from engine.artifacts import Artifact
     from engine.executors.local import run_child
-    from engine.measure.latency import MeasureSettings
-    from engine.optimizations import parse_chain
     from engine.paths import sub_dir
-    from engine.plan import StudySettings, default_threads, parse_runtimes
-    from engine.study import submit_study
+    from engine.study import submit_demo_study
 
     with st.spinner("Training the demo model on scikit-learn's digits (first time only)..."):
         outcome = run_child("demo", {}, 600, sub_dir("logs") / "demo.log")
     if outcome.status != "ok" or outcome.result is None:
         st.error(f"The demo could not be built: {outcome.error}")
     else:
-        runtimes = [r for r in ("torch", "onnxruntime", "openvino") if r in parse_runtimes(None)]
-        settings = StudySettings(measure=MeasureSettings(warmup=5, iterations=30, min_seconds=0.5),
-                                 threads=default_threads(), timeout_s=300)
-        study_id, _ = submit_study(
-            Artifact.from_json(outcome.result["artifact"]),
-            [parse_chain(v) for v in ("baseline", "int8-static", "fp16")], runtimes, [1, 32], settings,
-            name="Demo: digits CNN", model_name="demo digits CNN", data_path=outcome.result["data"],
-        )
+        study_id = submit_demo_study(Artifact.from_json(outcome.result["artifact"]), outcome.result["data"])
         common.clear()
         st.session_state["watch_study"] = study_id
         st.switch_page("pages/benchmark.py")
@@ -47,6 +37,13 @@ if st.button("Run the demo", type="primary" if studies.empty else "secondary",
 if studies.empty:
     st.info("No studies yet: press **Run the demo**, or upload your model on the **Models** page.")
 else:
+    running = studies[studies["finished_at"].isna() & ~studies["cancelled"].astype(bool)]
+    if len(running):
+        first = running.iloc[-1]
+        st.info(f"Study #{first['id']} ({first['name']}) is running: {first['done']} of {first['cells']} cells done.")
+        if st.button("Watch it", key="watch"):
+            st.session_state["watch_study"] = int(first["id"])
+            st.switch_page("pages/benchmark.py")
     st.subheader("Recent studies")
     recent = studies.head(10).copy()
     recent["state"] = ["cancelled" if c else ("done" if f is not None and str(f) != "NaT" else "running")

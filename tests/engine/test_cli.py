@@ -124,6 +124,20 @@ def test_bench_demo_reaches_the_promised_accuracy(tmp_path: Path) -> None:
     assert static["accuracy"]["task"]["value"] >= 0.9
     assert static["accuracy"]["fidelity"]["top1_agreement"] >= 0.95
 
+    # `make run` queues the demo study only on an empty database; the model is built once and reused
+    out = io.StringIO()
+    assert main(["demo", "--if-empty"], out=out) == 0
+    assert "no demo queued" in out.getvalue()
+    out = io.StringIO()
+    assert main(["demo"], out=out) == 0
+    study_id = int(out.getvalue().strip().splitlines()[-1])
+    from storage import queries as q
+    from storage.db import session
+
+    with session(write=False) as s:
+        progress = q.study_progress(s, study_id)
+    assert progress["queued"] == 14 and progress["n/a"] == 4  # torch has no int8-static and no CPU fp16
+
 
 def test_fixed_batch_model_marks_other_batch_sizes_na(tmp_path: Path, mlp_onnx_fixed: Path) -> None:
     cells = by_cell(bench(tmp_path, mlp_onnx_fixed, "--variants", "baseline", "--runtimes", "onnxruntime",

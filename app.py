@@ -5,6 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from engine.paths import data_dir
+from engine.worker import local_worker_starting
 from pages import FOLDER, PAGES, common
 from storage import queries as q
 from storage.db import session
@@ -24,6 +25,8 @@ with st.sidebar:
     if workers:
         busy = sum(w.status == "busy" for w in workers)
         st.success(f"{len(workers)} worker(s) alive, {busy} busy", icon=":material/check_circle:")
+    elif local_worker_starting():
+        st.info("A local worker is starting.", icon=":material/hourglass_top:")
     else:
         st.warning("No live worker: queued studies wait until one starts (`python -m engine worker`).",
                    icon=":material/pause_circle:")

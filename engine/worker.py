@@ -311,3 +311,9 @@ def _alive(pid_text: str) -> bool:
         return psutil.Process(int(pid_text)).status() != psutil.STATUS_ZOMBIE
     except (ValueError, psutil.Error):
         return False
+
+
+def local_worker_starting() -> bool:
+    """A worker this dashboard started is alive but has not sent its first heartbeat yet."""
+    pid_file = sub_dir("locks") / "auto-worker.pid"
+    return pid_file.is_file() and _alive(pid_file.read_text())

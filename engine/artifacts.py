@@ -254,12 +254,13 @@ def _inspect(model_path: Path, fmt: str, label: str, input_spec: str | None,
              seq_len: int | None) -> tuple[InputSpec, dict[str, Any]]:
     explicit = InputSpec.parse(input_spec, seq_len) if input_spec else None
     found: InputSpec | None
+    module: Any = None
     if fmt == ONNX:
         found, info = inspect_onnx(model_path, label)
     else:
         from engine import modules
 
-        found, info = modules.inspect_torch(model_path, fmt, label)
+        found, info, module = modules.inspect_torch(model_path, fmt, label)
     if explicit is not None:
         if found is not None:
             _check_explicit(explicit, found, fmt, label)
@@ -273,10 +274,11 @@ def _inspect(model_path: Path, fmt: str, label: str, input_spec: str | None,
     seq = _seq_len(info, seq_len, label)
     if seq is not None:
         spec = spec.with_seq_len(seq)
-    if fmt != ONNX:
+    if module is not None:
         from engine import modules
 
-        module = modules.load_module(model_path, fmt, spec)
+        if isinstance(module, modules.HFWrapper):
+            module.input_names = spec.names  # an explicit spec may order the inputs differently
         spec = spec.with_outputs(modules.probe_outputs(module, spec, label))
     return spec, info
 

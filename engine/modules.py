@@ -113,8 +113,12 @@ def hf_input_names(model: torch.nn.Module) -> list[str]:
     return [name for name in HF_INPUTS if name in params]
 
 
-def inspect_torch(path: Path, fmt: str, label: str) -> tuple[InputSpec | None, dict[str, Any]]:
-    """Load a torch-format model to read its spec (None without example inputs) and parameter count."""
+Inspected = tuple[InputSpec | None, dict[str, Any], torch.nn.Module]
+
+
+def inspect_torch(path: Path, fmt: str, label: str) -> Inspected:
+    """Load a torch-format model once: its spec (None without example inputs), parameter count, and the
+    eval-mode module itself, so intake probes the outputs without loading it a second time."""
     try:
         if fmt == "torchscript":
             return _inspect_torchscript(path)
@@ -147,7 +151,7 @@ def _tensor_spec(name: str, tensor: Any, dims: list[int | str]) -> TensorSpec:
     return TensorSpec(name, dtype, tuple(dims), value_range)
 
 
-def _inspect_torchscript(path: Path) -> tuple[InputSpec | None, dict[str, Any]]:
+def _inspect_torchscript(path: Path) -> Inspected:
     module = torch.jit.load(str(path), map_location="cpu", _restore_shapes=True)
     info: dict[str, Any] = {"parameters": _param_count(module)}
     args = [a for a in module.forward.schema.arguments if a.name != "self"]
@@ -158,17 +162,17 @@ def _inspect_torchscript(path: Path) -> tuple[InputSpec | None, dict[str, Any]]:
         sizes = ttype.sizes() if hasattr(ttype, "sizes") else None
         scalar = ttype.scalarType() if hasattr(ttype, "scalarType") else None
         if not sizes or scalar is None:
-            return None, info
+            return None, info, module.eval()
         dtype = numpy_dtype_name(getattr(torch, scalar.lower()) if scalar != "Float" else torch.float32)
         # Traced inputs record one concrete shape; the first axis is taken as the batch.
         dims: list[int | str] = [BATCH_AXIS, *sizes[1:]]
         tensors.append(_tensor_spec(arg.name, dtype, dims))
     if not tensors:
-        return None, info
-    return InputSpec(tuple(tensors)), info
+        return None, info, module.eval()
+    return InputSpec(tuple(tensors)), info, module.eval()
 
 
-def _inspect_exported(path: Path) -> tuple[InputSpec | None, dict[str, Any]]:
+def _inspect_exported(path: Path) -> Inspected:
     program = torch.export.load(str(path))
     info: dict[str, Any] = {"parameters": sum(int(t.numel()) for t in program.state_dict.values())}
     names = list(program.graph_signature.user_inputs)
@@ -178,7 +182,7 @@ def _inspect_exported(path: Path) -> tuple[InputSpec | None, dict[str, Any]]:
         node = placeholders.get(name)
         val = node.meta.get("val") if node is not None else None
         if not isinstance(val, torch.Tensor):
-            return None, info
+            return None, info, program.module()
         dims: list[int | str] = []
         for i, d in enumerate(val.shape):
             if isinstance(d, torch.SymInt):
@@ -187,11 +191,11 @@ def _inspect_exported(path: Path) -> tuple[InputSpec | None, dict[str, Any]]:
                 dims.append(int(d))
         tensors.append(_tensor_spec(name, val, dims))
     if not tensors:
-        return None, info
-    return InputSpec(tuple(tensors)), info
+        return None, info, program.module()
+    return InputSpec(tuple(tensors)), info, program.module()
 
 
-def _inspect_hf(folder: Path, label: str) -> tuple[InputSpec, dict[str, Any]]:
+def _inspect_hf(folder: Path, label: str) -> Inspected:
     config_path = folder / "config.json"
     config = json.loads(config_path.read_text())
     if not isinstance(config, dict):
@@ -225,7 +229,7 @@ def _inspect_hf(folder: Path, label: str) -> tuple[InputSpec, dict[str, Any]]:
         "model_type": config.get("model_type"),
         "max_position_embeddings": max_pos or None,
     }
-    return InputSpec(tensors), info
+    return InputSpec(tensors), info, HFWrapper(model, names)
 
 
 def probe_outputs(module: torch.nn.Module, spec: InputSpec, label: str) -> tuple[TensorSpec, ...]:

@@ -77,3 +77,16 @@ def submit_demo_study(artifact: Artifact, data_path: str) -> int:
                                [r for r in DEMO_RUNTIMES if r in available], list(DEMO_BATCH_SIZES), settings,
                                name="Demo: digits CNN", model_name="demo digits CNN", data_path=data_path)
     return study_id
+
+
+def delete_study(study_id: int) -> None:
+    """Delete a study's rows, its folder (reference outputs, logs) and the blobs no other row uses."""
+    from storage import blobs
+    from storage import queries as q
+    from storage.db import session
+
+    with session() as s:
+        q.delete_study(s, study_id)
+        referenced = q.referenced_blobs(s)
+    blobs.collect_garbage(referenced)
+    blobs.remove_tree(study_dir(study_id))

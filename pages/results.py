@@ -75,6 +75,16 @@ st.dataframe(
     },
 )
 
+with st.expander("Delete this study"):
+    st.caption("Removes its results, raw samples, reference outputs and logs; models and data files stay.")
+    if st.checkbox(f"Yes, delete study #{study_id}", key="confirm_delete") and st.button("Delete", type="primary"):
+        from engine.study import delete_study
+
+        delete_study(int(study_id))
+        st.session_state.pop("results_study", None)
+        common.clear()
+        st.rerun()
+
 ok = frame[frame["status"] == "ok"]
 if ok.empty:
     download_bar(downloads, int(study_id), None)
@@ -119,3 +129,4 @@ env = full["environment"]
 if isinstance(env, dict):
     with st.expander("Environment"):
         st.json(env)
+

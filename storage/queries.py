@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import and_, case, delete, func, or_, select, update
+from sqlalchemy import and_, case, delete, func, select, update
 from sqlalchemy.orm import Session
 
 from storage.tables import (
@@ -437,14 +437,6 @@ def has_open_jobs(s: Session, study_id: int | None = None) -> bool:
         query = query.where(Job.study_id == study_id)
     return s.scalar(query.limit(1)) is not None
 
-
-def open_studies(s: Session) -> list[int]:
-    return list(s.scalars(select(Study.id).where(Study.finished_at.is_(None))))
-
-
-def stale_running(s: Session) -> int:
-    return int(s.scalar(select(func.count()).select_from(Job).where(
-        Job.status == RUNNING, or_(Job.lease_expires_at.is_(None), Job.lease_expires_at < utcnow()))) or 0)
 
 
 # --- models page ------------------------------------------------------------------------------------

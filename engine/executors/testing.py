@@ -30,11 +30,6 @@ def run(payload: dict[str, Any], progress: Callable[[str, float], None]) -> dict
         with open(payload["pid_file"], "w") as fh:
             fh.write(str(pid))
         time.sleep(3600)
-    if mode == "allocate":
-        import numpy as np
-
-        blocks = [np.ones(2**27, dtype=np.uint8) for _ in range(int(payload.get("gib", 4) * 8))]
-        return {"allocated": len(blocks)}
     if mode == "exit":
         os._exit(int(payload.get("code", 3)))
     raise ValueError(f"unknown test mode '{mode}'")

@@ -102,3 +102,18 @@ def test_deleting_a_study_keeps_blobs_other_rows_use(tmp_path: Path) -> None:
         assert s.get(q.Study, first) is None
         assert s.scalar(text("SELECT count(*) FROM jobs WHERE study_id = :i").bindparams(i=first)) == 0
     assert blobs.exists(sha)
+
+
+def test_delete_study_removes_rows_folder_and_unused_blobs(tmp_path: Path) -> None:
+    from engine.study import delete_study, study_dir
+
+    study_id = make_study(2)
+    (study_dir(study_id) / "logs").mkdir(parents=True)
+    (study_dir(study_id) / "logs" / "cell-0000.log").write_text("log")
+    orphan = blobs.put_bytes(b"left behind by a crashed upload")
+    delete_study(study_id)
+    assert not study_dir(study_id).joinpath("logs").exists()
+    assert not blobs.exists(orphan)
+    with session(write=False) as s:
+        assert s.get(q.Study, study_id) is None
+        assert s.scalar(text("SELECT count(*) FROM jobs")) == 0

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import functools
 import importlib.util
+import io
+import re
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -11,6 +17,91 @@ from engine.errors import Unavailable, UserError
 from engine.runtimes.base import Runtime, Session, register
 
 _LEVELS = ("disable", "basic", "extended", "all")
+# the shared library of each GPU provider inside the onnxruntime package (Linux names)
+_PROVIDER_LIBRARIES = {"CUDAExecutionProvider": "libonnxruntime_providers_cuda.so",
+                       "TensorrtExecutionProvider": "libonnxruntime_providers_tensorrt.so"}
+
+
+def _capi_dir() -> Path | None:
+    spec = importlib.util.find_spec("onnxruntime")
+    return Path(spec.origin).parent / "capi" if spec is not None and spec.origin else None
+
+
+def ort_cuda_version() -> str | None:
+    """The CUDA version this onnxruntime build was compiled for (onnxruntime-gpu), read without importing it."""
+    capi = _capi_dir()
+    info = capi / "build_and_package_info.py" if capi is not None else None
+    if info is None or not info.is_file():
+        return None
+    match = re.search(r"^cuda_version\s*=\s*['\"]([0-9.]+)['\"]", info.read_text(errors="replace"), re.MULTILINE)
+    return match.group(1) if match else None
+
+
+def cuda_mismatch(ort_cuda: str | None, driver_cuda: str | None) -> str | None:
+    """Why a driver cannot run this build: the driver's CUDA version must be at least the build's major."""
+    if not ort_cuda or not driver_cuda:
+        return None
+    try:
+        need, have = int(ort_cuda.split(".")[0]), int(driver_cuda.split(".")[0])
+    except ValueError:
+        return None
+    if have >= need:
+        return None
+    return (f"this onnxruntime-gpu is built for CUDA {ort_cuda} but the NVIDIA driver supports CUDA {driver_cuda}; "
+            f"install an onnxruntime-gpu built for CUDA {have} or update the driver")
+
+
+def library_load_error(path: Path) -> str | None:
+    """The dynamic loader's own words when a provider library cannot load (a missing CUDA/cuDNN/TensorRT
+    library, usually); None when it loads."""
+    shared = path.parent / "libonnxruntime_providers_shared.so"
+    try:
+        if shared.is_file():
+            ctypes.CDLL(str(shared), mode=ctypes.RTLD_GLOBAL)
+        ctypes.CDLL(str(path))
+    except OSError as exc:
+        return str(exc)
+    return None
+
+
+@functools.lru_cache(maxsize=1)
+def preload_cuda_libraries() -> str:
+    """Let onnxruntime find CUDA and cuDNN from the nvidia-* pip wheels (what `import torch` does for torch).
+
+    Returns what onnxruntime printed while doing so (failures to load), for the reason of an unavailable cell.
+    """
+    import onnxruntime as ort
+
+    preload = getattr(ort, "preload_dlls", None)  # onnxruntime-gpu 1.21 and newer
+    if preload is None:
+        return ""
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        try:
+            preload()
+        except Exception as exc:  # noqa: BLE001 - a failed preload is a reason, the provider check decides
+            print(f"preload_dlls failed: {exc}")
+    return printed.getvalue()
+
+
+def why_provider_inactive(provider: str, active: list[str], preload_output: str) -> str:
+    """One line: the provider did not start, and the most specific cause found."""
+    why = f"ONNX Runtime did not activate {provider} (active: {', '.join(active) or 'none'})"
+    capi = _capi_dir()
+    library = capi / _PROVIDER_LIBRARIES[provider] if capi is not None and provider in _PROVIDER_LIBRARIES else None
+    causes = []
+    if library is not None and library.is_file():
+        error = library_load_error(library)
+        if error:
+            causes.append(f"{library.name} cannot load: {error}")
+    if not causes:  # the provider library itself loads: what the preload could not find may be the cause
+        failed = [line.strip() for line in preload_output.splitlines() if line.strip().startswith("Failed to load")]
+        causes.extend(failed[:2])
+    built_for = ort_cuda_version()
+    if built_for:
+        causes.append(f"this onnxruntime-gpu needs CUDA {built_for.split('.')[0]}.x and cuDNN 9 "
+                      f"(pip install 'onnxruntime-gpu[cuda,cudnn]', or a torch built for the same CUDA)")
+    return why + (": " + "; ".join(causes) if causes else "")
 
 
 class OrtSession(Session):
@@ -78,6 +169,9 @@ class _OrtRuntime(Runtime):
         if cls.provider not in onnxruntime.get_available_providers():
             return False, (f"{cls.provider} is not in this onnxruntime build "
                            f"({onnxruntime.__version__}); install onnxruntime-gpu from requirements-gpu.txt")
+        mismatch = cuda_mismatch(ort_cuda_version(), gpus[0].get("cuda_driver"))
+        if mismatch:
+            return False, mismatch
         return True, None
 
     def _provider_options(self) -> dict[str, Any]:
@@ -110,14 +204,17 @@ class _OrtRuntime(Runtime):
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.log_severity_level = 3
+        gpu = self.provider != "CPUExecutionProvider"
         providers: list[Any] = [(self.provider, self._provider_options())]
-        if self.provider != "CPUExecutionProvider":
+        preloaded = ""
+        if gpu:
             providers.append("CPUExecutionProvider")  # for ops the GPU provider lacks; checked below
+            preloaded = preload_cuda_libraries()
         session = ort.InferenceSession(str(variant.path), sess_options=options, providers=providers)
         active = session.get_providers()
         if not active or active[0] != self.provider:
-            raise Unavailable(f"ONNX Runtime did not activate {self.provider} (active: {', '.join(active)})")
-        gpu = self.provider != "CPUExecutionProvider"
+            # onnxruntime falls back to the CPU when a provider cannot start: never measure that
+            raise Unavailable(why_provider_inactive(self.provider, active, preloaded))
         io_binding = gpu and bool(self.settings.option("io_binding", True))
         device_id = int(self.settings.option("device_id", 0))
         wrapped = OrtBoundSession(session, device_id) if io_binding else OrtSession(session)

@@ -22,6 +22,9 @@ from engine.runtimes.base import Runtime, Session, register
 from engine.runtimes.torch_cuda import torch_cuda_available
 
 DEFAULT_WORKSPACE_MB = 4096
+# trt.DataType member names -> torch dtype names (trt.nptype knows no bfloat16 or fp8; torch does)
+_TORCH_DTYPES = {"FLOAT": "float32", "HALF": "float16", "BF16": "bfloat16", "INT8": "int8", "INT32": "int32",
+                 "INT64": "int64", "BOOL": "bool", "UINT8": "uint8", "FP8": "float8_e4m3fn"}
 
 
 class TensorRTBuildError(RuntimeError):
@@ -40,6 +43,21 @@ def network_flags(trt: Any) -> int:
     if flag is None:
         raise TensorRTBuildError(f"TensorRT {trt.__version__} has no strongly typed networks; use TensorRT 10 or 11")
     return 1 << int(flag)
+
+
+def torch_dtype(torch: Any, trt_dtype: Any) -> Any:
+    """The torch dtype of an engine tensor; packed sub-byte types (INT4, FP4) cannot be bound from torch."""
+    name = getattr(trt_dtype, "name", str(trt_dtype)).rsplit(".", 1)[-1]
+    if name not in _TORCH_DTYPES:
+        raise TensorRTBuildError(f"an engine input or output has TensorRT type {name}, which this runtime cannot "
+                                 f"feed or read; keep the model's inputs and outputs float32/float16/bfloat16/int")
+    return getattr(torch, _TORCH_DTYPES[name])
+
+
+def timing_cache_name(trt_version: str, gpu: str, capability: tuple[int, int]) -> str:
+    """A timing cache is only valid for one TensorRT version on one kind of GPU: one file each."""
+    slug = "".join(c if c.isalnum() else "-" for c in gpu).strip("-").lower()
+    return f"timing-{trt_version}-{slug}-sm{capability[0]}{capability[1]}.cache"
 
 
 def engine_key(onnx_path: Path, shapes: dict[str, tuple[int, ...]], trt_version: str, gpu: str,
@@ -75,10 +93,14 @@ def build_engine(trt: Any, logger: Any, onnx_path: Path, shapes: dict[str, tuple
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb * 2**20)
     cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache.is_file() else b"")
-    config.set_timing_cache(cache, ignore_mismatch=True)
+    if not config.set_timing_cache(cache, ignore_mismatch=False):
+        # a cache from another TensorRT or GPU: start afresh rather than trust its timings
+        config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
     profile = builder.create_optimization_profile()
     for i in range(network.num_inputs):
         tensor = network.get_input(i)
+        if getattr(tensor, "is_shape_tensor", False):
+            raise TensorRTBuildError(f"the input '{tensor.name}' is a shape tensor, which this runtime does not feed")
         if tensor.name not in shapes:
             raise TensorRTBuildError(f"the engine input '{tensor.name}' has no shape in this cell")
         shape = shapes[tensor.name]
@@ -101,6 +123,8 @@ class TensorRTSession(Session):
         super().__init__(input_names)
         self._trt, self._torch, self._engine = trt, torch, engine
         self._context = engine.create_execution_context()
+        if self._context is None:
+            raise RuntimeError("TensorRT could not create an execution context (out of device memory?)")
         self._device = torch.device(device)
         self._stream = torch.cuda.Stream(self._device)
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
@@ -110,21 +134,22 @@ class TensorRTSession(Session):
         self._out_buffers: list[Any] = []
 
     def _dtype(self, name: str) -> Any:
-        return np.dtype(self._trt.nptype(self._engine.get_tensor_dtype(name)))
+        return torch_dtype(self._torch, self._engine.get_tensor_dtype(name))
 
     def _prepare(self, feeds: dict[str, np.ndarray]) -> Any:
         torch = self._torch
         inputs = []
         for name in self.input_names:
-            array = np.ascontiguousarray(feeds[name], dtype=self._dtype(name))
-            tensor = torch.from_numpy(array).to(self._device)
-            self._context.set_input_shape(name, tuple(tensor.shape))
+            host = torch.from_numpy(np.ascontiguousarray(feeds[name]))
+            tensor = host.to(device=self._device, dtype=self._dtype(name)).contiguous()
+            if not self._context.set_input_shape(name, tuple(tensor.shape)):
+                raise ValueError(f"the engine was built for other shapes than {name}{tuple(tensor.shape)}")
             self._context.set_tensor_address(name, tensor.data_ptr())
             inputs.append(tensor)
         self._out_buffers = []
         for name in self._outputs:
             shape = tuple(self._context.get_tensor_shape(name))
-            buffer = torch.empty(shape, dtype=getattr(torch, self._dtype(name).name), device=self._device)
+            buffer = torch.empty(shape, dtype=self._dtype(name), device=self._device)
             self._context.set_tensor_address(name, buffer.data_ptr())
             self._out_buffers.append(buffer)
         torch.cuda.synchronize(self._device)
@@ -182,13 +207,15 @@ class TensorRTRuntime(Runtime):
             raise ValueError("the TensorRT runtime needs the cell's input shapes (settings.input_shapes)")
         logger = trt.Logger(trt.Logger.WARNING)
         gpu = torch.cuda.get_device_name(torch.device(device))
+        capability = torch.cuda.get_device_capability(torch.device(device))
         folder = sub_dir("tensorrt")
-        key = engine_key(Path(variant.path), shapes, trt.__version__, gpu, workspace_mb)
+        key = engine_key(Path(variant.path), shapes, trt.__version__, f"{gpu} sm{capability}", workspace_mb)
         plan_path = folder / "engines" / f"{key}.plan"
         start = time.perf_counter()
         built = not plan_path.is_file()
         if built:
-            plan = build_engine(trt, logger, Path(variant.path), shapes, workspace_mb, folder / "timing.cache")
+            plan = build_engine(trt, logger, Path(variant.path), shapes, workspace_mb,
+                                folder / timing_cache_name(trt.__version__, gpu, capability))
             plan_path.parent.mkdir(parents=True, exist_ok=True)
             _write_atomic(plan_path, plan)
         else:

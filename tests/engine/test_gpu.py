@@ -78,6 +78,7 @@ class FakeTrt:
         self.__version__ = version
         self.parse_ok, self.build_ok = parse_ok, build_ok
         self.calls: dict[str, Any] = {}
+        self.stale_cache: Any = None  # a cache object set_timing_cache refuses (another TensorRT or GPU)
         fake = self
 
         class Builder:
@@ -93,8 +94,10 @@ class FakeTrt:
                 cache = SimpleNamespace(serialize=lambda: b"timing-cache-v2")
                 config = SimpleNamespace(
                     set_memory_pool_limit=lambda pool, size: fake.calls.__setitem__("workspace", (pool, size)),
-                    create_timing_cache=lambda data: fake.calls.__setitem__("cache_in", data) or cache,
-                    set_timing_cache=lambda c, ignore_mismatch: None,
+                    create_timing_cache=lambda data: fake.calls.__setitem__("cache_in", data) or (
+                        fake.stale_cache if data == b"stale" and fake.stale_cache is not None else cache),
+                    set_timing_cache=lambda c, ignore_mismatch: fake.calls.__setitem__(
+                        "ignore_mismatch", ignore_mismatch) or c is not fake.stale_cache,
                     add_optimization_profile=lambda p: None,
                     get_timing_cache=lambda: cache,
                     set_flag=lambda flag: fake.calls.__setitem__("precision_flag", flag),
@@ -142,6 +145,55 @@ def test_build_engine_fixes_shapes_sets_no_precision_flag_and_persists_the_timin
     assert cache.read_bytes() == b"timing-cache-v2"
     trt_runtime.build_engine(fake, None, onnx_path, {"x": (8, 16)}, 512, cache)
     assert fake.calls["cache_in"] == b"timing-cache-v2"  # the second build starts from the saved cache
+    assert fake.calls["ignore_mismatch"] is False  # a cache from another GPU or TensorRT is never trusted
+
+
+def test_a_refused_timing_cache_is_replaced_by_a_fresh_one(tmp_path: Path) -> None:
+    fake = FakeTrt("10.16.1")
+    fake.stale_cache = object()
+    onnx_path = tmp_path / "m.onnx"
+    onnx_path.write_bytes(b"onnx")
+    cache = tmp_path / "timing.cache"
+    cache.write_bytes(b"stale")
+    trt_runtime.build_engine(fake, None, onnx_path, {"x": (1, 16)}, 64, cache)
+    assert fake.calls["cache_in"] == b""  # refused, so the build started from an empty cache
+    assert cache.read_bytes() == b"timing-cache-v2"
+
+
+def test_engine_tensor_types_map_to_torch_including_bfloat16() -> None:
+    import torch
+
+    def dtype(name: str) -> Any:
+        return SimpleNamespace(name=name)
+
+    assert trt_runtime.torch_dtype(torch, dtype("BF16")) == torch.bfloat16  # trt.nptype has no bfloat16
+    assert trt_runtime.torch_dtype(torch, dtype("HALF")) == torch.float16
+    assert trt_runtime.torch_dtype(torch, dtype("INT64")) == torch.int64
+    assert trt_runtime.torch_dtype(torch, "DataType.BOOL") == torch.bool
+    with pytest.raises(trt_runtime.TensorRTBuildError, match="INT4"):
+        trt_runtime.torch_dtype(torch, dtype("INT4"))
+
+
+def test_timing_caches_are_per_tensorrt_version_and_gpu() -> None:
+    name = trt_runtime.timing_cache_name("10.16.1.11", "NVIDIA H100 80GB HBM3", (9, 0))
+    assert name == "timing-10.16.1.11-nvidia-h100-80gb-hbm3-sm90.cache"
+    assert name != trt_runtime.timing_cache_name("11.4.0.106", "NVIDIA H100 80GB HBM3", (9, 0))
+
+
+def test_shape_tensor_inputs_are_refused_with_a_reason(tmp_path: Path) -> None:
+    fake = FakeTrt("11.4.0")
+    builder = fake.Builder
+
+    class ShapeInputBuilder(builder):  # type: ignore[misc, valid-type]
+        def create_network(self, flags: int) -> Any:
+            tensor = SimpleNamespace(name="x", is_shape_tensor=True)
+            return SimpleNamespace(num_inputs=1, get_input=lambda i: tensor)
+
+    fake.Builder = ShapeInputBuilder
+    onnx_path = tmp_path / "m.onnx"
+    onnx_path.write_bytes(b"onnx")
+    with pytest.raises(trt_runtime.TensorRTBuildError, match="shape tensor"):
+        trt_runtime.build_engine(fake, None, onnx_path, {"x": (2,)}, 64, tmp_path / "c")
 
 
 def test_build_engine_reports_parser_and_builder_failures(tmp_path: Path) -> None:
@@ -253,3 +305,48 @@ def test_torch_cuda_matches_cpu_reference() -> None:
         out = session.fetch(session.run(prepared))[0]
         assert session.device_timer(prepared) > 0  # type: ignore[attr-defined]
     assert np.abs(out - reference).max() / np.abs(reference).max() < 1e-3
+
+
+# --- ONNX Runtime GPU providers, up to the device ------------------------------------------------------
+
+
+def test_a_driver_older_than_the_onnxruntime_build_is_a_reason() -> None:
+    from engine.runtimes import onnxruntime as ort_runtime
+
+    why = ort_runtime.cuda_mismatch("13.0", "12.8")
+    assert why and "CUDA 13.0" in why and "CUDA 12.8" in why
+    assert ort_runtime.cuda_mismatch("12.4", "13.0") is None  # newer drivers run older builds
+    assert ort_runtime.cuda_mismatch(None, "12.8") is None  # a CPU build says nothing
+
+
+def test_the_cpu_onnxruntime_has_no_cuda_build_version() -> None:
+    from engine.runtimes import onnxruntime as ort_runtime
+
+    assert ort_runtime.ort_cuda_version() is None
+
+
+def test_a_provider_that_did_not_start_says_why(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """onnxruntime falls back to the CPU when a provider library cannot load; the reason names the loader's error."""
+    from engine.runtimes import onnxruntime as ort_runtime
+
+    capi = tmp_path / "capi"
+    capi.mkdir()
+    (capi / "libonnxruntime_providers_cuda.so").write_bytes(b"not a shared library")
+    (capi / "build_and_package_info.py").write_text("package_name = 'onnxruntime-gpu'\ncuda_version = '13.0'\n")
+    monkeypatch.setattr(ort_runtime, "_capi_dir", lambda: capi)
+    assert ort_runtime.ort_cuda_version() == "13.0"
+    why = ort_runtime.why_provider_inactive("CUDAExecutionProvider", ["CPUExecutionProvider"],
+                                            "Failed to load libcudart.so.13: not found\n")
+    assert why.startswith("ONNX Runtime did not activate CUDAExecutionProvider (active: CPUExecutionProvider)")
+    assert "libonnxruntime_providers_cuda.so cannot load" in why and "CUDA 13.x" in why
+    assert "\n" not in why
+
+
+def test_when_the_provider_library_loads_the_preload_failures_are_the_reason(tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from engine.runtimes import onnxruntime as ort_runtime
+
+    monkeypatch.setattr(ort_runtime, "_capi_dir", lambda: tmp_path)  # no provider library to probe
+    why = ort_runtime.why_provider_inactive("TensorrtExecutionProvider", ["CPUExecutionProvider"],
+                                            "noise\nFailed to load libcudnn.so.9: not found\n")
+    assert why.endswith("Failed to load libcudnn.so.9: not found")

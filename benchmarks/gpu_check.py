@@ -1,10 +1,16 @@
 """GPU check: every available GPU runtime × variant on a small CNN and a BERT-class encoder, against the CPU fp32
-reference, plus a proof that timings include device synchronization.
+reference; a proof that timings include device synchronization; and one real study through the engine whose
+results must carry device memory and energy.
 
 On a machine without an NVIDIA GPU it prints one line saying so and exits 0. Elsewhere it prints a table
-(runtime, variant, model, relative error, limit, verdict, p50) and writes JSON (default
+(model, runtime, options, variant, relative error, limit, verdict, p50) and writes JSON (default
 benchmarks/results/gpu_check.json). Relative error = max |out - ref| / max |ref|; limits: fp32 < 1e-3,
-fp16/bf16 < 1e-2. Exit status 1 when a check fails.
+fp16/bf16 < 1e-2. Exit status 1 when a check fails; a runtime that is unavailable is a row with its reason,
+not a failure.
+
+`--self-test` runs the same machinery on the CPU runtimes with tiny models, so the script itself is tested on
+machines without a GPU (tests/engine/test_gpu_check.py). The one-call recipe for a lent GPU machine is in
+benchmarks/README.md.
 """
 
 from __future__ import annotations
@@ -12,9 +18,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -25,29 +33,44 @@ sys.path.insert(0, str(ROOT))
 
 LIMITS = {"baseline": 1e-3, "fp16": 1e-2, "bf16": 1e-2}
 VARIANTS = ("baseline", "fp16", "bf16")
+# every runtime once with its defaults, and again with each setting that changes how it runs or is timed
+GPU_CASES: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("torch-cuda", {}), ("torch-cuda", {"cuda_graph": True}), ("torch-compile-cuda", {}),
+    ("onnxruntime-cuda", {}), ("onnxruntime-cuda", {"io_binding": False}), ("onnxruntime-tensorrt", {}),
+    ("tensorrt", {}),
+)
+CPU_CASES: tuple[tuple[str, dict[str, Any]], ...] = (("torch", {}), ("onnxruntime", {}))
 
 
-def _models(folder: Path) -> dict[str, Path]:
+def _zip_folder(folder: Path, target: Path) -> Path:
+    with zipfile.ZipFile(target, "w") as archive:
+        for path in sorted(folder.rglob("*")):
+            if path.is_file():
+                archive.write(path, path.relative_to(folder).as_posix())
+    return target
+
+
+def _models(folder: Path, small: bool) -> dict[str, Path]:
+    """A CNN saved with torch.export and a MiniLM-shaped BERT encoder as a zipped HF folder (random weights)."""
     import torch
     import transformers
 
-    from tests.conftest import zip_folder
-
     torch.manual_seed(0)
+    width = 8 if small else 32
     cnn = torch.nn.Sequential(
-        torch.nn.Conv2d(3, 32, 3, padding=1), torch.nn.BatchNorm2d(32), torch.nn.ReLU(),
-        torch.nn.Conv2d(32, 64, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
-        torch.nn.Linear(64, 10),
+        torch.nn.Conv2d(3, width, 3, padding=1), torch.nn.BatchNorm2d(width), torch.nn.ReLU(),
+        torch.nn.Conv2d(width, 2 * width, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(), torch.nn.Linear(2 * width, 10),
     ).eval()
     program = torch.export.export(cnn, (torch.randn(2, 3, 32, 32),),
                                   dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=1024)},))
     cnn_path = folder / "cnn.pt2"
     torch.export.save(program, str(cnn_path))
-    config = transformers.BertConfig(vocab_size=30522, hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
-                                     intermediate_size=1536, max_position_embeddings=512)
-    encoder = transformers.BertModel(config).eval()
-    encoder.save_pretrained(str(folder / "encoder"), safe_serialization=True)
-    return {"cnn": cnn_path, "encoder": zip_folder(folder / "encoder", folder / "encoder.zip")}
+    size = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64) if small else \
+        dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536)
+    config = transformers.BertConfig(vocab_size=1000 if small else 30522, max_position_embeddings=512, **size)
+    transformers.BertModel(config).eval().save_pretrained(str(folder / "encoder"), safe_serialization=True)
+    return {"cnn": cnn_path, "encoder": _zip_folder(folder / "encoder", folder / "encoder.zip")}
 
 
 def _relative_error(outputs: list[np.ndarray], reference: list[np.ndarray]) -> float:
@@ -55,30 +78,42 @@ def _relative_error(outputs: list[np.ndarray], reference: list[np.ndarray]) -> f
     return max(float(np.abs(o.astype(np.float64) - r).max()) for o, r in zip(outputs, reference, strict=True)) / scale
 
 
-def check_cell(artifact: Any, runtime_id: str, variant: str, inputs: dict[str, np.ndarray],
-               reference: list[np.ndarray], batch: int) -> dict[str, Any]:
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:300] if text else ''}"
+
+
+def check_cell(artifact: Any, runtime_id: str, options: dict[str, Any], variant: str,
+               inputs: dict[str, np.ndarray], reference: list[np.ndarray], batch: int) -> dict[str, Any]:
+    """Build the variant for the runtime, run every input through it, time it; one row, whatever happens."""
     from engine.errors import NotApplicable, Unavailable
     from engine.job import run_batches
     from engine.measure.latency import MeasureSettings, measure
     from engine.optimizations import parse_chain
-    from engine.optimizations.build import BuildContext, build_variant
+    from engine.optimizations.build import BuildContext, build_variant, not_applicable_reason
     from engine.runtimes import RuntimeSettings, get
 
     runtime_cls = get(runtime_id)
-    row: dict[str, Any] = {"runtime": runtime_id, "variant": variant, "limit": LIMITS[variant]}
+    row: dict[str, Any] = {"runtime": runtime_id, "options": options, "variant": variant, "limit": LIMITS[variant]}
+    reason = not_applicable_reason(artifact.format, parse_chain(variant), runtime_cls.consumes, runtime_cls.device)
+    if reason:
+        return {**row, "status": "n/a", "reason": reason}
     try:
         built = build_variant(artifact, parse_chain(variant), runtime_cls.consumes,
                               BuildContext(artifact.spec, runtime_cls.device))
-        options = {"input_shapes": artifact.spec.shapes(batch)}
-        with runtime_cls(RuntimeSettings(threads=4, options=options)).load(built) as session:
+        settings = RuntimeSettings(threads=4, options={"input_shapes": artifact.spec.shapes(batch), **options})
+        start = time.perf_counter()
+        with runtime_cls(settings).load(built) as session:
+            row["load_s"] = time.perf_counter() - start
             outputs = run_batches(session, inputs, batch)
             prepared = session.prepare({k: v[:batch] for k, v in inputs.items()})
             samples = measure(session, prepared, MeasureSettings(warmup=10, iterations=50, min_seconds=0.5))
             row["timing"] = session.applied.get("timing", "perf_counter")
+            row["applied"] = {k: v for k, v in session.applied.items() if isinstance(v, (str, int, float, bool))}
     except (NotApplicable, Unavailable) as exc:
-        return {**row, "status": "skipped", "reason": str(exc)}
+        return {**row, "status": "unavailable", "reason": str(exc)}
     except Exception as exc:  # noqa: BLE001 - a failing path is a row of the report, the check goes on
-        return {**row, "status": "failed", "reason": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"}
+        return {**row, "status": "failed", "reason": _first_line(exc)}
     error = _relative_error(outputs, reference)
     return {**row, "status": "ok" if error < LIMITS[variant] else "FAILED", "relative_error": error,
             "p50_ms": float(np.median(samples))}
@@ -86,7 +121,7 @@ def check_cell(artifact: Any, runtime_id: str, variant: str, inputs: dict[str, n
 
 def synchronization_check() -> dict[str, Any]:
     """A long GPU job: launching returns in microseconds, finishing takes milliseconds; the harness must see
-    the milliseconds."""
+    the milliseconds, with and without CUDA graphs."""
     import torch
 
     from engine.measure.latency import MeasureSettings, measure
@@ -104,29 +139,76 @@ def synchronization_check() -> dict[str, Any]:
         module = Heavy()
         input_names = ["x"]
 
-    with get("torch-cuda")(RuntimeSettings(threads=1)).load(V()) as session:
-        prepared = session.prepare({"x": x})
-        session.run(prepared)
-        session.synchronize()
-        start = time.perf_counter()
-        session.run(prepared)  # launch only
-        launch_ms = (time.perf_counter() - start) * 1000
-        session.synchronize()
-        samples = measure(session, prepared, MeasureSettings(warmup=3, iterations=10, min_seconds=0.0))
-    measured = float(np.median(samples))
-    return {"launch_ms": launch_ms, "measured_ms": measured,
-            "status": "ok" if measured > 5 * launch_ms else "FAILED"}
+    checks: dict[str, Any] = {}
+    for label, options in (("eager", {}), ("cuda_graph", {"cuda_graph": True})):
+        with get("torch-cuda")(RuntimeSettings(threads=1, options=options)).load(V()) as session:
+            prepared = session.prepare({"x": x})
+            session.run(prepared)
+            session.synchronize()
+            start = time.perf_counter()
+            session.run(prepared)  # launch only
+            launch_ms = (time.perf_counter() - start) * 1000
+            session.synchronize()
+            start = time.perf_counter()
+            session.run(prepared)
+            session.synchronize()
+            wall_ms = (time.perf_counter() - start) * 1000
+            samples = measure(session, prepared, MeasureSettings(warmup=3, iterations=10, min_seconds=0.0))
+        measured = float(np.median(samples))
+        ok = measured > 5 * launch_ms and measured > 0.5 * wall_ms
+        checks[label] = {"launch_ms": launch_ms, "wall_ms": wall_ms, "measured_ms": measured,
+                         "status": "ok" if ok else "FAILED"}
+    return {"status": "ok" if all(c["status"] == "ok" for c in checks.values()) else "FAILED", **checks}
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def study_check(model: Path, runtimes: list[str], variants: str, gpu: bool, folder: Path) -> dict[str, Any]:
+    """One study through the CLI and the worker's child processes: GPU results must carry device metrics."""
+    out = folder / "study.json"
+    command = [sys.executable, "-m", "engine", "bench", str(model), "--runtimes", ",".join(runtimes),
+               "--variants", variants, "--batch-sizes", "8", "--iterations", "20", "--min-seconds", "0.5",
+               "--eval-samples", "32", "--json", str(out)]
+    proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900, check=False)
+    if proc.returncode != 0 or not out.is_file():
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        return {"status": "FAILED", "reason": f"exit {proc.returncode}: {' | '.join(tail)}"}
+    rows = []
+    for result in json.loads(out.read_text())["results"]:
+        metrics = result.get("device_metrics") or {}
+        row = {"runtime": result["runtime"], "variant": result["variant"], "status": result["status"],
+               "reason": result.get("reason"), "p50_ms": (result.get("latency_ms") or {}).get("p50"),
+               "peak_device_mb": result.get("peak_device_mb"), "power_w": metrics.get("power_w"),
+               "energy_mj_per_inference": metrics.get("energy_mj_per_inference"),
+               "device_memory": metrics.get("device_memory")}
+        if result["status"] == "ok" and gpu and row["peak_device_mb"] is None:
+            row["status"], row["reason"] = "FAILED", "an ok GPU result without device memory"
+        rows.append(row)
+    failed = [r for r in rows if r["status"] in ("FAILED", "failed", "crashed", "timeout")]
+    return {"status": "FAILED" if failed or not rows else "ok", "rows": rows}
+
+
+def _print_table(rows: list[dict[str, Any]]) -> None:
+    print(f"{'model':<8} {'runtime':<21} {'options':<18} {'variant':<9} {'status':<11} {'rel err':>9} {'limit':>6} "
+          f"{'p50 ms':>8}  note")
+    for r in rows:
+        err = f"{r['relative_error']:.2e}" if "relative_error" in r else "-"
+        p50 = f"{r['p50_ms']:.3f}" if "p50_ms" in r else "-"
+        options = ",".join(f"{k}={v}" for k, v in r.get("options", {}).items()) or "-"
+        print(f"{r['model']:<8} {r['runtime']:<21} {options:<18} {r['variant']:<9} {r['status']:<11} {err:>9} "
+              f"{r['limit']:>6.0e} {p50:>8}  {r.get('reason') or r.get('timing', '')}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "gpu_check.json"))
     parser.add_argument("--batch", type=int, default=8)
-    args = parser.parse_args()
+    parser.add_argument("--self-test", action="store_true",
+                        help="run the same checks on the CPU runtimes with tiny models (no GPU needed)")
+    parser.add_argument("--no-study", action="store_true", help="skip the end-to-end study through the CLI")
+    args = parser.parse_args(argv)
     from engine.measure.devices import cuda_devices
 
     gpus, reason = cuda_devices()
-    if not gpus:
+    if not gpus and not args.self_test:
         print(f"gpu_check: no NVIDIA GPU on this machine ({reason}); nothing to check")
         return 0
     from engine.artifacts import intake
@@ -134,47 +216,68 @@ def main() -> int:
     from engine.modules import load_module
     from engine.runtimes import REGISTRY
 
-    runtimes = [rid for rid, cls in REGISTRY.items() if cls.device == "cuda"]
-    availability = {rid: REGISTRY[rid].available() for rid in runtimes}
+    cases = CPU_CASES if args.self_test else GPU_CASES
+    availability = {rid: REGISTRY[rid].available() for rid, _ in cases}
     rows: list[dict[str, Any]] = []
+    study: dict[str, Any] = {"status": "skipped", "reason": "--no-study"}
     with tempfile.TemporaryDirectory(prefix="paretoscope-gpu-") as tmp:
         os.environ["PARETOSCOPE_DATA_DIR"] = str(Path(tmp) / "data")
         import torch
 
-        for model_name, path in _models(Path(tmp)).items():
-            artifact = intake(path, seq_len=128 if model_name == "encoder" else None)
-            inputs, _ = eval_set(None, artifact.spec, 16)
-            module = load_module(artifact.path, artifact.format, artifact.spec)
-            with torch.inference_mode():
-                out = module(*(torch.from_numpy(inputs[n]) for n in artifact.spec.names))
+        try:
+            models = _models(Path(tmp), small=args.self_test)
+        except Exception as exc:  # noqa: BLE001 - reported, then the script ends with a failure
+            print(f"gpu_check: could not build the test models: {_first_line(exc)}")
+            return 1
+        for model_name, path in models.items():
+            try:
+                artifact = intake(path, seq_len=32 if args.self_test else 128)
+                inputs, _ = eval_set(None, artifact.spec, 16)
+                module = load_module(artifact.path, artifact.format, artifact.spec)
+                with torch.inference_mode():
+                    out = module(*(torch.from_numpy(inputs[n]) for n in artifact.spec.names))
+            except Exception as exc:  # noqa: BLE001 - one model failing to load is a row, the other still runs
+                rows.append({"model": model_name, "runtime": "-", "variant": "-", "status": "failed",
+                             "limit": 0.0, "reason": f"intake or CPU reference: {_first_line(exc)}"})
+                continue
             reference = [o.float().numpy() for o in (out if isinstance(out, (tuple, list)) else (out,))]
-            for rid in runtimes:
+            for rid, options in cases:
                 ok, why = availability[rid]
                 for variant in VARIANTS:
                     if not ok:
-                        rows.append({"model": model_name, "runtime": rid, "variant": variant, "status": "unavailable",
-                                     "reason": why, "limit": LIMITS[variant]})
+                        rows.append({"model": model_name, "runtime": rid, "options": options, "variant": variant,
+                                     "status": "unavailable", "reason": why, "limit": LIMITS[variant]})
                         continue
-                    rows.append({"model": model_name, **check_cell(artifact, rid, variant, inputs, reference,
-                                                                   args.batch)})
-        sync = synchronization_check() if availability.get("torch-cuda", (False, None))[0] else {
-            "status": "skipped", "reason": "torch-cuda is unavailable"}
-    print(f"GPU: {gpus[0]['name']} ({gpus[0]['memory_mb']} MB, driver {gpus[0]['driver']}, "
-          f"compute {gpus[0]['compute_capability']})")
-    print(f"{'model':<8} {'runtime':<21} {'variant':<9} {'status':<11} {'rel err':>9} {'limit':>7} {'p50 ms':>8}  note")
-    for r in rows:
-        err = f"{r['relative_error']:.2e}" if "relative_error" in r else "-"
-        p50 = f"{r['p50_ms']:.3f}" if "p50_ms" in r else "-"
-        print(f"{r['model']:<8} {r['runtime']:<21} {r['variant']:<9} {r['status']:<11} {err:>9} {r['limit']:>7.0e} "
-              f"{p50:>8}  {r.get('reason', r.get('timing', ''))}")
-    print(f"synchronization: {sync}")
+                    rows.append({"model": model_name, **check_cell(artifact, rid, options, variant, inputs,
+                                                                   reference, args.batch)})
+        if args.self_test:
+            sync: dict[str, Any] = {"status": "skipped", "reason": "--self-test runs on the CPU"}
+        elif availability.get("torch-cuda", (False, None))[0]:
+            sync = synchronization_check()
+        else:
+            sync = {"status": "skipped", "reason": "torch-cuda is unavailable"}
+        if not args.no_study:
+            study_runtimes = [rid for rid, (ok, _) in availability.items() if ok][:3]
+            study = study_check(models["cnn"], study_runtimes, "baseline,fp16" if not args.self_test else "baseline",
+                                not args.self_test, Path(tmp)) if study_runtimes else {
+                "status": "skipped", "reason": "no runtime of the check is available"}
+    if gpus:
+        print(f"GPU: {gpus[0]['name']} ({gpus[0]['memory_mb']} MB, driver {gpus[0]['driver']}, "
+              f"CUDA {gpus[0]['cuda_driver']}, compute {gpus[0]['compute_capability']})")
+    _print_table(rows)
+    print(f"synchronization: {json.dumps(sync)}")
+    print(f"study: {study['status']} {study.get('reason') or ''}")
+    for r in study.get("rows", []):
+        print(f"  {r['runtime']:<21} {r['variant']:<9} {r['status']:<8} p50 {r['p50_ms']} ms, device "
+              f"{r['peak_device_mb']} MB, {r['power_w']} W, {r['energy_mj_per_inference']} mJ/inference "
+              f"{r['reason'] or ''}")
     from engine.measure.environment import collect
 
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"rows": rows, "synchronization": sync, "environment": collect(4)},
-                                         indent=1, default=str))
+    Path(args.out).write_text(json.dumps({"rows": rows, "synchronization": sync, "study": study,
+                                          "environment": collect(4)}, indent=1, default=str))
     print(f"written {args.out}")
-    failed = any(r["status"] in ("FAILED", "failed") for r in rows) or sync.get("status") == "FAILED"
+    failed = any(r["status"] in ("FAILED", "failed") for r in rows) or "FAILED" in (sync["status"], study["status"])
     return 1 if failed else 0
 
 

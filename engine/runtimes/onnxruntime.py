@@ -174,17 +174,31 @@ class _OrtRuntime(Runtime):
             return False, mismatch
         return True, None
 
-    def _provider_options(self) -> dict[str, Any]:
+    def _provider_options(self, variant_name: str) -> dict[str, Any]:
         if self.provider == "CPUExecutionProvider":
             return {}
         options: dict[str, Any] = {"device_id": int(self.settings.option("device_id", 0))}
         if self.provider == "TensorrtExecutionProvider":
+            from engine.measure.devices import cuda_devices
             from engine.paths import sub_dir
 
-            # engines and timing caches persist in the data folder: the first cell pays the build
-            cache = sub_dir("tensorrt", "ort-cache")
+            import onnxruntime as ort
+
+            # engines and timing caches persist in the data folder (the first cell pays the build), one folder
+            # per GPU model and onnxruntime version: TensorRT's caches are not portable between them
+            gpus = {g["index"]: g["name"] for g in cuda_devices()[0]}
+            gpu = gpus.get(options["device_id"], "gpu")
+            slug = "".join(c if c.isalnum() else "-" for c in f"{gpu}-ort{ort.__version__}").lower()
+            cache = sub_dir("tensorrt", "ort-cache", slug)
             options.update({"trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache),
                             "trt_timing_cache_enable": True, "trt_timing_cache_path": str(cache)})
+            # TensorRT 10 through onnxruntime is weakly typed: a precision runs only when its flag allows it,
+            # so the variant's own precision (fp16 weights, int8-static's QDQ nodes) turns its flag on
+            ops = {step.split(":", 1)[0] for step in variant_name.split("+")} if variant_name else set()
+            if "fp16" in ops:
+                options["trt_fp16_enable"] = True
+            if "int8-static" in ops:
+                options["trt_int8_enable"] = True  # explicit QDQ scales: no calibration table
         return options
 
     def load(self, variant: Any) -> Session:
@@ -205,10 +219,14 @@ class _OrtRuntime(Runtime):
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.log_severity_level = 3
         gpu = self.provider != "CPUExecutionProvider"
-        providers: list[Any] = [(self.provider, self._provider_options())]
+        provider_options = self._provider_options(str(getattr(variant, "name", "") or ""))
+        providers: list[Any] = [(self.provider, provider_options)]
         preloaded = ""
         if gpu:
-            providers.append("CPUExecutionProvider")  # for ops the GPU provider lacks; checked below
+            if self.provider == "TensorrtExecutionProvider":
+                # what TensorRT cannot take runs on CUDA, as ONNX Runtime advises, rather than on the CPU
+                providers.append(("CUDAExecutionProvider", {"device_id": provider_options["device_id"]}))
+            providers.append("CPUExecutionProvider")  # for ops no GPU provider has; the first must be active
             preloaded = preload_cuda_libraries()
         session = ort.InferenceSession(str(variant.path), sess_options=options, providers=providers)
         active = session.get_providers()
@@ -225,6 +243,8 @@ class _OrtRuntime(Runtime):
         if gpu:
             wrapped.applied.update({"io_binding": io_binding, "host_device_copies_timed": not io_binding,
                                     "device_id": device_id})
+            wrapped.applied.update({k: v for k, v in provider_options.items() if k.endswith("_enable")
+                                    and k in ("trt_fp16_enable", "trt_int8_enable")})
         return wrapped
 
 

@@ -74,12 +74,14 @@ class CudaTorchSession(Session):
         self._static_in = tuple(t.clone() for t in tensors)
         stream = torch.cuda.Stream(self.device)
         stream.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(stream), torch.inference_mode():
+        # no_grad rather than inference_mode: static buffers are written with copy_() outside any mode later,
+        # and PyTorch documents graph capture with ordinary tensors
+        with torch.cuda.stream(stream), torch.no_grad():
             for _ in range(3):  # warm up allocations on a side stream before capture, as CUDA graphs need
                 self.module(*self._static_in)
         torch.cuda.current_stream(self.device).wait_stream(stream)
         self._graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self._graph), torch.inference_mode():
+        with torch.cuda.graph(self._graph), torch.no_grad():
             self._static_out = self.module(*self._static_in)
 
     def _run(self, prepared: Any) -> Any:

@@ -350,3 +350,16 @@ def test_when_the_provider_library_loads_the_preload_failures_are_the_reason(tmp
     why = ort_runtime.why_provider_inactive("TensorrtExecutionProvider", ["CPUExecutionProvider"],
                                             "noise\nFailed to load libcudnn.so.9: not found\n")
     assert why.endswith("Failed to load libcudnn.so.9: not found")
+
+
+def test_tensorrt_provider_precision_flags_follow_the_variant(data_dir: Path) -> None:
+    from engine.runtimes import onnxruntime as ort_runtime
+
+    runtime = ort_runtime.OnnxRuntimeTensorRT(RuntimeSettings(threads=1))
+    baseline = runtime._provider_options("baseline")
+    assert "trt_fp16_enable" not in baseline and "trt_int8_enable" not in baseline  # fp32 stays fp32
+    assert runtime._provider_options("prune-structured:0.5+fp16")["trt_fp16_enable"] is True
+    assert runtime._provider_options("int8-static:method=entropy")["trt_int8_enable"] is True
+    cache = Path(baseline["trt_engine_cache_path"])
+    assert cache.is_dir() and data_dir in cache.parents and "-ort" in cache.name  # per GPU and ORT version
+    assert ort_runtime.OnnxRuntimeCuda(RuntimeSettings(threads=1))._provider_options("fp16") == {"device_id": 0}

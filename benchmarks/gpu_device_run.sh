@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Every GPU check in one go, on a lent GPU machine (see benchmarks/README.md, "On a lent GPU machine").
+# Installs the carried wheels (benchmarks/gpu_kit.sh) beside the image's packages, prints what the machine has,
+# runs benchmarks/gpu_check.py and the `gpu`-marked tests, and leaves logs and JSON in $OUT (or ./out).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-$PWD/out}
+mkdir -p "$OUT"
+PY=${PY:-python3}
+if compgen -G ".whl/*.whl" > /dev/null; then
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH} \
+    || echo "gpu_device_run: the carried wheels did not install (wrong Python?); the study check may fail"
+fi
+export PYTHONUNBUFFERED=1 PARETOSCOPE_DATA_DIR=/tmp/paretoscope-data
+{
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+  "$PY" - <<'PYEOF'
+import importlib.metadata as md
+for name in ("torch", "onnxruntime", "onnxruntime-gpu", "tensorrt", "transformers", "onnx", "nvidia-ml-py", "sqlalchemy"):
+    try:
+        print(f"{name} {md.version(name)}")
+    except md.PackageNotFoundError:
+        print(f"{name} absent")
+import torch
+print("torch.cuda", torch.cuda.is_available(), torch.version.cuda)
+PYEOF
+  "$PY" -m engine runtimes
+} 2>&1 | tee "$OUT/machine.txt"
+status=0
+timeout "${CHECK_TIMEOUT:-330}" "$PY" benchmarks/gpu_check.py --out "$OUT/gpu_check.json" > "$OUT/gpu_check.log" 2>&1 \
+  || status=$?
+grep -v "Warning\|torchvision\|^\s\|\[torch.onnx\]" "$OUT/gpu_check.log" | tail -n 60
+timeout "${TEST_TIMEOUT:-150}" "$PY" -m pytest -q -m gpu -p no:cacheprovider tests/engine/test_gpu.py \
+  > "$OUT/pytest_gpu.log" 2>&1 || status=$((status == 0 ? $? : status))
+tail -n 15 "$OUT/pytest_gpu.log"
+echo "gpu_device_run: exit $status"
+exit $status

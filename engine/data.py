@@ -112,6 +112,13 @@ def _check_split(arrays: dict[str, np.ndarray], labels: np.ndarray | None, spec:
                 )
         if not np.can_cast(array.dtype, np.dtype(_numpy_dtype(tensor.dtype)), casting="same_kind"):
             raise UserError(f"{where}: '{tensor.name}' is {array.dtype}, the model expects {tensor.dtype}")
+        if tensor.bound is not None and array.size:
+            low, high = tensor.bound
+            smallest, largest = int(array.min()), int(array.max())
+            if smallest < low or largest >= high:
+                # an embedding would fail on every cell; say it once, here
+                raise UserError(f"{where}: '{tensor.name}' holds values {smallest}..{largest} but the model accepts "
+                                f"[{low}, {high}); tokenize with the model's own tokenizer")
     count = counts.pop()
     if labels is not None and (labels.ndim == 0 or labels.shape[0] != count):
         rows = labels.shape[0] if labels.ndim else 0

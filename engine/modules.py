@@ -96,14 +96,21 @@ def load_hf(folder: Path, label: str = "the Hugging Face model") -> torch.nn.Mod
             model_cls = candidate
             break
     try:
-        model = model_cls.from_pretrained(
-            str(folder), config=config, local_files_only=True, use_safetensors=True, trust_remote_code=False
+        model, info = model_cls.from_pretrained(
+            str(folder), config=config, local_files_only=True, use_safetensors=True, trust_remote_code=False,
+            output_loading_info=True,
         )
     except (OSError, ValueError, RuntimeError, SafetensorError) as exc:
         raise UserError(
             f"{label}: the Hugging Face model cannot be built from its safetensors ({_error_line(exc)}); "
             "save it again with save_pretrained"
         ) from exc
+    missing = sorted(info.get("missing_keys") or [])
+    if missing:
+        # transformers would fill them with random values: every measurement would be of another model
+        shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+        raise UserError(f"{label}: its safetensors lack {len(missing)} weight(s) the config needs ({shown}); "
+                        "upload the complete folder written by save_pretrained")
     model.eval()
     return model  # type: ignore[no-any-return]
 
@@ -219,8 +226,9 @@ def _inspect_hf(folder: Path, label: str) -> Inspected:
         "attention_mask": (1, 2),  # all tokens attended: padding patterns are the user's data to give
         "token_type_ids": (0, max(1, int(config.get("type_vocab_size") or 1))),
     }
+    bounds = {**ranges, "attention_mask": (0, 2)}  # what the embeddings accept; masks may hold zeros
     tensors = tuple(
-        TensorSpec(name, "int64", (BATCH_AXIS, "sequence"), ranges[name]) for name in names
+        TensorSpec(name, "int64", (BATCH_AXIS, "sequence"), ranges[name], bounds[name]) for name in names
     )
     max_pos = int(config.get("max_position_embeddings") or 0)
     info = {

@@ -36,6 +36,9 @@ class TensorSpec:
     shape: tuple[Dim, ...]
     # Half-open [low, high) range for integer inputs (token ids inside the vocabulary).
     value_range: tuple[int, int] | None = None
+    # Half-open [low, high) outside which a value is invalid, where the model says so (an HF config's vocab_size):
+    # uploaded data is checked against it. value_range is what synthesized inputs use, which may be narrower.
+    bound: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -77,16 +80,18 @@ class TensorSpec:
             "dtype": self.dtype,
             "shape": list(self.shape),
             "value_range": list(self.value_range) if self.value_range else None,
+            **({"bound": list(self.bound)} if self.bound else {}),
         }
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> TensorSpec:
-        vr = data.get("value_range")
+        vr, bound = data.get("value_range"), data.get("bound")
         return cls(
             name=str(data["name"]),
             dtype=str(data["dtype"]),
             shape=tuple(data["shape"]),
             value_range=(int(vr[0]), int(vr[1])) if vr else None,
+            bound=(int(bound[0]), int(bound[1])) if bound else None,
         )
 
     def describe(self) -> str:

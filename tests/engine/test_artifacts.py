@@ -605,3 +605,32 @@ def test_stored_artifact_json_round_trips(request: pytest.FixtureRequest, fixtur
     assert load_artifact(folder) == artifact
     assert Artifact.from_json(json.loads(json.dumps(artifact.to_json()))) == artifact
     assert [p.name for p in (data_folder() / "models").iterdir()] == [artifact.sha256]  # no staging left
+
+
+def test_hf_safetensors_missing_weights_are_refused(bert_hf_zip: Path, tmp_path: Path) -> None:
+    """transformers would fill missing weights with random values: the upload is refused instead."""
+    from safetensors.numpy import load_file, save_file
+
+    folder = tmp_path / "partial"
+    with zipfile.ZipFile(bert_hf_zip) as archive:
+        archive.extractall(folder)
+    top = next(p for p in folder.iterdir() if p.is_dir())
+    weights = load_file(str(top / "model.safetensors"))
+    dropped = sorted(k for k in weights if "classifier" in k)
+    assert dropped
+    save_file({k: v for k, v in weights.items() if k not in dropped}, str(top / "model.safetensors"),
+              metadata={"format": "pt"})
+    partial = tmp_path / "partial.zip"
+    with zipfile.ZipFile(partial, "w") as out:
+        for path in sorted(top.rglob("*")):
+            out.write(path, path.relative_to(folder).as_posix())
+    message = reject(partial,
+                     r"safetensors lack 2 weight\(s\) the config needs \(classifier\.bias, classifier\.weight\)")
+    assert "save_pretrained" in message
+
+
+def test_hf_inputs_carry_the_bounds_their_embeddings_accept(bert_hf_zip: Path) -> None:
+    spec = intake(bert_hf_zip).spec
+    bounds = {t.name: t.bound for t in spec.inputs}
+    assert bounds == {"input_ids": (0, 120), "attention_mask": (0, 2), "token_type_ids": (0, 2)}
+    assert InputSpec.from_json(spec.to_json()) == spec  # bounds survive the database

@@ -214,3 +214,21 @@ def test_dataset_without_a_split_or_fallback() -> None:
     assert not dataset.has("eval")
     assert dataset.split("eval") == {}
     assert dataset.split_labels("eval") is None
+
+
+def test_token_ids_outside_the_vocabulary_are_refused_once_at_upload(tmp_path: Path) -> None:
+    from engine.specs import TensorSpec
+
+    spec = InputSpec((TensorSpec("input_ids", "int64", ("batch", "sequence"), (0, 120), (0, 120)),
+                      TensorSpec("attention_mask", "int64", ("batch", "sequence"), (1, 2), (0, 2))), seq_len=8)
+    ids = np.random.default_rng(0).integers(0, 120, size=(4, 8))
+    mask = np.ones((4, 8), dtype=np.int64)
+    mask[:, 6:] = 0  # padding: inside the bound though outside the synthesis range
+    good = tmp_path / "good.npz"
+    np.savez(good, input_ids=ids, attention_mask=mask)
+    assert load_npz(good, spec).has("eval")
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, input_ids=np.where(ids > 100, 30000, ids), attention_mask=mask)
+    with pytest.raises(UserError, match=r"'input_ids' holds values 0\.\.30000 but the model accepts \[0, 120\); "
+                                        r"tokenize with the model's own tokenizer"):
+        load_npz(bad, spec)

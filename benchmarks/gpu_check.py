@@ -178,7 +178,8 @@ def study_check(model: Path, runtimes: list[str], variants: str, gpu: bool, fold
                "reason": result.get("reason"), "p50_ms": (result.get("latency_ms") or {}).get("p50"),
                "peak_device_mb": result.get("peak_device_mb"), "power_w": metrics.get("power_w"),
                "energy_mj_per_inference": metrics.get("energy_mj_per_inference"),
-               "device_memory": metrics.get("device_memory")}
+               "device_memory": metrics.get("device_memory"),
+               "training": [n for n in result.get("notes") or [] if n.startswith("distill")]}
         if result["status"] == "ok" and gpu and row["peak_device_mb"] is None:
             row["status"], row["reason"] = "FAILED", "an ok GPU result without device memory"
         rows.append(row)
@@ -258,8 +259,9 @@ def main(argv: list[str] | None = None) -> int:
             sync = {"status": "skipped", "reason": "torch-cuda is unavailable"}
         if not args.no_study:
             study_runtimes = [rid for rid, (ok, _) in availability.items() if ok][:3]
-            study = study_check(models["cnn"], study_runtimes, "baseline,fp16" if not args.self_test else "baseline",
-                                not args.self_test, Path(tmp)) if study_runtimes else {
+            variants = ("baseline" if args.self_test else "baseline,fp16") + ",prune-structured:0.5+distill:epochs=2"
+            study = study_check(models["cnn"], study_runtimes, variants, not args.self_test, Path(tmp)) \
+                if study_runtimes else {
                 "status": "skipped", "reason": "no runtime of the check is available"}
     if gpus:
         print(f"GPU: {gpus[0]['name']} ({gpus[0]['memory_mb']} MB, driver {gpus[0]['driver']}, "
@@ -271,6 +273,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {r['runtime']:<21} {r['variant']:<9} {r['status']:<8} p50 {r['p50_ms']} ms, device "
               f"{r['peak_device_mb']} MB, {r['power_w']} W, {r['energy_mj_per_inference']} mJ/inference "
               f"{r['reason'] or ''}")
+        for note in r["training"]:
+            print(f"    {note}")
     from engine.measure.environment import collect
 
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -95,21 +95,59 @@ def distill(student: Any, config: DistillConfig, ctx: Any) -> Any:
     tensors = [torch.from_numpy(inputs[n]) for n in names]
     count = int(tensors[0].shape[0])
     lr = config.lr or (AUTO_LR_TRANSFORMER if _is_transformer(student) else AUTO_LR)
-    masks = _sparsity_masks(student)
+    device, placed = _place(student, teacher, tensors, training_device(ctx.device))
+    if placed:
+        ctx.notes.append(placed)
+    tensors = [t.to(device) for t in tensors]
+    masks = _sparsity_masks(student)  # after the move: the masks live beside their weights
     start = time.perf_counter()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.seed)
-        loss_before, loss_after, used_labels = _train(student, teacher, tensors, labels, config, lr, masks, ctx)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)
+            loss_before, loss_after, used_labels = _train(student, teacher, tensors, labels, config, lr, masks, ctx)
+    finally:
+        student.to("cpu")  # the variant is saved, exported and replayed from the CPU
     seconds = time.perf_counter() - start
     ctx.train_s = (ctx.train_s or 0.0) + seconds
     used = " and its labels" if used_labels else ""
     ctx.notes.append(
         f"distill trained {surgery.parameter_count(student):,} parameters for {config.epochs} epoch(s) on {count} "
-        f"samples of {source}{used} (lr {lr:g}, T {config.temperature:g}, seed {config.seed}) in {seconds:.1f} s; "
-        f"loss against the teacher {loss_before:.4g} -> {loss_after:.4g}"
+        f"samples of {source}{used} (lr {lr:g}, T {config.temperature:g}, seed {config.seed}) on {device} in "
+        f"{seconds:.1f} s; loss against the teacher {loss_before:.4g} -> {loss_after:.4g}"
         + ("; pruned (zero) weights stayed zero" if masks else "")
     )
     return student
+
+
+def training_device(cell_device: str) -> str:
+    """Train where the cell runs: on the GPU for a CUDA cell (when torch sees one), else on the CPU."""
+    if not cell_device.startswith("cuda"):
+        return "cpu"
+    import torch
+
+    return cell_device if torch.cuda.is_available() else "cpu"
+
+
+def _place(student: Any, teacher: Any, tensors: list[Any], device: str) -> tuple[str, str | None]:
+    """Move teacher and student to `device` and run one sample through both there; a module that cannot
+    move (a traced graph holding constants on the CPU) trains on the CPU instead, with a note saying why."""
+    import torch
+
+    if device == "cpu":
+        return "cpu", None
+    try:
+        student.to(device)
+        teacher.to(device)
+        probe = [t[:1].to(device) for t in tensors]
+        with torch.no_grad():
+            student(*probe)
+            teacher(*probe)
+    except (RuntimeError, AssertionError, NotImplementedError) as exc:
+        student.to("cpu")
+        teacher.to("cpu")
+        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        return "cpu", f"distill: trained on the CPU, as the model does not run on {device} ({reason})"
+    return device, None
 
 
 def _is_transformer(module: Any) -> bool:
@@ -189,7 +227,7 @@ def _usable_labels(labels: Any, outputs: list[Any], kinds: list[str], count: int
         return None
     if int(y.min()) < 0 or int(y.max()) >= first.shape[-1]:
         return None
-    return y.long()
+    return y.long().to(first.device)
 
 
 @contextmanager

@@ -229,3 +229,24 @@ def test_a_cell_records_training_time_and_notes(mlp: tuple[Any, Any], tmp_path: 
                for n in result["notes"])
     assert "distill epoch 2/2" in phases
     assert result["accuracy"]["fidelity"]["cosine"] is not None
+
+
+def test_a_cuda_cell_trains_on_the_cpu_with_a_note_when_the_model_cannot_move(
+        mlp: tuple[Any, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Here torch has no CUDA: moving fails as it would for a graph with CPU constants, and training goes on."""
+    import torch
+
+    from engine.optimizations.distill import training_device
+
+    model, _ = mlp
+    assert training_device("cpu") == "cpu"
+    assert training_device("cuda") == ("cuda" if torch.cuda.is_available() else "cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert training_device("cuda:1") == "cuda:1"
+    data = Dataset(splits={"train": _inputs(model, 64, seed=1)})
+    ctx = BuildContext(model.spec, "cuda", dataset=data)
+    student = build_variant(model, parse_chain("prune-structured+distill:epochs=1"), "torch", ctx)
+    assert any(n.startswith("distill: trained on the CPU, as the model does not run on cuda") for n in student.notes)
+    trained = next(n for n in student.notes if n.startswith("distill trained"))
+    assert " on cpu in " in trained
+    assert all(p.device.type == "cpu" for p in student.module.parameters())

@@ -48,6 +48,9 @@ def test_self_test_runs_every_step_on_the_cpu_runtimes(tmp_path: Path, monkeypat
         assert rows[(model, "torch", "fp16")]["status"] == "n/a"  # torch half precision needs CUDA
     assert report["study"]["status"] == "ok"
     assert {r["runtime"] for r in report["study"]["rows"]} == {"torch", "onnxruntime"}
+    distilled = [r for r in report["study"]["rows"] if "distill" in r["variant"]]
+    assert distilled and all(r["status"] == "ok" for r in distilled)
+    assert any(" on cpu in " in note for r in distilled for note in r["training"])  # where it trained is reported
     assert all(r["peak_device_mb"] is None for r in report["study"]["rows"])  # CPU cells have no device memory
     table = capsys.readouterr().out
     assert "cnn      torch" in table and "study: ok" in table

@@ -84,9 +84,9 @@ def preload_cuda_libraries() -> str:
     return printed.getvalue()
 
 
-def why_provider_inactive(provider: str, active: list[str], preload_output: str) -> str:
-    """One line: the provider did not start, and the most specific cause found."""
-    why = f"ONNX Runtime did not activate {provider} (active: {', '.join(active) or 'none'})"
+def provider_causes(provider: str, preload_output: str) -> list[str]:
+    """Why a GPU provider would not start, most specific first: the loader's error for its library, else what
+    the preloads could not load; and what this onnxruntime-gpu build needs."""
     capi = _capi_dir()
     library = capi / _PROVIDER_LIBRARIES[provider] if capi is not None and provider in _PROVIDER_LIBRARIES else None
     causes = []
@@ -101,7 +101,48 @@ def why_provider_inactive(provider: str, active: list[str], preload_output: str)
     if built_for:
         causes.append(f"this onnxruntime-gpu needs CUDA {built_for.split('.')[0]}.x and cuDNN 9 "
                       f"(pip install 'onnxruntime-gpu[cuda,cudnn]', or a torch built for the same CUDA)")
+    return causes
+
+
+def why_provider_inactive(provider: str, active: list[str], preload_output: str) -> str:
+    """One line: the provider did not start, and the most specific cause found."""
+    why = f"ONNX Runtime did not activate {provider} (active: {', '.join(active) or 'none'})"
+    causes = provider_causes(provider, preload_output)
     return why + (": " + "; ".join(causes) if causes else "")
+
+
+def provider_start_failure(provider: str, exc: BaseException, preload_output: str) -> Exception:
+    """Session creation failed with a GPU provider: `unavailable` when its library cannot load (a missing
+    CUDA/cuDNN/TensorRT library), else a failure of this cell (a TensorRT build error, out of memory)."""
+    message = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+    causes = provider_causes(provider, preload_output)
+    if any(" cannot load: " in c or c.startswith("Failed to load") for c in causes):
+        return Unavailable(f"{provider} could not start: {'; '.join(causes)}")
+    return RuntimeError(f"{provider} failed to create the session: {message}")
+
+
+def tensorrt_version() -> str | None:
+    """The version of the `tensorrt` Python package, where installed (read without importing it)."""
+    import importlib.metadata
+
+    for name in ("tensorrt", "tensorrt-cu13", "tensorrt-cu12", "tensorrt_cu13_libs", "tensorrt_cu12_libs"):
+        try:
+            return importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def load_tensorrt_libraries() -> str:
+    """TensorRT's pip wheels keep libnvinfer outside the loader's path; importing `tensorrt` loads it, so the
+    TensorRT provider finds it. Returns a line for the reason when that fails."""
+    if importlib.util.find_spec("tensorrt") is None:
+        return ""
+    try:
+        import tensorrt  # noqa: F401
+    except Exception as exc:  # noqa: BLE001 - any failure here is only a hint for the reason
+        return f"Failed to load tensorrt: {str(exc).strip().splitlines()[0][:200] if str(exc).strip() else exc}\n"
+    return ""
 
 
 class OrtSession(Session):
@@ -178,6 +219,10 @@ class _OrtRuntime(Runtime):
         if self.provider == "CPUExecutionProvider":
             return {}
         options: dict[str, Any] = {"device_id": int(self.settings.option("device_id", 0))}
+        tf32 = bool(self.settings.option("tf32", False))
+        if self.provider == "CUDAExecutionProvider":
+            # the CUDA provider uses TF32 math for fp32 by default: fp32 here means fp32 unless asked
+            options["use_tf32"] = int(tf32)
         if self.provider == "TensorrtExecutionProvider":
             from engine.measure.devices import cuda_devices
             from engine.paths import sub_dir
@@ -185,11 +230,11 @@ class _OrtRuntime(Runtime):
             import onnxruntime as ort
 
             # engines and timing caches persist in the data folder (the first cell pays the build), one folder
-            # per GPU model and onnxruntime version: TensorRT's caches are not portable between them
+            # per GPU model, onnxruntime and TensorRT version: TensorRT's caches are not portable between them
             gpus = {g["index"]: g["name"] for g in cuda_devices()[0]}
             gpu = gpus.get(options["device_id"], "gpu")
-            slug = "".join(c if c.isalnum() else "-" for c in f"{gpu}-ort{ort.__version__}").lower()
-            cache = sub_dir("tensorrt", "ort-cache", slug)
+            versions = f"{gpu}-ort{ort.__version__}-trt{tensorrt_version() or 'system'}"
+            cache = sub_dir("tensorrt", "ort-cache", "".join(c if c.isalnum() else "-" for c in versions).lower())
             options.update({"trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache),
                             "trt_timing_cache_enable": True, "trt_timing_cache_path": str(cache)})
             # TensorRT 10 through onnxruntime is weakly typed: a precision runs only when its flag allows it,
@@ -224,14 +269,24 @@ class _OrtRuntime(Runtime):
         preloaded = ""
         if gpu:
             if self.provider == "TensorrtExecutionProvider":
+                preloaded = load_tensorrt_libraries()
                 # what TensorRT cannot take runs on CUDA, as ONNX Runtime advises, rather than on the CPU
-                providers.append(("CUDAExecutionProvider", {"device_id": provider_options["device_id"]}))
+                providers.append(("CUDAExecutionProvider", {"device_id": provider_options["device_id"],
+                                                            "use_tf32": int(bool(self.settings.option("tf32", 0)))}))
             providers.append("CPUExecutionProvider")  # for ops no GPU provider has; the first must be active
-            preloaded = preload_cuda_libraries()
-        session = ort.InferenceSession(str(variant.path), sess_options=options, providers=providers)
+            preloaded += preload_cuda_libraries()
+        try:
+            # enable_fallback=0: onnxruntime's Python wrapper would otherwise retry a failing provider on the
+            # CPU, at creation and even inside run(), printing a banner: a silent CPU measurement
+            session = ort.InferenceSession(str(variant.path), sess_options=options, providers=providers,
+                                           enable_fallback=0)
+        except (RuntimeError, ValueError) as exc:
+            if not gpu:
+                raise
+            raise provider_start_failure(self.provider, exc, preloaded) from exc
         active = session.get_providers()
         if not active or active[0] != self.provider:
-            # onnxruntime falls back to the CPU when a provider cannot start: never measure that
+            # onnxruntime drops a provider whose library cannot load, with a warning: never measure that
             raise Unavailable(why_provider_inactive(self.provider, active, preloaded))
         io_binding = gpu and bool(self.settings.option("io_binding", True))
         device_id = int(self.settings.option("device_id", 0))
@@ -242,9 +297,11 @@ class _OrtRuntime(Runtime):
                                 "inter_op_threads": applied.inter_op_num_threads, "onnxruntime": ort.__version__})
         if gpu:
             wrapped.applied.update({"io_binding": io_binding, "host_device_copies_timed": not io_binding,
-                                    "device_id": device_id})
-            wrapped.applied.update({k: v for k, v in provider_options.items() if k.endswith("_enable")
-                                    and k in ("trt_fp16_enable", "trt_int8_enable")})
+                                    "device_id": device_id, "tf32": bool(self.settings.option("tf32", False))})
+            wrapped.applied.update({k: v for k, v in provider_options.items()
+                                    if k in ("trt_fp16_enable", "trt_int8_enable")})
+            if self.provider == "TensorrtExecutionProvider":
+                wrapped.applied["tensorrt"] = tensorrt_version()
         return wrapped
 
 

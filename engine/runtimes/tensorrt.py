@@ -61,13 +61,13 @@ def timing_cache_name(trt_version: str, gpu: str, capability: tuple[int, int]) -
 
 
 def engine_key(onnx_path: Path, shapes: dict[str, tuple[int, ...]], trt_version: str, gpu: str,
-               workspace_mb: int) -> str:
+               workspace_mb: int, tf32: bool = False) -> str:
     """Engines depend on the ONNX bytes, the input shapes, TensorRT's version and the GPU."""
     digest = hashlib.sha256()
     with open(onnx_path, "rb") as fh:
         while chunk := fh.read(1 << 20):
             digest.update(chunk)
-    digest.update(repr((sorted(shapes.items()), trt_version, gpu, workspace_mb)).encode())
+    digest.update(repr((sorted(shapes.items()), trt_version, gpu, workspace_mb, tf32)).encode())
     return digest.hexdigest()[:32]
 
 
@@ -79,7 +79,7 @@ def _write_atomic(path: Path, data: bytes) -> None:
 
 
 def build_engine(trt: Any, logger: Any, onnx_path: Path, shapes: dict[str, tuple[int, ...]], workspace_mb: int,
-                 timing_cache: Path) -> bytes:
+                 timing_cache: Path, tf32: bool = False) -> bytes:
     """Parse the ONNX, fix every input to the cell's shape, build a serialized engine.
 
     The timing cache is loaded before and saved after, so later builds on this GPU are faster.
@@ -92,6 +92,8 @@ def build_engine(trt: Any, logger: Any, onnx_path: Path, shapes: dict[str, tuple
         raise TensorRTBuildError(f"TensorRT's ONNX parser refused the model: {errors}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb * 2**20)
+    if not tf32:  # TensorRT allows TF32 math for fp32 layers by default: fp32 here means fp32 unless asked
+        config.clear_flag(trt.BuilderFlag.TF32)
     cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache.is_file() else b"")
     if not config.set_timing_cache(cache, ignore_mismatch=False):
         # a cache from another TensorRT or GPU: start afresh rather than trust its timings
@@ -202,6 +204,7 @@ class TensorRTRuntime(Runtime):
             raise Unavailable("torch.cuda.is_available() is False: TensorRT needs a CUDA device")
         device = str(self.settings.option("device", "cuda:0"))
         workspace_mb = int(self.settings.option("workspace_mb", DEFAULT_WORKSPACE_MB))
+        tf32 = bool(self.settings.option("tf32", False))
         shapes = {k: tuple(v) for k, v in self.settings.option("input_shapes", {}).items()}
         if not shapes:
             raise ValueError("the TensorRT runtime needs the cell's input shapes (settings.input_shapes)")
@@ -209,13 +212,13 @@ class TensorRTRuntime(Runtime):
         gpu = torch.cuda.get_device_name(torch.device(device))
         capability = torch.cuda.get_device_capability(torch.device(device))
         folder = sub_dir("tensorrt")
-        key = engine_key(Path(variant.path), shapes, trt.__version__, f"{gpu} sm{capability}", workspace_mb)
+        key = engine_key(Path(variant.path), shapes, trt.__version__, f"{gpu} sm{capability}", workspace_mb, tf32)
         plan_path = folder / "engines" / f"{key}.plan"
         start = time.perf_counter()
         built = not plan_path.is_file()
         if built:
             plan = build_engine(trt, logger, Path(variant.path), shapes, workspace_mb,
-                                folder / timing_cache_name(trt.__version__, gpu, capability))
+                                folder / timing_cache_name(trt.__version__, gpu, capability), tf32)
             plan_path.parent.mkdir(parents=True, exist_ok=True)
             _write_atomic(plan_path, plan)
         else:
@@ -226,6 +229,6 @@ class TensorRTRuntime(Runtime):
             raise TensorRTBuildError("TensorRT could not deserialize the engine it built")
         session = TensorRTSession(trt, engine, variant.input_names, device)
         session.applied.update({"tensorrt": trt.__version__, "gpu": gpu, "strongly_typed": True,
-                                "workspace_mb": workspace_mb, "engine_built": built,
+                                "workspace_mb": workspace_mb, "tf32": tf32, "engine_built": built,
                                 "engine_build_s": build_s if built else None, "timing": "cuda-events"})
         return session

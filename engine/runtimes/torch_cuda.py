@@ -127,6 +127,10 @@ class _TorchCudaRuntime(Runtime):
 
         if not torch.cuda.is_available():
             raise Unavailable("torch.cuda.is_available() is False: no usable CUDA device for torch")
+        # cuDNN convolutions default to TF32 on Ampere and newer: fp32 means fp32 unless `tf32` is asked for
+        tf32 = bool(self.settings.option("tf32", False))
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        torch.backends.cudnn.allow_tf32 = tf32
         return variant.module.to(self._device())
 
 
@@ -138,8 +142,10 @@ class TorchCuda(_TorchCudaRuntime):
     def load(self, variant: Any) -> Session:
         set_torch_threads(self.settings)
         module = self._module(variant)
-        return CudaTorchSession(module, variant.input_names, self._device(),
-                                bool(self.settings.option("cuda_graph", False)))
+        session = CudaTorchSession(module, variant.input_names, self._device(),
+                                   bool(self.settings.option("cuda_graph", False)))
+        session.applied["tf32"] = bool(self.settings.option("tf32", False))
+        return session
 
 
 @register
@@ -154,5 +160,6 @@ class TorchCompileCuda(_TorchCudaRuntime):
         mode = self.settings.option("compile_mode", "default")
         compiled = torch.compile(self._module(variant), backend="inductor", mode=mode, dynamic=False)
         session = CudaTorchSession(compiled, variant.input_names, self._device(), False)
-        session.applied.update({"backend": "inductor", "compile_mode": mode})
+        session.applied.update({"backend": "inductor", "compile_mode": mode,
+                                "tf32": bool(self.settings.option("tf32", False))})
         return session

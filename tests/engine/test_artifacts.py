@@ -634,3 +634,25 @@ def test_hf_inputs_carry_the_bounds_their_embeddings_accept(bert_hf_zip: Path) -
     bounds = {t.name: t.bound for t in spec.inputs}
     assert bounds == {"input_ids": (0, 120), "attention_mask": (0, 2), "token_type_ids": (0, 2)}
     assert InputSpec.from_json(spec.to_json()) == spec  # bounds survive the database
+
+
+def test_a_bare_encoder_without_pooler_weights_is_accepted(tmp_path: Path) -> None:
+    """Sentence encoders are often saved without the pooler, which feeds no output measured (last_hidden_state)."""
+    import torch
+    import transformers
+    from safetensors.numpy import load_file, save_file
+
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                     intermediate_size=32, max_position_embeddings=32)
+    folder = tmp_path / "encoder"
+    transformers.BertModel(config).save_pretrained(str(folder), safe_serialization=True)
+    weights = load_file(str(folder / "model.safetensors"))
+    assert any(k.startswith("pooler.") for k in weights)
+    save_file({k: v for k, v in weights.items() if not k.startswith("pooler.")}, str(folder / "model.safetensors"),
+              metadata={"format": "pt"})
+    archive = tmp_path / "encoder.zip"
+    with zipfile.ZipFile(archive, "w") as out:
+        for path in sorted(folder.rglob("*")):
+            out.write(path, path.relative_to(tmp_path).as_posix())
+    assert intake(archive).format == HF

@@ -74,6 +74,9 @@ class FakeTrt:
     class MemoryPoolType:
         WORKSPACE = "workspace"
 
+    class BuilderFlag:
+        TF32 = "tf32"
+
     def __init__(self, version: str, parse_ok: bool = True, build_ok: bool = True) -> None:
         self.__version__ = version
         self.parse_ok, self.build_ok = parse_ok, build_ok
@@ -101,6 +104,7 @@ class FakeTrt:
                     add_optimization_profile=lambda p: None,
                     get_timing_cache=lambda: cache,
                     set_flag=lambda flag: fake.calls.__setitem__("precision_flag", flag),
+                    clear_flag=lambda flag: fake.calls.__setitem__("cleared", flag),
                 )
                 return config
 
@@ -142,10 +146,21 @@ def test_build_engine_fixes_shapes_sets_no_precision_flag_and_persists_the_timin
     assert fake.calls["profile"] == ("x", (8, 16), (8, 16), (8, 16))
     assert fake.calls["workspace"] == ("workspace", 512 * 2**20)
     assert "precision_flag" not in fake.calls  # precision comes from the ONNX
+    assert fake.calls["cleared"] == "tf32"  # fp32 layers run in fp32, not TensorRT's default TF32
     assert cache.read_bytes() == b"timing-cache-v2"
     trt_runtime.build_engine(fake, None, onnx_path, {"x": (8, 16)}, 512, cache)
     assert fake.calls["cache_in"] == b"timing-cache-v2"  # the second build starts from the saved cache
     assert fake.calls["ignore_mismatch"] is False  # a cache from another GPU or TensorRT is never trusted
+
+
+def test_tf32_is_a_setting_that_keeps_tensorrts_default_and_changes_the_engine(tmp_path: Path) -> None:
+    fake = FakeTrt("11.4.0")
+    onnx_path = tmp_path / "m.onnx"
+    onnx_path.write_bytes(b"onnx")
+    trt_runtime.build_engine(fake, None, onnx_path, {"x": (1, 16)}, 64, tmp_path / "c", tf32=True)
+    assert "cleared" not in fake.calls
+    key = trt_runtime.engine_key(onnx_path, {"x": (1, 16)}, "11.4", "H100", 64)
+    assert key != trt_runtime.engine_key(onnx_path, {"x": (1, 16)}, "11.4", "H100", 64, tf32=True)
 
 
 def test_a_refused_timing_cache_is_replaced_by_a_fresh_one(tmp_path: Path) -> None:
@@ -319,9 +334,11 @@ def test_a_driver_older_than_the_onnxruntime_build_is_a_reason() -> None:
     assert ort_runtime.cuda_mismatch(None, "12.8") is None  # a CPU build says nothing
 
 
-def test_the_cpu_onnxruntime_has_no_cuda_build_version() -> None:
+def test_a_cpu_onnxruntime_build_has_no_cuda_version(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from engine.runtimes import onnxruntime as ort_runtime
 
+    (tmp_path / "build_and_package_info.py").write_text("package_name = 'onnxruntime'\n__version__ = '1.32.0'\n")
+    monkeypatch.setattr(ort_runtime, "_capi_dir", lambda: tmp_path)
     assert ort_runtime.ort_cuda_version() is None
 
 
@@ -344,9 +361,17 @@ def test_a_provider_that_did_not_start_says_why(tmp_path: Path, monkeypatch: pyt
 
 def test_when_the_provider_library_loads_the_preload_failures_are_the_reason(tmp_path: Path,
                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    import ctypes.util
+
     from engine.runtimes import onnxruntime as ort_runtime
 
-    monkeypatch.setattr(ort_runtime, "_capi_dir", lambda: tmp_path)  # no provider library to probe
+    libm = ctypes.util.find_library("m")
+    assert libm
+    real = next(Path(d) / libm for d in ("/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/lib64", "/usr/lib64")
+                if (Path(d) / libm).is_file())
+    (tmp_path / "libonnxruntime_providers_tensorrt.so").symlink_to(real)  # a library that loads
+    monkeypatch.setattr(ort_runtime, "_capi_dir", lambda: tmp_path)
+    assert ort_runtime.library_load_error(tmp_path / "libonnxruntime_providers_tensorrt.so") is None
     why = ort_runtime.why_provider_inactive("TensorrtExecutionProvider", ["CPUExecutionProvider"],
                                             "noise\nFailed to load libcudnn.so.9: not found\n")
     assert why.endswith("Failed to load libcudnn.so.9: not found")
@@ -362,4 +387,25 @@ def test_tensorrt_provider_precision_flags_follow_the_variant(data_dir: Path) ->
     assert runtime._provider_options("int8-static:method=entropy")["trt_int8_enable"] is True
     cache = Path(baseline["trt_engine_cache_path"])
     assert cache.is_dir() and data_dir in cache.parents and "-ort" in cache.name  # per GPU and ORT version
-    assert ort_runtime.OnnxRuntimeCuda(RuntimeSettings(threads=1))._provider_options("fp16") == {"device_id": 0}
+    assert ort_runtime.OnnxRuntimeCuda(RuntimeSettings(threads=1))._provider_options("fp16") == {
+        "device_id": 0, "use_tf32": 0}  # fp32 means fp32 unless tf32 is asked for
+    tf32 = ort_runtime.OnnxRuntimeCuda(RuntimeSettings(threads=1, options={"tf32": True}))
+    assert tf32._provider_options("baseline")["use_tf32"] == 1
+
+
+def test_a_provider_that_fails_to_start_is_unavailable_only_when_its_library_cannot_load(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """onnxruntime raises at session creation (its own CPU retry is off): a missing library is `unavailable`,
+    anything else (a TensorRT build error, out of memory) is a failure of the cell."""
+    from engine.runtimes import onnxruntime as ort_runtime
+
+    (tmp_path / "libonnxruntime_providers_tensorrt.so").write_bytes(b"not a library")
+    monkeypatch.setattr(ort_runtime, "_capi_dir", lambda: tmp_path)
+    missing = ort_runtime.provider_start_failure("TensorrtExecutionProvider", RuntimeError("EP failed\nmore"), "")
+    assert isinstance(missing, Unavailable) and "cannot load" in str(missing)
+    (tmp_path / "libonnxruntime_providers_tensorrt.so").unlink()
+    broken = ort_runtime.provider_start_failure("TensorrtExecutionProvider",
+                                                RuntimeError("TensorRT EP failed to build the engine\ndetail"), "")
+    assert isinstance(broken, RuntimeError) and not isinstance(broken, Unavailable)
+    assert str(broken) == ("TensorrtExecutionProvider failed to create the session: "
+                           "TensorRT EP failed to build the engine")

@@ -36,7 +36,8 @@ def _add_bench(sub: Any) -> None:
     p.add_argument("--timeout", type=float, default=600.0, help="wall-clock limit per cell in seconds (default 600)")
     p.add_argument("--eval-samples", type=int, default=256, help="samples for fidelity and the task metric")
     p.add_argument("--option", action="append", default=[], metavar="RUNTIME.KEY=VALUE",
-                   help="a runtime option, e.g. onnxruntime.graph_optimization_level=basic (repeatable)")
+                   help="a runtime option, e.g. onnxruntime.graph_optimization_level=basic (repeatable; "
+                        "`python -m engine runtimes --options` lists them)")
     p.add_argument("--memory-limit", type=float, default=None, metavar="MB",
                    help="address-space limit per cell in MB (default: 80%% of the machine's memory)")
     p.add_argument("--json", dest="json_out", help="write the results JSON to this file")
@@ -44,32 +45,12 @@ def _add_bench(sub: Any) -> None:
                    help="only queue the study for a worker (`python -m engine worker`); prints its id last")
 
 
-def _parse_options(items: list[str]) -> dict[str, dict[str, Any]]:
-    options: dict[str, dict[str, Any]] = {}
-    for item in items:
-        key, eq, raw = item.partition("=")
-        runtime, dot, name = key.partition(".")
-        if not eq or not dot or not runtime or not name:
-            raise UserError(
-                f"--option '{item}' must look like RUNTIME.KEY=VALUE, e.g. onnxruntime.graph_optimization_level=basic"
-            )
-        value: Any = raw
-        if raw.lower() in ("true", "false"):
-            value = raw.lower() == "true"
-        else:
-            try:
-                value = int(raw)
-            except ValueError:
-                pass
-        options.setdefault(runtime, {})[name] = value
-    return options
-
-
 def cmd_bench(args: argparse.Namespace, out: TextIO) -> int:
     from engine import plan
     from engine.artifacts import intake
     from engine.data import load_npz
     from engine.measure.latency import MeasureSettings
+    from engine.runtimes import parse_runtime_options
     from engine.study import run_study, submit_study
     from storage import queries as q
     from storage.db import session
@@ -92,7 +73,7 @@ def cmd_bench(args: argparse.Namespace, out: TextIO) -> int:
         raise UserError(str(exc).replace("_", "-")) from exc
     settings = plan.StudySettings(
         measure=measure, threads=args.threads or plan.default_threads(), timeout_s=args.timeout,
-        eval_samples=args.eval_samples, runtime_options=_parse_options(args.option),
+        eval_samples=args.eval_samples, runtime_options=parse_runtime_options(args.option),
         memory_limit_mb=args.memory_limit or plan.default_memory_limit_mb(),
     )
     variants = plan.parse_variants(plan.split_variants(args.variants or ",".join(plan.DEFAULT_VARIANTS)))
@@ -261,6 +242,9 @@ def cmd_runtimes(args: argparse.Namespace, out: TextIO) -> int:
     for r in rows:
         state = "available" if r["available"] else f"unavailable: {r['reason']}"
         print(f"{r['id']:<{width}}  {r['device']:<4}  {r['consumes']:<11}  {state}", file=out)
+        if args.options:
+            for key, meaning in r["options"].items():
+                print(f"{'':<{width}}    --option {r['id']}.{key}=...  {meaning}", file=out)
     return 0
 
 
@@ -352,6 +336,7 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
     _add_bench(sub)
     p = sub.add_parser("runtimes", help="list runtimes and whether they are available here")
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--options", action="store_true", help="also list each runtime's --option settings")
     p = sub.add_parser("demo", help="build the bundled demo and queue its study")
     p.add_argument("--if-empty", action="store_true", help="only when the database has no study yet")
     p = sub.add_parser("worker", help="run queued jobs from the database")

@@ -11,6 +11,7 @@ from engine.artifacts import Artifact
 from engine.optimizations.base import Chain
 from engine.paths import sub_dir
 from engine.plan import Cell, StudySettings, expand
+from engine.runtimes import check_runtime_options
 
 
 @dataclass
@@ -35,6 +36,7 @@ def submit_study(model: Artifact, variants: list[Chain], runtimes: list[str], ba
     from storage import queries as q
     from storage.db import session
 
+    check_runtime_options(settings.runtime_options)
     cells = expand(model.format, model.spec, variants, runtimes, batch_sizes)
     with session() as s:
         model_row = q.get_or_create_model(s, model.to_json(), model_name or model.path.name)

@@ -38,8 +38,12 @@ IDLE_S = 1.0
 PROGRESS_EVERY_S = 1.0
 
 
-class WorkerStopping(Exception):
-    """SIGTERM/SIGINT arrived: stop the child, requeue its job, exit cleanly."""
+class WorkerStopping(BaseException):
+    """SIGTERM/SIGINT arrived: stop the child, requeue its job, exit cleanly.
+
+    A BaseException, like KeyboardInterrupt: the signal handler raises it wherever the main thread is, also
+    inside a database call, where SQLAlchemy would wrap an Exception into a StatementError (and generic
+    `except Exception` handlers would swallow it)."""
 
 
 @dataclass

@@ -12,7 +12,7 @@ from engine.errors import UserError
 from engine.measure.latency import MeasureSettings
 from engine.optimizations import REGISTRY, parse_chain
 from engine.plan import StudySettings, default_memory_limit_mb, default_threads, expand
-from engine.runtimes import availability
+from engine.runtimes import availability, parse_runtime_options
 from engine.study import submit_study
 from pages import common
 from storage import blobs
@@ -137,6 +137,14 @@ dataset_choice = st.selectbox("Data (.npz, from the Models page)", [None, *list(
                               format_func=lambda i: "none: synthesized inputs" if i is None
                               else str(datasets.set_index("id").loc[i, "name"]))
 name = st.text_input("Study name", value=f"{models.set_index('id').loc[model_id, 'name']}")
+with st.expander("Runtime settings"):
+    options_text = st.text_area(
+        "One RUNTIME.KEY=VALUE per line", key="runtime_options",
+        placeholder="onnxruntime.graph_optimization_level=basic\ntorch-cuda.cuda_graph=true",
+        help="Settings a runtime takes; each result records what it applied. Unknown keys are refused.")
+    for r in runtimes:
+        if r["id"] in picked and r["options"]:
+            st.caption(f"**{r['id']}**: " + "; ".join(f"`{k}` {v}" for k, v in r["options"].items()))
 
 try:
     from engine.plan import parse_batch_sizes
@@ -146,6 +154,11 @@ try:
     batch_sizes = parse_batch_sizes(batches_text)
     if not unique or not picked:
         raise UserError("pick at least one variant and one runtime")
+    runtime_options = parse_runtime_options(options_text.splitlines())
+    unused = sorted(set(runtime_options) - set(picked))
+    if unused:
+        raise UserError(f"runtime settings for {', '.join(unused)}, which the study does not run; pick it or "
+                        "remove its lines")
     cells = expand(artifact.format, artifact.spec, unique, picked, batch_sizes)
 except UserError as exc:
     st.error(f"error: {exc}")
@@ -171,7 +184,8 @@ if st.button("Submit study", type="primary", disabled=runnable == 0):
             st.stop()
     settings = StudySettings(measure=MeasureSettings(warmup=10, iterations=int(iterations),
                                                      min_seconds=float(min_seconds)),
-                             threads=int(threads), timeout_s=float(timeout), memory_limit_mb=default_memory_limit_mb())
+                             threads=int(threads), timeout_s=float(timeout), memory_limit_mb=default_memory_limit_mb(),
+                             runtime_options=runtime_options)
     study_id, _ = submit_study(artifact, unique, picked, batch_sizes, settings, name=name or None,
                                model_name=str(models.set_index("id").loc[model_id, "name"]), data_path=data_path)
     common.clear()

@@ -96,6 +96,8 @@ class Runtime(ABC):
     device: ClassVar[str] = "cpu"
     summary: ClassVar[str] = ""
     requires: ClassVar[tuple[str, ...]] = ()  # importable modules, checked without importing them
+    # the settings a study may give this runtime (`--option RUNTIME.KEY=VALUE`), each with what it does
+    options: ClassVar[dict[str, str]] = {}
 
     def __init__(self, settings: RuntimeSettings) -> None:
         self.settings = settings
@@ -114,6 +116,51 @@ class Runtime(ABC):
 
 
 REGISTRY: dict[str, type[Runtime]] = {}
+# set by the engine itself for every cell (the cell's input shapes), never by a user
+INTERNAL_OPTIONS = frozenset({"input_shapes"})
+
+
+def parse_option_value(raw: str) -> Any:
+    """`true`/`false` become booleans, integers and decimals numbers; anything else stays text."""
+    text = raw.strip()
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    for convert in (int, float):
+        try:
+            return convert(text)
+        except ValueError:
+            continue
+    return text
+
+
+def parse_runtime_options(items: list[str]) -> dict[str, dict[str, Any]]:
+    """`RUNTIME.KEY=VALUE` items (the CLI's --option, the dashboard's lines) into per-runtime settings, each
+    checked against the runtime's declared options so that a typo is an error, not a silently ignored setting."""
+    options: dict[str, dict[str, Any]] = {}
+    for item in (i.strip() for i in items):
+        if not item:
+            continue
+        key, eq, raw = item.partition("=")
+        runtime, dot, name = key.strip().partition(".")
+        if not eq or not dot or not runtime or not name or not raw.strip():
+            raise UserError(f"runtime option '{item}' must look like RUNTIME.KEY=VALUE, "
+                            "e.g. onnxruntime.graph_optimization_level=basic")
+        cls = get(runtime)
+        if name not in cls.options:
+            known = ", ".join(sorted(cls.options)) or "none"
+            raise UserError(f"runtime option '{item}': {runtime} has no option '{name}' (its options: {known})")
+        options.setdefault(runtime, {})[name] = parse_option_value(raw)
+    return options
+
+
+def check_runtime_options(options: dict[str, dict[str, Any]]) -> None:
+    """Stored or programmatic settings: every runtime known, every key declared."""
+    for runtime, values in options.items():
+        cls = get(runtime)
+        unknown = sorted(set(values) - set(cls.options) - INTERNAL_OPTIONS)
+        if unknown:
+            known = ", ".join(sorted(cls.options)) or "none"
+            raise UserError(f"{runtime} has no option {', '.join(repr(u) for u in unknown)} (its options: {known})")
 
 
 def register(cls: type[Runtime]) -> type[Runtime]:
@@ -135,6 +182,6 @@ def availability() -> list[dict[str, Any]]:
     for cls in REGISTRY.values():
         ok, reason = cls.available()
         rows.append({"id": cls.id, "available": ok, "reason": reason, "consumes": cls.consumes,
-                     "device": cls.device, "summary": cls.summary})
+                     "device": cls.device, "summary": cls.summary, "options": dict(cls.options)})
     return rows
 

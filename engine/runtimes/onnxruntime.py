@@ -310,6 +310,9 @@ class OnnxRuntimeCpu(_OrtRuntime):
     id = "onnxruntime"
     provider = "CPUExecutionProvider"
     summary = "ONNX Runtime, CPU execution provider"
+    options: ClassVar[dict[str, str]] = {
+        "graph_optimization_level": "disable, basic, extended or all (default all)",
+    }
 
 
 @register
@@ -318,6 +321,12 @@ class OnnxRuntimeCuda(_OrtRuntime):
     device = "cuda"
     provider = "CUDAExecutionProvider"
     summary = "ONNX Runtime, CUDA execution provider"
+    options: ClassVar[dict[str, str]] = {
+        "graph_optimization_level": "disable, basic, extended or all (default all)",
+        "device_id": "the CUDA device index (default 0)",
+        "io_binding": "inputs and outputs stay on the device, copies outside the timed call (default true)",
+        "tf32": "allow TF32 math for fp32 layers (default false: fp32 means fp32)",
+    }
 
 
 @register
@@ -326,3 +335,9 @@ class OnnxRuntimeTensorRT(_OrtRuntime):
     device = "cuda"
     provider = "TensorrtExecutionProvider"
     summary = "ONNX Runtime, TensorRT execution provider"
+    options: ClassVar[dict[str, str]] = {
+        "graph_optimization_level": "disable, basic, extended or all (default all)",
+        "device_id": "the CUDA device index (default 0)",
+        "io_binding": "inputs and outputs stay on the device, copies outside the timed call (default true)",
+        "tf32": "allow TF32 math for fp32 layers (default false: fp32 means fp32)",
+    }

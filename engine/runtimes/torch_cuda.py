@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -138,6 +138,11 @@ class _TorchCudaRuntime(Runtime):
 class TorchCuda(_TorchCudaRuntime):
     id = "torch-cuda"
     summary = "PyTorch eager on a CUDA GPU (CUDA events; optional CUDA graphs)"
+    options: ClassVar[dict[str, str]] = {
+        "device": "the CUDA device, e.g. cuda:1 (default cuda:0)",
+        "cuda_graph": "capture once and replay a CUDA graph (default false)",
+        "tf32": "allow TF32 math for fp32 matmuls and convolutions (default false: fp32 means fp32)",
+    }
 
     def load(self, variant: Any) -> Session:
         set_torch_threads(self.settings)
@@ -152,6 +157,11 @@ class TorchCuda(_TorchCudaRuntime):
 class TorchCompileCuda(_TorchCudaRuntime):
     id = "torch-compile-cuda"
     summary = "torch.compile (inductor) on a CUDA GPU; compile time is cold start"
+    options: ClassVar[dict[str, str]] = {
+        "device": "the CUDA device, e.g. cuda:1 (default cuda:0)",
+        "compile_mode": "torch.compile's mode: default, reduce-overhead, max-autotune (default default)",
+        "tf32": "allow TF32 math for fp32 matmuls and convolutions (default false: fp32 means fp32)",
+    }
 
     def load(self, variant: Any) -> Session:
         import torch

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -69,6 +69,9 @@ class TorchCompile(Runtime):
     id = "torch-compile"
     consumes = "torch"
     summary = "torch.compile with the inductor backend (compile time is cold start)"
+    options: ClassVar[dict[str, str]] = {
+        "compile_mode": "torch.compile's mode: default, reduce-overhead, max-autotune (default default)",
+    }
     requires = ("torch",)
 
     def load(self, variant: Any) -> Session:
@@ -87,6 +90,9 @@ class TorchScriptRuntime(Runtime):
     id = "torchscript"
     consumes = "torchscript"
     summary = "TorchScript archive (torch.jit.load, frozen for inference)"
+    options: ClassVar[dict[str, str]] = {
+        "freeze": "torch.jit.freeze the module before timing (default true)",
+    }
     requires = ("torch",)
 
     def load(self, variant: Any) -> Session:

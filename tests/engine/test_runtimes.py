@@ -223,3 +223,56 @@ def test_openvino_runs_fp32_unless_asked_and_records_threads(shared_build, mlp_p
     _, applied = _infer("openvino", variant, _feeds(2), threads=2)
     assert applied["inference_precision"] == "f32"
     assert applied["intra_op_threads"] == 2 and applied["num_streams"] == 1
+
+
+# --- runtime options ------------------------------------------------------------------------------
+
+
+def test_runtime_options_parse_to_typed_values() -> None:
+    from engine.runtimes import parse_runtime_options
+
+    parsed = parse_runtime_options(["torch-cuda.cuda_graph=true", "tensorrt.workspace_mb=2048", "",
+                                    " onnxruntime.graph_optimization_level = basic ",
+                                    "openvino.inference_precision=f16", "torch-cuda.tf32=False"])
+    assert parsed == {"torch-cuda": {"cuda_graph": True, "tf32": False}, "tensorrt": {"workspace_mb": 2048},
+                      "onnxruntime": {"graph_optimization_level": "basic"},
+                      "openvino": {"inference_precision": "f16"}}
+
+
+@pytest.mark.parametrize(("item", "match"), [
+    ("torch-cuda.cuda_grpah=true", r"torch-cuda has no option 'cuda_grpah' \(its options: cuda_graph, device, tf32\)"),
+    ("torch.threads=2", r"torch has no option 'threads' \(its options: none\)"),
+    ("onnx.graph_optimization_level=all", r"unknown runtime 'onnx'"),
+    ("onnxruntime.graph_optimization_level", r"must look like RUNTIME\.KEY=VALUE"),
+    ("graph_optimization_level=all", r"must look like RUNTIME\.KEY=VALUE"),
+    ("onnxruntime.graph_optimization_level=", r"must look like RUNTIME\.KEY=VALUE"),
+])
+def test_runtime_option_typos_are_errors_not_ignored_settings(item: str, match: str) -> None:
+    from engine.runtimes import parse_runtime_options
+
+    with pytest.raises(UserError, match=match):
+        parse_runtime_options([item])
+
+
+def test_every_option_a_runtime_reads_is_declared() -> None:
+    """A runtime reading an undeclared option could never be given it: the declaration is the source of truth."""
+    import re
+
+    root = Path(__file__).resolve().parents[2] / "engine" / "runtimes"
+    read = set()
+    for path in root.glob("*.py"):
+        read |= set(re.findall(r'settings\.option\("(\w+)"', path.read_text()))
+    declared = set().union(*(cls.options for cls in REGISTRY.values()))
+    assert read - {"input_shapes"} <= declared, read - declared
+
+
+def test_submitted_settings_are_checked_too(mlp_onnx: Path, data_dir: Path) -> None:
+    from engine.artifacts import intake
+    from engine.measure.latency import MeasureSettings
+    from engine.optimizations import parse_chain
+    from engine.plan import StudySettings
+    from engine.study import submit_study
+
+    settings = StudySettings(measure=MeasureSettings(), threads=1, runtime_options={"onnxruntime": {"level": 1}})
+    with pytest.raises(UserError, match="onnxruntime has no option 'level'"):
+        submit_study(intake(mlp_onnx), [parse_chain("baseline")], ["onnxruntime"], [1], settings)

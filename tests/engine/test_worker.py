@@ -169,3 +169,27 @@ def test_dashboard_starts_one_local_worker_when_none_is_alive(data_dir: Path, ml
     finally:
         os.kill(pid, signal.SIGTERM)
         psutil.Process(pid).wait(30)
+
+
+def test_a_stop_signal_inside_a_database_call_reaches_the_worker_unwrapped(
+        data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIGTERM's handler raises wherever the main thread is; inside SQLAlchemy an Exception would come back as a
+    StatementError and the worker would die with a traceback instead of requeueing its job."""
+    from sqlalchemy import text
+    from sqlalchemy.engine import default
+
+    from engine.worker import WorkerStopping
+
+    with session(write=False) as s:
+        s.execute(text("select 1"))  # the engine exists and the schema is up before the signal "arrives"
+    original = default.DefaultExecutionContext.create_cursor
+
+    def interrupted(self: Any) -> Any:  # where a SIGTERM landed in a real run: SQLAlchemy opening a cursor
+        raise WorkerStopping("SIGTERM")
+
+    monkeypatch.setattr(default.DefaultExecutionContext, "create_cursor", interrupted)
+    with pytest.raises(WorkerStopping), session() as s:
+        s.execute(text("select 1"))
+    monkeypatch.setattr(default.DefaultExecutionContext, "create_cursor", original)
+    with session(write=False) as s:  # the connection pool is still usable afterwards
+        assert s.execute(text("select 1")).scalar() == 1

@@ -89,6 +89,23 @@ def test_benchmark_page_previews_and_submits_a_study(data_dir: Path) -> None:
         q.cancel_study(s, int(studies["id"].iloc[0]))  # leave the seeded data as it was for other tests
 
 
+def test_benchmark_page_takes_runtime_settings_and_refuses_unknown_ones(data_dir: Path) -> None:
+    at = visit("benchmark.py")
+    at.text_area(key="runtime_options").set_value("onnxruntime.graph_level=basic").run()
+    assert [e.value for e in at.error] == ["error: runtime option 'onnxruntime.graph_level=basic': onnxruntime has "
+                                           "no option 'graph_level' (its options: graph_optimization_level)"]
+    assert not at.button  # nothing can be submitted while the settings are wrong
+    at.text_area(key="runtime_options").set_value("onnxruntime.graph_optimization_level=basic\n").run()
+    assert not at.error
+    at.button[0].click().run()
+    with session(write=False) as s:
+        study_id = int(q.list_studies(s)["id"].iloc[0])
+        settings = q.get_study(s, study_id).settings  # type: ignore[union-attr]
+    assert settings["runtime_options"] == {"onnxruntime": {"graph_optimization_level": "basic"}}
+    with session() as s:
+        q.cancel_study(s, study_id)
+
+
 def test_compare_lists_ratios_and_environment(data_dir: Path) -> None:
     at = visit("compare.py")
     with session(write=False) as s:

@@ -6,7 +6,7 @@ import streamlit as st
 
 from engine.paths import data_dir
 from engine.worker import local_worker_starting
-from pages import FOLDER, PAGES, common
+from pages import common
 from storage import queries as q
 from storage.db import session
 
@@ -14,9 +14,9 @@ st.set_page_config(page_title="Paretoscope", page_icon=":material/insights:", la
 
 
 common.ensure_worker()
+st.session_state[common.APP_RAN] = True
 
-navigation = st.navigation([st.Page(str(FOLDER / file), title=title, icon=icon, default=i == 0)
-                            for i, (file, title, icon) in enumerate(PAGES)])
+navigation = common.navigation()
 
 with st.sidebar:
     with session(write=False) as s:

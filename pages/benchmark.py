@@ -21,7 +21,7 @@ from storage.db import session
 
 PRESETS = ["baseline", "int8-dynamic", "int8-static", "int8-static:method=entropy", "fp16"]
 
-common.ensure_worker()
+common.start_page()
 st.title("Benchmark")
 # A study's choices can come from the URL (?variants=baseline,int8-dynamic&runtimes=onnxruntime&batch_sizes=1),
 # so a setup can be shared as a link.

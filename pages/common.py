@@ -29,9 +29,31 @@ def _local_worker(db_url: str) -> int | None:
 
 
 def ensure_worker() -> None:
-    """Once per dashboard process: a worker runs the queued jobs. Every page calls it, so a page
-    opened directly by its URL before the app's navigation ran still gets one."""
+    """Once per dashboard process: a worker runs the queued jobs."""
     _local_worker(url())
+
+
+# set by app.py in every session it runs in
+APP_RAN = "_paretoscope_app_ran"
+
+
+def navigation(position: str = "sidebar") -> Any:
+    """The one navigation over PAGES (app.py's)."""
+    from pages import FOLDER, PAGES
+
+    return st.navigation([st.Page(str(FOLDER / file), title=title, icon=icon, default=i == 0)
+                          for i, (file, title, icon) in enumerate(PAGES)], position=position)  # type: ignore[arg-type]
+
+
+def start_page() -> None:
+    """Every page's first line. Until some session of a fresh server has run app.py, Streamlit runs a page
+    opened by its URL through its legacy discovery of pages/ (file names for titles, no app.py). Such a run
+    declares app.py's navigation, which ends the legacy mode for the whole server, and reruns through app.py."""
+    if not st.session_state.get(APP_RAN):
+        st.session_state[APP_RAN] = True  # once: never a rerun loop
+        navigation(position="hidden")
+        st.rerun()
+    ensure_worker()
 
 
 @st.cache_data(ttl=TTL_S, show_spinner=False)

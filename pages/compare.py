@@ -17,7 +17,7 @@ def comparison_html(study_a: int, study_b: int) -> str:
     return compare_html(load_report(study_a), load_report(study_b))
 
 
-common.ensure_worker()
+common.start_page()
 st.title("Compare")
 studies = common.studies(common.url())
 if len(studies) < 2:

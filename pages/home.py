@@ -6,7 +6,7 @@ import streamlit as st
 
 from pages import common
 
-common.ensure_worker()
+common.start_page()
 st.title("Paretoscope")
 st.markdown(
     "**Which optimized variant of your model, on which runtime, is fastest for the accuracy you can afford?** "

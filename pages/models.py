@@ -12,7 +12,7 @@ from storage import blobs
 from storage import queries as q
 from storage.db import session
 
-common.ensure_worker()
+common.start_page()
 st.title("Models")
 st.caption("ONNX (.onnx, or a zip with its external data), TorchScript (.pt), torch.export (.pt2), or a zipped "
            "Hugging Face folder (config.json + *.safetensors). Files are checked by their bytes; pickles are refused.")

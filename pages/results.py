@@ -35,7 +35,7 @@ def download_bar(where: st.delta_generator.DeltaGenerator, study_id: int, constr
                        key="download_space", help="A read-only viewer of these results, ready to push as a Space")
 
 
-common.ensure_worker()
+common.start_page()
 st.title("Results")
 studies = common.studies(common.url())
 if studies.empty:

@@ -17,7 +17,7 @@ from storage import blobs
 from storage import queries as q
 from storage.db import database_url, session
 
-common.ensure_worker()
+common.start_page()
 st.title("System")
 
 

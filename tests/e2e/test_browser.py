@@ -74,6 +74,32 @@ def _stop_workers(data_dir: Path) -> None:
             pass
 
 
+def _browser(pw: object) -> object:
+    return pw.chromium.launch(  # type: ignore[attr-defined]
+        executable_path=CHROMIUM, headless=True,
+        args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+              "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+    )
+
+
+def test_a_page_url_opened_first_on_a_fresh_server_gets_the_apps_navigation(dashboard: str) -> None:
+    """Before any session ran app.py, Streamlit serves a page URL through its legacy pages/ discovery (file
+    names as titles, pages/common.py listed as a page); the page hands over to app.py's navigation."""
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as pw:
+        browser = _browser(pw)
+        page = browser.new_page(viewport={"width": 1300, "height": 900})  # type: ignore[attr-defined]
+        page.set_default_timeout(60_000)
+        page.goto(f"{dashboard}/results")
+        expect(page.get_by_role("heading", name="Results")).to_be_visible()
+        links = page.locator("[data-testid=stSidebarNav] a")
+        expect(links).to_have_count(6)
+        labels = [text.split("\n")[-1] for text in links.all_inner_texts()]
+        assert labels == ["Home", "Models", "Benchmark", "Results", "Compare", "System"]
+        browser.close()  # type: ignore[attr-defined]
+
+
 def test_upload_run_and_read_results_in_a_browser(dashboard: str, mlp_onnx: Path, tmp_path: Path) -> None:
     from playwright.sync_api import expect, sync_playwright
 
@@ -86,8 +112,6 @@ def test_upload_run_and_read_results_in_a_browser(dashboard: str, mlp_onnx: Path
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.set_default_timeout(60_000)
 
-        # the first visit goes to the root, where app.py's st.navigation takes over from Streamlit's
-        # legacy pages/ discovery for every later session
         page.goto(dashboard)
         expect(page.get_by_role("heading", name="Paretoscope")).to_be_visible()
         page.goto(f"{dashboard}/models")

@@ -215,10 +215,18 @@ class _OrtRuntime(Runtime):
             return False, mismatch
         return True, None
 
+    def _device_index(self) -> int:
+        """`device` as every GPU runtime takes it (cuda:N), as ONNX Runtime's device_id."""
+        device = str(self.settings.option("device", "cuda:0"))
+        index = device.split(":", 1)[1] if device.startswith("cuda:") else ("0" if device == "cuda" else "")
+        if not index.isdigit():
+            raise UserError(f"device={device} is not a CUDA device; use cuda or cuda:N")
+        return int(index)
+
     def _provider_options(self, variant_name: str) -> dict[str, Any]:
         if self.provider == "CPUExecutionProvider":
             return {}
-        options: dict[str, Any] = {"device_id": int(self.settings.option("device_id", 0))}
+        options: dict[str, Any] = {"device_id": self._device_index()}
         tf32 = bool(self.settings.option("tf32", False))
         if self.provider == "CUDAExecutionProvider":
             # the CUDA provider uses TF32 math for fp32 by default: fp32 here means fp32 unless asked
@@ -289,7 +297,7 @@ class _OrtRuntime(Runtime):
             # onnxruntime drops a provider whose library cannot load, with a warning: never measure that
             raise Unavailable(why_provider_inactive(self.provider, active, preloaded))
         io_binding = gpu and bool(self.settings.option("io_binding", True))
-        device_id = int(self.settings.option("device_id", 0))
+        device_id = self._device_index()
         wrapped = OrtBoundSession(session, device_id) if io_binding else OrtSession(session)
         applied = session.get_session_options()  # read back what the session took, not what was asked
         wrapped.applied.update({"providers": active, "graph_optimization_level": level,
@@ -297,7 +305,7 @@ class _OrtRuntime(Runtime):
                                 "inter_op_threads": applied.inter_op_num_threads, "onnxruntime": ort.__version__})
         if gpu:
             wrapped.applied.update({"io_binding": io_binding, "host_device_copies_timed": not io_binding,
-                                    "device_id": device_id, "tf32": bool(self.settings.option("tf32", False))})
+                                    "device": f"cuda:{device_id}", "tf32": bool(self.settings.option("tf32", False))})
             wrapped.applied.update({k: v for k, v in provider_options.items()
                                     if k in ("trt_fp16_enable", "trt_int8_enable")})
             if self.provider == "TensorrtExecutionProvider":
@@ -323,7 +331,7 @@ class OnnxRuntimeCuda(_OrtRuntime):
     summary = "ONNX Runtime, CUDA execution provider"
     options: ClassVar[dict[str, str]] = {
         "graph_optimization_level": "disable, basic, extended or all (default all)",
-        "device_id": "the CUDA device index (default 0)",
+        "device": "the CUDA device, e.g. cuda:1 (default cuda:0)",
         "io_binding": "inputs and outputs stay on the device, copies outside the timed call (default true)",
         "tf32": "allow TF32 math for fp32 layers (default false: fp32 means fp32)",
     }
@@ -337,7 +345,7 @@ class OnnxRuntimeTensorRT(_OrtRuntime):
     summary = "ONNX Runtime, TensorRT execution provider"
     options: ClassVar[dict[str, str]] = {
         "graph_optimization_level": "disable, basic, extended or all (default all)",
-        "device_id": "the CUDA device index (default 0)",
+        "device": "the CUDA device, e.g. cuda:1 (default cuda:0)",
         "io_binding": "inputs and outputs stay on the device, copies outside the timed call (default true)",
         "tf32": "allow TF32 math for fp32 layers (default false: fp32 means fp32)",
     }

@@ -409,3 +409,16 @@ def test_a_provider_that_fails_to_start_is_unavailable_only_when_its_library_can
     assert isinstance(broken, RuntimeError) and not isinstance(broken, Unavailable)
     assert str(broken) == ("TensorrtExecutionProvider failed to create the session: "
                            "TensorRT EP failed to build the engine")
+
+
+def test_every_gpu_runtime_takes_its_device_as_cuda_n() -> None:
+    """One spelling for all (the worker reads it too, to watch that GPU through NVML)."""
+    from engine.errors import UserError
+    from engine.runtimes import onnxruntime as ort_runtime
+
+    for runtime_id in GPU_RUNTIMES:
+        assert "device" in REGISTRY[runtime_id].options
+    cuda = ort_runtime.OnnxRuntimeCuda(RuntimeSettings(threads=1, options={"device": "cuda:1"}))
+    assert cuda._provider_options("baseline")["device_id"] == 1
+    with pytest.raises(UserError, match="device=cpu is not a CUDA device"):
+        ort_runtime.OnnxRuntimeCuda(RuntimeSettings(threads=1, options={"device": "cpu"}))._provider_options("x")

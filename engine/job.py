@@ -89,6 +89,7 @@ def run_cell(study_dir: Path, model: Artifact, cell: Cell, settings: StudySettin
         "the sample data" if dataset is not None else "synthesized inputs")
     ctx = BuildContext(
         model.spec, runtime_cls.device,
+        gpu=str(options.get("device", "cuda:0")) if runtime_cls.device == "cuda" else None,
         calibration_data=lambda n: calib_set(dataset, model.spec, n),
         calibration_source=calibration_source, progress=progress, dataset=dataset,
     )

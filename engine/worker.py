@@ -115,6 +115,8 @@ class Worker:
 
         def stop(signum: int, frame: Any) -> None:
             self._stop.set()
+            for sig in (signal.SIGTERM, signal.SIGINT):  # a second signal must not interrupt the cleanup
+                signal.signal(sig, signal.SIG_IGN)
             raise WorkerStopping(signal.Signals(signum).name)
 
         return {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}

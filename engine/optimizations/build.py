@@ -41,7 +41,7 @@ class BuildContext:
     """What passes may need besides the model: the spec, data, the device, a place for notes."""
 
     spec: InputSpec
-    device: str = "cpu"
+    device: str = "cpu"  # the runtime's kind of device: "cpu" or "cuda"
     calibration_data: Callable[[int], dict[str, np.ndarray]] | None = None
     calibration_source: str = "synthesized inputs"
     notes: list[str] = field(default_factory=list)
@@ -53,6 +53,8 @@ class BuildContext:
     # structural edits made by torch-level passes, replayed when the variant is rebuilt from the cache
     edits: list[dict[str, Any]] = field(default_factory=list)
     train_s: float | None = None
+    # the cell's own CUDA device (cuda:N) for passes that compute there (distillation trains on it)
+    gpu: str | None = None
 
     def calibration(self, samples: int) -> dict[str, np.ndarray]:
         from engine.data import calib_set

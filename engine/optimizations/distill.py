@@ -95,18 +95,23 @@ def distill(student: Any, config: DistillConfig, ctx: Any) -> Any:
     tensors = [torch.from_numpy(inputs[n]) for n in names]
     count = int(tensors[0].shape[0])
     lr = config.lr or (AUTO_LR_TRANSFORMER if _is_transformer(student) else AUTO_LR)
-    device, placed = _place(student, teacher, tensors, training_device(ctx.device))
+    device, placed = _place(student, teacher, tensors, training_device(ctx.gpu or ctx.device))
     if placed:
         ctx.notes.append(placed)
-    tensors = [t.to(device) for t in tensors]
     masks = _sparsity_masks(student)  # after the move: the masks live beside their weights
     start = time.perf_counter()
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
-            loss_before, loss_after, used_labels = _train(student, teacher, tensors, labels, config, lr, masks, ctx)
+            loss_before, loss_after, used_labels = _train(student, teacher, tensors, labels, config, lr, masks, ctx,
+                                                          device)
     finally:
-        student.to("cpu")  # the variant is saved, exported and replayed from the CPU
+        # the variant is saved, exported and replayed from the CPU; the cell measured next in this process
+        # must not find the teacher, the optimizer or cached batches in the GPU's memory pool
+        student.to("cpu")
+        teacher.to("cpu")
+        if device != "cpu":
+            torch.cuda.empty_cache()
     seconds = time.perf_counter() - start
     ctx.train_s = (ctx.train_s or 0.0) + seconds
     used = " and its labels" if used_labels else ""
@@ -259,12 +264,13 @@ def _training(module: Any) -> Any:
             module.eval()
 
 
-def _run(module: Any, tensors: list[Any], index: Any) -> list[Any]:
-    return _as_list(module(*(t[index] for t in tensors)))
+def _run(module: Any, tensors: list[Any], index: Any, device: str = "cpu") -> list[Any]:
+    """One batch: the data stays on the CPU, each batch goes to the training device."""
+    return _as_list(module(*(t[index].to(device) for t in tensors)))
 
 
 def _train(student: Any, teacher: Any, tensors: list[Any], labels: Any, config: DistillConfig, lr: float,
-           masks: list[tuple[Any, Any]], ctx: Any) -> tuple[float, float, bool]:
+           masks: list[tuple[Any, Any]], ctx: Any, device: str = "cpu") -> tuple[float, float, bool]:
     import torch
     import torch.nn.functional as F
 
@@ -274,22 +280,24 @@ def _train(student: Any, teacher: Any, tensors: list[Any], labels: Any, config: 
         p.requires_grad_(False)
     report = torch.arange(min(count, REPORT_SAMPLES))
     with torch.no_grad():
-        probe = _run(teacher, tensors, report[:batch])
+        probe = _run(teacher, tensors, report[:batch], device)
     kinds = _kinds(student, probe)
     y = _usable_labels(labels, probe, kinds, count)
     out_bytes = sum(o[0].numel() * 4 for o in probe) * count
-    cached = _teacher_outputs(teacher, tensors, batch) if out_bytes <= TEACHER_CACHE_BYTES else None
+    # the teacher's outputs, kept on the CPU: GPU memory holds only the batch in flight
+    cached = _teacher_outputs(teacher, tensors, batch, device) if out_bytes <= TEACHER_CACHE_BYTES else None
 
     def targets(index: Any) -> list[Any]:
         if cached is not None:
-            return [o[index] for o in cached]
+            return [o[index].to(device) for o in cached]
         with torch.no_grad():
-            return _run(teacher, tensors, index)
+            return _run(teacher, tensors, index, device)
 
     def evaluate() -> float:
         with torch.no_grad():
-            losses = [float(_teacher_loss(_run(student, tensors, report[i:i + batch]), targets(report[i:i + batch]),
-                                          kinds, config.temperature)) * len(report[i:i + batch])
+            losses = [float(_teacher_loss(_run(student, tensors, report[i:i + batch], device),
+                                          targets(report[i:i + batch]), kinds, config.temperature))
+                      * len(report[i:i + batch])
                       for i in range(0, len(report), batch)]
         return sum(losses) / len(report)
 
@@ -316,7 +324,7 @@ def _train(student: Any, teacher: Any, tensors: list[Any], labels: Any, config: 
             order = torch.randperm(count, generator=generator)
             for i in range(per_epoch):
                 index = order[i * batch:(i + 1) * batch]
-                out = _run(student, tensors, index)
+                out = _run(student, tensors, index, device)
                 loss = _teacher_loss(out, targets(index), kinds, config.temperature)
                 if y is not None:
                     ce = F.cross_entropy(out[0].float().reshape(-1, out[0].shape[-1]), y[index].reshape(-1))
@@ -345,12 +353,12 @@ def _sparsity_masks(student: Any) -> list[tuple[Any, Any]]:
     return [(w, (w != 0).to(w.dtype)) for _, w in linear_and_conv_weights(student) if bool((w == 0).any())]
 
 
-def _teacher_outputs(teacher: Any, tensors: list[Any], batch: int) -> list[Any]:
+def _teacher_outputs(teacher: Any, tensors: list[Any], batch: int, device: str = "cpu") -> list[Any]:
     import torch
 
     count = int(tensors[0].shape[0])
     chunks: list[list[Any]] = []
     with torch.no_grad():
         for i in range(0, count, batch):
-            chunks.append(_run(teacher, tensors, torch.arange(i, min(count, i + batch))))
+            chunks.append([o.cpu() for o in _run(teacher, tensors, torch.arange(i, min(count, i + batch)), device)])
     return [torch.cat([c[j] for c in chunks]) for j in range(len(chunks[0]))]

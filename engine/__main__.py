@@ -79,6 +79,10 @@ def cmd_bench(args: argparse.Namespace, out: TextIO) -> int:
     variants = plan.parse_variants(plan.split_variants(args.variants or ",".join(plan.DEFAULT_VARIANTS)))
     runtimes = plan.parse_runtimes(args.runtimes.split(",") if args.runtimes else None)
     batch_sizes = plan.parse_batch_sizes(args.batch_sizes)
+    unused = sorted(set(settings.runtime_options) - set(runtimes))
+    if unused:
+        raise UserError(f"--option given for {', '.join(unused)}, which this study does not run; add it to "
+                        "--runtimes or drop the option")
     model = intake(model_path, input_spec=args.input_spec, seq_len=args.seq_len)
     if data_path:
         load_npz(data_path, model.spec)  # validate now: a bad file is a usage error, not n failed cells

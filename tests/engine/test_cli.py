@@ -196,6 +196,10 @@ def _bad_inputs(tmp: Path, mlp_onnx: Path) -> dict[str, tuple[list[str], str]]:
         "spec mismatch": ([str(mlp_onnx), "--input-spec", "x:float32[B,3,8]"], "rank"),
         "bad variant": ([str(mlp_onnx), "--variants", "prune-magic:2"], "unknown optimization"),
         "missing file": ([str(tmp / "nope.onnx")], "no such file"),
+        "misspelt option": ([str(mlp_onnx), "--option", "onnxruntime.graph_level=basic"],
+                            "onnxruntime has no option 'graph_level'"),
+        "option for a runtime not run": ([str(mlp_onnx), "--runtimes", "onnxruntime", "--option",
+                                          "openvino.inference_precision=f16"], "which this study does not run"),
     }
 
 

@@ -34,8 +34,11 @@ else:
     st.info(f"No GPU: {reason}")
 
 st.subheader("Runtimes")
-st.dataframe(pd.DataFrame(availability())[["id", "available", "reason", "device", "consumes", "summary"]],
-             hide_index=True)
+runtimes = pd.DataFrame(availability())
+runtimes["settings"] = runtimes["options"].map(lambda o: ", ".join(o) or "-")
+st.dataframe(runtimes[["id", "available", "reason", "device", "consumes", "settings", "summary"]], hide_index=True)
+st.caption("Settings go in the Benchmark page's *Runtime settings* (or `--option RUNTIME.KEY=VALUE`); "
+           "`python -m engine runtimes --options` says what each does.")
 versions = {k: v for k, v in library_versions().items() if v}
 st.caption(" · ".join(f"{k} {v}" for k, v in versions.items()))
 

@@ -122,4 +122,5 @@ def test_system_page_reports_runtimes_and_storage(data_dir: Path) -> None:
     at = visit("system.py")
     runtimes = at.dataframe[0].value if "available" in at.dataframe[0].value.columns else at.dataframe[1].value
     assert "onnxruntime-cuda" in set(runtimes["id"])
+    assert runtimes.set_index("id").loc["torch-cuda", "settings"] == "device, cuda_graph, tf32"
     assert any("No GPU" in i.value for i in at.info)

@@ -133,6 +133,44 @@ def parse_option_value(raw: str) -> Any:
     return text
 
 
+def _choice(*allowed: str) -> Any:
+    def check(value: Any) -> str | None:
+        return None if value in allowed else f"one of {', '.join(allowed)}"
+    return check
+
+
+def _boolean(value: Any) -> str | None:
+    return None if isinstance(value, bool) else "true or false"
+
+
+def _cuda_device(value: Any) -> str | None:
+    text = str(value)
+    ok = text == "cuda" or (text.startswith("cuda:") and text[5:].isdigit())
+    return None if ok else "cuda or cuda:N"
+
+
+def _positive_int(value: Any) -> str | None:
+    return None if isinstance(value, int) and not isinstance(value, bool) and value > 0 else "a positive integer"
+
+
+# what each option name accepts, the same wherever a runtime declares it
+OPTION_VALUES: dict[str, Any] = {
+    "graph_optimization_level": _choice("disable", "basic", "extended", "all"),
+    "inference_precision": _choice("f32", "bf16", "f16"),
+    "compile_mode": _choice("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
+    "cuda_graph": _boolean, "tf32": _boolean, "io_binding": _boolean, "freeze": _boolean,
+    "device": _cuda_device,
+    "workspace_mb": _positive_int,
+}
+
+
+def _check_value(runtime: str, name: str, value: Any) -> None:
+    check = OPTION_VALUES.get(name)
+    wanted = check(value) if check is not None else None
+    if wanted:
+        raise UserError(f"runtime option {runtime}.{name}={value} is not valid; it takes {wanted}")
+
+
 def parse_runtime_options(items: list[str]) -> dict[str, dict[str, Any]]:
     """`RUNTIME.KEY=VALUE` items (the CLI's --option, the dashboard's lines) into per-runtime settings, each
     checked against the runtime's declared options so that a typo is an error, not a silently ignored setting."""
@@ -149,7 +187,9 @@ def parse_runtime_options(items: list[str]) -> dict[str, dict[str, Any]]:
         if name not in cls.options:
             known = ", ".join(sorted(cls.options)) or "none"
             raise UserError(f"runtime option '{item}': {runtime} has no option '{name}' (its options: {known})")
-        options.setdefault(runtime, {})[name] = parse_option_value(raw)
+        value = parse_option_value(raw)
+        _check_value(runtime, name, value)
+        options.setdefault(runtime, {})[name] = value
     return options
 
 
@@ -161,6 +201,8 @@ def check_runtime_options(options: dict[str, dict[str, Any]]) -> None:
         if unknown:
             known = ", ".join(sorted(cls.options)) or "none"
             raise UserError(f"{runtime} has no option {', '.join(repr(u) for u in unknown)} (its options: {known})")
+        for name, value in values.items():
+            _check_value(runtime, name, value)
 
 
 def register(cls: type[Runtime]) -> type[Runtime]:

@@ -276,3 +276,24 @@ def test_submitted_settings_are_checked_too(mlp_onnx: Path, data_dir: Path) -> N
     settings = StudySettings(measure=MeasureSettings(), threads=1, runtime_options={"onnxruntime": {"level": 1}})
     with pytest.raises(UserError, match="onnxruntime has no option 'level'"):
         submit_study(intake(mlp_onnx), [parse_chain("baseline")], ["onnxruntime"], [1], settings)
+
+
+@pytest.mark.parametrize(("item", "match"), [
+    ("onnxruntime.graph_optimization_level=fast", r"takes one of disable, basic, extended, all"),
+    ("torch-cuda.cuda_graph=yes", r"takes true or false"),
+    ("torch-cuda.device=gpu1", r"takes cuda or cuda:N"),
+    ("tensorrt.workspace_mb=-5", r"takes a positive integer"),
+    ("openvino.inference_precision=int8", r"takes one of f32, bf16, f16"),
+])
+def test_runtime_option_values_are_checked_before_any_cell_runs(item: str, match: str) -> None:
+    from engine.runtimes import parse_runtime_options
+
+    with pytest.raises(UserError, match=match):
+        parse_runtime_options([item])
+
+
+def test_every_declared_option_has_a_value_check() -> None:
+    from engine.runtimes.base import OPTION_VALUES
+
+    declared = set().union(*(cls.options for cls in REGISTRY.values()))
+    assert declared <= set(OPTION_VALUES), declared - set(OPTION_VALUES)

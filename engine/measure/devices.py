@@ -49,3 +49,11 @@ def cuda_devices() -> tuple[tuple[dict[str, Any], ...], str | None]:
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def cuda_index(device: str) -> int | None:
+    """The index of a `cuda` / `cuda:N` device string; None for anything else."""
+    if device == "cuda":
+        return 0
+    index = device.removeprefix("cuda:")
+    return int(index) if device.startswith("cuda:") and index.isdigit() else None

@@ -97,9 +97,11 @@ class EnergyMeter:
 
 def open_nvml(device: str) -> Nvml | None:
     """NVML for a `cuda` / `cuda:N` device, or None (CPU device, or NVML missing)."""
-    if not device.startswith("cuda"):
+    from engine.measure.devices import cuda_index
+
+    index = cuda_index(device)
+    if index is None:
         return None
-    index = int(device.split(":", 1)[1]) if ":" in device else 0
     try:
         return Nvml(index)
     except Exception:  # noqa: BLE001 - NVML failures of any kind mean "no device metrics", reported as null

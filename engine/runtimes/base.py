@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import importlib.util
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
 
 from engine.errors import UserError
+from engine.measure.devices import cuda_index
 
 
 @dataclass(frozen=True)
@@ -22,6 +24,8 @@ class RuntimeSettings:
     def __post_init__(self) -> None:
         if self.threads < 1:
             raise UserError(f"--threads must be at least 1, got {self.threads}")
+        for name, value in self.options.items():
+            check_option_value(name, value, f"option {name}={value}")
 
     def option(self, name: str, default: Any) -> Any:
         return self.options.get(name, default)
@@ -96,8 +100,8 @@ class Runtime(ABC):
     device: ClassVar[str] = "cpu"
     summary: ClassVar[str] = ""
     requires: ClassVar[tuple[str, ...]] = ()  # importable modules, checked without importing them
-    # the settings a study may give this runtime (`--option RUNTIME.KEY=VALUE`), each with what it does
-    options: ClassVar[dict[str, str]] = {}
+    # the settings a study may give this runtime (`--option RUNTIME.KEY=VALUE`), names from OPTIONS
+    options: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, settings: RuntimeSettings) -> None:
         self.settings = settings
@@ -133,7 +137,7 @@ def parse_option_value(raw: str) -> Any:
     return text
 
 
-def _choice(*allowed: str) -> Any:
+def _choice(*allowed: str) -> Callable[[Any], str | None]:
     def check(value: Any) -> str | None:
         return None if value in allowed else f"one of {', '.join(allowed)}"
     return check
@@ -144,31 +148,45 @@ def _boolean(value: Any) -> str | None:
 
 
 def _cuda_device(value: Any) -> str | None:
-    text = str(value)
-    ok = text == "cuda" or (text.startswith("cuda:") and text[5:].isdigit())
-    return None if ok else "cuda or cuda:N"
+    return None if cuda_index(str(value)) is not None else "cuda or cuda:N"
 
 
 def _positive_int(value: Any) -> str | None:
     return None if isinstance(value, int) and not isinstance(value, bool) and value > 0 else "a positive integer"
 
 
-# what each option name accepts, the same wherever a runtime declares it
-OPTION_VALUES: dict[str, Any] = {
-    "graph_optimization_level": _choice("disable", "basic", "extended", "all"),
-    "inference_precision": _choice("f32", "bf16", "f16"),
-    "compile_mode": _choice("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
-    "cuda_graph": _boolean, "tf32": _boolean, "io_binding": _boolean, "freeze": _boolean,
-    "device": _cuda_device,
-    "workspace_mb": _positive_int,
+_TF32 = ("allow TF32 math for fp32 matmuls and convolutions (default false: fp32 means fp32)", _boolean)
+_COMPILE_MODE = ("torch.compile's mode (default default)",
+                 _choice("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"))
+# every option a runtime may declare: what it does and what it accepts, the same wherever it is declared
+OPTIONS: dict[str, tuple[str, Callable[[Any], str | None]]] = {
+    "device": ("the CUDA device, e.g. cuda:1 (default cuda:0)", _cuda_device),
+    "tf32": _TF32,
+    "cuda_graph": ("capture once and replay a CUDA graph (default false)", _boolean),
+    "compile_mode": _COMPILE_MODE,
+    "freeze": ("torch.jit.freeze the module before timing (default true)", _boolean),
+    "graph_optimization_level": ("disable, basic, extended or all (default all)",
+                                 _choice("disable", "basic", "extended", "all")),
+    "io_binding": ("inputs and outputs stay on the device, copies outside the timed call (default true)", _boolean),
+    "inference_precision": ("OpenVINO's INFERENCE_PRECISION_HINT: f32 (default), bf16 or f16",
+                            _choice("f32", "bf16", "f16")),
+    "workspace_mb": ("TensorRT's workspace limit in MB (default 4096)", _positive_int),
 }
 
 
-def _check_value(runtime: str, name: str, value: Any) -> None:
-    check = OPTION_VALUES.get(name)
-    wanted = check(value) if check is not None else None
-    if wanted:
-        raise UserError(f"runtime option {runtime}.{name}={value} is not valid; it takes {wanted}")
+def check_option_value(name: str, value: Any, label: str) -> None:
+    """A known option's value, wherever settings are made (a user's line, stored settings, code)."""
+    if name in OPTIONS:
+        wanted = OPTIONS[name][1](value)
+        if wanted:
+            raise UserError(f"{label} is not valid; it takes {wanted}")
+
+
+def _check_option(cls: type[Runtime], name: str, value: Any, where: str, internal: bool) -> None:
+    if name not in cls.options and not (internal and name in INTERNAL_OPTIONS):
+        known = ", ".join(sorted(cls.options)) or "none"
+        raise UserError(f"{where}{cls.id} has no option '{name}' (its options: {known})")
+    check_option_value(name, value, f"runtime option {cls.id}.{name}={value}")
 
 
 def parse_runtime_options(items: list[str]) -> dict[str, dict[str, Any]]:
@@ -183,26 +201,18 @@ def parse_runtime_options(items: list[str]) -> dict[str, dict[str, Any]]:
         if not eq or not dot or not runtime or not name or not raw.strip():
             raise UserError(f"runtime option '{item}' must look like RUNTIME.KEY=VALUE, "
                             "e.g. onnxruntime.graph_optimization_level=basic")
-        cls = get(runtime)
-        if name not in cls.options:
-            known = ", ".join(sorted(cls.options)) or "none"
-            raise UserError(f"runtime option '{item}': {runtime} has no option '{name}' (its options: {known})")
         value = parse_option_value(raw)
-        _check_value(runtime, name, value)
+        _check_option(get(runtime), name, value, f"runtime option '{item}': ", internal=False)
         options.setdefault(runtime, {})[name] = value
     return options
 
 
 def check_runtime_options(options: dict[str, dict[str, Any]]) -> None:
-    """Stored or programmatic settings: every runtime known, every key declared."""
+    """Stored or programmatic settings: every runtime known, every key declared, every value valid."""
     for runtime, values in options.items():
         cls = get(runtime)
-        unknown = sorted(set(values) - set(cls.options) - INTERNAL_OPTIONS)
-        if unknown:
-            known = ", ".join(sorted(cls.options)) or "none"
-            raise UserError(f"{runtime} has no option {', '.join(repr(u) for u in unknown)} (its options: {known})")
         for name, value in values.items():
-            _check_value(runtime, name, value)
+            _check_option(cls, name, value, "", internal=True)
 
 
 def register(cls: type[Runtime]) -> type[Runtime]:
@@ -224,6 +234,7 @@ def availability() -> list[dict[str, Any]]:
     for cls in REGISTRY.values():
         ok, reason = cls.available()
         rows.append({"id": cls.id, "available": ok, "reason": reason, "consumes": cls.consumes,
-                     "device": cls.device, "summary": cls.summary, "options": dict(cls.options)})
+                     "device": cls.device, "summary": cls.summary,
+                     "options": {name: OPTIONS[name][0] for name in cls.options}})
     return rows
 

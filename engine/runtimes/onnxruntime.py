@@ -13,10 +13,10 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from engine.errors import Unavailable, UserError
+from engine.errors import Unavailable
+from engine.measure.devices import cuda_index
 from engine.runtimes.base import Runtime, Session, register
 
-_LEVELS = ("disable", "basic", "extended", "all")
 # the shared library of each GPU provider inside the onnxruntime package (Linux names)
 _PROVIDER_LIBRARIES = {"CUDAExecutionProvider": "libonnxruntime_providers_cuda.so",
                        "TensorrtExecutionProvider": "libonnxruntime_providers_tensorrt.so"}
@@ -215,62 +215,54 @@ class _OrtRuntime(Runtime):
             return False, mismatch
         return True, None
 
-    def _device_index(self) -> int:
-        """`device` as every GPU runtime takes it (cuda:N), as ONNX Runtime's device_id."""
-        device = str(self.settings.option("device", "cuda:0"))
-        index = device.split(":", 1)[1] if device.startswith("cuda:") else ("0" if device == "cuda" else "")
-        if not index.isdigit():
-            raise UserError(f"device={device} is not a CUDA device; use cuda or cuda:N")
-        return int(index)
+    def _cuda_options(self) -> dict[str, Any]:
+        """The CUDA provider's options: the device, and TF32 off unless asked (its default is on)."""
+        index = cuda_index(str(self.settings.option("device", "cuda:0"))) or 0  # a valid cuda:N: RuntimeSettings
+        return {"device_id": index, "use_tf32": int(bool(self.settings.option("tf32", False)))}
 
     def _provider_options(self, variant_name: str) -> dict[str, Any]:
         if self.provider == "CPUExecutionProvider":
             return {}
-        options: dict[str, Any] = {"device_id": self._device_index()}
-        tf32 = bool(self.settings.option("tf32", False))
+        cuda = self._cuda_options()
         if self.provider == "CUDAExecutionProvider":
-            # the CUDA provider uses TF32 math for fp32 by default: fp32 here means fp32 unless asked
-            options["use_tf32"] = int(tf32)
-        if self.provider == "TensorrtExecutionProvider":
-            from engine.measure.devices import cuda_devices
-            from engine.paths import sub_dir
+            return cuda
+        from engine.measure.devices import cuda_devices
+        from engine.paths import sub_dir
 
-            import onnxruntime as ort
+        import onnxruntime as ort
 
-            # engines and timing caches persist in the data folder (the first cell pays the build), one folder
-            # per GPU model, onnxruntime and TensorRT version: TensorRT's caches are not portable between them
-            gpus = {g["index"]: g["name"] for g in cuda_devices()[0]}
-            gpu = gpus.get(options["device_id"], "gpu")
-            versions = f"{gpu}-ort{ort.__version__}-trt{tensorrt_version() or 'system'}"
-            cache = sub_dir("tensorrt", "ort-cache", "".join(c if c.isalnum() else "-" for c in versions).lower())
-            options.update({"trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache),
-                            "trt_timing_cache_enable": True, "trt_timing_cache_path": str(cache)})
-            # TensorRT 10 through onnxruntime is weakly typed: a precision runs only when its flag allows it,
-            # so the variant's own precision (fp16 weights, int8-static's QDQ nodes) turns its flag on
-            ops = {step.split(":", 1)[0] for step in variant_name.split("+")} if variant_name else set()
-            if "fp16" in ops:
-                options["trt_fp16_enable"] = True
-            if "int8-static" in ops:
-                options["trt_int8_enable"] = True  # explicit QDQ scales: no calibration table
+        # TensorRT: engines and timing caches persist in the data folder (the first cell pays the build), one
+        # folder per GPU model, onnxruntime and TensorRT version: TensorRT's caches are not portable between them
+        gpus = {g["index"]: g["name"] for g in cuda_devices()[0]}
+        versions = f"{gpus.get(cuda['device_id'], 'gpu')}-ort{ort.__version__}-trt{tensorrt_version() or 'system'}"
+        cache = sub_dir("tensorrt", "ort-cache", "".join(c if c.isalnum() else "-" for c in versions).lower())
+        options: dict[str, Any] = {"device_id": cuda["device_id"], "trt_engine_cache_enable": True,
+                                   "trt_engine_cache_path": str(cache), "trt_timing_cache_enable": True,
+                                   "trt_timing_cache_path": str(cache)}
+        # TensorRT 10 through onnxruntime is weakly typed: a precision runs only when its flag allows it,
+        # so the variant's own precision (fp16 weights, int8-static's QDQ nodes) turns its flag on
+        ops = {step.split(":", 1)[0] for step in variant_name.split("+")} if variant_name else set()
+        if "fp16" in ops:
+            options["trt_fp16_enable"] = True
+        if "int8-static" in ops:
+            options["trt_int8_enable"] = True  # explicit QDQ scales: no calibration table
         return options
 
     def load(self, variant: Any) -> Session:
         import onnxruntime as ort
 
-        level = str(self.settings.option("graph_optimization_level", "all"))
-        if level not in _LEVELS:
-            raise UserError(f"graph_optimization_level={level} is not one of {', '.join(_LEVELS)}")
-        options = ort.SessionOptions()
-        options.graph_optimization_level = {
+        level = str(self.settings.option("graph_optimization_level", "all"))  # checked by RuntimeSettings
+        session_options = ort.SessionOptions()
+        session_options.graph_optimization_level = {
             "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
             "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
             "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
             "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
         }[level]
-        options.intra_op_num_threads = self.settings.threads
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.log_severity_level = 3
+        session_options.intra_op_num_threads = self.settings.threads
+        session_options.inter_op_num_threads = 1
+        session_options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        session_options.log_severity_level = 3
         gpu = self.provider != "CPUExecutionProvider"
         provider_options = self._provider_options(str(getattr(variant, "name", "") or ""))
         providers: list[Any] = [(self.provider, provider_options)]
@@ -279,14 +271,13 @@ class _OrtRuntime(Runtime):
             if self.provider == "TensorrtExecutionProvider":
                 preloaded = load_tensorrt_libraries()
                 # what TensorRT cannot take runs on CUDA, as ONNX Runtime advises, rather than on the CPU
-                providers.append(("CUDAExecutionProvider", {"device_id": provider_options["device_id"],
-                                                            "use_tf32": int(bool(self.settings.option("tf32", 0)))}))
+                providers.append(("CUDAExecutionProvider", self._cuda_options()))
             providers.append("CPUExecutionProvider")  # for ops no GPU provider has; the first must be active
             preloaded += preload_cuda_libraries()
         try:
             # enable_fallback=0: onnxruntime's Python wrapper would otherwise retry a failing provider on the
             # CPU, at creation and even inside run(), printing a banner: a silent CPU measurement
-            session = ort.InferenceSession(str(variant.path), sess_options=options, providers=providers,
+            session = ort.InferenceSession(str(variant.path), sess_options=session_options, providers=providers,
                                            enable_fallback=0)
         except (RuntimeError, ValueError) as exc:
             if not gpu:
@@ -297,7 +288,7 @@ class _OrtRuntime(Runtime):
             # onnxruntime drops a provider whose library cannot load, with a warning: never measure that
             raise Unavailable(why_provider_inactive(self.provider, active, preloaded))
         io_binding = gpu and bool(self.settings.option("io_binding", True))
-        device_id = self._device_index()
+        device_id = provider_options.get("device_id", 0)
         wrapped = OrtBoundSession(session, device_id) if io_binding else OrtSession(session)
         applied = session.get_session_options()  # read back what the session took, not what was asked
         wrapped.applied.update({"providers": active, "graph_optimization_level": level,
@@ -318,9 +309,7 @@ class OnnxRuntimeCpu(_OrtRuntime):
     id = "onnxruntime"
     provider = "CPUExecutionProvider"
     summary = "ONNX Runtime, CPU execution provider"
-    options: ClassVar[dict[str, str]] = {
-        "graph_optimization_level": "disable, basic, extended or all (default all)",
-    }
+    options = ("graph_optimization_level",)
 
 
 @register
@@ -329,12 +318,7 @@ class OnnxRuntimeCuda(_OrtRuntime):
     device = "cuda"
     provider = "CUDAExecutionProvider"
     summary = "ONNX Runtime, CUDA execution provider"
-    options: ClassVar[dict[str, str]] = {
-        "graph_optimization_level": "disable, basic, extended or all (default all)",
-        "device": "the CUDA device, e.g. cuda:1 (default cuda:0)",
-        "io_binding": "inputs and outputs stay on the device, copies outside the timed call (default true)",
-        "tf32": "allow TF32 math for fp32 layers (default false: fp32 means fp32)",
-    }
+    options = ("graph_optimization_level", "device", "io_binding", "tf32")
 
 
 @register
@@ -343,9 +327,4 @@ class OnnxRuntimeTensorRT(_OrtRuntime):
     device = "cuda"
     provider = "TensorrtExecutionProvider"
     summary = "ONNX Runtime, TensorRT execution provider"
-    options: ClassVar[dict[str, str]] = {
-        "graph_optimization_level": "disable, basic, extended or all (default all)",
-        "device": "the CUDA device, e.g. cuda:1 (default cuda:0)",
-        "io_binding": "inputs and outputs stay on the device, copies outside the timed call (default true)",
-        "tf32": "allow TF32 math for fp32 layers (default false: fp32 means fp32)",
-    }
+    options = ("graph_optimization_level", "device", "io_binding", "tf32")

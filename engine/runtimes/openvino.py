@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 
@@ -44,9 +44,7 @@ class OpenVinoCpu(Runtime):
     id = "openvino"
     consumes = "onnx"
     summary = "OpenVINO, CPU plugin (latency hint, one stream)"
-    options: ClassVar[dict[str, str]] = {
-        "inference_precision": "OpenVINO's INFERENCE_PRECISION_HINT: f32 (default), bf16 or f16",
-    }
+    options = ("inference_precision",)
     requires = ("openvino",)
 
     def load(self, variant: Any) -> Session:

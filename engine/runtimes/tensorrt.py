@@ -13,7 +13,7 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 
@@ -186,11 +186,7 @@ class TensorRTRuntime(Runtime):
     consumes = "onnx"
     device = "cuda"
     summary = "TensorRT engine built from the ONNX variant (strongly typed; CUDA events)"
-    options: ClassVar[dict[str, str]] = {
-        "device": "the CUDA device, e.g. cuda:1 (default cuda:0)",
-        "workspace_mb": f"TensorRT's workspace limit in MB (default {DEFAULT_WORKSPACE_MB})",
-        "tf32": "allow TF32 math for fp32 layers (default false: fp32 means fp32)",
-    }
+    options = ("device", "workspace_mb", "tf32")
     requires = ("tensorrt",)
 
     @classmethod

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 
@@ -127,49 +127,40 @@ class _TorchCudaRuntime(Runtime):
 
         if not torch.cuda.is_available():
             raise Unavailable("torch.cuda.is_available() is False: no usable CUDA device for torch")
+        set_torch_threads(self.settings)
         # cuDNN convolutions default to TF32 on Ampere and newer: fp32 means fp32 unless `tf32` is asked for
         tf32 = bool(self.settings.option("tf32", False))
         torch.backends.cuda.matmul.allow_tf32 = tf32
         torch.backends.cudnn.allow_tf32 = tf32
         return variant.module.to(self._device())
 
+    def _session(self, module: Any, variant: Any, cuda_graph: bool) -> CudaTorchSession:
+        session = CudaTorchSession(module, variant.input_names, self._device(), cuda_graph)
+        session.applied["tf32"] = bool(self.settings.option("tf32", False))
+        return session
+
 
 @register
 class TorchCuda(_TorchCudaRuntime):
     id = "torch-cuda"
     summary = "PyTorch eager on a CUDA GPU (CUDA events; optional CUDA graphs)"
-    options: ClassVar[dict[str, str]] = {
-        "device": "the CUDA device, e.g. cuda:1 (default cuda:0)",
-        "cuda_graph": "capture once and replay a CUDA graph (default false)",
-        "tf32": "allow TF32 math for fp32 matmuls and convolutions (default false: fp32 means fp32)",
-    }
+    options = ("device", "cuda_graph", "tf32")
 
     def load(self, variant: Any) -> Session:
-        set_torch_threads(self.settings)
-        module = self._module(variant)
-        session = CudaTorchSession(module, variant.input_names, self._device(),
-                                   bool(self.settings.option("cuda_graph", False)))
-        session.applied["tf32"] = bool(self.settings.option("tf32", False))
-        return session
+        return self._session(self._module(variant), variant, bool(self.settings.option("cuda_graph", False)))
 
 
 @register
 class TorchCompileCuda(_TorchCudaRuntime):
     id = "torch-compile-cuda"
     summary = "torch.compile (inductor) on a CUDA GPU; compile time is cold start"
-    options: ClassVar[dict[str, str]] = {
-        "device": "the CUDA device, e.g. cuda:1 (default cuda:0)",
-        "compile_mode": "torch.compile's mode: default, reduce-overhead, max-autotune (default default)",
-        "tf32": "allow TF32 math for fp32 matmuls and convolutions (default false: fp32 means fp32)",
-    }
+    options = ("device", "compile_mode", "tf32")
 
     def load(self, variant: Any) -> Session:
         import torch
 
-        set_torch_threads(self.settings)
         mode = self.settings.option("compile_mode", "default")
         compiled = torch.compile(self._module(variant), backend="inductor", mode=mode, dynamic=False)
-        session = CudaTorchSession(compiled, variant.input_names, self._device(), False)
-        session.applied.update({"backend": "inductor", "compile_mode": mode,
-                                "tf32": bool(self.settings.option("tf32", False))})
+        session = self._session(compiled, variant, cuda_graph=False)
+        session.applied.update({"backend": "inductor", "compile_mode": mode})
         return session

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 
@@ -69,9 +69,7 @@ class TorchCompile(Runtime):
     id = "torch-compile"
     consumes = "torch"
     summary = "torch.compile with the inductor backend (compile time is cold start)"
-    options: ClassVar[dict[str, str]] = {
-        "compile_mode": "torch.compile's mode: default, reduce-overhead, max-autotune (default default)",
-    }
+    options = ("compile_mode",)
     requires = ("torch",)
 
     def load(self, variant: Any) -> Session:
@@ -90,9 +88,7 @@ class TorchScriptRuntime(Runtime):
     id = "torchscript"
     consumes = "torchscript"
     summary = "TorchScript archive (torch.jit.load, frozen for inference)"
-    options: ClassVar[dict[str, str]] = {
-        "freeze": "torch.jit.freeze the module before timing (default true)",
-    }
+    options = ("freeze",)
     requires = ("torch",)
 
     def load(self, variant: Any) -> Session:

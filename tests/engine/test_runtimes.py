@@ -293,7 +293,7 @@ def test_runtime_option_values_are_checked_before_any_cell_runs(item: str, match
 
 
 def test_every_declared_option_has_a_value_check() -> None:
-    from engine.runtimes.base import OPTION_VALUES
+    from engine.runtimes.base import OPTIONS
 
     declared = set().union(*(cls.options for cls in REGISTRY.values()))
-    assert declared <= set(OPTION_VALUES), declared - set(OPTION_VALUES)
+    assert declared <= set(OPTIONS), declared - set(OPTIONS)

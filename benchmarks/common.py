@@ -34,11 +34,15 @@ def encoder_zip(folder: Path, seed: int = 0) -> Path:
     model = transformers.BertModel(config).eval()
     hf = folder / "minilm-l6-random"
     model.save_pretrained(str(hf), safe_serialization=True)
-    dest = folder / "minilm-l6-random.zip"
+    return zip_folder(hf, folder / "minilm-l6-random.zip")
+
+
+def zip_folder(folder: Path, dest: Path) -> Path:
+    """The folder as a zip whose members sit under the folder's name, as an HF folder is usually zipped."""
     with zipfile.ZipFile(dest, "w", zipfile.ZIP_DEFLATED) as archive:
-        for path in sorted(hf.rglob("*")):
+        for path in sorted(folder.rglob("*")):
             if path.is_file():
-                archive.write(path, f"{hf.name}/{path.relative_to(hf)}")
+                archive.write(path, f"{folder.name}/{path.relative_to(folder).as_posix()}")
     return dest
 
 

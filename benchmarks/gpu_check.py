@@ -24,14 +24,14 @@ import subprocess
 import sys
 import tempfile
 import time
-import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from any folder
+
+from benchmarks.common import ENCODER, ROOT, zip_folder
 
 LIMITS = {"baseline": 1e-3, "fp16": 1e-2, "bf16": 2e-2}
 VARIANTS = ("baseline", "fp16", "bf16")
@@ -44,14 +44,6 @@ GPU_CASES: tuple[tuple[str, dict[str, Any]], ...] = (
 CPU_CASES: tuple[tuple[str, dict[str, Any]], ...] = (("torch", {}), ("onnxruntime", {}))
 # runtimes whose load compiles for minutes: checked last, after the study
 COMPILING = {"torch-compile-cuda", "torch-compile"}
-
-
-def _zip_folder(folder: Path, target: Path) -> Path:
-    with zipfile.ZipFile(target, "w") as archive:
-        for path in sorted(folder.rglob("*")):
-            if path.is_file():
-                archive.write(path, path.relative_to(folder).as_posix())
-    return target
 
 
 def _models(folder: Path, small: bool) -> dict[str, Path]:
@@ -70,11 +62,11 @@ def _models(folder: Path, small: bool) -> dict[str, Path]:
                                   dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=1024)},))
     cnn_path = folder / "cnn.pt2"
     torch.export.save(program, str(cnn_path))
-    size = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64) if small else \
-        dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536)
-    config = transformers.BertConfig(vocab_size=1000 if small else 30522, max_position_embeddings=512, **size)
+    size = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, vocab_size=1000) \
+        if small else ENCODER
+    config = transformers.BertConfig(**size)
     transformers.BertModel(config).eval().save_pretrained(str(folder / "encoder"), safe_serialization=True)
-    return {"cnn": cnn_path, "encoder": _zip_folder(folder / "encoder", folder / "encoder.zip")}
+    return {"cnn": cnn_path, "encoder": zip_folder(folder / "encoder", folder / "encoder.zip")}
 
 
 def _relative_error(outputs: list[np.ndarray], reference: list[np.ndarray]) -> tuple[float, float]:
@@ -96,6 +88,7 @@ def check_cell(artifact: Any, runtime_id: str, options: dict[str, Any], variant:
                inputs: dict[str, np.ndarray], reference: list[np.ndarray], batch: int) -> dict[str, Any]:
     """Build the variant for the runtime, run every input through it, time it; one row, whatever happens."""
     from engine.errors import NotApplicable, Unavailable
+    from engine.data import take_batch
     from engine.job import run_batches
     from engine.measure.latency import MeasureSettings, measure
     from engine.optimizations import parse_chain
@@ -104,18 +97,19 @@ def check_cell(artifact: Any, runtime_id: str, options: dict[str, Any], variant:
 
     runtime_cls = get(runtime_id)
     row: dict[str, Any] = {"runtime": runtime_id, "options": options, "variant": variant, "limit": LIMITS[variant]}
-    reason = not_applicable_reason(artifact.format, parse_chain(variant), runtime_cls.consumes, runtime_cls.device)
+    chain = parse_chain(variant)
+    reason = not_applicable_reason(artifact.format, chain, runtime_cls.consumes, runtime_cls.device)
     if reason:
         return {**row, "status": "n/a", "reason": reason}
     try:
-        built = build_variant(artifact, parse_chain(variant), runtime_cls.consumes,
+        built = build_variant(artifact, chain, runtime_cls.consumes,
                               BuildContext(artifact.spec, runtime_cls.device))
         settings = RuntimeSettings(threads=4, options={"input_shapes": artifact.spec.shapes(batch), **options})
         start = time.perf_counter()
         with runtime_cls(settings).load(built) as session:
             row["load_s"] = time.perf_counter() - start
             outputs = run_batches(session, inputs, batch)
-            prepared = session.prepare({k: v[:batch] for k, v in inputs.items()})
+            prepared = session.prepare(take_batch(inputs, 0, batch))
             samples = measure(session, prepared, MeasureSettings(warmup=10, iterations=50, min_seconds=0.5))
             row["timing"] = session.applied.get("timing", "perf_counter")
             row["applied"] = {k: v for k, v in session.applied.items() if isinstance(v, (str, int, float, bool))}

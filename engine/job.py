@@ -17,6 +17,7 @@ from engine.optimizations.base import Chain
 from engine.optimizations.build import BuildContext, build_variant
 from engine.plan import Cell, StudySettings
 from engine.runtimes import RuntimeSettings, Session, get
+from engine.runtimes.base import DEFAULT_CUDA_DEVICE
 
 Progress = Callable[[str, float], None]
 REFERENCE_FILE = "reference.npz"
@@ -87,9 +88,10 @@ def run_cell(study_dir: Path, model: Artifact, cell: Cell, settings: StudySettin
     dataset = _dataset(model, data_path)
     calibration_source = "the calib split" if dataset is not None and "calib" in dataset.splits else (
         "the sample data" if dataset is not None else "synthesized inputs")
+    # the cell's CUDA device (cuda:N) for GPU runtimes: training, NVML metrics
+    gpu_device = str(options.get("device", DEFAULT_CUDA_DEVICE)) if runtime_cls.device == "cuda" else None
     ctx = BuildContext(
-        model.spec, runtime_cls.device,
-        gpu=str(options.get("device", "cuda:0")) if runtime_cls.device == "cuda" else None,
+        model.spec, runtime_cls.device, gpu=gpu_device,
         calibration_data=lambda n: calib_set(dataset, model.spec, n),
         calibration_source=calibration_source, progress=progress, dataset=dataset,
     )
@@ -108,16 +110,18 @@ def run_cell(study_dir: Path, model: Artifact, cell: Cell, settings: StudySettin
         session.run(prepared)
         session.synchronize()
         first_run_ms = (time.perf_counter() - t0) * 1e3
-        nvml = gpu.open_nvml(str(options.get("device", "cuda:0")) if runtime_cls.device == "cuda" else "cpu")
-        energy = gpu.EnergyMeter(nvml)
-        energy.start()
-        samples = latency.measure(session, prepared, settings.measure, progress)
-        window = energy.stop()
-        peak_allocated = getattr(session, "peak_allocated_mb", None)
-        device = gpu.device_metrics(nvml, window, len(samples), cell.batch_size,
-                                    peak_allocated() if peak_allocated else None) if nvml else None
-        if nvml is not None:
-            nvml.close()
+        nvml = gpu.open_nvml(gpu_device) if gpu_device else None
+        try:
+            energy = gpu.EnergyMeter(nvml)
+            energy.start()
+            samples = latency.measure(session, prepared, settings.measure, progress)
+            window = energy.stop()
+            peak_allocated = getattr(session, "peak_allocated_mb", None)
+            device = gpu.device_metrics(nvml, window, len(samples), cell.batch_size,
+                                        peak_allocated() if peak_allocated else None) if nvml else None
+        finally:
+            if nvml is not None:
+                nvml.close()
         progress("accuracy", 0.0)
         outputs = run_batches(session, inputs, cell.batch_size)
         applied = dict(session.applied)

@@ -182,9 +182,10 @@ class Worker:
             "cell": cell.to_json(),
             "memory_limit_mb": study.settings.get("memory_limit_mb"),
         }
-        meta = {"reference": study.reference, "model_id": study.model_id,
-                "timeout_s": float(study.settings.get("timeout_s", 600)),
-                "total": len(study.jobs), "position": sum(j.status in q.FINAL_STATUSES for j in study.jobs)}
+        progress = q.study_progress(s, study.id)
+        meta = {"reference": study.reference, "model_id": study.model_id, "study_id": study.id,
+                "timeout_s": float(study.settings.get("timeout_s", 600)), "total": sum(progress.values()),
+                "position": sum(n for status, n in progress.items() if status in q.FINAL_STATUSES)}
         return payload, cell, meta
 
     def _spawned(self, pid: int) -> None:
@@ -206,7 +207,8 @@ class Worker:
     def _execute(self, job_id: int, payload: dict[str, Any], cell: Cell, meta: dict[str, Any]) -> None:
         self.events.started(cell, meta["position"], meta["total"])
         folder = Path(payload["study_dir"])
-        reference = meta["reference"] or self._ensure_reference(job_id, payload, cell, folder, meta["timeout_s"])
+        reference = meta["reference"] or self._ensure_reference(job_id, meta["study_id"], payload, cell, folder,
+                                                                meta["timeout_s"])
         if reference.get("error"):
             outcome = Outcome("failed", error=reference["error"], error_type="ReferenceFailed")
         else:
@@ -218,13 +220,12 @@ class Worker:
             outcome = Outcome("cancelled", error="the study was cancelled while this cell ran")
         self._record(job_id, cell, outcome, meta)
 
-    def _ensure_reference(self, job_id: int, payload: dict[str, Any], cell: Cell, folder: Path,
+    def _ensure_reference(self, job_id: int, study_id: int, payload: dict[str, Any], cell: Cell, folder: Path,
                           timeout_s: float) -> dict[str, Any]:
         """The study's fp32 reference outputs, computed once (a file lock guards against two workers)."""
         folder.mkdir(parents=True, exist_ok=True)
         with open(folder / ".reference.lock", "w") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
-            study_id = self._study_of(job_id)
             with session(write=False) as s:
                 stored = s.get(Study, study_id)
                 reference = stored.reference if stored else None
@@ -243,14 +244,6 @@ class Worker:
                     study.reference = reference
             return reference
 
-    @staticmethod
-    def _study_of(job_id: int) -> int:
-        with session(write=False) as s:
-            job = s.get(Job, job_id)
-            if job is None:
-                raise KeyError(job_id)
-            return job.study_id
-
     def _record(self, job_id: int, cell: Cell, outcome: Outcome, meta: dict[str, Any]) -> None:
         from engine.measure.environment import collect
 
@@ -264,8 +257,9 @@ class Worker:
             env_id = variant_id = None
             if result is not None:
                 if self._environment is None:
-                    self._environment = collect(result.get("settings", {}).get("threads"))
-                env_id = q.record_environment(s, self._environment)
+                    self._environment = collect()  # the machine and libraries: the same for every job
+                threads = result.get("settings", {}).get("threads")
+                env_id = q.record_environment(s, {**self._environment, "threads": threads})
                 if result.get("variant_path") or cell.variant == "baseline":
                     variant_id = q.record_variant(s, meta["model_id"], cell.variant,
                                                   result.get("target", ""),

@@ -15,7 +15,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Any
@@ -39,7 +39,6 @@ class Outcome:
     error_type: str | None = None
     traceback: str | None = None
     elapsed_s: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def dispatch(task: str, payload: dict[str, Any], progress: ProgressFn) -> dict[str, Any]:

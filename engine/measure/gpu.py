@@ -41,12 +41,6 @@ class Nvml:
         except self._nvml.NVMLError:
             pass
 
-    def __enter__(self) -> Nvml:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     def process_memory_mb(self, pid: int | None = None) -> float | None:
         """GPU memory NVML attributes to this process (None where per-process accounting is hidden)."""
         pid = pid or os.getpid()
@@ -63,12 +57,6 @@ class Nvml:
     def energy_mj(self) -> float | None:
         try:
             return float(self._nvml.nvmlDeviceGetTotalEnergyConsumption(self.handle))
-        except self._nvml.NVMLError:
-            return None
-
-    def power_w(self) -> float | None:
-        try:
-            return float(self._nvml.nvmlDeviceGetPowerUsage(self.handle)) / 1000.0
         except self._nvml.NVMLError:
             return None
 
@@ -108,10 +96,10 @@ def open_nvml(device: str) -> Nvml | None:
         return None
 
 
-def device_metrics(nvml: Nvml | None, window: EnergyWindow, iterations: int, batch_size: int,
+def device_metrics(nvml: Nvml, window: EnergyWindow, iterations: int, batch_size: int,
                    torch_peak_mb: float | None) -> dict[str, Any]:
     """The device fields of a result: peak memory (the larger of NVML and torch's view), power, energy."""
-    nvml_mb = nvml.process_memory_mb() if nvml is not None else None
+    nvml_mb = nvml.process_memory_mb()
     candidates = [v for v in (nvml_mb, torch_peak_mb) if v is not None]
     per_inference = window.energy_mj / iterations if window.energy_mj is not None and iterations else None
     return {

@@ -80,15 +80,16 @@ def measure(session: Any, prepared: Any, settings: MeasureSettings,
 
 def _measure_on_device(session: Any, prepared: Any, settings: MeasureSettings,
                        progress: Callable[[str, float], None], timer: Callable[[Any], float]) -> np.ndarray:
+    progress("warming up", 0.0)
     for _ in range(settings.warmup):
         session.run(prepared)
     session.synchronize()
     progress("measuring", 0.0)
     samples: list[float] = []
-    start = time.perf_counter()
     gc.collect()
     gc_was_enabled = gc.isenabled()
     gc.disable()
+    start = time.perf_counter()  # after the collection, as on the host path
     try:
         while True:
             samples.append(timer(prepared))

@@ -14,6 +14,9 @@ from engine.errors import UserError
 from engine.measure.devices import cuda_index
 
 
+DEFAULT_CUDA_DEVICE = "cuda:0"
+
+
 @dataclass(frozen=True)
 class RuntimeSettings:
     """Settings every runtime honours alike (threads) plus runtime-specific options, all recorded."""
@@ -29,6 +32,11 @@ class RuntimeSettings:
 
     def option(self, name: str, default: Any) -> Any:
         return self.options.get(name, default)
+
+    @property
+    def cuda_device(self) -> str:
+        """The `device` option of GPU runtimes (cuda:N), checked when the settings were made."""
+        return str(self.options.get("device", DEFAULT_CUDA_DEVICE))
 
     def to_json(self) -> dict[str, Any]:
         return {"threads": self.threads, **self.options}

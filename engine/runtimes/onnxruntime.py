@@ -196,10 +196,9 @@ class _OrtRuntime(Runtime):
 
     @classmethod
     def available(cls) -> tuple[bool, str | None]:
-        if importlib.util.find_spec("onnxruntime") is None:
-            return False, "the Python package 'onnxruntime' is not installed"
-        if cls.provider == "CPUExecutionProvider":
-            return True, None
+        ok, why = super().available()  # the package itself
+        if not ok or cls.provider == "CPUExecutionProvider":
+            return ok, why
         from engine.measure.devices import cuda_devices
 
         gpus, why = cuda_devices()
@@ -217,7 +216,7 @@ class _OrtRuntime(Runtime):
 
     def _cuda_options(self) -> dict[str, Any]:
         """The CUDA provider's options: the device, and TF32 off unless asked (its default is on)."""
-        index = cuda_index(str(self.settings.option("device", "cuda:0"))) or 0  # a valid cuda:N: RuntimeSettings
+        index = cuda_index(self.settings.cuda_device) or 0  # `or 0` for mypy: RuntimeSettings checked it
         return {"device_id": index, "use_tf32": int(bool(self.settings.option("tf32", False)))}
 
     def _provider_options(self, variant_name: str) -> dict[str, Any]:

@@ -203,7 +203,7 @@ class TensorRTRuntime(Runtime):
 
         if not torch.cuda.is_available():
             raise Unavailable("torch.cuda.is_available() is False: TensorRT needs a CUDA device")
-        device = str(self.settings.option("device", "cuda:0"))
+        device = self.settings.cuda_device
         workspace_mb = int(self.settings.option("workspace_mb", DEFAULT_WORKSPACE_MB))
         tf32 = bool(self.settings.option("tf32", False))
         shapes = {k: tuple(v) for k, v in self.settings.option("input_shapes", {}).items()}

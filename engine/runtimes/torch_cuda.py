@@ -120,7 +120,7 @@ class _TorchCudaRuntime(Runtime):
         return torch_cuda_available()
 
     def _device(self) -> str:
-        return str(self.settings.option("device", "cuda:0"))
+        return self.settings.cuda_device
 
     def _module(self, variant: Any) -> Any:
         import torch

@@ -71,7 +71,8 @@ def watch(study_id: int) -> None:
                                 "elapsed_s": st.column_config.NumberColumn("elapsed s", format="%.1f")})
     if finished:
         st.session_state.pop("watch_study", None)
-        st.session_state["results_study"] = study_id
+        st.session_state["results_study"] = study_id  # the Results page opens on it
+        st.session_state["finished_study"] = study_id  # said once here
         common.clear()
         st.rerun(scope="app")
 
@@ -87,8 +88,8 @@ if watching is not None:
     c2.page_link("pages/results.py", label="Results so far", icon=":material/insights:")
     watch(int(watching))
     st.divider()
-elif st.session_state.get("results_study") is not None:
-    st.success(f"Study #{st.session_state['results_study']} finished.")
+elif st.session_state.get("finished_study") is not None:
+    st.success(f"Study #{st.session_state['finished_study']} finished.")
     st.page_link("pages/results.py", label="See its results", icon=":material/insights:")
 
 models = common.models(common.url())
@@ -190,5 +191,5 @@ if st.button("Submit study", type="primary", disabled=runnable == 0):
                                model_name=str(models.set_index("id").loc[model_id, "name"]), data_path=data_path)
     common.clear()
     st.session_state["watch_study"] = study_id
-    st.session_state.pop("results_study", None)
+    st.session_state.pop("finished_study", None)
     st.rerun()

@@ -83,8 +83,20 @@ def model_artifact(db_url: str, model_id: int) -> dict[str, Any] | None:
 
 @st.cache_data(ttl=TTL_S, show_spinner=False)
 def results(db_url: str, study_id: int) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """The study's results JSON and its flat table (the report's own flattening, one query)."""
+    from engine.report import tables
+
     with session(write=False) as s:
-        return q.results_frame(s, study_id), q.results_json(s, study_id)
+        full = q.results_json(s, study_id)
+    return tables.results_table(full)[tables.FRAME_COLUMNS], full
+
+
+@st.cache_data(ttl=30, show_spinner=False)
+def size_report(folder: str) -> Any:
+    """Sizes of the data folder (the cache key): a walk over every file, so at most twice a minute."""
+    from storage import blobs
+
+    return blobs.size_report()
 
 
 @st.cache_data(ttl=TTL_S, show_spinner=False)

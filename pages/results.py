@@ -111,8 +111,8 @@ else:
     row = next(r for r in full["results"] if r["cell"] == best["cell"])
     path = row.get("variant_path")
     if path and Path(path).is_file():
-        st.download_button("Download this variant's model file", data=Path(path).read_bytes(),
-                           file_name=f"{best['variant'].replace(':', '_')}-{Path(path).name}")
+        st.download_button("Download this variant's model file", data=lambda: Path(path).read_bytes(),
+                           file_name=f"{best['variant'].replace(':', '_')}-{Path(path).name}", on_click="ignore")
     elif best["runtime"] in ("torch", "torch-compile"):
         st.caption("This eager variant is rebuilt in memory from the original model; download the original "
                    "from the Models page and apply the same chain.")

@@ -13,7 +13,6 @@ from engine.measure.environment import cpu_model, library_versions
 from engine.paths import data_dir
 from engine.runtimes import availability
 from pages import common
-from storage import blobs
 from storage import queries as q
 from storage.db import database_url, session
 
@@ -53,7 +52,7 @@ else:
     st.dataframe(workers, hide_index=True)
 
 st.subheader("Storage")
-report = blobs.size_report()
+report = common.size_report(str(data_dir()))
 url = database_url()
 st.markdown(f"Database: `{url if not url.startswith('sqlite') else url.removeprefix('sqlite:///')}` · data folder "
             f"`{data_dir()}`")

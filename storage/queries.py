@@ -371,26 +371,6 @@ def study_results(s: Session, study_id: int) -> list[dict[str, Any]]:
     return rows
 
 
-def results_frame(s: Session, study_id: int) -> pd.DataFrame:
-    """The study's results flattened for tables and charts (one row per cell)."""
-    flat = []
-    for r in study_results(s, study_id):
-        lat = r["latency_ms"] or {}
-        fid = r["accuracy"]["fidelity"] or {}
-        task = r["accuracy"]["task"] or {}
-        flat.append({
-            "cell": r["cell"], "variant": r["variant"], "runtime": r["runtime"], "batch_size": r["batch_size"],
-            "status": r["status"], "error": r["error"], "p50_ms": lat.get("p50"), "p90_ms": lat.get("p90"),
-            "p99_ms": lat.get("p99"), "mean_ms": lat.get("mean"), "throughput_per_s": r["throughput_per_s"],
-            "speedup": r["speedup_vs_baseline"], "load_s": r["load_s"], "first_run_ms": r["first_run_ms"],
-            "peak_host_mb": r["peak_host_mb"], "peak_device_mb": r["peak_device_mb"],
-            "model_size_mb": r["model_size_mb"], "cosine": fid.get("cosine"), "max_abs": fid.get("max_abs"),
-            "top1_agreement": fid.get("top1_agreement"), "task_metric": task.get("value"),
-            "notes": "; ".join(r["notes"] or []),
-        })
-    return pd.DataFrame(flat)
-
-
 def study_samples(s: Session, study_id: int) -> dict[int, np.ndarray]:
     """Raw latency samples (ms) per cell index."""
     query = (select(Job.cell, Samples.data).join(Result, Result.job_id == Job.id)

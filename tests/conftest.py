@@ -8,6 +8,7 @@ import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -194,3 +195,13 @@ def shared_build(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-u
         return memo[key]
 
     return build
+
+
+def results_frame(study_id: int) -> Any:
+    """A stored study's results as the pages' frame: its results JSON, flattened by the report's tables."""
+    from engine.report import tables
+    from storage import queries as q
+    from storage.db import session
+
+    with session(write=False) as s:
+        return tables.results_table(q.results_json(s, study_id))[tables.FRAME_COLUMNS]

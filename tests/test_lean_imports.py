@@ -34,8 +34,9 @@ def test_runtime_listing_imports_no_heavy_library() -> None:
     assert proc.stdout.strip() == ""
 
 
-def test_dashboard_pages_import_no_heavy_library(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    """The dashboard process never loads torch or a runtime: uploads are inspected in child processes."""
+def test_dashboard_pages_import_no_heavy_library(tmp_path, mlp_onnx) -> None:  # type: ignore[no-untyped-def]
+    """The dashboard process never loads torch or a runtime: uploads are inspected in child processes. The data
+    folder holds a finished study, so every page goes past its empty-state stop (previews, tables, charts)."""
     code = (
         "import sys\n"
         "from streamlit.testing.v1 import AppTest\n"
@@ -52,6 +53,9 @@ def test_dashboard_pages_import_no_heavy_library(tmp_path) -> None:  # type: ign
 
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PARETOSCOPE_DATA_DIR": str(tmp_path / "data"), "PARETOSCOPE_NO_AUTO_WORKER": "1"}
+    subprocess.run([sys.executable, "-m", "engine", "bench", str(mlp_onnx), "--variants", "baseline",
+                    "--runtimes", "onnxruntime", "--iterations", "5", "--min-seconds", "0.05", "--warmup", "1",
+                    "--threads", "1"], capture_output=True, text=True, timeout=300, cwd=root, env=env, check=True)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=root,
                           env=env, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]

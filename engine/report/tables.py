@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-# The columns of storage.queries.results_frame, in its order: the charts read these names.
+# The columns of the pages' results frame, in its order: the charts read these names.
 FRAME_COLUMNS = ["cell", "variant", "runtime", "batch_size", "status", "error", "p50_ms", "p90_ms", "p99_ms",
                  "mean_ms", "throughput_per_s", "speedup", "load_s", "first_run_ms", "peak_host_mb",
                  "peak_device_mb", "model_size_mb", "cosine", "max_abs", "top1_agreement", "task_metric", "notes"]
@@ -41,7 +41,7 @@ def _cell(value: Any) -> Any:
 
 
 def flat_row(r: dict[str, Any]) -> dict[str, Any]:
-    """One result of the results JSON as a flat row: the results_frame columns, then every other field."""
+    """One result of the results JSON as a flat row: the FRAME_COLUMNS, then every other field."""
     lat = r.get("latency_ms") or {}
     acc = r.get("accuracy") or {}
     fid = acc.get("fidelity") or {}

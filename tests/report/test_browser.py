@@ -9,8 +9,7 @@ from typing import Any
 import pytest
 
 from engine.__main__ import main
-from storage import queries as q
-from storage.db import session
+from tests.conftest import results_frame
 from tests.report.conftest import Seeded
 
 CHROMIUM = "/usr/bin/chromium"
@@ -50,8 +49,7 @@ def test_reports_draw_offline_in_chromium(seeded: Seeded, data_dir: Path, tmp_pa
     for args, out in (([str(seeded.study_a)], study), ([str(seeded.study_a), "--compare", str(seeded.study_b)],
                                                         compare)):
         assert main(["report", *args, "--format", "html", "--out", str(out)], out=io.StringIO()) == 0
-    with session(write=False) as s:
-        frame = q.results_frame(s, seeded.study_a)
+    frame = results_frame(seeded.study_a)
 
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True,

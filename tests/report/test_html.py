@@ -10,10 +10,12 @@ from pathlib import Path
 import pytest
 
 from engine.__main__ import main
+from engine.report import tables
 from engine.report.html import compare_html, study_html
 from engine.report.pareto import Constraints, accuracy_column, pareto_frontier, recommend
 from storage import queries as q
 from storage.db import session
+from tests.conftest import results_frame
 from tests.report.conftest import HOSTILE_FILE, HOSTILE_STUDY, Seeded
 from tests.report.htmltables import parse
 
@@ -31,8 +33,7 @@ def report_file(tmp_path: Path, *args: str) -> str:
 
 
 def frame_of(study_id: int):  # type: ignore[no-untyped-def]
-    with session(write=False) as s:
-        return q.results_frame(s, study_id)
+    return results_frame(study_id)
 
 
 def test_html_numbers_match_the_database(seeded: Seeded, data_dir: Path, tmp_path: Path) -> None:
@@ -133,7 +134,13 @@ def test_comparison_report_shows_ratios_and_environment(seeded: Seeded, data_dir
     assert float(both[0]["p50_ratio"].value) == pytest.approx(ratio, rel=1e-12)
     assert 'id="chart-ratios"' in text
     assert "Environment differences" in text
-    assert "environment-diff" in page.tables or "Same machine and software." in text
+    with session(write=False) as s:
+        envs = [q.results_json(s, study).get("environment") for study in (seeded.study_a, seeded.study_b)]
+    diff = tables.environment_diff(*envs)
+    if diff:  # whichever the seeded studies have, the report says exactly that
+        assert "environment-diff" in page.tables and len(page.tables["environment-diff"]) == len(diff) + 1
+    else:
+        assert "Same machine and software." in text and "environment-diff" not in page.tables
 
 
 def test_comparison_of_studies_with_nothing_in_common(report_a: dict) -> None:

@@ -19,8 +19,7 @@ import yaml
 
 from engine.__main__ import main
 from engine.report import space
-from storage import queries as q
-from storage.db import session
+from tests.conftest import results_frame
 from tests.report.conftest import HOSTILE_STUDY, Seeded
 from tests.report.isolation import site_of_symlinks
 
@@ -159,8 +158,7 @@ def test_viewer_runs_where_only_streamlit_plotly_and_pandas_exist(bundle: Path, 
     assert result["rows"] == 4 and any("Ship" in s for s in result["success"])
     titles = [c["layout"]["title"]["text"] for c in result["charts"]]
     assert len(titles) == 5 and any("against latency" in t for t in titles)
-    with session(write=False) as s:
-        frame = q.results_frame(s, seeded.study_a)
+    frame = results_frame(seeded.study_a)
     bars = next(c for c in result["charts"] if "Latency per cell" in c["layout"]["title"]["text"])
     p50 = dict(zip(values(bars["data"][0]["x"]), values(bars["data"][0]["y"]), strict=True))
     for _, row in frame.iterrows():

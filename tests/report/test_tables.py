@@ -73,9 +73,12 @@ def test_csv_round_trips_through_pandas_with_the_json_values(seeded: Seeded, dat
 
 
 def test_table_columns_are_the_results_pages(seeded: Seeded, data_dir: Path, report_a: dict) -> None:
-    """The charts read these columns: from the JSON they hold what the Results page reads from the database."""
-    with session(write=False) as s:
-        frame = q.results_frame(s, seeded.study_a)
+    """The charts read these columns: from a report file they hold what the Results page reads from the database."""
+    from pages import common
+    from storage.db import database_url
+
+    frame, _ = common.results(database_url(), seeded.study_a)
+    assert list(frame.columns) == tables.FRAME_COLUMNS
     table = tables.results_table(report_a)
     pd.testing.assert_frame_equal(table[tables.FRAME_COLUMNS], frame[tables.FRAME_COLUMNS], check_dtype=False)
     samples = tables.samples_by_cell(report_a)

@@ -118,11 +118,16 @@ def bare_round(session: Any, prepared: Any, seconds: float) -> np.ndarray:
         ort_session.run(outputs, prepared)
     samples: list[int] = []
     clock = time.perf_counter_ns
-    deadline = clock() + int(seconds * 1e9)
-    while len(samples) < MIN_ITERATIONS or clock() < deadline:
-        t0 = clock()
-        ort_session.run(outputs, prepared)
-        samples.append(clock() - t0)
+    gc.collect()
+    gc.disable()  # as the harness does: a collection of unrelated objects lands in neither loop's samples
+    try:
+        deadline = clock() + int(seconds * 1e9)
+        while len(samples) < MIN_ITERATIONS or clock() < deadline:
+            t0 = clock()
+            ort_session.run(outputs, prepared)
+            samples.append(clock() - t0)
+    finally:
+        gc.enable()
     return np.asarray(samples, dtype=np.float64) / 1e6
 
 

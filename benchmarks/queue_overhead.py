@@ -58,7 +58,7 @@ def noop_jobs(n: int) -> list[float]:
     return walls
 
 
-def cell_jobs(n: int, model: Path, batch: int, min_seconds: float, iterations: int) -> tuple[list[float], float]:
+def cell_jobs(n: int, model: Path, min_seconds: float, iterations: int) -> tuple[list[float], float]:
     from engine.artifacts import intake
     from engine.measure.latency import MeasureSettings
     from engine.optimizations import parse_chain
@@ -83,7 +83,7 @@ def cell_jobs(n: int, model: Path, batch: int, min_seconds: float, iterations: i
     for row in rows:
         if row["status"] != "ok":
             raise SystemExit(f"cell {row['cell']} ended {row['status']}: {row['error']}")
-        measured_s = (samples[row["cell"]].sum() + 10 * row["latency_ms"]["p50"]) / 1000
+        measured_s = (samples[row["cell"]].sum() + settings.measure.warmup * row["latency_ms"]["p50"]) / 1000
         overheads.append(row["wall_s"] - measured_s)
     return overheads, total
 
@@ -98,7 +98,7 @@ def main() -> None:
         os.environ["PARETOSCOPE_DATA_DIR"] = str(Path(tmp) / "data")
         model = _mlp_onnx(Path(tmp))
         noop = noop_jobs(args.jobs)
-        cells, total = cell_jobs(args.jobs, model, 1, args.min_seconds, 50)
+        cells, total = cell_jobs(args.jobs, model, args.min_seconds, 50)
     extra = {"jobs": args.jobs, "cell_study_wall_s": total}
     rows: list[dict[str, Any]] = [
         {"case": "no-op job", "median_s": statistics.median(noop), "max_s": max(noop), "target_s": 1.5},

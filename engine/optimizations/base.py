@@ -11,6 +11,9 @@ from typing import Any, ClassVar, Literal, get_args, get_origin
 
 from engine.errors import UserError
 
+# protobuf's limit is 2 GB: above this, ONNX models are written with their weights as external data
+LARGE_ONNX_BYTES = 1_500_000_000
+
 # Stages run in this order inside a chain: torch-level passes need the nn.Module and data;
 # conversion to the runtime's format happens between the stages; format passes rewrite that format.
 Stage = Literal["torch", "convert", "format"]

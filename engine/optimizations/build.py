@@ -184,8 +184,6 @@ def _store(key: str, produce: Callable[[Path], None], file_name: str, meta: dict
     staging = Path(tempfile.mkdtemp(prefix=f".{key[:8]}-", dir=root))
     try:
         produce(staging / file_name)
-        for extra in staging.glob("preprocessed.onnx*"):
-            extra.unlink()
         meta = {**meta, "file": file_name}
         (staging / _VARIANT_JSON).write_text(json.dumps(meta, indent=1))
         if final.exists():  # built meanwhile by another process: keep theirs

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine.optimizations.base import OptConfig, implementation, register
+from engine.optimizations.base import LARGE_ONNX_BYTES, OptConfig, implementation, register
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,7 @@ def fp16_onnx(src: Path, dst: Path, config: Fp16Config, ctx: Any) -> None:
     model = onnx.load(str(src))
     blocked = list(DEFAULT_OP_BLOCK_LIST) + list(config.op_block_list)
     converted = convert_float_to_float16(model, keep_io_types=config.keep_io_types, op_block_list=blocked)
-    large = converted.ByteSize() > 1_500_000_000
+    large = converted.ByteSize() > LARGE_ONNX_BYTES  # in memory, the weights are all in the proto
     onnx.save(converted, str(dst), save_as_external_data=large, location=dst.name + ".data" if large else None)
 
 

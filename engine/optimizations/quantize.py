@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from engine.errors import NotApplicable
-from engine.optimizations.base import OptConfig, implementation, register
+from engine.optimizations.base import LARGE_ONNX_BYTES, OptConfig, implementation, register
 
 # Dynamic quantization rewrites MatMul/Attention only by default: ONNX Runtime's CPU ConvInteger
 # has no int8-weight kernel, and quantizing embeddings (Gather) costs accuracy for little speed.
@@ -91,15 +91,27 @@ def _quant_type(name: str) -> Any:
     return QuantType.QInt8 if name == "int8" else QuantType.QUInt8
 
 
-def preprocess(src: Path, dst: Path, notes: list[str]) -> Path:
-    """ONNX Runtime's recommended pre-processing (shape inference, graph optimization)."""
+def is_large(onnx_path: Path) -> bool:
+    """Whether a model needs external data: every model here sits in a folder of its own, so the folder's size
+    counts the weights wherever they are (inside the .onnx or beside it)."""
+    from engine.artifacts import folder_size
+
+    return folder_size(onnx_path.parent) > LARGE_ONNX_BYTES
+
+
+def preprocess(src: Path, scratch: Path, notes: list[str]) -> Path:
+    """ONNX Runtime's recommended pre-processing (shape inference, graph optimization), written into `scratch`
+    (a folder the caller removes: the pre-processed model is never part of the variant)."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    large = src.stat().st_size > 1_500_000_000
-    src, dst = src.resolve(), dst.resolve()
+    large = is_large(src)
+    src, dst = src.resolve(), (scratch / "model" / "preprocessed.onnx").resolve()
+    dst.parent.mkdir(parents=True)
     # When symbolic shape inference gives up it saves its partial model into the working directory
     # (sym_shape_infer_temp.onnx + a data file); run it where that litter is thrown away.
-    with tempfile.TemporaryDirectory(prefix="quant-pre-") as scratch, contextlib.chdir(scratch):
+    litter = scratch / "cwd"
+    litter.mkdir()
+    with contextlib.chdir(litter):
         try:
             quant_pre_process(str(src), str(dst), save_as_external_data=large)
         except Exception as exc:  # noqa: BLE001 - symbolic shape inference fails on many graphs; retry without it
@@ -112,13 +124,14 @@ def preprocess(src: Path, dst: Path, notes: list[str]) -> Path:
 def int8_dynamic_onnx(src: Path, dst: Path, config: Int8DynamicConfig, ctx: Any) -> None:
     from onnxruntime.quantization import quantize_dynamic
 
-    pre = preprocess(src, dst.with_name("preprocessed.onnx"), ctx.notes)
-    quantize_dynamic(
-        str(pre), str(dst), op_types_to_quantize=list(config.ops), per_channel=config.per_channel,
-        reduce_range=config.reduce_range, weight_type=_quant_type(config.weight_type),
-        use_external_data_format=pre.stat().st_size > 1_500_000_000,
-    )
-    _count_quantized(dst, ctx)
+    with tempfile.TemporaryDirectory(prefix="quant-", dir=dst.parent) as scratch:
+        pre = preprocess(src, Path(scratch), ctx.notes)
+        quantize_dynamic(
+            str(pre), str(dst), op_types_to_quantize=list(config.ops), per_channel=config.per_channel,
+            reduce_range=config.reduce_range, weight_type=_quant_type(config.weight_type),
+            use_external_data_format=is_large(pre),
+        )
+    _count_quantized(dst)
 
 
 @implementation("int8-dynamic", "torch")
@@ -160,9 +173,14 @@ def _reader(arrays: dict[str, Any], batch: int) -> Any:
 
 @implementation("int8-static", "onnx")
 def int8_static_onnx(src: Path, dst: Path, config: Int8StaticConfig, ctx: Any) -> None:
+    with tempfile.TemporaryDirectory(prefix="quant-", dir=dst.parent) as scratch:
+        _int8_static(preprocess(src, Path(scratch), ctx.notes), dst, config, ctx, Path(scratch))
+    _count_quantized(dst)
+
+
+def _int8_static(pre: Path, dst: Path, config: Int8StaticConfig, ctx: Any, scratch: Path) -> None:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_static
 
-    pre = preprocess(src, dst.with_name("preprocessed.onnx"), ctx.notes)
     arrays = ctx.calibration(config.samples)
     fixed = ctx.spec.fixed_batch
     reader = _reader(arrays, fixed or 8)
@@ -174,22 +192,20 @@ def int8_static_onnx(src: Path, dst: Path, config: Int8StaticConfig, ctx: Any) -
     if config.activation_type == "int8":
         extra["ActivationSymmetric"] = True
     ops = _static_ops(pre, config, ctx.notes)
-    large = pre.stat().st_size > 1_500_000_000
+    large = is_large(pre)
     n = next(iter(arrays.values())).shape[0]
     ctx.notes.append(f"int8-static calibrated on {n} samples ({config.method}, from {ctx.calibration_source})")
-    with tempfile.TemporaryDirectory(prefix="calib-", dir=dst.parent) as scratch:
-        ranges = None
-        if config.method == "entropy":
-            ranges = _entropy_ranges(pre, reader, Path(scratch), large)
-            reader.rewind()
-        quantize_static(
-            str(pre), str(dst), calibration_data_reader=reader, quant_format=QuantFormat.QDQ,
-            op_types_to_quantize=ops, per_channel=config.per_channel, reduce_range=config.reduce_range,
-            activation_type=_quant_type(config.activation_type), weight_type=_quant_type("int8"),
-            nodes_to_exclude=list(config.exclude) or None, calibrate_method=method, extra_options=extra,
-            use_external_data_format=large, calibration_cache_path=str(ranges) if ranges else None,
-        )
-    _count_quantized(dst, ctx)
+    ranges = None
+    if config.method == "entropy":
+        ranges = _entropy_ranges(pre, reader, scratch, large)
+        reader.rewind()
+    quantize_static(
+        str(pre), str(dst), calibration_data_reader=reader, quant_format=QuantFormat.QDQ,
+        op_types_to_quantize=ops, per_channel=config.per_channel, reduce_range=config.reduce_range,
+        activation_type=_quant_type(config.activation_type), weight_type=_quant_type("int8"),
+        nodes_to_exclude=list(config.exclude) or None, calibrate_method=method, extra_options=extra,
+        use_external_data_format=large, calibration_cache_path=str(ranges) if ranges else None,
+    )
 
 
 def _entropy_ranges(model: Path, reader: Any, scratch: Path, large: bool) -> Path:
@@ -221,7 +237,7 @@ def _static_ops(path: Path, config: Int8StaticConfig, notes: list[str]) -> list[
     return list(STATIC_TRANSFORMER_OPS)
 
 
-def _count_quantized(path: Path, ctx: Any) -> None:
+def _count_quantized(path: Path) -> None:
     import onnx
 
     model = onnx.load(str(path), load_external_data=False)

@@ -14,13 +14,11 @@ from typing import Any
 from engine import safezip
 from engine.errors import UserError
 from engine.paths import sub_dir
-from engine.specs import BATCH_AXIS, DEFAULT_SEQ_LEN, InputSpec, TensorSpec
+from engine.specs import BATCH_AXIS, DEFAULT_INT_RANGE, DEFAULT_SEQ_LEN, InputSpec, TensorSpec
 
 # Model formats as stored; the "working" representation used by optimizations and runtimes is
 # "onnx" for ONNX models and "torch" (an nn.Module) for the other three.
 ONNX, TORCHSCRIPT, EXPORTED, HF = "onnx", "torchscript", "pt2", "hf"
-FORMATS = (ONNX, TORCHSCRIPT, EXPORTED, HF)
-TORCH_FORMATS = frozenset({TORCHSCRIPT, EXPORTED, HF})
 _FILE_NAMES = {ONNX: "model.onnx", TORCHSCRIPT: "model.pt", EXPORTED: "model.pt2"}
 _ARTIFACT_JSON = "artifact.json"
 
@@ -427,7 +425,7 @@ def _value_info_spec(vi: Any, value_range: tuple[int, int] | None, label: str) -
         else:
             dims.append(BATCH_AXIS if i == 0 else (d.dim_param or f"dim{i}"))
     if value_range is None and dtype.startswith(("int", "uint")):
-        value_range = (0, 2) if "mask" in vi.name.lower() or "type" in vi.name.lower() else (0, 100)
+        value_range = (0, 2) if "mask" in vi.name.lower() or "type" in vi.name.lower() else DEFAULT_INT_RANGE
     return TensorSpec(vi.name, dtype, tuple(dims), value_range)
 
 

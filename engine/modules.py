@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from engine.errors import UserError
-from engine.specs import BATCH_AXIS, INTEGER_DTYPES, InputSpec, TensorSpec
+from engine.specs import BATCH_AXIS, DEFAULT_INT_RANGE, INTEGER_DTYPES, InputSpec, TensorSpec
 
 # Hugging Face loading is local only: no hub access, no remote code.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -25,12 +25,7 @@ _TORCH_TO_NUMPY = {
     torch.int64: "int64", torch.int32: "int32", torch.int16: "int16", torch.int8: "int8", torch.uint8: "uint8",
     torch.bool: "bool",
 }
-_NUMPY_TO_TORCH = {v: k for k, v in _TORCH_TO_NUMPY.items()}
 HF_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
-
-
-def torch_dtype(name: str) -> torch.dtype:
-    return _NUMPY_TO_TORCH[name]
 
 
 def numpy_dtype_name(dtype: torch.dtype) -> str:
@@ -152,19 +147,19 @@ def _error_line(exc: BaseException) -> str:
     return lines[0][:300]
 
 
-def _param_count(module: torch.nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
+def parameter_count(module: torch.nn.Module) -> int:
+    return sum(int(p.numel()) for p in module.parameters())
 
 
 def _tensor_spec(name: str, tensor: Any, dims: list[int | str]) -> TensorSpec:
     dtype = numpy_dtype_name(tensor.dtype) if isinstance(tensor, torch.Tensor) else str(tensor)
-    value_range = (0, 100) if dtype in INTEGER_DTYPES else None
+    value_range = DEFAULT_INT_RANGE if dtype in INTEGER_DTYPES else None
     return TensorSpec(name, dtype, tuple(dims), value_range)
 
 
 def _inspect_torchscript(path: Path) -> Inspected:
     module = torch.jit.load(str(path), map_location="cpu", _restore_shapes=True)
-    info: dict[str, Any] = {"parameters": _param_count(module)}
+    info: dict[str, Any] = {"parameters": parameter_count(module)}
     args = [a for a in module.forward.schema.arguments if a.name != "self"]
     graph_inputs = list(module.graph.inputs())[1:]
     tensors = []
@@ -236,7 +231,7 @@ def _inspect_hf(folder: Path, label: str) -> Inspected:
     )
     max_pos = int(config.get("max_position_embeddings") or 0)
     info = {
-        "parameters": _param_count(model),
+        "parameters": parameter_count(model),
         "architecture": type(model).__name__,
         "model_type": config.get("model_type"),
         "max_position_embeddings": max_pos or None,

@@ -18,8 +18,6 @@ LARGE_ONNX_BYTES = 1_500_000_000
 # conversion to the runtime's format happens between the stages; format passes rewrite that format.
 Stage = Literal["torch", "convert", "format"]
 STAGE_ORDER = {"torch": 0, "convert": 1, "format": 2}
-# Working formats an implementation can rewrite: "torch" (an nn.Module) or "onnx".
-WorkFormat = Literal["torch", "onnx"]
 
 
 @dataclass(frozen=True)

@@ -80,8 +80,7 @@ register("distill", stage="torch", config=DistillConfig, formats=("torch",),
 def distill(student: Any, config: DistillConfig, ctx: Any) -> Any:
     import torch
 
-    from engine.modules import HFWrapper
-    from engine.optimizations import surgery
+    from engine.modules import HFWrapper, parameter_count
 
     if ctx.original is None:
         raise NotApplicable("distill needs the original model as its teacher, and the build gave none")
@@ -116,7 +115,7 @@ def distill(student: Any, config: DistillConfig, ctx: Any) -> Any:
     ctx.train_s = (ctx.train_s or 0.0) + seconds
     used = " and its labels" if used_labels else ""
     ctx.notes.append(
-        f"distill trained {surgery.parameter_count(student):,} parameters for {config.epochs} epoch(s) on {count} "
+        f"distill trained {parameter_count(student):,} parameters for {config.epochs} epoch(s) on {count} "
         f"samples of {source}{used} (lr {lr:g}, T {config.temperature:g}, seed {config.seed}) on {device} in "
         f"{seconds:.1f} s; loss against the teacher {loss_before:.4g} -> {loss_after:.4g}"
         + ("; pruned (zero) weights stayed zero" if masks else "")

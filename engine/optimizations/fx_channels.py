@@ -604,11 +604,8 @@ def prune_graph(gm: fx.GraphModule, ratio: float) -> tuple[list[surgery.Edit], P
             if not s.score or (s.target, s.dim) in seen:
                 continue
             seen.add((s.target, s.dim))
-            weight = analysis.tensor(s.target).detach().double().movedim(s.dim, 0).reshape(group.size, -1)
-            norms = weight.norm(dim=1)
-            score += norms / (norms.mean() + 1e-12)  # each weight weighs equally, whatever its scale
-        order = torch.argsort(score, descending=True, stable=True)[:kept]
-        plans.append((group, sorted(int(i) for i in order)))
+            score += surgery.slice_norms(analysis.tensor(s.target), s.dim, group.size)
+        plans.append((group, surgery.top_indices(score, kept)))
         report.pruned += 1
         report.channels_before += group.size
         report.channels_after += kept

@@ -106,10 +106,9 @@ def prune_unstructured(module: Any, config: PruneUnstructuredConfig, ctx: Any) -
 def prune_structured(module: Any, config: PruneStructuredConfig, ctx: Any) -> Any:
     import torch
 
-    from engine.modules import HFWrapper, example_tensors
-    from engine.optimizations import surgery
+    from engine.modules import HFWrapper, example_tensors, parameter_count
 
-    before = surgery.parameter_count(module)
+    before = parameter_count(module)
     if isinstance(module, torch.jit.ScriptModule):
         raise NotApplicable(_TORCHSCRIPT_STRUCTURED)
     if isinstance(module, torch.fx.GraphModule):
@@ -120,7 +119,7 @@ def prune_structured(module: Any, config: PruneStructuredConfig, ctx: Any) -> An
         raise NotApplicable(f"prune-structured has no rule for a {type(module).__name__}")
     with torch.no_grad():
         module(*example_tensors(ctx.spec, 2))  # a pruned model that does not run must fail here, not later
-    after = surgery.parameter_count(module)
+    after = parameter_count(module)
     ctx.notes.append(f"prune-structured removed {config.ratio:.0%} of {what}; parameters {before:,} -> {after:,} "
                      f"({after / before:.0%})")
     return module
@@ -176,19 +175,6 @@ def _prune_encoder(module: Any, config: PruneStructuredConfig, ctx: Any) -> str:
     return " and ".join(parts)
 
 
-def _norms(weight: Any, dim: int, groups: int) -> Any:
-    """L2 norm of each of `groups` equal slices of `weight` along `dim`, scaled to mean 1."""
-    rows = weight.detach().double().movedim(dim, 0).reshape(groups, -1)
-    norms = rows.norm(dim=1)
-    return norms / (norms.mean() + 1e-12)
-
-
-def _top(score: Any, count: int) -> list[int]:
-    import torch
-
-    return sorted(int(i) for i in torch.argsort(score, descending=True, stable=True)[:count])
-
-
 def _slice_linear(root: Any, path: str, dim: int, index: list[int], edits: list[Any]) -> None:
     """Slice a Linear along its output (dim 0) or input (dim 1) features, keeping its attributes true."""
     from engine.optimizations import surgery
@@ -207,9 +193,10 @@ def _prune_heads(root: Any, attention: Any, ratio: float, edits: list[Any]) -> i
     kept = max(1, round(heads * (1 - ratio)))
     if kept == heads:
         return heads
-    score = sum(_norms(root.get_submodule(p).weight, 0, heads) for p in (attention.q, attention.k, attention.v))
-    score = score + _norms(root.get_submodule(attention.out).weight, 1, heads)
-    keep = _top(score, kept)
+    norms = surgery.slice_norms
+    score = sum(norms(root.get_submodule(p).weight, 0, heads) for p in (attention.q, attention.k, attention.v))
+    score = score + norms(root.get_submodule(attention.out).weight, 1, heads)
+    keep = surgery.top_indices(score, kept)
     index = [h * size + j for h in keep for j in range(size)]
     for path in (attention.q, attention.k, attention.v):
         _slice_linear(root, path, 0, index, edits)
@@ -221,13 +208,16 @@ def _prune_heads(root: Any, attention: Any, ratio: float, edits: list[Any]) -> i
 
 
 def _prune_ffn(root: Any, ffn: tuple[str, str], ratio: float, edits: list[Any]) -> tuple[int, int]:
+    from engine.optimizations import surgery
+
     first, second = ffn
     width = root.get_submodule(first).out_features
     kept = max(1, round(width * (1 - ratio)))
     if kept == width:
         return width, width
-    score = _norms(root.get_submodule(first).weight, 0, width) + _norms(root.get_submodule(second).weight, 1, width)
-    keep = _top(score, kept)
+    score = (surgery.slice_norms(root.get_submodule(first).weight, 0, width)
+             + surgery.slice_norms(root.get_submodule(second).weight, 1, width))
+    keep = surgery.top_indices(score, kept)
     _slice_linear(root, first, 0, keep, edits)
     _slice_linear(root, second, 1, keep, edits)
     return width, kept

@@ -98,8 +98,17 @@ def apply(root: nn.Module, edits: list[Edit]) -> None:
             raise ValueError(f"unknown structural edit '{kind}'")
 
 
-def parameter_count(module: Any) -> int:
-    return sum(int(p.numel()) for p in module.parameters())
+def slice_norms(weight: Any, dim: int, groups: int) -> Any:
+    """L2 norm of each of `groups` equal slices of `weight` along `dim`, scaled to mean 1 (so that every
+    weight tensor scoring the same channels weighs equally, whatever its scale)."""
+    rows = weight.detach().double().movedim(dim, 0).reshape(groups, -1)
+    norms = rows.norm(dim=1)
+    return norms / (norms.mean() + 1e-12)
+
+
+def top_indices(score: Any, count: int) -> list[int]:
+    """The `count` best-scoring indices, in ascending order (ties kept stable)."""
+    return sorted(int(i) for i in torch.argsort(score, descending=True, stable=True)[:count])
 
 
 def save_weights(module: nn.Module, path: Path) -> None:

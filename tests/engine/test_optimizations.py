@@ -34,12 +34,18 @@ def _other_value(owner: type, field: dataclasses.Field[Any]) -> Any:
     if hint is int:
         return default - 1 if default > 1 else default + 1
     if hint is float:
-        return default - 0.5 if default > 0.5 else default / 2
+        return default - 0.5 if default > 0.5 else (default / 2 if default > 0 else 0.25)  # 0.0 means "auto"
     if get_origin(hint) is Literal:
         return next(c for c in get_args(hint) if c != default)
     if get_origin(hint) is tuple:
         return ("Gemm", "Resize")
     raise AssertionError(f"no test value for {owner.__name__}.{field.name}: {hint}")
+
+
+def test_every_test_value_differs_from_the_default() -> None:
+    for opt in REGISTRY.values():
+        for field in dataclasses.fields(opt.config):
+            assert _other_value(opt.config, field) != field.default, (opt.id, field.name)
 
 
 def _config(text: str) -> Any:

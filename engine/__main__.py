@@ -72,9 +72,10 @@ def cmd_bench(args: argparse.Namespace, out: TextIO) -> int:
     except ValueError as exc:
         raise UserError(str(exc).replace("_", "-")) from exc
     settings = plan.StudySettings(
-        measure=measure, threads=args.threads or plan.default_threads(), timeout_s=args.timeout,
+        measure=measure, threads=plan.default_threads() if args.threads is None else args.threads,
+        timeout_s=args.timeout,
         eval_samples=args.eval_samples, runtime_options=parse_runtime_options(args.option),
-        memory_limit_mb=args.memory_limit or plan.default_memory_limit_mb(),
+        memory_limit_mb=plan.default_memory_limit_mb() if args.memory_limit is None else args.memory_limit,
     )
     variants = plan.parse_variants(plan.split_variants(args.variants or ",".join(plan.DEFAULT_VARIANTS)))
     runtimes = plan.parse_runtimes(args.runtimes.split(",") if args.runtimes else None)
@@ -126,7 +127,7 @@ def cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
 
     if args.if_empty:
         with session(write=False) as s:
-            if not q.list_studies(s).empty:
+            if q.has_study(s):
                 print("the database has studies already; no demo queued", file=out)
                 return 0
     print("building the demo: a CNN trained offline on scikit-learn's digits (first time only)...", file=out,

@@ -288,6 +288,10 @@ def live_workers(s: Session, within_s: float = 30.0) -> list[Worker]:
 # --- reading ----------------------------------------------------------------------------------------
 
 
+def has_study(s: Session) -> bool:
+    return s.scalar(select(Study.id).limit(1)) is not None
+
+
 def study_progress(s: Session, study_id: int) -> dict[str, int]:
     rows = s.execute(select(Job.status, func.count()).where(Job.study_id == study_id).group_by(Job.status))
     return {status: int(n) for status, n in rows}

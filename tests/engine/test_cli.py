@@ -255,3 +255,10 @@ def test_terminal_output_shows_live_progress(tmp_path: Path, mlp_onnx: Path, dat
     assert proc.returncode == 0
     assert "\r\x1b[2K" in text
     assert "[1/2] baseline × onnxruntime × b1" in text and "ETA" in text and "measuring" in text
+
+
+def test_zero_threads_or_memory_is_refused_not_replaced_by_the_default(tmp_path: Path, mlp_onnx: Path) -> None:
+    for flag, value, expected in (("--threads", "0", "--threads must be at least 1, got 0"),
+                                  ("--memory-limit", "0", "--memory-limit must be at least 64 MB, got 0")):
+        proc = cli("bench", str(mlp_onnx), flag, value, data_dir=tmp_path / "data")
+        assert proc.returncode == 2 and proc.stderr.strip() == f"error: {expected}", proc.stderr

@@ -227,20 +227,19 @@ def requeue_expired(s: Session) -> int:
     """Jobs whose worker stopped heartbeating (killed): requeue, or end as crashed after MAX_ATTEMPTS."""
     now = utcnow()
     expired = and_(Job.status == RUNNING, Job.lease_expires_at < now)
-    ended = _rowcount(s.execute(
+    ended = set(s.scalars(
         update(Job).where(expired, Job.attempts >= MAX_ATTEMPTS)
         .values(status="crashed", finished_at=now, phase=None, lease_expires_at=None,
                 error_type="WorkerLost", error_message=f"its worker died {MAX_ATTEMPTS} times while running it")
-        .execution_options(synchronize_session=False)
+        .returning(Job.study_id).execution_options(synchronize_session=False)
     ))
     requeued = _rowcount(s.execute(
         update(Job).where(expired).values(status=QUEUED, worker_id=None, phase=None, lease_expires_at=None)
         .execution_options(synchronize_session=False)
     ))
-    if ended:
-        for (study_id,) in s.execute(select(Job.study_id).where(Job.error_type == "WorkerLost").distinct()):
-            _maybe_finish_study(s, study_id)
-    return int(requeued or 0)
+    for study_id in ended:  # only the studies whose job just ended may be finished now
+        _maybe_finish_study(s, study_id)
+    return requeued
 
 
 def cancel_study(s: Session, study_id: int) -> int:

@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PORT ?= 8501
 
-.PHONY: install run test lint typecheck bench-overhead bench-speedups clean
+.PHONY: install run dev test lint typecheck bench-overhead bench-speedups clean
 
 install: $(STAMP)
 
@@ -21,6 +21,10 @@ run: install
 	# on an empty database, queue the bundled demo: the dashboard's worker runs it while you look around
 	$(BIN)/python -m engine demo --if-empty
 	$(BIN)/streamlit run app.py --server.port $(PORT)
+
+dev: install
+	# for working on the dashboard: rerun pages when their files change (off in the shipped configuration)
+	$(BIN)/streamlit run app.py --server.port $(PORT) --server.fileWatcherType auto --server.runOnSave true
 
 lint: install
 	$(BIN)/ruff check .

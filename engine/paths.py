@@ -5,10 +5,18 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+ENV = "PARETOSCOPE_DATA_DIR"
+# The first resolution of each setting of the variable: a relative default ("data") names the folder
+# under the directory the process started in, even after a library or a child changes the directory.
+_RESOLVED: dict[str, Path] = {}
+
 
 def data_dir() -> Path:
-    """The data folder from `PARETOSCOPE_DATA_DIR` (default `./data`), created on first use."""
-    root = Path(os.environ.get("PARETOSCOPE_DATA_DIR", "data")).resolve()
+    """The data folder from `PARETOSCOPE_DATA_DIR` (default `./data`) as an absolute path, created on first use."""
+    raw = os.environ.get(ENV, "data")
+    root = _RESOLVED.get(raw)
+    if root is None:
+        root = _RESOLVED[raw] = Path(raw).expanduser().resolve()
     root.mkdir(parents=True, exist_ok=True)
     return root
 
@@ -18,3 +26,12 @@ def sub_dir(*parts: str) -> Path:
     path = data_dir().joinpath(*parts)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def child_env(root: Path) -> dict[str, str]:
+    """The environment for a child process: this process's data folder, absolute, and the project on its path.
+
+    Children run in other working directories (a scratch folder, the project root), where a relative
+    default would name another folder, and one that is deleted afterwards."""
+    path = os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, ENV: str(data_dir()), "PYTHONPATH": path}

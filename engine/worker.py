@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from engine.executors.local import Outcome, run_child, stop_process_group
-from engine.paths import sub_dir
+from engine.paths import child_env, sub_dir
 from engine.plan import Cell
 from engine.study import StudyEvents, study_dir
 from storage import blobs
@@ -207,6 +207,10 @@ class Worker:
     def _execute(self, job_id: int, payload: dict[str, Any], cell: Cell, meta: dict[str, Any]) -> None:
         self.events.started(cell, meta["position"], meta["total"])
         folder = Path(payload["study_dir"])
+        missing = _missing_model(payload["model"])
+        if missing:
+            self._record(job_id, cell, Outcome("failed", error=missing, error_type="ModelFileMissing"), meta)
+            return
         reference = meta["reference"] or self._ensure_reference(job_id, meta["study_id"], payload, cell, folder,
                                                                 meta["timeout_s"])
         if reference.get("error"):
@@ -273,6 +277,14 @@ class Worker:
             self.events.finished(cell, row, meta["position"], meta["total"])
 
 
+def _missing_model(artifact: dict[str, Any]) -> str | None:
+    """Why the study's model cannot be loaded before any child tries (a loader would blame the path's form)."""
+    path = Path(artifact["path"])
+    if path.exists():
+        return None
+    return f"the model's file is missing from the data folder ({path}): upload it again"
+
+
 def ensure_local_worker() -> int | None:
     """Start one background worker when none has a live heartbeat; return its pid (None if one runs).
 
@@ -295,9 +307,9 @@ def ensure_local_worker() -> int | None:
             return None  # started moments ago and still starting up
         log = open(sub_dir("logs") / "worker.log", "ab")
         root = Path(__file__).resolve().parents[1]
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
         process = subprocess.Popen([sys.executable, "-m", "engine", "worker"], stdout=log, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL, start_new_session=True, cwd=str(root), env=env)
+                                   stdin=subprocess.DEVNULL, start_new_session=True, cwd=str(root),
+                                   env=child_env(root))
         log.close()
         pid_file.write_text(str(process.pid))
         return process.pid

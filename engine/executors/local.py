@@ -20,7 +20,7 @@ from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Any
 
-from engine.paths import sub_dir
+from engine.paths import child_env, sub_dir
 
 # Seconds between SIGTERM and SIGKILL when a child must stop.
 GRACE_S = 5.0
@@ -115,7 +115,7 @@ def run_child(task: str, payload: dict[str, Any], timeout_s: float, log_path: Pa
     # write them into a scratch folder inside the data folder, removed afterwards
     scratch = Path(tempfile.mkdtemp(prefix="job-", dir=sub_dir("tmp")))
     read_fd, write_fd = os.pipe()
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(_ROOT), os.environ.get("PYTHONPATH")]))}
+    env = child_env(_ROOT)
     start = time.monotonic()
     with open(log_path, "ab") as log:
         process = subprocess.Popen(

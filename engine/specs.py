@@ -99,6 +99,24 @@ class TensorSpec:
         rng = f"{{{self.value_range[0]},{self.value_range[1]}}}" if self.value_range else ""
         return f"{self.name}:{self.dtype}[{dims}]{rng}"
 
+    def label(self) -> str:
+        """For people: like describe(), with the value range written as the values it admits."""
+        dims = ",".join(str(d) for d in self.shape)
+        rng = f" in {range_label(self.value_range)}" if self.value_range else ""
+        return f"{self.name}:{self.dtype}[{dims}]{rng}"
+
+
+# Ranges this small are shown as their values ({0, 1}), larger ones as an interval.
+_LISTED_VALUES = 8
+
+
+def range_label(value_range: tuple[int, int] | list[int]) -> str:
+    """A half-open integer range as a person reads it: `{0, 1}` for a mask's [0, 2), `[0, 30522)` for token ids."""
+    low, high = int(value_range[0]), int(value_range[1])
+    if high - low <= _LISTED_VALUES:
+        return "{" + ", ".join(str(v) for v in range(low, high)) + "}"
+    return f"[{low}, {high})"
+
 
 @dataclass(frozen=True)
 class InputSpec:
@@ -153,6 +171,9 @@ class InputSpec:
 
     def describe(self) -> str:
         return ";".join(t.describe() for t in self.inputs)
+
+    def label(self) -> str:
+        return "; ".join(t.label() for t in self.inputs)
 
     @classmethod
     def parse(cls, text: str, seq_len: int | None = None) -> InputSpec:

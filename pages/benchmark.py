@@ -47,28 +47,35 @@ def watch(study_id: int) -> None:
         jobs = q.live_jobs(s, study_id)
         study = q.get_study(s, study_id)
         finished = study is not None and study.finished_at is not None
-    done = int(jobs["status"].isin(["ok", "failed", "timeout", "crashed", "oom", "n/a", "unavailable",
-                                    "cancelled"]).sum())
-    total = len(jobs)
+    # n/a and unavailable cells are rows, not work: they count neither as done nor as left to do
+    runnable = jobs[~jobs["status"].isin(q.SKIPPED_STATUSES)]
+    done = int(runnable["status"].isin(q.FINAL_STATUSES).sum())
+    failed = int(runnable["status"].isin(q.FAILED_STATUSES).sum())
+    total = len(runnable)
     now = datetime.now(UTC)
-    started = jobs["started_at"].dropna()
+    started = runnable["started_at"].dropna()
     elapsed = (now - started.min()).total_seconds() if len(started) else 0.0
-    ran = jobs[jobs["finished_at"].notna() & jobs["started_at"].notna()]
+    fractions = [common.cell_fraction(st_, p, f) for st_, p, f in
+                 zip(runnable["status"], runnable["phase"], runnable["fraction"], strict=True)]
+    # ETA from the first cell that was built and measured: the mean time a finished cell took, for the rest
+    ran = runnable[runnable["finished_at"].notna() & runnable["started_at"].notna()]
     per_cell = ((ran["finished_at"] - ran["started_at"]).dt.total_seconds().mean()) if len(ran) else None
-    waiting = int(jobs["status"].isin(["queued", "running"]).sum())
-    eta = f"{per_cell * waiting:.0f} s" if per_cell and waiting else "-"
-    st.progress(done / total if total else 1.0, text=f"{done} of {total} cells done · elapsed {elapsed:.0f} s · "
-                                                     f"ETA {eta}")
+    left = total - sum(fractions)
+    eta = f"{per_cell * left:.0f} s" if per_cell and left > 0 else "after the first cell"
+    text = (f"{done} of {total} cells done" + (f" ({failed} failed)" if failed else "")
+            + f" · elapsed {elapsed:.0f} s · ETA {eta}")
+    st.progress(sum(fractions) / total if total else 1.0, text=text)
     view = jobs.assign(
-        progress=jobs["fraction"].fillna(0.0).where(jobs["status"] == "running",
-                                                    (jobs["status"] != "queued").astype(float)),
+        progress=[common.cell_fraction(st_, p, f) for st_, p, f in
+                  zip(jobs["status"], jobs["phase"], jobs["fraction"], strict=True)],
         elapsed_s=[((f if pd.notna(f) else now) - s_).total_seconds() if pd.notna(s_) else None
                    for s_, f in zip(jobs["started_at"], jobs["finished_at"], strict=True)],
     )
     st.dataframe(view[["cell", "variant", "runtime", "batch_size", "status", "phase", "progress", "elapsed_s",
                        "attempts", "error_message"]], hide_index=True,
                  column_config={"progress": st.column_config.ProgressColumn("progress", min_value=0, max_value=1),
-                                "elapsed_s": st.column_config.NumberColumn("elapsed s", format="%.1f")})
+                                "elapsed_s": st.column_config.NumberColumn("elapsed s", format="%.1f"),
+                                "error_message": st.column_config.TextColumn("error / reason", width="large")})
     if finished:
         st.session_state.pop("watch_study", None)
         st.session_state["results_study"] = study_id  # the Results page opens on it
@@ -89,7 +96,10 @@ if watching is not None:
     watch(int(watching))
     st.divider()
 elif st.session_state.get("finished_study") is not None:
-    st.success(f"Study #{st.session_state['finished_study']} finished.")
+    ended = common.studies(common.url())
+    ended = ended[ended["id"] == st.session_state["finished_study"]]
+    if len(ended):
+        common.show_state(ended.iloc[0])
     st.page_link("pages/results.py", label="See its results", icon=":material/insights:")
 
 models = common.models(common.url())
@@ -106,7 +116,7 @@ artifact_json = common.model_artifact(common.url(), int(model_id))
 if artifact_json is None:
     st.stop()
 artifact = Artifact.from_json(artifact_json)
-st.caption(f"{artifact.format} · inputs {artifact.spec.describe()}")
+st.caption(f"{artifact.format} · inputs {artifact.spec.label()}")
 
 left, right = st.columns(2)
 with left:
@@ -120,7 +130,9 @@ with left:
 with right:
     runtimes = availability()
     usable = [r["id"] for r in runtimes if r["available"] and not r["id"].startswith("test-")]
-    picked = st.multiselect("Runtimes", usable, default=[r for r in from_url("runtimes", usable) if r in usable])
+    # pills wrap onto new lines: every runtime's whole name stays visible however many are picked
+    picked = st.pills("Runtimes", usable, selection_mode="multi",
+                      default=[r for r in from_url("runtimes", usable) if r in usable]) or []
     for r in runtimes:
         if not r["available"]:
             st.caption(f"~~{r['id']}~~ unavailable: {r['reason']}")

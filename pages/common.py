@@ -110,10 +110,64 @@ def clear() -> None:
     st.cache_data.clear()
 
 
+def state_text(row: Any) -> str:
+    """A study's state for a person: running, done, failed, "7 ok, 2 failed" or cancelled."""
+    if row["state"] == "partial":
+        return f"{row['ok']} ok, {row['failed']} failed"
+    return str(row["state"])
+
+
 def study_label(frame: pd.DataFrame, study_id: int) -> str:
     row = frame.set_index("id").loc[study_id]
-    state = "cancelled" if row["cancelled"] else ("done" if pd.notna(row["finished_at"]) else "running")
-    return f"#{study_id} {row['name']} ({state})"
+    return f"#{study_id} {row['name']} ({state_text(row)})"
+
+
+@st.cache_data(ttl=TTL_S, show_spinner=False)
+def study_errors(db_url: str, study_id: int) -> pd.DataFrame:
+    with session(write=False) as s:
+        return q.study_errors(s, study_id)
+
+
+def show_state(row: Any) -> None:
+    """The study's end, in colour, with its errors grouped where a person looks first (above any table)."""
+    state, study_id = row["state"], int(row["id"])
+    if state == "running":
+        st.info(f"Study #{study_id} is running: {row['ran']} of {row['runnable']} cells done.",
+                icon=":material/hourglass_top:")
+        return
+    if state == "cancelled":
+        st.warning(f"Study #{study_id} was cancelled ({row['ok']} ok).", icon=":material/cancel:")
+        return
+    if state == "done":
+        st.success(f"Study #{study_id} finished: {row['ok']} of {row['runnable']} cells ok.",
+                   icon=":material/check_circle:")
+        return
+    errors = study_errors(url(), study_id)
+    headline = (f"Study #{study_id} failed: every cell that ran failed ({row['failed']})." if state == "failed"
+                else f"Study #{study_id} finished with failures: {row['ok']} ok, {row['failed']} failed.")
+    lines = [f"- **{n} × {status}**: {error[:400]}" for status, error, n in
+             zip(errors["status"], errors["error"], errors["count"], strict=True)]
+    (st.error if state == "failed" else st.warning)("\n".join([headline, *lines[:5]]), icon=":material/error:")
+
+
+# Where each phase of a cell sits in its whole run, so one bar moves forward through every phase.
+_PHASES = [("starting", 0.0, 0.02), ("reference outputs", 0.02, 0.1), ("building", 0.1, 0.4),
+           ("exporting", 0.1, 0.4), ("distill", 0.1, 0.4), ("loading the cached", 0.1, 0.4),
+           ("loading", 0.4, 0.5), ("warming up", 0.5, 0.55), ("measuring", 0.55, 0.95), ("accuracy", 0.95, 1.0)]
+
+
+def cell_fraction(status: str, phase: Any, fraction: Any) -> float:
+    """How far a cell is through its whole run (0 queued, 1 ended), from its current phase and progress in it."""
+    if status == "queued":
+        return 0.0
+    if status != "running":
+        return 1.0
+    name = str(phase or "starting")
+    within = 0.0 if fraction is None or pd.isna(fraction) else float(fraction)
+    for prefix, low, high in _PHASES:
+        if name.startswith(prefix):
+            return low + (high - low) * min(max(within, 0.0), 1.0)
+    return 0.0
 
 
 def stage_upload(name: str, data: bytes) -> Path:

@@ -41,7 +41,7 @@ both = joined.dropna(subset=["p50_ratio"])
 if both.empty:
     st.info("The two studies have no measured cell in common.")
 else:
-    st.plotly_chart(charts.compare_ratios(both, f"#{a}", f"#{b}"), key="ratios")
+    st.plotly_chart(charts.compare_ratios(both, f"#{a}", f"#{b}"), key="ratios", theme=None)
 
 diff = tables.environment_diff(full_a["environment"], full_b["environment"])
 st.subheader("Environment differences")

@@ -34,20 +34,38 @@ if st.button("Run the demo", type="primary" if studies.empty else "secondary",
         st.session_state["watch_study"] = study_id
         st.switch_page("pages/benchmark.py")
 
-if studies.empty:
-    st.info("No studies yet: press **Run the demo**, or upload your model on the **Models** page.")
-else:
-    running = studies[studies["finished_at"].isna() & ~studies["cancelled"].astype(bool)]
+
+@st.fragment(run_every=2.0 if (studies["state"] == "running").any() else None)
+def recent_studies() -> None:
+    """Recent studies and the newest one's state; refreshed every 2 s while one runs (idle pages cost nothing)."""
+    frame = common.studies(common.url())
+    running = frame[frame["state"] == "running"]
     if len(running):
-        first = running.iloc[-1]
-        st.info(f"Study #{first['id']} ({first['name']}) is running: {first['done']} of {first['cells']} cells done.")
+        first = running.iloc[0]
+        common.show_state(first)
         if st.button("Watch it", key="watch"):
             st.session_state["watch_study"] = int(first["id"])
             st.switch_page("pages/benchmark.py")
+    else:
+        common.show_state(frame.iloc[0])
     st.subheader("Recent studies")
-    recent = studies.head(10).copy()
-    recent["state"] = ["cancelled" if c else ("done" if f is not None and str(f) != "NaT" else "running")
-                       for c, f in zip(recent["cancelled"], recent["finished_at"], strict=True)]
-    st.dataframe(recent[["id", "name", "model", "cells", "done", "ok", "state", "created_at"]], hide_index=True,
+    recent = frame.head(10).copy()
+    recent["state"] = [common.state_text(row) for _, row in recent.iterrows()]
+    recent["cells done"] = [f"{r} of {n}" for r, n in zip(recent["ran"], recent["runnable"], strict=True)]
+
+    def colour(state: str) -> str:
+        return {"failed": "color: #b42318; font-weight: 600", "running": "color: #1d4ed8",
+                "cancelled": "color: #6b7280"}.get(state, "color: #b54708" if " failed" in state else "")
+
+    view = recent[["id", "name", "model", "state", "cells done", "ok", "failed", "created_at"]]
+    st.dataframe(view.style.map(colour, subset=["state"]), hide_index=True,
                  column_config={"created_at": st.column_config.DatetimeColumn("created", format="YYYY-MM-DD HH:mm")})
+    if running.empty and (studies["state"] == "running").any():
+        st.rerun(scope="app")  # nothing runs any more: redraw without the polling fragment
+
+
+if studies.empty:
+    st.info("No studies yet: press **Run the demo**, or upload your model on the **Models** page.")
+else:
+    recent_studies()
     st.page_link("pages/results.py", label="Open the results", icon=":material/insights:")

@@ -7,6 +7,7 @@ import streamlit as st
 
 from engine.executors.local import run_child
 from engine.paths import sub_dir
+from engine.specs import range_label
 from pages import common
 from storage import blobs
 from storage import queries as q
@@ -82,8 +83,8 @@ st.caption(f"sha256 `{artifact['sha256']}`")
 
 def spec_frame(tensors: list[dict]) -> pd.DataFrame:  # type: ignore[type-arg]
     return pd.DataFrame([{"name": t["name"], "dtype": t["dtype"], "shape": "[" + ", ".join(map(str, t["shape"])) + "]",
-                          "value range": str(t["value_range"]) if t.get("value_range") else ""} for t in tensors],
-                        columns=["name", "dtype", "shape", "value range"])
+                          "value range": range_label(t["value_range"]) if t.get("value_range") else "–"}
+                         for t in tensors], columns=["name", "dtype", "shape", "value range"])
 
 
 left, right = st.columns(2)

@@ -53,6 +53,7 @@ st.caption(f"Model **{study['model']['name']}** ({study['model']['format']}) · 
            f"{study['settings'].get('threads')} · min {study['settings']['measure']['iterations']} iterations and "
            f"{study['settings']['measure']['min_seconds']} s per cell · "
            + " · ".join(f"{n} {status}" for status, n in sorted(study["progress"].items())))
+common.show_state(studies[studies["id"] == study_id].iloc[0])
 downloads = st.container()  # filled once the recommendation's constraints are known
 
 st.dataframe(
@@ -118,12 +119,14 @@ else:
                    "from the Models page and apply the same chain.")
 
 at_batch = frame[frame["batch_size"] == batch]
-st.plotly_chart(charts.accuracy_vs_latency(at_batch, accuracy, accuracy_label, best), key="pareto")
-st.plotly_chart(charts.latency_bars(frame), key="latency")
-st.plotly_chart(charts.latency_distribution(frame, common.samples(common.url(), int(study_id))), key="distribution")
+# theme=None: the figures carry their own template, the same as in the HTML report and the Space
+st.plotly_chart(charts.accuracy_vs_latency(at_batch, accuracy, accuracy_label, best), key="pareto", theme=None)
+st.plotly_chart(charts.latency_bars(frame), key="latency", theme=None)
+st.plotly_chart(charts.latency_distribution(frame, common.samples(common.url(), int(study_id))), key="distribution",
+                theme=None)
 c1, c2 = st.columns(2)
-c1.plotly_chart(charts.memory_and_size(frame), key="memory")
-c2.plotly_chart(charts.throughput_vs_batch(frame), key="throughput")
+c1.plotly_chart(charts.memory_and_size(frame), key="memory", theme=None)
+c2.plotly_chart(charts.throughput_vs_batch(frame), key="throughput", theme=None)
 
 env = full["environment"]
 if isinstance(env, dict):

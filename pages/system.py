@@ -20,10 +20,10 @@ common.start_page()
 st.title("System")
 
 
-c1, c2, c3 = st.columns(3)
-c1.metric("CPU", cpu_model())
-c2.metric("Cores (logical / physical)", f"{os.cpu_count()} / {psutil.cpu_count(logical=False)}")
-c3.metric("Memory", f"{psutil.virtual_memory().total / 2**30:.1f} GiB")
+st.markdown(f"**CPU**: {cpu_model()}")  # whole: a metric tile would cut a long model name
+c1, c2 = st.columns(2)
+c1.metric("Cores (logical / physical)", f"{os.cpu_count()} / {psutil.cpu_count(logical=False)}")
+c2.metric("Memory", f"{psutil.virtual_memory().total / 2**30:.1f} GiB")
 
 st.subheader("GPUs")
 gpus, reason = cuda_devices()

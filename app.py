@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import streamlit as st
 
 from engine.paths import data_dir
@@ -10,7 +12,9 @@ from pages import common
 from storage import queries as q
 from storage.db import session
 
-st.set_page_config(page_title="Paretoscope", page_icon=":material/insights:", layout="wide")
+# a local icon: a Material icon as page_icon is fetched from a font host, which fails offline
+st.set_page_config(page_title="Paretoscope", page_icon=str(Path(__file__).parent / "pages" / "assets" / "favicon.png"),
+                   layout="wide")
 
 
 common.ensure_worker()
@@ -21,9 +25,9 @@ navigation = common.navigation()
 with st.sidebar:
     with session(write=False) as s:
         workers = q.live_workers(s)
+        busy = q.busy_workers(s)
         queued = q.has_open_jobs(s)
     if workers:
-        busy = sum(w.status == "busy" for w in workers)
         st.success(f"{len(workers)} worker(s) alive, {busy} busy", icon=":material/check_circle:")
     elif local_worker_starting():
         st.info("A local worker is starting.", icon=":material/hourglass_top:")

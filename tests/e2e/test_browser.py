@@ -164,6 +164,9 @@ def test_a_users_upload_study_and_results_with_the_default_data_folder(user_dash
         browser = _browser(pw)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})  # type: ignore[attr-defined]
         page.set_default_timeout(60_000)
+        outside: list[str] = []  # the dashboard works offline: no font, icon or script from another host
+        page.on("request", lambda r: outside.append(r.url) if not r.url.startswith((url, "data:", "blob:"))
+                else None)
         page.goto(url)
         expect(page.get_by_role("heading", name="Paretoscope")).to_be_visible()
 
@@ -198,6 +201,7 @@ def test_a_users_upload_study_and_results_with_the_default_data_folder(user_dash
         expect(page.get_by_text("Study #3 failed").first).to_be_in_viewport()
         page.goto(url)
         expect(page.get_by_text("Study #3 failed").first).to_be_visible()
+        assert not outside, outside
         shot = Path(os.environ.get("PARETOSCOPE_SCREENSHOT_DIR", tmp_path)) / "home.png"
         page.screenshot(path=str(shot), full_page=True)
         browser.close()  # type: ignore[attr-defined]

@@ -20,6 +20,8 @@ $(STAMP): requirements.txt requirements-dev.txt
 run: install
 	# on an empty database, queue the bundled demo: the dashboard's worker runs it while you look around
 	$(BIN)/python -m engine demo --if-empty
+	# the worker starts with the app, not on the first page visit: the demo runs while the browser opens
+	$(BIN)/python -m engine worker --background
 	$(BIN)/streamlit run app.py --server.port $(PORT)
 
 dev: install

@@ -7,6 +7,7 @@ import json
 import shutil
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -51,7 +52,8 @@ def cmd_bench(args: argparse.Namespace, out: TextIO) -> int:
     from engine.data import load_npz
     from engine.measure.latency import MeasureSettings
     from engine.runtimes import parse_runtime_options
-    from engine.study import run_study, submit_study
+    from engine.study import release_study, run_study, submit_study
+    from engine.worker import new_worker_id
     from storage import queries as q
     from storage.db import session
 
@@ -87,28 +89,48 @@ def cmd_bench(args: argparse.Namespace, out: TextIO) -> int:
     model = intake(model_path, input_spec=args.input_spec, seq_len=args.seq_len)
     if data_path:
         load_npz(data_path, model.spec)  # validate now: a bad file is a usage error, not n failed cells
+    # The study is this process's: a dashboard's worker sharing the database must not run (and so hide) its cells.
+    owner = None if args.submit else new_worker_id()
     study_id, cells = submit_study(model, variants, runtimes, batch_sizes, settings, name=args.name,
-                                   model_name=label, data_path=data_path)
-    if args.submit:
+                                   model_name=label, data_path=data_path, owner=owner)
+    if owner is None:
         queued = sum(c.runnable for c in cells)
         print(f"queued {queued} of {len(cells)} cells; run them with: python -m engine worker", file=out)
         print(study_id, file=out)
         return 0
-    view = LiveView(out)
-    for cell in cells:
-        if not cell.runnable:
-            view.print_row(empty_row(cell))
-    started = time.monotonic()
-    run_study(study_id, events=view.events())
-    view.close()
-    with session(write=False) as s:
-        results = q.results_json(s, study_id)
-    ok = sum(r["status"] == "ok" for r in results["results"])
-    print(f"study {study_id}: {len(cells)} cells ({ok} ok) in {time.monotonic() - started:.1f} s; "
-          f"report: python -m engine report {study_id} --format json --out FILE", file=out)
+    try:
+        view = LiveView(out)
+        for cell in cells:
+            if not cell.runnable:
+                view.print_row(empty_row(cell))
+        started = time.monotonic()
+        run_study(study_id, events=view.events(), owner=owner)
+        view.close()
+        with session(write=False) as s:
+            results = q.results_json(s, study_id)
+    finally:
+        release_study(study_id, owner)  # however bench ends, cells left queued become any worker's work
+    # Rows and summary both come from the study's stored rows: every cell is shown and counted exactly once,
+    # including any the worker never reported (cancelled from the dashboard, or left by a stop).
+    rows = results["results"]
+    for row in rows:
+        if row["cell"] not in view.printed:
+            view.print_row(row)
+    counts = Counter(row["status"] for row in rows)
+    ok, skipped, cancelled = counts["ok"], counts["n/a"] + counts["unavailable"], counts["cancelled"]
+    left = counts[q.QUEUED] + counts[q.RUNNING]
+    failed = len(rows) - ok - skipped - cancelled - left
+    extra = "".join(f", {n} {what}" for n, what in ((cancelled, "cancelled"), (left, "not run")) if n)
+    print(f"study {study_id}: {len(rows)} cells ({ok} ok, {failed} failed, {skipped} n/a/unavailable{extra}) "
+          f"in {time.monotonic() - started:.1f} s; report: python -m engine report {study_id} --format json "
+          "--out FILE", file=out)
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(results, indent=1))
         print(f"results JSON written to {args.json_out}", file=out)
+    if left:
+        print(f"stopped: {left} unfinished cell(s) go back to the queue for any worker (python -m engine worker)",
+              file=sys.stderr)
+        return 130
     return 0
 
 
@@ -140,8 +162,13 @@ def cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_worker(args: argparse.Namespace, out: TextIO) -> int:
-    from engine.worker import Worker
+    from engine.worker import Worker, ensure_local_worker
 
+    if args.background:
+        pid = ensure_local_worker()
+        print(f"worker started in the background (pid {pid}); log: {data_dir() / 'logs' / 'worker.log'}"
+              if pid else "a worker is already alive (or PARETOSCOPE_NO_AUTO_WORKER=1)", file=out)
+        return 0
     worker = Worker()
     print(f"worker {worker.id} started; data folder {data_dir()}", file=out, flush=True)
     done = worker.run(until_idle=args.until_idle, max_jobs=args.max_jobs)
@@ -289,6 +316,7 @@ class LiveView:
         self.cell_started = self.started
         self.done_s: list[float] = []
         self.position = (0, 0)
+        self.printed: set[int] = set()  # cell indexes with a row on screen
         print(header(), file=out, flush=True)
 
     def events(self) -> Any:
@@ -326,6 +354,7 @@ class LiveView:
         if self.tty:
             self.out.write("\r\x1b[2K")
         print(format_row(row), file=self.out, flush=True)
+        self.printed.add(row["cell"])
 
     def close(self) -> None:
         if self.tty:
@@ -347,6 +376,9 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
     p = sub.add_parser("worker", help="run queued jobs from the database")
     p.add_argument("--until-idle", action="store_true", help="exit when no job is queued")
     p.add_argument("--max-jobs", type=int, default=None, help="exit after this many jobs")
+    p.add_argument("--background", action="store_true",
+                   help="start one worker in the background unless one is alive (what `make run` and the "
+                        "dashboard do), then return")
     p = sub.add_parser("report", help="write a study's results: HTML, CSV, JSON, or a Hugging Face Space")
     p.add_argument("study_id", type=int)
     p.add_argument("--format", choices=["html", "csv", "json", "space"], default="json",

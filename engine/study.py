@@ -30,8 +30,10 @@ def study_dir(study_id: int) -> Path:
 
 def submit_study(model: Artifact, variants: list[Chain], runtimes: list[str], batch_sizes: list[int],
                  settings: StudySettings, *, name: str | None = None, model_name: str | None = None,
-                 data_path: str | None = None) -> tuple[int, list[Cell]]:
-    """Store the study and queue its runnable cells; n/a and unavailable cells are final rows at once."""
+                 data_path: str | None = None, owner: str | None = None) -> tuple[int, list[Cell]]:
+    """Store the study and queue its runnable cells; n/a and unavailable cells are final rows at once.
+
+    With an `owner` (a worker id) only the worker of that id runs the cells until release_study."""
     from storage import blobs
     from storage import queries as q
     from storage.db import session
@@ -47,17 +49,28 @@ def submit_study(model: Artifact, variants: list[Chain], runtimes: list[str], ba
         study = q.create_study(
             s, name=name or f"{model_row.name} ({', '.join(runtimes)})", model=model_row, dataset=dataset,
             variants=[c.name for c in variants], runtimes=runtimes, batch_sizes=batch_sizes,
-            settings=settings.to_json(), cells=[c.to_json() for c in cells],
+            settings=settings.to_json(), cells=[c.to_json() for c in cells], owner=owner,
         )
         study_id = study.id
     return study_id, cells
 
 
-def run_study(study_id: int, events: StudyEvents | None = None) -> None:
-    """Run the study's queued jobs here until none is queued or running (another worker may help)."""
+def run_study(study_id: int, events: StudyEvents | None = None, *, owner: str | None = None) -> None:
+    """Run the study's queued jobs here until none is queued or running (or SIGTERM/Ctrl-C stops the worker).
+
+    `owner` is the id the study was submitted with: this worker runs it alone. The caller releases it."""
     from engine.worker import Worker
 
-    Worker(study_id=study_id, events=events).run(until_idle=True)
+    Worker(worker_id=owner, study_id=study_id, events=events).run(until_idle=True)
+
+
+def release_study(study_id: int, owner: str) -> None:
+    """End `owner`'s hold on the study: its cells still queued become work for any worker."""
+    from storage import queries as q
+    from storage.db import session
+
+    with session() as s:
+        q.release_study(s, study_id, owner)
 
 
 DEMO_VARIANTS = ("baseline", "int8-static", "fp16")

@@ -65,10 +65,16 @@ def measurement_lock() -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+def new_worker_id() -> str:
+    """host-pid-hex: names one worker; `bench` makes it before its study exists, to store it as the owner."""
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
 class Worker:
-    def __init__(self, *, study_id: int | None = None, events: StudyEvents | None = None,
-                 lease_s: float = LEASE_S, heartbeat_s: float = HEARTBEAT_S, idle_s: float = IDLE_S) -> None:
-        self.id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    def __init__(self, *, worker_id: str | None = None, study_id: int | None = None,
+                 events: StudyEvents | None = None, lease_s: float = LEASE_S, heartbeat_s: float = HEARTBEAT_S,
+                 idle_s: float = IDLE_S) -> None:
+        self.id = worker_id or new_worker_id()
         self.study_id = study_id
         self.events = events or StudyEvents()
         self.lease_s, self.heartbeat_s, self.idle_s = lease_s, heartbeat_s, idle_s
@@ -92,7 +98,7 @@ class Worker:
         try:
             while not self._stop.is_set() and (max_jobs is None or done < max_jobs):
                 with session() as s:
-                    q.requeue_expired(s)
+                    q.requeue_expired(s, self.lease_s)
                 ran = self._run_one()
                 done += ran
                 if not ran:

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import and_, case, delete, func, select, update
+from sqlalchemy import and_, case, delete, exists, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from storage.tables import (
@@ -82,10 +82,12 @@ def record_variant(s: Session, model_id: int, chain: str, target: str, path: str
 
 def create_study(s: Session, *, name: str, model: Model, dataset: Dataset | None, variants: list[str],
                  runtimes: list[str], batch_sizes: list[int], settings: dict[str, Any],
-                 cells: list[dict[str, Any]]) -> Study:
-    """A study and one job per cell; cells that cannot run are final at once, with their reason."""
+                 cells: list[dict[str, Any]], owner: str | None = None) -> Study:
+    """A study and one job per cell; cells that cannot run are final at once, with their reason.
+
+    With an `owner` (a worker id) only that worker claims the study's jobs until release_study."""
     study = Study(name=name, model_id=model.id, dataset_id=dataset.id if dataset else None, variants=variants,
-                  runtimes=runtimes, batch_sizes=batch_sizes, settings=settings)
+                  runtimes=runtimes, batch_sizes=batch_sizes, settings=settings, owner=owner)
     s.add(study)
     s.flush()
     now = utcnow()
@@ -106,10 +108,12 @@ def claim_job(s: Session, worker_id: str, lease_s: float, study_id: int | None =
 
     One UPDATE ... WHERE id = (SELECT ... LIMIT 1) AND status = 'queued' RETURNING: on SQLite the
     IMMEDIATE transaction serializes claimers; on PostgreSQL FOR UPDATE SKIP LOCKED lets them pass
-    each other without blocking.
+    each other without blocking. Jobs of a study another worker owns are never taken.
     """
     now = utcnow()
-    pick = select(Job.id).where(Job.status == QUEUED)
+    # A subquery rather than a join: FOR UPDATE then locks only the job row, never the study's.
+    owned_by_others = select(Study.id).where(Study.owner.is_not(None), Study.owner != worker_id)
+    pick = select(Job.id).where(Job.status == QUEUED, Job.study_id.not_in(owned_by_others))
     if study_id is not None:
         pick = pick.where(Job.study_id == study_id)
     pick = pick.order_by(Job.id).limit(1).with_for_update(skip_locked=True)
@@ -223,9 +227,14 @@ def requeue_job(s: Session, job_id: int, worker_id: str) -> None:
                       attempts=Job.attempts - 1).execution_options(synchronize_session=False))
 
 
-def requeue_expired(s: Session) -> int:
-    """Jobs whose worker stopped heartbeating (killed): requeue, or end as crashed after MAX_ATTEMPTS."""
+def requeue_expired(s: Session, lease_s: float) -> int:
+    """Jobs whose worker stopped heartbeating (killed): requeue, or end as crashed after MAX_ATTEMPTS.
+
+    Studies whose owner is gone (no heartbeat within `lease_s`) lose their owner too, so their queued
+    jobs become ordinary queue work.
+    """
     now = utcnow()
+    _release_orphaned_studies(s, now - timedelta(seconds=lease_s))
     expired = and_(Job.status == RUNNING, Job.lease_expires_at < now)
     ended = set(s.scalars(
         update(Job).where(expired, Job.attempts >= MAX_ATTEMPTS)
@@ -240,6 +249,22 @@ def requeue_expired(s: Session) -> int:
     for study_id in ended:  # only the studies whose job just ended may be finished now
         _maybe_finish_study(s, study_id)
     return requeued
+
+
+def _release_orphaned_studies(s: Session, stale: datetime) -> None:
+    alive = select(Worker.id).where(Worker.id == Study.owner, Worker.status != "stopped", Worker.heartbeat_at >= stale)
+    registered = select(Worker.id).where(Worker.id == Study.owner)
+    # An owner with no worker row yet is granted one lease from the study's creation: `bench` stores its
+    # study before its worker registers, and a kill -9 in between must not strand the study for good.
+    s.execute(update(Study).where(Study.owner.is_not(None), ~exists(alive),
+                                  or_(exists(registered), Study.created_at < stale))
+              .values(owner=None).execution_options(synchronize_session=False))
+
+
+def release_study(s: Session, study_id: int, owner: str) -> None:
+    """The owner lets go of its study: its queued jobs become work for any worker."""
+    s.execute(update(Study).where(Study.id == study_id, Study.owner == owner).values(owner=None)
+              .execution_options(synchronize_session=False))
 
 
 def cancel_study(s: Session, study_id: int) -> int:
@@ -296,19 +321,46 @@ def study_progress(s: Session, study_id: int) -> dict[str, int]:
     return {status: int(n) for status, n in rows}
 
 
+# Job statuses that say a cell ran and did not succeed, and those that say it could never run here.
+FAILED_STATUSES = ("failed", "timeout", "crashed", "oom")
+SKIPPED_STATUSES = ("n/a", "unavailable")
+
+
+def study_state(*, cancelled: bool, finished: bool, ok: int, failed: int) -> str:
+    """A study in one word: running, cancelled, failed (every cell that ran failed), partial or done."""
+    if cancelled:
+        return "cancelled"
+    if not finished:
+        return "running"
+    if failed and not ok:
+        return "failed"
+    return "partial" if failed else "done"
+
+
 def list_studies(s: Session) -> pd.DataFrame:
-    """One row per study, newest first: name, model, cells, how many are done/ok, timestamps."""
-    done = func.sum(case((Job.status.in_(FINAL_STATUSES), 1), else_=0))
-    ok = func.sum(case((Job.status == "ok", 1), else_=0))
+    """One row per study, newest first: name, model, cells (runnable ones apart), done/ok/failed counts, state."""
+    def count(statuses: tuple[str, ...]) -> Any:
+        return func.coalesce(func.sum(case((Job.status.in_(statuses), 1), else_=0)), 0)
+
     query = (
         select(Study.id, Study.name, Model.name.label("model"), Study.created_at, Study.finished_at,
-               Study.cancelled, func.count(Job.id).label("cells"), done.label("done"), ok.label("ok"))
+               Study.cancelled, func.count(Job.id).label("cells"), count(FINAL_STATUSES).label("done"),
+               count(("ok",)).label("ok"), count(FAILED_STATUSES).label("failed"),
+               count(SKIPPED_STATUSES).label("skipped"))
         .join(Model, Model.id == Study.model_id).outerjoin(Job, Job.study_id == Study.id)
         .group_by(Study.id, Model.name).order_by(Study.id.desc())
     )
-    return pd.DataFrame(s.execute(query).mappings().all(),
-                        columns=["id", "name", "model", "created_at", "finished_at", "cancelled", "cells", "done",
-                                 "ok"])
+    columns = ["id", "name", "model", "created_at", "finished_at", "cancelled", "cells", "done", "ok", "failed",
+               "skipped"]
+    frame = pd.DataFrame(s.execute(query).mappings().all(), columns=columns)
+    # work that runs: n/a and unavailable cells are rows, never work done
+    frame["runnable"] = frame["cells"] - frame["skipped"]
+    frame["ran"] = frame["done"] - frame["skipped"]
+    frame["state"] = [study_state(cancelled=bool(c), finished=f is not None and not pd.isna(f), ok=int(k),
+                                  failed=int(x))
+                      for c, f, k, x in zip(frame["cancelled"], frame["finished_at"], frame["ok"], frame["failed"],
+                                            strict=True)]
+    return frame
 
 
 def study_jobs(s: Session, study_id: int) -> list[tuple[Job, Result | None]]:
@@ -479,3 +531,41 @@ def workers_frame(s: Session) -> pd.DataFrame:
                    Worker.heartbeat_at).order_by(Worker.heartbeat_at.desc()).limit(50)
     return pd.DataFrame(s.execute(query).mappings().all(),
                         columns=["id", "hostname", "pid", "status", "current_job_id", "started_at", "heartbeat_at"])
+
+
+def busy_workers(s: Session, within_s: float = 30.0) -> int:
+    """Live workers running a job now (from the jobs themselves: a worker's own status lags by a heartbeat)."""
+    since = utcnow() - timedelta(seconds=within_s)
+    live = select(Worker.id).where(Worker.heartbeat_at >= since, Worker.status != "stopped")
+    return int(s.scalar(select(func.count(func.distinct(Job.worker_id)))
+                        .where(Job.status == RUNNING, Job.worker_id.in_(live))) or 0)
+
+
+def study_errors(s: Session, study_id: int) -> pd.DataFrame:
+    """The study's failures grouped by error: status, error text, how many cells, which cells (first first)."""
+    jobs = s.scalars(select(Job).where(Job.study_id == study_id, Job.status.in_(FAILED_STATUSES)).order_by(Job.cell))
+    rows = [{"cell": job.cell, "status": job.status, "error": _error_text(job) or job.status} for job in jobs]
+    if not rows:
+        return pd.DataFrame(columns=["status", "error", "count", "cells"])
+    frame = pd.DataFrame(rows)
+    grouped = frame.groupby(["status", "error"], sort=False)["cell"].agg(["count", list]).reset_index()
+    return grouped.rename(columns={"list": "cells"}).sort_values("count", ascending=False, kind="stable")
+
+
+def rerun_cells(s: Session, study_id: int, cells: list[int]) -> int:
+    """Queue ended cells of a study again (e.g. noisy ones): their old results go, the study reopens."""
+    study = s.get(Study, study_id)
+    if study is None:
+        raise KeyError(study_id)
+    picked = select(Job.id).where(Job.study_id == study_id, Job.cell.in_(cells),
+                                  Job.status.in_(FINAL_STATUSES), Job.status.not_in(SKIPPED_STATUSES))
+    ids = list(s.scalars(picked))
+    if not ids:
+        return 0
+    s.execute(delete(Result).where(Result.job_id.in_(ids)))
+    s.execute(update(Job).where(Job.id.in_(ids))
+              .values(status=QUEUED, worker_id=None, attempts=0, phase=None, fraction=None, started_at=None,
+                      finished_at=None, lease_expires_at=None, error_type=None, error_message=None, traceback=None)
+              .execution_options(synchronize_session=False))
+    study.finished_at, study.cancelled = None, False
+    return len(ids)

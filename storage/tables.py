@@ -124,6 +124,9 @@ class Study(Base):
     settings: Mapped[dict[str, Any]] = mapped_column(JSON)
     cancelled: Mapped[bool] = mapped_column(default=False)
     reference: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # The worker id of the process that runs this study alone (`bench`); general workers leave its jobs be.
+    # Indexed: every claim asks which studies are owned, and owned ones are few.
+    owner: Mapped[str | None] = mapped_column(String(64), index=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column()
 

@@ -5,10 +5,13 @@ from __future__ import annotations
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -262,3 +265,124 @@ def test_zero_threads_or_memory_is_refused_not_replaced_by_the_default(tmp_path:
                                   ("--memory-limit", "0", "--memory-limit must be at least 64 MB, got 0")):
         proc = cli("bench", str(mlp_onnx), flag, value, data_dir=tmp_path / "data")
         assert proc.returncode == 2 and proc.stderr.strip() == f"error: {expected}", proc.stderr
+
+
+# --- a bench study is the bench's own: a dashboard's worker on the same database leaves it be ------------
+
+
+def _printed_cells(text: str) -> list[int]:
+    """The cell index of each row printed (rows start with their cell number; the header with '#')."""
+    return [int(line.split()[0]) for line in text.splitlines() if line.split() and line.split()[0].isdigit()]
+
+
+def _wait_for(predicate: Any, what: str, timeout: float = 300) -> None:
+    """Poll the database for a state; the limit only stops a broken run, it never paces a passing one."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def test_bench_runs_and_prints_every_cell_beside_a_dashboard_worker(tmp_path: Path, mlp_onnx: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from sqlalchemy import select
+
+    from engine import worker as worker_module
+    from storage.db import session
+    from storage.tables import Job, Study, Worker
+
+    out = io.StringIO()
+    assert main(["bench", str(mlp_onnx), *FAST, "--variants", "baseline", "--runtimes", "onnxruntime", "--submit"],
+                out=out) == 0
+    foreign = int(out.getvalue().split()[-1])
+
+    def foreign_job() -> Job:
+        with session(write=False) as s:
+            return s.scalars(select(Job).where(Job.study_id == foreign)).one()
+
+    # the dashboard's worker: a general one, started first and seen claiming work before bench submits
+    general = subprocess.Popen([sys.executable, "-m", "engine", "worker"], cwd=ROOT, env=dict(os.environ),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    owners: list[str] = []
+    make_id = worker_module.new_worker_id
+    monkeypatch.setattr(worker_module, "new_worker_id", lambda: owners.append(make_id()) or owners[-1])
+    try:
+        _wait_for(lambda: foreign_job().worker_id is not None, "the general worker to claim the queued study")
+        out_json = tmp_path / "bench.json"
+        out = io.StringIO()
+        code = main(["bench", str(mlp_onnx), *FAST, "--variants", "baseline", "--runtimes", "onnxruntime,torch",
+                     "--batch-sizes", "1,2,4", "--json", str(out_json)], out=out)
+        assert code == 0, out.getvalue()
+        _wait_for(lambda: foreign_job().status == "ok", "the general worker to finish the queued study")
+    finally:
+        general.send_signal(signal.SIGTERM)
+        general_out, general_err = general.communicate(timeout=120)
+    assert general.returncode == 0, general_err
+    assert "stopped after 1 job(s)" in general_out  # the queued study's one cell, none of bench's
+
+    study_id = json.loads(out_json.read_text())["study"]["id"]
+    text = out.getvalue()
+    assert sorted(_printed_cells(text)) == list(range(6))  # 3 measured, 3 n/a (ONNX on torch), each once
+    summary = [line for line in text.splitlines() if line.startswith(f"study {study_id}: ")]
+    assert len(summary) == 1 and "6 cells (3 ok, 0 failed, 3 n/a/unavailable) in " in summary[0], text
+    [owner] = owners
+    with session(write=False) as s:
+        ran = [job for job in s.scalars(select(Job).where(Job.study_id == study_id)) if job.status != "n/a"]
+        assert [(job.status, job.worker_id, job.attempts) for job in ran] == [("ok", owner, 1)] * 3
+        study = s.get(Study, study_id)
+        assert study is not None and study.owner is None  # released at the end
+        owner_row, general_row = s.get(Worker, owner), s.get(Worker, foreign_job().worker_id)
+        assert owner_row is not None and owner_row.pid == os.getpid()
+        assert general_row is not None and general_row.pid == general.pid
+
+
+def test_bench_stopped_by_sigterm_gives_its_cells_back_to_the_queue(mlp_onnx: Path, data_dir: Path) -> None:
+    from sqlalchemy import select
+
+    from storage import queries as q
+    from storage.db import session
+    from storage.tables import Job, Study
+
+    def statuses() -> list[str]:
+        with session(write=False) as s:
+            return list(s.scalars(select(Job.status).order_by(Job.cell)))
+
+    # a minute per cell: the stop always lands while cells are left, however slow the machine
+    proc = subprocess.Popen([sys.executable, "-m", "engine", "bench", str(mlp_onnx), *FAST, "--min-seconds", "60",
+                             "--variants", "baseline", "--runtimes", "onnxruntime", "--batch-sizes", "1,2,4"],
+                            cwd=ROOT, env={**os.environ, "PARETOSCOPE_DATA_DIR": str(data_dir)},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for(lambda: "running" in statuses(), "bench to start its first cell")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err
+    assert "stopped: 3 unfinished cell(s) go back to the queue" in err
+    assert sorted(_printed_cells(out)) == [0, 1, 2]
+    assert "3 cells (0 ok, 0 failed, 0 n/a/unavailable, 3 not run)" in out
+    assert statuses() == ["queued"] * 3  # the running cell was requeued, not counted as an attempt
+    with session() as s:
+        study = s.scalars(select(Study)).one()
+        assert study.owner is None
+        job = q.claim_job(s, "general", lease_s=60)
+        assert job is not None and job.study_id == study.id and job.attempts == 1
+
+
+def test_bench_that_raises_releases_its_study(mlp_onnx: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import engine.study
+    from storage import queries as q
+    from storage.db import session
+
+    def broken(study_id: int, events: Any = None, *, owner: str | None = None) -> None:
+        with session(write=False) as s:
+            study = q.get_study(s, study_id)
+            assert study is not None and owner is not None and study.owner == owner
+        raise RuntimeError("the worker broke")
+
+    monkeypatch.setattr(engine.study, "run_study", broken)
+    with pytest.raises(RuntimeError, match="the worker broke"):
+        main(["bench", str(mlp_onnx), *FAST, "--variants", "baseline", "--runtimes", "onnxruntime"], out=io.StringIO())
+    with session() as s:
+        job = q.claim_job(s, "general", lease_s=60)
+        assert job is not None and job.study.owner is None

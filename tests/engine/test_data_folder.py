@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -81,3 +82,37 @@ def test_a_model_file_missing_from_the_data_folder_is_said_plainly(tmp_path: Pat
     assert "the model's file is missing from the data folder" in row["error"]
     assert "upload it again" in row["error"]
     assert str(user / "data" / "models") in row["error"]
+
+
+def test_a_background_worker_started_from_another_directory_serves_that_data_folder(tmp_path: Path) -> None:
+    """`make run` starts the worker with the app (`worker --background`); the worker runs in the project folder
+    and must heartbeat into the database of the folder the command resolved, not the project's ./data."""
+    import psutil
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.exc import OperationalError
+
+    user = tmp_path / "user"
+    user.mkdir()
+    env = {k: v for k, v in _user_env().items() if k != "PARETOSCOPE_NO_AUTO_WORKER"}
+    done = subprocess.run([sys.executable, "-m", "engine", "worker", "--background"], capture_output=True, text=True,
+                          cwd=user, env=env, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    pid = int((user / "data" / "locks" / "auto-worker.pid").read_text())
+    worker = psutil.Process(pid)
+    try:
+        database = create_engine(f"sqlite:///{user / 'data' / 'paretoscope.db'}")
+        beat = None
+        for _ in range(600):  # its first heartbeat: the interpreter and imports take a few seconds
+            try:
+                with database.connect() as conn:
+                    beat = conn.execute(text("SELECT pid FROM workers WHERE pid = :pid"), {"pid": pid}).scalar()
+            except OperationalError:  # the worker has not created the schema yet
+                beat = None
+            assert worker.is_running(), (user / "data" / "logs" / "worker.log").read_text()
+            if beat:
+                break
+            time.sleep(0.5)
+        assert beat == pid
+    finally:
+        worker.terminate()
+        worker.wait(30)

@@ -70,7 +70,7 @@ def test_expired_lease_is_requeued_then_given_up(database: str) -> None:
             assert job is not None and job.attempts == attempt
             s.execute(update(Job).values(lease_expires_at=utcnow() - timedelta(seconds=1)))
         with session() as s:
-            q.requeue_expired(s)
+            q.requeue_expired(s, lease_s=60)
     with session(write=False) as s:
         job = s.scalars(select(Job).where(Job.study_id == study_id)).one()
         assert job.status == "crashed" and job.error_type == "WorkerLost"

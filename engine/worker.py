@@ -135,7 +135,7 @@ class Worker:
     def _queue_empty(self) -> bool:
         """Nothing queued and nothing in flight: a running job may still come back if its worker died."""
         with session(write=False) as s:
-            return not q.has_open_jobs(s, self.study_id)
+            return not q.has_open_jobs(s, self.study_id, self.id)
 
     # --- heartbeat ---------------------------------------------------------------------------
 

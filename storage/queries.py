@@ -465,11 +465,15 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value else None
 
 
-def has_open_jobs(s: Session, study_id: int | None = None) -> bool:
-    """Any job queued or running (in one study, or anywhere)."""
+def has_open_jobs(s: Session, study_id: int | None = None, worker_id: str | None = None) -> bool:
+    """Any job queued or running (in one study, or anywhere); with `worker_id`, only jobs that worker may
+    ever run (a study another worker owns is that worker's to finish or to release)."""
     query = select(Job.id).where(Job.status.in_((QUEUED, RUNNING)))
     if study_id is not None:
         query = query.where(Job.study_id == study_id)
+    if worker_id is not None:
+        query = query.where(Job.study_id.not_in(select(Study.id).where(Study.owner.is_not(None),
+                                                                       Study.owner != worker_id)))
     return s.scalar(query.limit(1)) is not None
 
 

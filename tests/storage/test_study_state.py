@@ -85,3 +85,14 @@ def test_busy_workers_counts_live_workers_with_a_running_job() -> None:
         assert q.claim_job(s, "a", lease_s=60, study_id=study) is not None
     with session(write=False) as s:
         assert q.busy_workers(s) == 1
+
+
+@pytest.mark.usefixtures("database")
+def test_open_jobs_of_a_study_another_worker_owns_do_not_keep_a_worker_waiting() -> None:
+    owned = make_study(1)
+    with session() as s:
+        s.get(q.Study, owned).owner = "bench-1"
+    with session(write=False) as s:
+        assert q.has_open_jobs(s)  # the sidebar still sees queued work
+        assert not q.has_open_jobs(s, worker_id="general")  # a general --until-idle worker may stop
+        assert q.has_open_jobs(s, worker_id="bench-1")

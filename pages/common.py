@@ -88,7 +88,8 @@ def results(db_url: str, study_id: int) -> tuple[pd.DataFrame, dict[str, Any]]:
 
     with session(write=False) as s:
         full = q.results_json(s, study_id)
-    return tables.results_table(full)[tables.FRAME_COLUMNS], full
+    # a note every cell carries (an exporter's fallback) is said once above the table, not on each row
+    return tables.results_table(full, without=tables.shared_notes(full))[tables.FRAME_COLUMNS], full
 
 
 @st.cache_data(ttl=30, show_spinner=False)

@@ -7,9 +7,11 @@ from pathlib import Path
 
 import streamlit as st
 
-from engine.report import charts
-from engine.report.pareto import Constraints, accuracy_column, recommend
+from engine.report import charts, tables
+from engine.report.pareto import Constraints, accuracy_column, recommend, recommendation_note
 from pages import common
+from storage import queries as q
+from storage.db import session
 
 
 def download_bar(where: st.delta_generator.DeltaGenerator, study_id: int, constraints: Constraints | None) -> None:
@@ -56,25 +58,27 @@ st.caption(f"Model **{study['model']['name']}** ({study['model']['format']}) · 
 common.show_state(studies[studies["id"] == study_id].iloc[0])
 downloads = st.container()  # filled once the recommendation's constraints are known
 
-st.dataframe(
-    frame[["variant", "runtime", "batch_size", "status", "p50_ms", "p99_ms", "throughput_per_s", "speedup",
-           "peak_host_mb", "model_size_mb", "cosine", "top1_agreement", "task_metric", "error", "notes"]],
-    hide_index=True,
-    column_config={
-        "batch_size": st.column_config.NumberColumn("batch"),
-        "p50_ms": st.column_config.NumberColumn("p50 ms", format="%.3f"),
-        "p99_ms": st.column_config.NumberColumn("p99 ms", format="%.3f"),
-        "throughput_per_s": st.column_config.NumberColumn("items/s", format="%.1f"),
-        "speedup": st.column_config.NumberColumn("speedup vs baseline", format="%.2fx"),
-        "peak_host_mb": st.column_config.NumberColumn("peak host MB", format="%.0f"),
-        "model_size_mb": st.column_config.NumberColumn("size MB", format="%.2f"),
-        "cosine": st.column_config.NumberColumn("fidelity (cosine)", format="%.5f"),
-        "top1_agreement": st.column_config.NumberColumn("top-1 agreement", format="%.3f"),
-        "task_metric": st.column_config.NumberColumn("task top-1", format="%.4f"),
-        "error": st.column_config.TextColumn("error", width="medium"),
-        "notes": st.column_config.TextColumn("notes", width="medium"),
-    },
-)
+shared = tables.shared_notes(full)
+if shared:
+    counts = tables.note_counts(full)
+    st.markdown("**Notes for the whole study**\n" + "\n".join(f"- {note} ({counts[note]} cells)" for note in shared))
+# formatted as the HTML report is: a dash where a value does not apply, statuses with their noise flag
+columns = tables.shown_columns(full)
+st.dataframe(tables.styled(frame, columns), hide_index=True,
+             column_config={column: st.column_config.Column(label) for column, label, _ in columns})
+
+noisy = frame[frame["noisy"].fillna(False).astype(bool)] if "noisy" in frame else frame.iloc[:0]
+if len(noisy):
+    st.warning(f"{len(noisy)} cell(s) measured noisy (their own samples spread widely, or other processes were "
+               "busy): rerun them on an idle machine, with the dashboard closed or on another machine.",
+               icon=":material/warning:")
+    if st.button(f"Rerun the {len(noisy)} noisy cell(s)", key="rerun_noisy"):
+        with session() as s:
+            queued = q.rerun_cells(s, int(study_id), [int(c) for c in noisy["cell"]])
+        common.clear()
+        st.session_state["watch_study"] = int(study_id)
+        st.toast(f"{queued} cell(s) queued again")
+        st.switch_page("pages/benchmark.py")
 
 with st.expander("Delete this study"):
     st.caption("Removes its results, raw samples, reference outputs and logs; models and data files stay.")
@@ -108,7 +112,11 @@ if best is None:
 else:
     st.success(f"Ship **{best['variant']}** on **{best['runtime']}** (batch {best['batch_size']}): p50 "
                f"{best['p50_ms']:.3f} ms, p99 {best['p99_ms']:.3f} ms, {accuracy_label} {best[accuracy]:.4f}"
-               + (f", {best['speedup']:.2f}× the baseline" if best["speedup"] == best["speedup"] else ""))
+               + (f", {best['speedup']:.2f}× the {tables.baseline_label(full)}"
+                  if best["speedup"] == best["speedup"] else ""))
+    caution = recommendation_note(best)
+    if caution:
+        st.warning(f"This cell was {caution}.", icon=":material/warning:")
     row = next(r for r in full["results"] if r["cell"] == best["cell"])
     path = row.get("variant_path")
     if path and Path(path).is_file():
@@ -121,7 +129,7 @@ else:
 at_batch = frame[frame["batch_size"] == batch]
 # theme=None: the figures carry their own template, the same as in the HTML report and the Space
 st.plotly_chart(charts.accuracy_vs_latency(at_batch, accuracy, accuracy_label, best), key="pareto", theme=None)
-st.plotly_chart(charts.latency_bars(frame), key="latency", theme=None)
+st.plotly_chart(charts.latency_bars(frame, tables.baseline_label(full)), key="latency", theme=None)
 st.plotly_chart(charts.latency_distribution(frame, common.samples(common.url(), int(study_id))), key="distribution",
                 theme=None)
 c1, c2 = st.columns(2)

@@ -15,7 +15,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from engine.report import charts, tables
-from engine.report.pareto import Constraints, accuracy_column, pareto_frontier, recommend
+from engine.report.pareto import Constraints, accuracy_column, pareto_frontier, recommend, recommendation_note
 
 DEFAULT_MAX_DROP = 0.01  # the Results page's default
 
@@ -34,6 +34,7 @@ th { background: #f4f5f8; } td.num { text-align: right; font-variant-numeric: ta
 tr.recommended td { background: #fff3d6; }
 .ship { background: #e9f7ef; border: 1px solid #9fd8b4; padding: .8rem 1rem; border-radius: 6px; }
 .none { background: #fdf1e3; border: 1px solid #f0c08a; padding: .8rem 1rem; border-radius: 6px; }
+.warn { color: #9a4a00; font-weight: 600; }
 .chart { margin: 1rem 0; }
 pre { background: #f7f7f9; padding: .8rem; overflow-x: auto; font-size: .78rem; }
 """
@@ -44,14 +45,12 @@ def e(value: Any) -> str:
     return escape("" if value is None else str(value), quote=True)
 
 
-def _missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and value != value) or (
-        not isinstance(value, (str, list, dict)) and bool(pd.isna(value)))
+_missing = tables.missing
 
 
 def _number_cell(column: str, value: Any, fmt: str) -> str:
     if _missing(value):
-        return f'<td class="num" data-col="{e(column)}" data-value="">–</td>'
+        return f'<td class="num" data-col="{e(column)}" data-value="">{tables.MISSING}</td>'
     raw = repr(float(value)) if isinstance(value, float) else str(value)
     return f'<td class="num" data-col="{e(column)}" data-value="{e(raw)}">{e(fmt % value)}</td>'
 
@@ -66,7 +65,8 @@ def _table(frame: pd.DataFrame, columns: list[tuple[str, str, str | None]], *, t
         for column, _, fmt in columns:
             value = row.get(column)
             if fmt is None:
-                tds.append(f'<td data-col="{e(column)}">{"" if _missing(value) else e(value)}</td>')
+                shown = tables.MISSING if _missing(value) or value == "" else e(value)
+                tds.append(f'<td data-col="{e(column)}">{shown}</td>')
             else:
                 tds.append(_number_cell(column, value, fmt))
         attrs = ""
@@ -83,7 +83,8 @@ def _pairs(items: dict[str, Any], table_id: str) -> str:
     rows = []
     for key, value in items.items():
         shown = json.dumps(value, default=str) if isinstance(value, (list, dict)) else value
-        rows.append(f"<tr><th>{e(key)}</th><td>{e(shown)}</td></tr>")
+        text = tables.MISSING if _missing(shown) or shown == "" else e(shown)
+        rows.append(f"<tr><th>{e(key)}</th><td>{text}</td></tr>")
     return f'<table id="{e(table_id)}"><tbody>{"".join(rows)}</tbody></table>'
 
 
@@ -161,22 +162,47 @@ def _environments(env: Any, prefix: str) -> str:
     return "".join(parts)
 
 
-def recommendation_text(best: pd.Series | None, accuracy: str, accuracy_label: str) -> str:
-    """The Results page's sentence for the recommended cell (plain text, to be escaped by the caller)."""
+def recommendation_text(best: pd.Series | None, accuracy: str, accuracy_label: str,
+                        baseline: str = "baseline") -> str:
+    """The Results page's sentence for the recommended cell (plain text, to be escaped by the caller).
+
+    `baseline`: what the speedup divides by, tables.baseline_label's "baseline on torch (fp32)".
+    """
     if best is None:
         return "No cell meets these constraints; loosen them."
     text = (f"Ship {best['variant']} on {best['runtime']} (batch {best['batch_size']}): p50 {best['p50_ms']:.3f} ms, "
             f"p99 {best['p99_ms']:.3f} ms, {accuracy_label} {best[accuracy]:.4f}")
     if not _missing(best["speedup"]):
-        text += f", {best['speedup']:.2f}× the baseline"
+        text += f", {best['speedup']:.2f}× the {baseline}"
     return text
+
+
+def _shared_notes(report: dict[str, Any], notes: list[str]) -> str:
+    """Notes carried by several cells, once each, with how many cells carry them."""
+    if not notes:
+        return ""
+    counts, cells = tables.note_counts(report), len(report["results"])
+    items = "".join(f'<li>{e(note)} <span class="meta">({counts[note]} of {cells} cells)</span></li>'
+                    for note in notes)
+    return f'<h3>Notes for the whole study</h3><ul id="shared-notes">{items}</ul>'
+
+
+def _with_status(frame: pd.DataFrame) -> pd.DataFrame:
+    """The frame with each status as shown: "ok ⚠ noisy ±12%" for noisy cells."""
+    if frame.empty:
+        return frame
+    shown = frame.copy()
+    shown["status"] = [tables.status_text(row) for _, row in frame.iterrows()]
+    return shown
 
 
 def study_html(report: dict[str, Any], constraints: Constraints | None = None) -> str:
     """The Results page of one study as a standalone HTML document."""
     study = report["study"]
-    frame = tables.results_table(report)
+    shared = tables.shared_notes(report)
+    frame = tables.results_table(report, without=shared)
     samples = tables.samples_by_cell(report)
+    baseline = tables.baseline_label(report)
     constraints = constraints or default_constraints(frame)
     title = f"Paretoscope report: {study['name']}"
     parts = [f"<h1>{e(title)}</h1>",
@@ -196,11 +222,14 @@ def study_html(report: dict[str, Any], constraints: Constraints | None = None) -
                 "maximum p99 (ms)": constraints.max_p99_ms if constraints.max_p99_ms else "none",
                 "batch size": constraints.batch_size if constraints.batch_size is not None else "any"}
         css = "ship" if best is not None else "none"
+        note = recommendation_note(best)
+        caveat = f' <span class="warn" id="recommendation-note">⚠ {e(note)}</span>' if note else ""
+        sentence = e(recommendation_text(best, accuracy, accuracy_label, baseline))
         parts += ["<h2>Which variant should I ship?</h2>",
-                  f'<p class="{css}" id="recommendation">{e(recommendation_text(best, accuracy, accuracy_label))}</p>',
+                  f'<p class="{css}" id="recommendation">{sentence}{caveat}</p>',
                   "<p>Constraints used:</p>", _pairs(used, "constraints")]
-    parts += ["<h2>Results</h2>",
-              _table(frame, tables.SHOWN, table_id="results",
+    parts += ["<h2>Results</h2>", _shared_notes(report, shared),
+              _table(_with_status(frame), tables.shown_columns(report), table_id="results",
                      highlight=int(best["cell"]) if best is not None else None)]
     if not len(ok):
         parts.append("<p>No cell has finished successfully, so there is nothing to chart.</p>")
@@ -208,7 +237,7 @@ def study_html(report: dict[str, Any], constraints: Constraints | None = None) -
         at_batch = frame if constraints.batch_size is None else frame[frame["batch_size"] == constraints.batch_size]
         parts += ["<h2>Charts</h2>",
                   _figure(charts.accuracy_vs_latency(at_batch, accuracy, accuracy_label, best), "chart-pareto"),
-                  _figure(charts.latency_bars(frame), "chart-latency"),
+                  _figure(charts.latency_bars(frame, baseline), "chart-latency"),
                   _figure(charts.latency_distribution(frame, samples), "chart-distribution"),
                   _figure(charts.memory_and_size(frame), "chart-memory"),
                   _figure(charts.throughput_vs_batch(frame), "chart-throughput"),

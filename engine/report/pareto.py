@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from engine.report.tables import noise_label, noise_spread
+
 
 @dataclass(frozen=True)
 class Constraints:
@@ -53,3 +55,14 @@ def recommend(frame: pd.DataFrame, constraints: Constraints, accuracy: str = "co
     if ok.empty:
         return None
     return ok.sort_values(["p50_ms", accuracy], ascending=[True, False]).iloc[0]
+
+
+def recommendation_note(best: pd.Series | None) -> str | None:
+    """A caveat to show beside the recommendation: "noisy: ±12% — rerun on an idle machine", else None.
+
+    recommend() still weighs noisy cells (their median is the best estimate there is); this says how far to trust it.
+    """
+    if best is None or noise_label(best) is None:
+        return None
+    spread = noise_spread(best)
+    return f"noisy{'' if spread is None else ': ' + spread} — rerun on an idle machine"

@@ -7,15 +7,23 @@ from Paretoscope.
 from __future__ import annotations
 
 import json
-from typing import Any
+from collections.abc import Callable, Collection, Mapping
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
+if TYPE_CHECKING:
+    from pandas.io.formats.style import Styler
+
 # The columns of the pages' results frame, in its order: the charts read these names.
 FRAME_COLUMNS = ["cell", "variant", "runtime", "batch_size", "status", "error", "p50_ms", "p90_ms", "p99_ms",
                  "mean_ms", "throughput_per_s", "speedup", "load_s", "first_run_ms", "peak_host_mb",
-                 "peak_device_mb", "model_size_mb", "cosine", "max_abs", "top1_agreement", "task_metric", "notes"]
+                 "peak_device_mb", "model_size_mb", "cosine", "max_abs", "top1_agreement", "task_metric", "notes",
+                 "noisy", "noise_pct"]
+
+# Shown wherever a table has no value: never "None" or "nan".
+MISSING = "–"
 
 # What the results table shows, as the Results page does: column, heading, printf format (None: text).
 SHOWN = [
@@ -40,13 +48,27 @@ def _cell(value: Any) -> Any:
     return value
 
 
-def flat_row(r: dict[str, Any]) -> dict[str, Any]:
-    """One result of the results JSON as a flat row: the FRAME_COLUMNS, then every other field."""
+def missing(value: Any) -> bool:
+    """None, NaN or pandas' NA: a value a table shows as MISSING."""
+    if value is None or isinstance(value, (str, list, dict, tuple)):
+        return value is None
+    try:
+        return bool(pd.isna(value))
+    except (TypeError, ValueError):  # an array-like: present
+        return False
+
+
+def flat_row(r: dict[str, Any], without: Collection[str] = ()) -> dict[str, Any]:
+    """One result of the results JSON as a flat row: the FRAME_COLUMNS, then every other field.
+
+    Notes listed in `without` (e.g. shared_notes, shown once for the study) are left out of `notes`.
+    """
     lat = r.get("latency_ms") or {}
     acc = r.get("accuracy") or {}
     fid = acc.get("fidelity") or {}
     task = acc.get("task") or {}
     ci = lat.get("p50_ci95") or [None, None]
+    noise: dict[str, Any] = r["noise"] if isinstance(r.get("noise"), dict) else {}
     row = {
         "cell": r["cell"], "variant": r["variant"], "runtime": r["runtime"], "batch_size": r["batch_size"],
         "status": r["status"], "error": r.get("error"), "p50_ms": lat.get("p50"), "p90_ms": lat.get("p90"),
@@ -55,7 +77,10 @@ def flat_row(r: dict[str, Any]) -> dict[str, Any]:
         "peak_host_mb": r.get("peak_host_mb"), "peak_device_mb": r.get("peak_device_mb"),
         "model_size_mb": r.get("model_size_mb"), "cosine": fid.get("cosine"), "max_abs": fid.get("max_abs"),
         "top1_agreement": fid.get("top1_agreement"), "task_metric": task.get("value"),
-        "notes": "; ".join(r.get("notes") or []),
+        "notes": "; ".join(n for n in r.get("notes") or [] if n not in without),
+        # None, not False, when the cell was measured before noise was recorded: unknown is not steady
+        "noisy": bool(noise["noisy"]) if noise.get("noisy") is not None else None,
+        "noise_pct": noise.get("spread_pct"),
         "p95_ms": lat.get("p95"), "std_ms": lat.get("std"), "min_ms": lat.get("min"), "max_ms": lat.get("max"),
         "p50_ci95_low": ci[0], "p50_ci95_high": ci[1], "iterations": lat.get("iterations"),
         "mean_abs": fid.get("mean_abs"), "task_name": task.get("name"),
@@ -68,13 +93,128 @@ def flat_row(r: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-def results_table(report: dict[str, Any]) -> pd.DataFrame:
-    """Every cell of a results JSON, one row each, with every measured field (the CSV report)."""
-    rows = [flat_row(r) for r in report["results"]]
+def results_table(report: dict[str, Any], without: Collection[str] = ()) -> pd.DataFrame:
+    """Every cell of a results JSON, one row each, with every measured field (the CSV report).
+
+    `without`: notes to leave out of each row's `notes`, e.g. `shared_notes(report)` shown once above the table.
+    """
+    rows = [flat_row(r, without) for r in report["results"]]
     frame = pd.DataFrame(rows)
     if frame.empty:
         return pd.DataFrame(columns=FRAME_COLUMNS)
     return frame
+
+
+def note_counts(report: dict[str, Any]) -> dict[str, int]:
+    """Each note of the study and on how many cells it appears, in first-seen order."""
+    counts: dict[str, int] = {}
+    for r in report["results"]:
+        for note in dict.fromkeys(r.get("notes") or []):  # a note twice on one cell is still one cell
+            counts[note] = counts.get(note, 0) + 1
+    return counts
+
+
+def shared_notes(report: dict[str, Any]) -> list[str]:
+    """Notes that appear on two or more cells (e.g. an exporter fallback), in first-seen order: shown once."""
+    return [note for note, n in note_counts(report).items() if n >= 2]
+
+
+def baseline_label(report_or_frame: dict[str, Any] | pd.DataFrame) -> str:
+    """What "speedup vs baseline" divides by, e.g. "baseline on torch (fp32)".
+
+    As storage's add_speedups picks it: per batch size, the first ok `baseline` row in cell order.
+    """
+    if isinstance(report_or_frame, pd.DataFrame):
+        frame = report_or_frame.sort_values("cell") if "cell" in report_or_frame else report_or_frame
+        rows: list[Mapping[str, Any]] = [row for _, row in frame.iterrows()]
+    else:
+        rows = sorted(report_or_frame["results"], key=lambda r: r["cell"])
+    picked: dict[Any, str] = {}
+    for row in rows:
+        if row["variant"] == "baseline" and row["status"] == "ok" and row["batch_size"] not in picked:
+            picked[row["batch_size"]] = f"{row['runtime']} ({_precision(row.get('settings'))})"
+    if not picked:
+        return "baseline (none measured)"
+    where: dict[str, list[str]] = {}
+    for batch, runtime in sorted(picked.items()):
+        where.setdefault(runtime, []).append(f"b{batch}")
+    if len(where) == 1:
+        return f"baseline on {next(iter(where))}"
+    return "baseline on " + "; ".join(f"{runtime} at {', '.join(batches)}" for runtime, batches in where.items())
+
+
+# A runtime's recorded float type, as the short names the rest of the tool uses.
+_PRECISIONS = {"float32": "fp32", "f32": "fp32", "float16": "fp16", "f16": "fp16", "half": "fp16",
+               "bfloat16": "bf16", "bf16": "bf16"}
+
+
+def _precision(settings: Any) -> str:
+    """The float type a baseline ran in: recorded by torch and OpenVINO, else the original model's fp32."""
+    if isinstance(settings, str):  # a frame holds settings as JSON text
+        try:
+            settings = json.loads(settings)
+        except ValueError:
+            settings = None
+    if isinstance(settings, dict):
+        for key in ("dtype", "inference_precision"):
+            value = settings.get(key)
+            if isinstance(value, str) and value:
+                return _PRECISIONS.get(value.lower(), value)
+    # the baseline is the unmodified model, which the reference and fidelity already treat as fp32
+    return "fp32"
+
+
+def shown_columns(report_or_frame: dict[str, Any] | pd.DataFrame | None = None) -> list[tuple[str, str, str | None]]:
+    """SHOWN with the speedup heading naming its baseline (baseline_label) when a study is given."""
+    if report_or_frame is None:
+        return list(SHOWN)
+    heading = f"speedup vs {baseline_label(report_or_frame)}"
+    return [(c, heading if c == "speedup" else label, fmt) for c, label, fmt in SHOWN]
+
+
+def _formatter(fmt: str | None) -> Callable[[Any], str]:
+    if fmt is None:
+        return lambda v: MISSING if missing(v) or v == "" else str(v)
+    return lambda v: MISSING if missing(v) else fmt % v
+
+
+def styled(frame: pd.DataFrame, columns: list[tuple[str, str, str | None]] | None = None) -> Styler:
+    """The frame's shown columns formatted as the HTML report does, MISSING for missing values, statuses with
+    their noise flag: for st.dataframe (give it column labels only: a column_config format would override)."""
+    columns = SHOWN if columns is None else columns
+    names = [c for c, _, _ in columns if c in frame.columns]
+    shown = frame.copy()
+    if "status" in shown and len(shown):
+        shown["status"] = [status_text(row) for _, row in frame.iterrows()]
+    formats = {c: _formatter(fmt) for c, _, fmt in columns if c in frame.columns}
+    return shown[names].style.format(formats)
+
+
+def noise_spread(row: Mapping[str, Any]) -> str | None:
+    """A noisy cell's spread as "±12%"; None when not noisy, or when its spread rounds to nothing (then the
+    flag came from the samples' variation or a busy machine, and "±0%" would read as steady)."""
+    noisy = row.get("noisy")
+    pct: Any = row.get("noise_pct")
+    if missing(noisy) or not bool(noisy) or missing(pct) or round(float(pct)) < 1:
+        return None
+    return f"±{float(pct):.0f}%"
+
+
+def noise_label(row: Mapping[str, Any]) -> str | None:
+    """ "noisy ±12%" (or "noisy") for a cell flagged noisy, else None (steady, or measured before noise was
+    recorded)."""
+    noisy = row.get("noisy")
+    if missing(noisy) or not bool(noisy):
+        return None
+    spread = noise_spread(row)
+    return "noisy" if spread is None else f"noisy {spread}"
+
+
+def status_text(row: Mapping[str, Any]) -> str:
+    """A cell's status as a table shows it: "ok ⚠ noisy ±12%" when its timings are noisy."""
+    label = noise_label(row)
+    status = MISSING if missing(row.get("status")) else str(row.get("status"))
+    return status if label is None else f"{status} ⚠ {label}"
 
 
 def samples_by_cell(report: dict[str, Any]) -> dict[int, np.ndarray]:
@@ -118,8 +258,13 @@ def flat_dict(value: Any, prefix: str = "") -> dict[str, Any]:
 def environment_diff(env_a: Any, env_b: Any) -> list[dict[str, str]]:
     """Fields whose values differ between two environments, as rows of field, A, B."""
     a, b = flat_dict(env_a or {}), flat_dict(env_b or {})
-    return [{"field": k, "A": str(a.get(k)), "B": str(b.get(k))}
+    return [{"field": k, "A": _text(a.get(k)), "B": _text(b.get(k))}
             for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+
+
+def _text(value: Any) -> str:
+    """A value as table text; a field one side lacks shows as MISSING, not "None"."""
+    return MISSING if missing(value) else str(value)
 
 
 # Fields that only mean something on the machine that ran the study (a local file path).

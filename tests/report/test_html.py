@@ -21,7 +21,7 @@ from tests.report.htmltables import parse
 
 # Everything a report may contain; an escaped string can never add an element of its own.
 TAGS = {"html", "head", "meta", "title", "style", "script", "body", "h1", "h2", "h3", "p", "table", "thead", "tbody",
-        "tr", "th", "td", "div", "details", "summary", "pre"}
+        "tr", "th", "td", "div", "details", "summary", "pre", "span", "ul", "li"}
 
 
 def report_file(tmp_path: Path, *args: str) -> str:
@@ -43,7 +43,9 @@ def test_html_numbers_match_the_database(seeded: Seeded, data_dir: Path, tmp_pat
     assert set(rows) == set(frame["cell"]) and len(rows) == 4
     for _, db in frame.iterrows():
         got = rows[db["cell"]]
-        assert (got["variant"].text, got["runtime"].text, got["status"].text) == (db["variant"], db["runtime"], "ok")
+        assert (got["variant"].text, got["runtime"].text) == (db["variant"], db["runtime"])
+        # a cell flagged noisy (the seeded studies run on a busy test machine) says so beside its status
+        assert got["status"].text == tables.status_text(db) and got["status"].text.startswith("ok")
         assert got["batch_size"].text == str(db["batch_size"])
         for column, fmt in (("p50_ms", "%.3f"), ("p99_ms", "%.3f"), ("throughput_per_s", "%.1f"),
                             ("speedup", "%.2fx"), ("peak_host_mb", "%.0f"), ("model_size_mb", "%.2f"),

@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from engine.__main__ import main
-from engine.report import space
+from engine.report import charts, space, tables
 from tests.conftest import results_frame
 from tests.report.conftest import HOSTILE_STUDY, Seeded
 from tests.report.isolation import site_of_symlinks
@@ -122,9 +122,13 @@ for name in ("torch", "onnxruntime", "openvino", "onnx", "transformers", "sqlalc
         missing.append(name)
 from streamlit.testing.v1 import AppTest
 at = AppTest.from_file(sys.argv[2], default_timeout=60).run()
+import pyarrow as pa
+shown = pa.ipc.open_stream(at.dataframe[0].proto.arrow_data.styler.display_values).read_all().to_pandas()
 out = {"missing": missing, "exception": [str(e.value) for e in at.exception],
        "charts": [json.loads(c.proto.spec) for c in at.get("plotly_chart")],
+       "themes": [c.proto.theme for c in at.get("plotly_chart")],
        "rows": len(at.dataframe[0].value), "success": [s.value for s in at.success],
+       "shown": [str(v) for v in shown.to_numpy().ravel()],
        "loaded": sorted({m.split(".")[0] for m in sys.modules})}
 at.multiselect[0].set_value([]).run()  # no runtime selected: nothing to chart
 out["filtered_info"] = [i.value for i in at.info]
@@ -158,6 +162,10 @@ def test_viewer_runs_where_only_streamlit_plotly_and_pandas_exist(bundle: Path, 
     assert result["rows"] == 4 and any("Ship" in s for s in result["success"])
     titles = [c["layout"]["title"]["text"] for c in result["charts"]]
     assert len(titles) == 5 and any("against latency" in t for t in titles)
+    # the charts' own template, not Streamlit's theme (whose placeholder colours turn black outside Streamlit)
+    assert result["themes"] == [""] * 5
+    assert all(c["layout"]["template"]["layout"]["colorway"] == list(charts.COLORWAY) for c in result["charts"])
+    assert tables.MISSING in result["shown"] and not {"None", "nan", "NaN", "<NA>"} & set(result["shown"])
     frame = results_frame(seeded.study_a)
     bars = next(c for c in result["charts"] if "Latency per cell" in c["layout"]["title"]["text"])
     p50 = dict(zip(values(bars["data"][0]["x"]), values(bars["data"][0]["y"]), strict=True))

@@ -19,7 +19,13 @@ if str(HERE) not in sys.path:  # `streamlit run` puts it there; test runners may
     sys.path.insert(0, str(HERE))
 
 from viewer import charts, tables  # noqa: E402
-from viewer.pareto import Constraints, accuracy_column, pareto_frontier, recommend  # noqa: E402
+from viewer.pareto import (  # noqa: E402
+    Constraints,
+    accuracy_column,
+    pareto_frontier,
+    recommend,
+    recommendation_note,
+)
 
 DATA = HERE / "data"
 
@@ -37,8 +43,10 @@ def md(text: Any) -> str:
 report = load()
 study = report["study"]
 st.set_page_config(page_title=f"Paretoscope: {study['name']}"[:80], page_icon="📊", layout="wide")
-frame = tables.results_table(report)
+shared = tables.shared_notes(report)  # shown once above the table, left out of each row
+frame = tables.results_table(report, without=shared)
 samples = tables.samples_by_cell(report)
+baseline = tables.baseline_label(report)
 
 st.title(md(study["name"]))
 model = study["model"]
@@ -64,10 +72,12 @@ with st.sidebar:
 
 shown = frame[frame["runtime"].isin(runtimes) & frame["variant"].isin(variants)
               & frame["batch_size"].isin(batches) & frame["status"].isin(statuses)]
-config = {column: (st.column_config.TextColumn(label) if fmt is None
-                   else st.column_config.NumberColumn(label, format=fmt))
-          for column, label, fmt in tables.SHOWN}
-st.dataframe(shown[[c for c, _, _ in tables.SHOWN]], hide_index=True, column_config=config)
+if shared:
+    st.markdown("**Notes for the whole study**\n\n" + "\n".join(f"- {md(note)}" for note in shared))
+columns = tables.shown_columns(report)
+# labels only: the styler formats the numbers and shows tables.MISSING where a value is missing
+st.dataframe(tables.styled(shown, columns), hide_index=True,
+             column_config={column: st.column_config.Column(label) for column, label, _ in columns})
 
 ok = shown[(shown["status"] == "ok") & shown["p50_ms"].notna()]
 if ok.empty:
@@ -89,10 +99,14 @@ else:
     speedup = best["speedup"]
     st.success(f"Ship **{md(best['variant'])}** on **{md(best['runtime'])}** (batch {best['batch_size']}): p50 "
                f"{best['p50_ms']:.3f} ms, p99 {best['p99_ms']:.3f} ms, {accuracy_label} {best[accuracy]:.4f}"
-               + (f", {speedup:.2f}× the baseline" if speedup is not None and speedup == speedup else ""))
+               + (f", {speedup:.2f}× the {md(baseline)}" if speedup is not None and speedup == speedup else ""))
+    note = recommendation_note(best)
+    if note:
+        st.warning(f"⚠ {md(note)}")
 
 at_batch = shown[shown["batch_size"] == batch]
-st.plotly_chart(charts.accuracy_vs_latency(at_batch, accuracy, accuracy_label, best), key="pareto")
+# theme=None: the figures carry their own template, the same as in the HTML report and the dashboard
+st.plotly_chart(charts.accuracy_vs_latency(at_batch, accuracy, accuracy_label, best), key="pareto", theme=None)
 front = pareto_frontier(at_batch, "p50_ms", accuracy)
 st.caption("Pareto frontier at this batch size: no other cell is both faster and more accurate.")
 st.dataframe(front[["variant", "runtime", "batch_size", "p50_ms", "p99_ms", accuracy]], hide_index=True,
@@ -100,11 +114,11 @@ st.dataframe(front[["variant", "runtime", "batch_size", "p50_ms", "p99_ms", accu
                             "p99_ms": st.column_config.NumberColumn("p99 ms", format="%.3f"),
                             accuracy: st.column_config.NumberColumn(accuracy_label, format="%.5f")})
 
-st.plotly_chart(charts.latency_bars(shown), key="latency")
-st.plotly_chart(charts.latency_distribution(shown, samples), key="distribution")
+st.plotly_chart(charts.latency_bars(shown, baseline), key="latency", theme=None)
+st.plotly_chart(charts.latency_distribution(shown, samples), key="distribution", theme=None)
 c1, c2 = st.columns(2)
-c1.plotly_chart(charts.memory_and_size(shown), key="memory")
-c2.plotly_chart(charts.throughput_vs_batch(shown), key="throughput")
+c1.plotly_chart(charts.memory_and_size(shown), key="memory", theme=None)
+c2.plotly_chart(charts.throughput_vs_batch(shown), key="throughput", theme=None)
 
 with st.expander("Study settings"):
     st.json({k: study.get(k) for k in ("variants", "runtimes", "batch_sizes", "settings", "reference", "progress",

@@ -12,7 +12,7 @@ import numpy as np
 from engine.artifacts import ONNX, TORCHSCRIPT, Artifact
 from engine.data import Dataset, calib_set, eval_set, load_npz, take_batch
 from engine.errors import Unavailable
-from engine.measure import accuracy, gpu, latency, memory
+from engine.measure import accuracy, gpu, latency, memory, noise
 from engine.optimizations.base import Chain
 from engine.optimizations.build import BuildContext, build_variant
 from engine.plan import Cell, StudySettings
@@ -113,9 +113,13 @@ def run_cell(study_dir: Path, model: Artifact, cell: Cell, settings: StudySettin
         nvml = gpu.open_nvml(gpu_device) if gpu_device else None
         try:
             energy = gpu.EnergyMeter(nvml)
+            # one pass over the process table on each side of the timed loop, never inside it, and outside
+            # the energy window so that reading the table is not billed to the device
+            load_before = noise.snapshot()
             energy.start()
             samples = latency.measure(session, prepared, settings.measure, progress)
             window = energy.stop()
+            machine_load = noise.finish(load_before)
             peak_allocated = getattr(session, "peak_allocated_mb", None)
             device = gpu.device_metrics(nvml, window, len(samples), cell.batch_size,
                                         peak_allocated() if peak_allocated else None) if nvml else None
@@ -126,6 +130,7 @@ def run_cell(study_dir: Path, model: Artifact, cell: Cell, settings: StudySettin
         outputs = run_batches(session, inputs, cell.batch_size)
         applied = dict(session.applied)
     summary = latency.summarize(samples, cell.batch_size)
+    verdict = noise.noise_verdict(samples, summary["latency_ms"]["p50_ci95"], machine_load)
     fidelity = accuracy.fidelity(reference, outputs)
     notes = list(dict.fromkeys(variant.notes))
     if variant.cached:
@@ -148,4 +153,6 @@ def run_cell(study_dir: Path, model: Artifact, cell: Cell, settings: StudySettin
         "target": runtime_cls.consumes,
         "variant_path": str(variant.path) if variant.path else None,
         "samples_ms": samples.astype(np.float32).tolist(),
+        "machine_load": machine_load,
+        "noise": verdict,
     }

@@ -84,23 +84,31 @@ def watch(study_id: int) -> None:
         st.rerun(scope="app")
 
 
+# A submitted study replaces the form with its live view, and its end with the outcome: a short page, so what
+# a person is waiting for is in view (after "Submit" the browser was scrolled to the bottom of a long form).
 watching = st.session_state.get("watch_study")
 if watching is not None:
     st.subheader(f"Study #{watching} is running")
-    c1, c2 = st.columns([1, 4])
+    c1, c2, c3 = st.columns([1, 1, 3])
     if c1.button("Cancel study", type="secondary"):
         with session() as s:
             q.cancel_study(s, int(watching))
         common.clear()
-    c2.page_link("pages/results.py", label="Results so far", icon=":material/insights:")
+    if c2.button("Set up another study", key="leave_watch"):
+        st.session_state.pop("watch_study", None)
+        st.rerun()
+    c3.page_link("pages/results.py", label="Results so far", icon=":material/insights:")
     watch(int(watching))
-    st.divider()
-elif st.session_state.get("finished_study") is not None:
+    st.stop()
+if st.session_state.get("finished_study") is not None:
     ended = common.studies(common.url())
-    ended = ended[ended["id"] == st.session_state["finished_study"]]
+    ended = ended[ended["id"] == st.session_state.pop("finished_study")]  # said once
     if len(ended):
         common.show_state(ended.iloc[0])
-    st.page_link("pages/results.py", label="See its results", icon=":material/insights:")
+    c1, c2 = st.columns([1, 4])
+    c1.page_link("pages/results.py", label="See its results", icon=":material/insights:")
+    c2.button("Set up another study", key="after_finish")  # a rerun: the form comes back
+    st.stop()
 
 models = common.models(common.url())
 if models.empty:

@@ -88,6 +88,11 @@ def test_benchmark_page_previews_and_submits_a_study(data_dir: Path) -> None:
         progress = q.study_progress(s, int(studies["id"].iloc[0]))
     assert progress.get("queued", 0) > 0
     assert at.session_state["watch_study"] == int(studies["id"].iloc[0])
+    # the live view replaces the form (a short page: what one waits for stays in view), until one leaves it
+    labels = [b.label for b in at.button]
+    assert "Submit study" not in labels and "Set up another study" in labels, labels
+    next(b for b in at.button if b.label == "Set up another study").click().run()
+    assert "Submit study" in [b.label for b in at.button]
     with session() as s:
         q.cancel_study(s, int(studies["id"].iloc[0]))  # leave the seeded data as it was for other tests
 

@@ -132,9 +132,8 @@ st.plotly_chart(charts.accuracy_vs_latency(at_batch, accuracy, accuracy_label, b
 st.plotly_chart(charts.latency_bars(frame, tables.baseline_label(full)), key="latency", theme=None)
 st.plotly_chart(charts.latency_distribution(frame, common.samples(common.url(), int(study_id))), key="distribution",
                 theme=None)
-c1, c2 = st.columns(2)
-c1.plotly_chart(charts.memory_and_size(frame), key="memory", theme=None)
-c2.plotly_chart(charts.throughput_vs_batch(frame), key="throughput", theme=None)
+st.plotly_chart(charts.memory_and_size(frame), key="memory", theme=None)  # full width: one bar per cell
+st.plotly_chart(charts.throughput_vs_batch(frame), key="throughput", theme=None)
 
 env = full["environment"]
 if isinstance(env, dict):

@@ -262,7 +262,7 @@ def memory_and_size(frame: pd.DataFrame) -> go.Figure:
     labels = cell_label(ok)
     fig = new_figure("Memory and size", grid={"rows": 2, "cols": 1, "shared_xaxes": True, "vertical_spacing": 0.1,
                                               "subplot_titles": ("peak memory (MB)", "model size (MB)")},
-                     barmode="group", height=560, margin={"b": 120})
+                     barmode="group", height=560, margin={"b": 120}, legend={"orientation": "h", "y": 1.12})
     fig.add_bar(x=labels, y=ok["peak_host_mb"], name="peak host memory (MB)", marker={"color": COLORWAY[0]},
                 row=1, col=1)
     if ok["peak_device_mb"].notna().any():

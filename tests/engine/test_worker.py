@@ -70,12 +70,17 @@ def assert_pids_dead(data_dir: Path) -> None:
 
 def test_crash_hang_and_memory_blowup_become_rows(data_dir: Path, mlp_onnx: Path) -> None:
     artifact = intake(mlp_onnx).to_json()
-    study_id = make_study(4, ["test-segfault", "test-hang", "test-greedy", "onnxruntime"],
-                          settings=settings(timeout_s=3, memory_mb=1024), artifact=artifact)
+    # Only the hang gets a short limit, in a study of its own: it times out however slowly a loaded machine
+    # starts its interpreter, while the crash, the memory blow-up and the real cell get time to start and
+    # end the way they do (a 3 s limit shared by all once made the memory hog time out on a busy CI box).
+    study_id = make_study(3, ["test-segfault", "test-greedy", "onnxruntime"],
+                          settings=settings(timeout_s=300, memory_mb=1024), artifact=artifact)
+    hang_study = make_study(1, ["test-hang"], settings=settings(timeout_s=5), artifact=artifact)
     proc = worker(data_dir, "--until-idle")
-    _out, err = proc.communicate(timeout=300)
+    _out, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err
-    segv, hang, greedy, fine = jobs(study_id)
+    segv, greedy, fine = jobs(study_id)
+    (hang,) = jobs(hang_study)
     assert (segv.status, segv.error_type, segv.attempts) == ("crashed", "SIGSEGV", 2)
     assert "SIGSEGV" in (segv.error_message or "")
     assert (hang.status, hang.attempts) == ("timeout", 2)
@@ -84,9 +89,10 @@ def test_crash_hang_and_memory_blowup_become_rows(data_dir: Path, mlp_onnx: Path
     assert_pids_dead(data_dir)
     with session(write=False) as s:
         assert s.get(q.Study, study_id).finished_at is not None
+        assert s.get(q.Study, hang_study).finished_at is not None
         rows = q.study_results(s, study_id)
-    assert [r["status"] for r in rows] == ["crashed", "timeout", "oom", "ok"]
-    assert rows[3]["latency_ms"]["p50"] > 0
+    assert [r["status"] for r in rows] == ["crashed", "oom", "ok"]
+    assert rows[2]["latency_ms"]["p50"] > 0
 
 
 def test_kill_9_of_a_worker_requeues_its_job_once(data_dir: Path, mlp_onnx: Path) -> None:

@@ -62,7 +62,7 @@ def load_module(path: Path, fmt: str, spec: InputSpec | None = None) -> torch.nn
         module = torch.jit.load(str(path), map_location="cpu")
     elif fmt == "pt2":
         # an exported program is traced in eval mode already and refuses .eval()
-        return torch.export.load(str(path)).module()
+        return load_exported(path).module()
     elif fmt == "hf":
         model = load_hf(path)
         names = spec.names if spec is not None else hf_input_names(model)
@@ -71,6 +71,14 @@ def load_module(path: Path, fmt: str, spec: InputSpec | None = None) -> torch.nn
         raise UserError(f"format '{fmt}' has no torch module; it runs on ONNX runtimes only")
     module.eval()
     return module
+
+
+def load_exported(path: Path) -> Any:
+    """A torch.export program, once every pickle in its archive passed torch's allow-list (engine.pickles)."""
+    from engine.pickles import check_exported_archive
+
+    check_exported_archive(path)
+    return torch.export.load(str(path))
 
 
 def load_hf(folder: Path, label: str = "the Hugging Face model") -> torch.nn.Module:
@@ -179,7 +187,7 @@ def _inspect_torchscript(path: Path) -> Inspected:
 
 
 def _inspect_exported(path: Path) -> Inspected:
-    program = torch.export.load(str(path))
+    program = load_exported(path)
     info: dict[str, Any] = {"parameters": sum(int(t.numel()) for t in program.state_dict.values())}
     names = list(program.graph_signature.user_inputs)
     placeholders = {n.name: n for n in program.graph.nodes if n.op == "placeholder"}

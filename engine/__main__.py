@@ -48,8 +48,7 @@ def _add_bench(sub: Any) -> None:
 
 def cmd_bench(args: argparse.Namespace, out: TextIO) -> int:
     from engine import plan
-    from engine.artifacts import intake
-    from engine.data import load_npz
+    from engine.inspection import check_data, inspect_model
     from engine.measure.latency import MeasureSettings
     from engine.runtimes import parse_runtime_options
     from engine.study import release_study, run_study, submit_study
@@ -86,9 +85,10 @@ def cmd_bench(args: argparse.Namespace, out: TextIO) -> int:
     if unused:
         raise UserError(f"--option given for {', '.join(unused)}, which this study does not run; add it to "
                         "--runtimes or drop the option")
-    model = intake(model_path, input_spec=args.input_spec, seq_len=args.seq_len)
+    # the user's files are opened in a child with time and memory limits, never in this process
+    model = inspect_model(model_path, input_spec=args.input_spec, seq_len=args.seq_len)
     if data_path:
-        load_npz(data_path, model.spec)  # validate now: a bad file is a usage error, not n failed cells
+        check_data(data_path, model.spec)  # validate now: a bad file is a usage error, not n failed cells
     # The study is this process's: a dashboard's worker sharing the database must not run (and so hide) its cells.
     owner = None if args.submit else new_worker_id()
     study_id, cells = submit_study(model, variants, runtimes, batch_sizes, settings, name=args.name,

@@ -11,3 +11,12 @@ class NotApplicable(Exception):
 
 class Unavailable(Exception):
     """A cell whose runtime or device is missing on this machine."""
+
+
+# How allocators other than Python's (ATen, ONNX Runtime, OpenVINO) report an allocation past the limit.
+_OUT_OF_MEMORY = ("can't allocate memory", "std::bad_alloc", "Failed to allocate memory", "out of memory")
+
+
+def is_out_of_memory(message: str) -> bool:
+    """An error message that says an allocation failed (the memory limit, not the user's input)."""
+    return any(m in message for m in _OUT_OF_MEMORY)

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from engine.errors import UserError
+from engine.errors import UserError, is_out_of_memory
 from engine.specs import BATCH_AXIS, DEFAULT_INT_RANGE, INTEGER_DTYPES, InputSpec, TensorSpec
 
 # Hugging Face loading is local only: no hub access, no remote code.
@@ -255,6 +255,8 @@ def probe_outputs(module: torch.nn.Module, spec: InputSpec, label: str) -> tuple
             out = module(*args)
     # torch.export programs check their input shapes with AssertionError ("Guard failed")
     except (RuntimeError, TypeError, ValueError, IndexError, AssertionError) as exc:
+        if is_out_of_memory(str(exc)):  # the memory limit, not a wrong spec
+            raise MemoryError(_error_line(exc)) from exc
         raise UserError(
             f"{label}: the model does not run on inputs {spec.describe()} ({_error_line(exc)}); fix --input-spec"
         ) from exc

@@ -195,11 +195,11 @@ if blocked:
 if st.button("Submit study", type="primary", disabled=runnable == 0):
     data_path = None
     if dataset_choice is not None:
-        from engine.data import load_npz
+        from engine.inspection import check_data
 
         data_path = str(blobs.path_of(str(datasets.set_index("id").loc[dataset_choice, "sha256"])))
         try:
-            load_npz(data_path, artifact.spec)
+            check_data(data_path, artifact.spec)
         except UserError as exc:
             st.error(f"error: {exc}")
             st.stop()

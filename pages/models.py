@@ -5,8 +5,9 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from engine.executors.local import run_child
-from engine.paths import sub_dir
+from engine.artifacts import Artifact
+from engine.errors import UserError
+from engine.inspection import check_data, inspect_model, respec_model
 from engine.specs import range_label
 from pages import common
 from storage import blobs
@@ -19,16 +20,6 @@ st.caption("ONNX (.onnx, or a zip with its external data), TorchScript (.pt), to
            "Hugging Face folder (config.json + *.safetensors). Files are checked by their bytes; pickles are refused.")
 
 
-def in_child(task: str, payload: dict) -> dict | None:  # type: ignore[type-arg]
-    """Inspect an untrusted file in a child process, never in the dashboard's; a one-line error on failure."""
-    outcome = run_child(task, payload, 600, sub_dir("logs") / f"{task}.log")
-    if outcome.status == "ok" and outcome.result is not None:
-        return outcome.result
-    reason = outcome.error if outcome.status == "failed" else f"{outcome.status}: {outcome.error}"
-    st.error(f"error: {reason}")
-    return None
-
-
 with st.form("upload", clear_on_submit=True):
     upload = st.file_uploader("Model file", type=None, key="model_file")
     c1, c2 = st.columns(2)
@@ -39,18 +30,21 @@ with st.form("upload", clear_on_submit=True):
     submitted = st.form_submit_button("Upload and inspect", type="primary")
 if submitted and upload is not None:
     staged = common.stage_upload(upload.name, upload.getvalue())
+    inspected = None
     try:
         with st.spinner(f"Inspecting {upload.name}..."):
-            artifact = in_child("intake", {"path": str(staged), "input_spec": spec_text.strip() or None,
-                                           "seq_len": int(seq_len) or None})
+            # in a child with time and memory limits: a hostile or broken file never touches this process
+            inspected = inspect_model(staged, spec_text.strip() or None, int(seq_len) or None)
+    except UserError as exc:
+        st.error(f"error: {exc}")
     finally:
         common.drop_upload(staged)
-    if artifact is not None:
+    if inspected is not None:
         with session() as s:
-            model = q.get_or_create_model(s, artifact, upload.name)
+            model = q.get_or_create_model(s, inspected.to_json(), upload.name)
             st.session_state["model_id"] = model.id
         common.clear()
-        st.success(f"{upload.name}: {artifact['format']} model stored (sha256 {artifact['sha256'][:12]}…)")
+        st.success(f"{upload.name}: {inspected.format} model stored (sha256 {inspected.sha256[:12]}…)")
 
 models = common.models(common.url())
 if models.empty:
@@ -104,12 +98,16 @@ with st.expander("Adjust the input spec"):
             f"{t['name']}:{t['dtype']}[{','.join(map(str, t['shape']))}]" for t in spec["inputs"]))
         new_seq = st.number_input("Sequence length", min_value=0, value=int(spec.get("seq_len") or 0), step=1)
         if st.form_submit_button("Apply"):
+            updated = None
             with st.spinner("Checking the new spec against the model..."):
-                updated = in_child("respec", {"artifact": artifact, "input_spec": new_spec.strip() or None,
-                                              "seq_len": int(new_seq) or None})
+                try:
+                    updated = respec_model(Artifact.from_json(artifact), new_spec.strip() or None,
+                                           int(new_seq) or None)
+                except UserError as exc:
+                    st.error(f"error: {exc}")
             if updated is not None:
                 with session() as s:
-                    q.get_or_create_model(s, updated, str(models.set_index("id").loc[model_id, "name"]))
+                    q.get_or_create_model(s, updated.to_json(), str(models.set_index("id").loc[model_id, "name"]))
                 common.clear()
                 st.success("Input spec updated.")
                 st.rerun()
@@ -138,13 +136,11 @@ st.caption("An .npz with arrays named after the model's inputs; `labels` for an 
 with st.form("data_upload", clear_on_submit=True):
     data_file = st.file_uploader("Data file (.npz)", type=["npz"], key="data_file")
     if st.form_submit_button("Upload data") and data_file is not None:
-        from engine.data import load_npz
-        from engine.errors import UserError
         from engine.specs import InputSpec
 
         staged = common.stage_upload(data_file.name, data_file.getvalue())
         try:
-            load_npz(staged, InputSpec.from_json(spec))
+            check_data(staged, InputSpec.from_json(spec))  # read in a limited child, never in this process
             sha = blobs.put_file(staged)
             with session() as s:
                 q.get_or_create_dataset(s, sha, data_file.name, staged.stat().st_size)

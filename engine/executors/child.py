@@ -12,10 +12,6 @@ import traceback
 from typing import Any
 
 
-# How allocators other than Python's report an allocation past the limit.
-_OOM_MESSAGES = ("can't allocate memory", "std::bad_alloc", "Failed to allocate memory", "out of memory")
-
-
 def limit_memory(limit_mb: float | None) -> None:
     """Cap the address space so an allocation past the limit fails here instead of taking the machine."""
     if not limit_mb:
@@ -37,7 +33,7 @@ def main() -> None:
     def progress(phase: str, fraction: float) -> None:
         send("progress", phase, float(fraction))
 
-    from engine.errors import NotApplicable, Unavailable, UserError
+    from engine.errors import NotApplicable, Unavailable, UserError, is_out_of_memory
     from engine.executors.local import dispatch
 
     try:
@@ -54,7 +50,7 @@ def main() -> None:
         send("failed", type(exc).__name__, str(exc), traceback.format_exc())
     except BaseException as exc:  # noqa: BLE001 - the child boundary records every failure as a row
         message = str(exc).strip() or repr(exc)
-        if any(m in message for m in _OOM_MESSAGES):
+        if is_out_of_memory(message):
             send("oom", f"out of memory: {message.splitlines()[0][:300]}")
         else:
             send("failed", type(exc).__name__, message, traceback.format_exc())

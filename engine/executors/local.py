@@ -52,6 +52,12 @@ def dispatch(task: str, payload: dict[str, Any], progress: ProgressFn) -> dict[s
 
         artifact = intake(payload["path"], input_spec=payload.get("input_spec"), seq_len=payload.get("seq_len"))
         return artifact.to_json()
+    if task == "check-data":  # an untrusted .npz, read against the model's inputs
+        from engine.data import load_npz
+        from engine.specs import InputSpec
+
+        load_npz(payload["path"], InputSpec.from_json(payload["spec"]))
+        return {}
     if task == "respec":
         from engine.artifacts import Artifact, respec
 

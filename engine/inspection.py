@@ -1,0 +1,68 @@
+"""A user's model or data file is opened only in a child process with a time and a memory limit.
+
+The CLI and the dashboard call these instead of reading the file themselves: a model whose inspection
+hangs, allocates without bound or crashes ends the child, not the caller, and the caller gets one line.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from engine.artifacts import Artifact
+from engine.errors import UserError
+from engine.paths import sub_dir
+from engine.specs import InputSpec
+
+def inspect_timeout_s() -> float:
+    """The inspecting child's time limit: `PARETOSCOPE_INSPECT_TIMEOUT_S`, default 600 s."""
+    return float(os.environ.get("PARETOSCOPE_INSPECT_TIMEOUT_S", 600))
+
+
+def inspect_memory_mb() -> float:
+    """The inspecting child's address-space cap: `PARETOSCOPE_INSPECT_MEMORY_MB`, else a cell's default."""
+    from engine.plan import default_memory_limit_mb
+
+    raw = os.environ.get("PARETOSCOPE_INSPECT_MEMORY_MB")
+    return float(raw) if raw else default_memory_limit_mb()
+
+
+def _in_child(task: str, payload: dict[str, Any], what: str) -> Any:
+    from engine.executors.local import run_child
+
+    limit, timeout_s = inspect_memory_mb(), inspect_timeout_s()
+    outcome = run_child(task, {**payload, "memory_limit_mb": limit}, timeout_s,
+                        sub_dir("logs") / f"{task}.log")
+    if outcome.status == "ok":
+        return outcome.result
+    if outcome.status == "failed" and outcome.error_type == "UserError":
+        raise UserError(str(outcome.error))
+    if outcome.status == "oom":
+        raise UserError(f"{what} passed the inspection's memory limit of {limit:.0f} MB "
+                        "(PARETOSCOPE_INSPECT_MEMORY_MB): is the model or the file what you meant to upload?")
+    if outcome.status == "timeout":
+        raise UserError(f"{what} took longer than the inspection's limit of {timeout_s:g} s "
+                        "(PARETOSCOPE_INSPECT_TIMEOUT_S); a model whose forward never returns cannot be measured")
+    detail = f"{outcome.error_type}: {outcome.error}" if outcome.error_type else str(outcome.error)
+    raise UserError(f"{what} could not be read ({outcome.status}: {detail.splitlines()[0][:300]})")
+
+
+def inspect_model(path: str | Path, input_spec: str | None = None, seq_len: int | None = None) -> Artifact:
+    """Intake (format, safe unpacking, storage, InputSpec) of an untrusted model file, in a limited child."""
+    result = _in_child("intake", {"path": str(Path(path).resolve()), "input_spec": input_spec, "seq_len": seq_len},
+                       f"inspecting {Path(path).name}")
+    return Artifact.from_json(result)
+
+
+def respec_model(artifact: Artifact, input_spec: str | None = None, seq_len: int | None = None) -> Artifact:
+    """The stored model with another input spec or sequence length, checked against the model in a child."""
+    result = _in_child("respec", {"artifact": artifact.to_json(), "input_spec": input_spec, "seq_len": seq_len},
+                       f"checking the input spec of {artifact.path.name}")
+    return Artifact.from_json(result)
+
+
+def check_data(path: str | Path, spec: InputSpec) -> None:
+    """Read an untrusted .npz against the model's inputs in a child (sizes are checked before allocating there)."""
+    _in_child("check-data", {"path": str(Path(path).resolve()), "spec": spec.to_json()},
+              f"reading {Path(path).name}")

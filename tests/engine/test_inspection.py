@@ -1,0 +1,84 @@
+"""A user's model or data is opened only in a limited child: a hang or a memory blow-up is one line, exit 2."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from engine.__main__ import main
+from engine.inspection import check_data, inspect_model
+from engine.specs import InputSpec
+
+FAST = ["--iterations", "3", "--min-seconds", "0.05", "--warmup", "1", "--threads", "1", "--timeout", "120"]
+
+
+class _Hang(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        while True:
+            x = x + 1.0
+        return x
+
+
+class _Greedy(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        held: list[torch.Tensor] = [x.sum().reshape([1])]
+        while len(held) < 1_000_000:  # the result depends on every step: nothing is optimized away
+            held.append(torch.ones([134217728]) + held[-1][0])  # 512 MiB a step, written
+        return held[-1][:1] + x
+
+
+def _script(module: torch.nn.Module, path: Path) -> Path:
+    torch.jit.save(torch.jit.script(module), str(path))
+    return path
+
+
+def _bench(model: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    code = main(["bench", str(model), "--input-spec", "x:float32[B,4]", "--runtimes", "torchscript",
+                 "--variants", "baseline", "--batch-sizes", "1", *FAST], out=io.StringIO())
+    return code, capsys.readouterr().err.strip()
+
+
+def test_a_model_that_never_returns_ends_the_cli_with_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("PARETOSCOPE_INSPECT_TIMEOUT_S", "10")  # a hang times out however slow the start-up
+    code, err = _bench(_script(_Hang(), tmp_path / "hang.pt"), capsys)
+    assert code == 2
+    assert err.startswith("error: inspecting hang.pt took longer than the inspection's limit of 10 s"), err
+    assert "\n" not in err
+
+
+def test_a_model_that_allocates_without_bound_hits_the_memory_limit(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("PARETOSCOPE_INSPECT_MEMORY_MB", "3000")
+    code, err = _bench(_script(_Greedy(), tmp_path / "greedy.pt"), capsys)
+    assert code == 2
+    assert err.startswith("error: inspecting greedy.pt passed the inspection's memory limit of 3000 MB"), err
+
+
+def test_data_declaring_a_huge_array_is_refused_in_the_child(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An .npy header may declare any shape: reading it allocates that much, in the child, not the caller."""
+    monkeypatch.setenv("PARETOSCOPE_INSPECT_MEMORY_MB", "3000")
+    header = np.lib.format.header_data_from_array_1_0(np.zeros((1, 4), dtype=np.float32))
+    header["shape"] = (10**9, 4)
+    member = io.BytesIO()
+    np.lib.format.write_array_header_1_0(member, header)
+    member.write(b"\0" * 64)
+    path = tmp_path / "huge.npz"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("x.npy", member.getvalue())
+    spec = InputSpec.parse("x:float32[B,4]")
+    with pytest.raises(Exception, match=r"^reading huge\.npz ") as refused:
+        check_data(path, spec)
+    assert "\n" not in str(refused.value)
+
+
+def test_a_good_model_is_inspected_in_the_child_and_stored(mlp_onnx: Path, data_dir: Path) -> None:
+    artifact = inspect_model(mlp_onnx)
+    assert artifact.format == "onnx"
+    assert artifact.path.is_relative_to(data_dir / "models") and artifact.path.is_file()

@@ -295,7 +295,8 @@ def format_row(row: dict[str, Any]) -> str:
     def num(v: Any, fmt: str) -> str:
         return format(v, fmt) if isinstance(v, (int, float)) else "-"
 
-    note = row.get("error") or "; ".join(row.get("notes") or [])
+    noisy = (row.get("noise") or {}).get("message")  # said first: it decides how far to trust the row
+    note = row.get("error") or "; ".join([*([noisy] if noisy else []), *(row.get("notes") or [])])
     values = (str(row["cell"]), row["variant"], row["runtime"], str(row["batch_size"]), row["status"],
               num(lat.get("p50"), ".3f"), num(lat.get("p99"), ".3f"), num(row.get("throughput_per_s"), ".1f"),
               num(row.get("load_s"), ".2f"), num(fid.get("cosine"), ".4f"), num(task.get("value"), ".3f"), note)

@@ -130,7 +130,7 @@ def run_cell(study_dir: Path, model: Artifact, cell: Cell, settings: StudySettin
         outputs = run_batches(session, inputs, cell.batch_size)
         applied = dict(session.applied)
     summary = latency.summarize(samples, cell.batch_size)
-    verdict = noise.noise_verdict(samples, summary["latency_ms"]["p50_ci95"], machine_load)
+    verdict = noise.noise_verdict(samples, summary["latency_ms"]["p50_ci95"], machine_load, settings.threads)
     fidelity = accuracy.fidelity(reference, outputs)
     notes = list(dict.fromkeys(variant.notes))
     if variant.cached:

@@ -306,7 +306,7 @@ def ensure_local_worker() -> int | None:
     with open(folder / "auto-worker.lock", "w") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         with session(write=False) as s:
-            if q.live_workers(s, within_s=max(3 * HEARTBEAT_S, 15.0)):
+            if q.live_workers(s, within_s=max(3 * HEARTBEAT_S, 15.0), general=True):
                 return None
         pid_file = folder / "auto-worker.pid"
         if pid_file.is_file() and _alive(pid_file.read_text()):

@@ -21,7 +21,9 @@ def url() -> str:
     return database_url()
 
 
-@st.cache_resource
+# Checked again every 15 s, not once per server: a worker that was alive (or a `bench` run's, which serves
+# only its own study) may have stopped since.
+@st.cache_resource(ttl=15, show_spinner=False)
 def _local_worker(db_url: str) -> int | None:
     from engine.worker import ensure_local_worker
 

@@ -112,8 +112,7 @@ def claim_job(s: Session, worker_id: str, lease_s: float, study_id: int | None =
     """
     now = utcnow()
     # A subquery rather than a join: FOR UPDATE then locks only the job row, never the study's.
-    owned_by_others = select(Study.id).where(Study.owner.is_not(None), Study.owner != worker_id)
-    pick = select(Job.id).where(Job.status == QUEUED, Job.study_id.not_in(owned_by_others))
+    pick = select(Job.id).where(Job.status == QUEUED, Job.study_id.not_in(_owned_by_others(worker_id)))
     if study_id is not None:
         pick = pick.where(Job.study_id == study_id)
     pick = pick.order_by(Job.id).limit(1).with_for_update(skip_locked=True)
@@ -129,6 +128,11 @@ def claim_job(s: Session, worker_id: str, lease_s: float, study_id: int | None =
     if claimed is None:
         return None
     return s.get(Job, claimed, populate_existing=True)
+
+
+def _owned_by_others(worker_id: str) -> Any:
+    """The ids of studies another worker owns (a `bench` run's): never this worker's to run or wait for."""
+    return select(Study.id).where(Study.owner.is_not(None), Study.owner != worker_id)
 
 
 def _rowcount(result: Any) -> int:
@@ -304,9 +308,14 @@ def worker_heartbeat(s: Session, worker_id: str, status: str, job_id: int | None
               .execution_options(synchronize_session=False))
 
 
-def live_workers(s: Session, within_s: float = 30.0) -> list[Worker]:
+def live_workers(s: Session, within_s: float = 30.0, general: bool = False) -> list[Worker]:
+    """Workers with a recent heartbeat; `general`: only those that take any study's jobs (not a `bench` run's
+    worker, which owns its study and runs nothing else)."""
     since = utcnow() - timedelta(seconds=within_s)
-    return list(s.scalars(select(Worker).where(Worker.heartbeat_at >= since, Worker.status != "stopped")))
+    query = select(Worker).where(Worker.heartbeat_at >= since, Worker.status != "stopped")
+    if general:
+        query = query.where(Worker.id.not_in(select(Study.owner).where(Study.owner.is_not(None))))
+    return list(s.scalars(query))
 
 
 # --- reading ----------------------------------------------------------------------------------------
@@ -409,15 +418,17 @@ def _error_text(job: Job) -> str | None:
 
 
 def add_speedups(rows: list[dict[str, Any]]) -> None:
-    """Speedup of each ok cell's p50 over the baseline on the first runtime that ran it, same batch size."""
-    baselines: dict[int, float] = {}
-    for row in rows:
+    """Speedup of each ok cell's p50 over the baseline on the first runtime that ran it, same batch size;
+    `baseline_cell` names that baseline's cell, so reports can say what the speedup is against."""
+    baselines: dict[int, dict[str, Any]] = {}
+    for row in sorted(rows, key=lambda r: r["cell"]):
         if row["variant"] == "baseline" and row["status"] == "ok" and row["batch_size"] not in baselines:
-            baselines[row["batch_size"]] = row["latency_ms"]["p50"]
+            baselines[row["batch_size"]] = row
     for row in rows:
         base = baselines.get(row["batch_size"])
         ok = row["status"] == "ok" and base is not None
-        row["speedup_vs_baseline"] = base / row["latency_ms"]["p50"] if ok else None
+        row["speedup_vs_baseline"] = base["latency_ms"]["p50"] / row["latency_ms"]["p50"] if ok and base else None
+        row["baseline_cell"] = base["cell"] if ok and base else None
 
 
 def study_results(s: Session, study_id: int) -> list[dict[str, Any]]:
@@ -472,8 +483,7 @@ def has_open_jobs(s: Session, study_id: int | None = None, worker_id: str | None
     if study_id is not None:
         query = query.where(Job.study_id == study_id)
     if worker_id is not None:
-        query = query.where(Job.study_id.not_in(select(Study.id).where(Study.owner.is_not(None),
-                                                                       Study.owner != worker_id)))
+        query = query.where(Job.study_id.not_in(_owned_by_others(worker_id)))
     return s.scalar(query.limit(1)) is not None
 
 

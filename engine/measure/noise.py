@@ -174,8 +174,16 @@ def finish(before: LoadSnapshot) -> dict[str, Any]:
     }
 
 
+def busy_limit(cpu_count: int | None, threads: int | None) -> float:
+    """Cores other processes may keep busy before they disturb a cell: what the cell's threads leave free,
+    less half a core, and never below MAX_OTHER_BUSY_CORES (on a 64-core server, unrelated work on the 60 free
+    cores is no noise; on 2 cores with 2 threads, half a core is)."""
+    free = (cpu_count or 0) - (threads or cpu_count or 0)
+    return max(MAX_OTHER_BUSY_CORES, free - 0.5)
+
+
 def noise_verdict(samples_ms: Sequence[float] | np.ndarray, ci95: Sequence[float],
-                  machine_load: Mapping[str, Any] | None) -> dict[str, Any]:
+                  machine_load: Mapping[str, Any] | None, threads: int | None = None) -> dict[str, Any]:
     """Whether a cell's timings can be trusted: its median's interval, its spread and the load around it."""
     s = np.asarray(samples_ms, dtype=np.float64)
     median = float(np.median(s))
@@ -186,12 +194,13 @@ def noise_verdict(samples_ms: Sequence[float] | np.ndarray, ci95: Sequence[float
     load = machine_load or {}
     busy = load.get("other_busy_cores")
     cores = load.get("cpu_count")
+    loaded = busy is not None and busy > busy_limit(cores, threads)
     reasons = []
     if spread is not None and spread > MAX_SPREAD_PCT:
         reasons.append(f"the median's 95% interval is ±{_pct(spread)}%")
     if central > MAX_CV:
         reasons.append(f"the samples vary by {central:.0%} of their mean (slowest 1% left out)")
-    if busy is not None and busy > MAX_OTHER_BUSY_CORES:
+    if loaded:
         reasons.append(f"other processes kept {busy:.1f} of {cores or '?'} cores busy")
     message = None
     if reasons:
@@ -200,7 +209,7 @@ def noise_verdict(samples_ms: Sequence[float] | np.ndarray, ci95: Sequence[float
         shown = [f"±{_pct(spread)}%" if spread is not None else "no median"]
         if central > MAX_CV:
             shown.append(f"calls vary by {central:.0%}")
-        if busy is not None and busy > MAX_OTHER_BUSY_CORES:
+        if loaded:
             shown.append(f"{busy:.1f} of {cores or '?'} cores busy elsewhere")
         message = f"noisy: {', '.join(shown)} — {where}"
     return {

@@ -64,5 +64,8 @@ def recommendation_note(best: pd.Series | None) -> str | None:
     """
     if best is None or noise_label(best) is None:
         return None
+    message = best.get("noise_message")
+    if isinstance(message, str) and message:
+        return message  # the verdict the cell recorded: what made it noisy and what to do about it
     spread = noise_spread(best)
     return f"noisy{'' if spread is None else ': ' + spread} — rerun on an idle machine"

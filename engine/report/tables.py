@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 FRAME_COLUMNS = ["cell", "variant", "runtime", "batch_size", "status", "error", "p50_ms", "p90_ms", "p99_ms",
                  "mean_ms", "throughput_per_s", "speedup", "load_s", "first_run_ms", "peak_host_mb",
                  "peak_device_mb", "model_size_mb", "cosine", "max_abs", "top1_agreement", "task_metric", "notes",
-                 "noisy", "noise_pct"]
+                 "noisy", "noise_pct", "noise_message", "baseline_cell"]
 
 # Shown wherever a table has no value: never "None" or "nan".
 MISSING = "–"
@@ -81,6 +81,7 @@ def flat_row(r: dict[str, Any], without: Collection[str] = ()) -> dict[str, Any]
         # None, not False, when the cell was measured before noise was recorded: unknown is not steady
         "noisy": bool(noise["noisy"]) if noise.get("noisy") is not None else None,
         "noise_pct": noise.get("spread_pct"),
+        "noise_message": noise.get("message"),  # the cell's own verdict: its causes and what to do
         "p95_ms": lat.get("p95"), "std_ms": lat.get("std"), "min_ms": lat.get("min"), "max_ms": lat.get("max"),
         "p50_ci95_low": ci[0], "p50_ci95_high": ci[1], "iterations": lat.get("iterations"),
         "mean_abs": fid.get("mean_abs"), "task_name": task.get("name"),
@@ -120,19 +121,21 @@ def shared_notes(report: dict[str, Any]) -> list[str]:
 
 
 def baseline_label(report_or_frame: dict[str, Any] | pd.DataFrame) -> str:
-    """What "speedup vs baseline" divides by, e.g. "baseline on torch (fp32)".
-
-    As storage's add_speedups picks it: per batch size, the first ok `baseline` row in cell order.
-    """
+    """What "speedup vs baseline" divides by, e.g. "baseline on torch": the rows named by each result's
+    `baseline_cell` (set where the speedups are computed), with the float type its runtime recorded, if any."""
     if isinstance(report_or_frame, pd.DataFrame):
-        frame = report_or_frame.sort_values("cell") if "cell" in report_or_frame else report_or_frame
-        rows: list[Mapping[str, Any]] = [row for _, row in frame.iterrows()]
+        rows: list[Mapping[str, Any]] = [row for _, row in report_or_frame.iterrows()]
     else:
-        rows = sorted(report_or_frame["results"], key=lambda r: r["cell"])
+        rows = list(report_or_frame["results"])
+    by_cell = {int(row["cell"]): row for row in rows}
     picked: dict[Any, str] = {}
     for row in rows:
-        if row["variant"] == "baseline" and row["status"] == "ok" and row["batch_size"] not in picked:
-            picked[row["batch_size"]] = f"{row['runtime']} ({_precision(row.get('settings'))})"
+        cell = row.get("baseline_cell")
+        if cell is None or missing(cell) or int(cell) not in by_cell:
+            continue
+        base = by_cell[int(cell)]
+        precision = _precision(base.get("settings"))
+        picked[base["batch_size"]] = base["runtime"] + (f" ({precision})" if precision else "")
     if not picked:
         return "baseline (none measured)"
     where: dict[str, list[str]] = {}
@@ -148,8 +151,9 @@ _PRECISIONS = {"float32": "fp32", "f32": "fp32", "float16": "fp16", "f16": "fp16
                "bfloat16": "bf16", "bf16": "bf16"}
 
 
-def _precision(settings: Any) -> str:
-    """The float type a baseline ran in: recorded by torch and OpenVINO, else the original model's fp32."""
+def _precision(settings: Any) -> str | None:
+    """The float type a baseline ran in where its runtime recorded one (torch's dtype, OpenVINO's inference
+    precision: bf16 on CPUs with AMX), else None: the original model's own types, not a guess."""
     if isinstance(settings, str):  # a frame holds settings as JSON text
         try:
             settings = json.loads(settings)
@@ -160,8 +164,7 @@ def _precision(settings: Any) -> str:
             value = settings.get(key)
             if isinstance(value, str) and value:
                 return _PRECISIONS.get(value.lower(), value)
-    # the baseline is the unmodified model, which the reference and fidelity already treat as fp32
-    return "fp32"
+    return None
 
 
 def shown_columns(report_or_frame: dict[str, Any] | pd.DataFrame | None = None) -> list[tuple[str, str, str | None]]:

@@ -386,3 +386,13 @@ def test_bench_that_raises_releases_its_study(mlp_onnx: Path, monkeypatch: pytes
     with session() as s:
         job = q.claim_job(s, "general", lease_s=60)
         assert job is not None and job.study.owner is None
+
+
+def test_a_noisy_row_says_so_first() -> None:
+    from engine.__main__ import format_row
+
+    row = {"cell": 0, "variant": "baseline", "runtime": "onnxruntime", "batch_size": 1, "status": "ok",
+           "latency_ms": {"p50": 1.0, "p99": 2.0}, "notes": ["a note"],
+           "noise": {"noisy": True, "message": "noisy: ±12% — rerun on an idle machine"}}
+    assert format_row(row).endswith("noisy: ±12% — rerun on an idle machine; a note")
+    assert format_row({**row, "noise": {"noisy": False, "message": None}}).endswith("  a note")

@@ -281,3 +281,14 @@ def test_a_real_cell_result_carries_its_machine_load_and_noise(tmp_path: Path, m
     assert load["parent_cpu_s"] is not None  # the CLI's in-process worker spawned the cell
     assert isinstance(verdict_["noisy"], bool) and verdict_["spread_pct"] >= 0
     assert verdict_["other_busy_cores"] == load["other_busy_cores"]
+
+
+def test_load_counts_against_the_cores_the_cell_leaves_free() -> None:
+    """Half a core of other work disturbs 2 threads on 2 cores, not 2 threads on a 64-core server."""
+    from engine.measure.noise import busy_limit, noise_verdict
+
+    quiet = np.full(200, 1.0) + np.linspace(0, 0.01, 200)
+    load = {"other_busy_cores": 3.0, "cpu_count": 64}
+    assert not noise_verdict(quiet, [0.999, 1.001], load, threads=2)["noisy"]
+    assert noise_verdict(quiet, [0.999, 1.001], {"other_busy_cores": 0.9, "cpu_count": 2}, threads=2)["noisy"]
+    assert busy_limit(2, 2) == 0.5 and busy_limit(64, 2) == 61.5 and busy_limit(None, None) == 0.5

@@ -23,6 +23,26 @@ class StudyEvents:
     finished: Callable[[Cell, dict[str, Any], int, int], None] = lambda cell, row, i, n: None
 
 
+# Where each phase of a cell sits in its whole run, so one bar moves forward through every phase.
+_PHASES = [("starting", 0.0, 0.02), ("reference outputs", 0.02, 0.1), ("building", 0.1, 0.4),
+           ("exporting", 0.1, 0.4), ("distill", 0.1, 0.4), ("loading the cached", 0.1, 0.4),
+           ("loading", 0.4, 0.5), ("warming up", 0.5, 0.55), ("measuring", 0.55, 0.95), ("accuracy", 0.95, 1.0)]
+
+
+def cell_fraction(status: str, phase: str | None, fraction: float | None) -> float:
+    """How far a cell is through its whole run (0 queued, 1 ended), from its current phase and progress in it."""
+    if status == "queued":
+        return 0.0
+    if status != "running":
+        return 1.0
+    name = phase if isinstance(phase, str) and phase else "starting"  # None, or NaN from a frame
+    within = 0.0 if fraction is None or fraction != fraction else float(fraction)  # NaN: not reported
+    for prefix, low, high in _PHASES:
+        if name.startswith(prefix):
+            return low + (high - low) * min(max(within, 0.0), 1.0)
+    return 0.0
+
+
 def study_dir(study_id: int) -> Path:
     """Where a study keeps its reference outputs and logs."""
     return sub_dir("studies", str(study_id))
@@ -105,3 +125,13 @@ def delete_study(study_id: int) -> None:
         referenced = q.referenced_blobs(s)
     blobs.collect_garbage(referenced)
     blobs.remove_tree(study_dir(study_id))
+
+
+def rerun_noisy_cells(study_id: int) -> int:
+    """Queue the study's noisy cells again (their old results go); how many were queued."""
+    from storage import queries as q
+    from storage.db import session
+
+    with session() as s:
+        noisy = [row["cell"] for row in q.study_results(s, study_id) if (row.get("noise") or {}).get("noisy")]
+        return q.rerun_cells(s, study_id, noisy)

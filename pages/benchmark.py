@@ -13,7 +13,7 @@ from engine.measure.latency import MeasureSettings
 from engine.optimizations import REGISTRY, parse_chain
 from engine.plan import StudySettings, default_memory_limit_mb, default_threads, expand
 from engine.runtimes import availability, parse_runtime_options
-from engine.study import submit_study
+from engine.study import cell_fraction, submit_study
 from pages import common
 from storage import blobs
 from storage import queries as q
@@ -60,7 +60,7 @@ def watch(study_id: int) -> None:
     now = datetime.now(UTC)
     started = runnable["started_at"].dropna()
     elapsed = (now - started.min()).total_seconds() if len(started) else 0.0
-    fractions = [common.cell_fraction(st_, p, f) for st_, p, f in
+    fractions = [cell_fraction(st_, p, f) for st_, p, f in
                  zip(runnable["status"], runnable["phase"], runnable["fraction"], strict=True)]
     # ETA from the first cell that was built and measured: the mean time a finished cell took, for the rest
     ran = runnable[runnable["finished_at"].notna() & runnable["started_at"].notna()]
@@ -71,15 +71,16 @@ def watch(study_id: int) -> None:
             + f" · elapsed {elapsed:.0f} s · ETA {eta}")
     st.progress(sum(fractions) / total if total else 1.0, text=text)
     view = jobs.assign(
-        progress=[common.cell_fraction(st_, p, f) for st_, p, f in
+        progress=[cell_fraction(st_, p, f) for st_, p, f in
                   zip(jobs["status"], jobs["phase"], jobs["fraction"], strict=True)],
-        elapsed_s=[((f if pd.notna(f) else now) - s_).total_seconds() if pd.notna(s_) else None
+        elapsed_s=[f"{((f if pd.notna(f) else now) - s_).total_seconds():.1f}" if pd.notna(s_) else "–"
                    for s_, f in zip(jobs["started_at"], jobs["finished_at"], strict=True)],
+        phase=jobs["phase"].fillna("–"), error_message=jobs["error_message"].fillna("–"),
     )
     st.dataframe(view[["cell", "variant", "runtime", "batch_size", "status", "phase", "progress", "elapsed_s",
                        "attempts", "error_message"]], hide_index=True,
                  column_config={"progress": st.column_config.ProgressColumn("progress", min_value=0, max_value=1),
-                                "elapsed_s": st.column_config.NumberColumn("elapsed s", format="%.1f"),
+                                "elapsed_s": st.column_config.TextColumn("elapsed s"),
                                 "error_message": st.column_config.TextColumn("error / reason", width="large")})
     if finished:
         st.session_state.pop("watch_study", None)

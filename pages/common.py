@@ -141,6 +141,10 @@ def show_state(row: Any) -> None:
     if state == "cancelled":
         st.warning(f"Study #{study_id} was cancelled ({row['ok']} ok).", icon=":material/cancel:")
         return
+    if state == "not run":
+        st.warning(f"Study #{study_id}: none of its {row['cells']} cells can run here (each is n/a or unavailable; "
+                   "the table says why).", icon=":material/block:")
+        return
     if state == "done":
         st.success(f"Study #{study_id} finished: {row['ok']} of {row['runnable']} cells ok.",
                    icon=":material/check_circle:")
@@ -151,26 +155,6 @@ def show_state(row: Any) -> None:
     lines = [f"- **{n} × {status}**: {error[:400]}" for status, error, n in
              zip(errors["status"], errors["error"], errors["count"], strict=True)]
     (st.error if state == "failed" else st.warning)("\n".join([headline, *lines[:5]]), icon=":material/error:")
-
-
-# Where each phase of a cell sits in its whole run, so one bar moves forward through every phase.
-_PHASES = [("starting", 0.0, 0.02), ("reference outputs", 0.02, 0.1), ("building", 0.1, 0.4),
-           ("exporting", 0.1, 0.4), ("distill", 0.1, 0.4), ("loading the cached", 0.1, 0.4),
-           ("loading", 0.4, 0.5), ("warming up", 0.5, 0.55), ("measuring", 0.55, 0.95), ("accuracy", 0.95, 1.0)]
-
-
-def cell_fraction(status: str, phase: Any, fraction: Any) -> float:
-    """How far a cell is through its whole run (0 queued, 1 ended), from its current phase and progress in it."""
-    if status == "queued":
-        return 0.0
-    if status != "running":
-        return 1.0
-    name = str(phase or "starting")
-    within = 0.0 if fraction is None or pd.isna(fraction) else float(fraction)
-    for prefix, low, high in _PHASES:
-        if name.startswith(prefix):
-            return low + (high - low) * min(max(within, 0.0), 1.0)
-    return 0.0
 
 
 def stage_upload(name: str, data: bytes) -> Path:

@@ -41,7 +41,7 @@ def recent_studies() -> None:
     frame = common.studies(common.url())
     running = frame[frame["state"] == "running"]
     if len(running):
-        first = running.iloc[0]
+        first = running.iloc[-1]  # the oldest: the queue runs studies in order
         common.show_state(first)
         if st.button("Watch it", key="watch"):
             st.session_state["watch_study"] = int(first["id"])
@@ -55,7 +55,8 @@ def recent_studies() -> None:
 
     def colour(state: str) -> str:
         return {"failed": "color: #b42318; font-weight: 600", "running": "color: #1d4ed8",
-                "cancelled": "color: #6b7280"}.get(state, "color: #b54708" if " failed" in state else "")
+                "cancelled": "color: #6b7280", "not run": "color: #b54708"}.get(
+                    state, "color: #b54708" if " failed" in state else "")
 
     view = recent[["id", "name", "model", "state", "cells done", "ok", "failed", "created_at"]]
     st.dataframe(view.style.map(colour, subset=["state"]), hide_index=True,

@@ -10,8 +10,6 @@ import streamlit as st
 from engine.report import charts, tables
 from engine.report.pareto import Constraints, accuracy_column, recommend, recommendation_note
 from pages import common
-from storage import queries as q
-from storage.db import session
 
 
 def download_bar(where: st.delta_generator.DeltaGenerator, study_id: int, constraints: Constraints | None) -> None:
@@ -73,8 +71,9 @@ if len(noisy):
                "busy): rerun them on an idle machine, with the dashboard closed or on another machine.",
                icon=":material/warning:")
     if st.button(f"Rerun the {len(noisy)} noisy cell(s)", key="rerun_noisy"):
-        with session() as s:
-            queued = q.rerun_cells(s, int(study_id), [int(c) for c in noisy["cell"]])
+        from engine.study import rerun_noisy_cells
+
+        queued = rerun_noisy_cells(int(study_id))
         common.clear()
         st.session_state["watch_study"] = int(study_id)
         st.toast(f"{queued} cell(s) queued again")

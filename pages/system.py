@@ -49,6 +49,7 @@ if workers.empty:
     st.caption("No worker has run yet.")
 else:
     workers["alive"] = workers["id"].isin(live)
+    workers["current_job_id"] = workers["current_job_id"].map(lambda j: "–" if pd.isna(j) else str(int(j)))
     st.dataframe(workers, hide_index=True)
 
 st.subheader("Storage")

@@ -335,12 +335,15 @@ FAILED_STATUSES = ("failed", "timeout", "crashed", "oom")
 SKIPPED_STATUSES = ("n/a", "unavailable")
 
 
-def study_state(*, cancelled: bool, finished: bool, ok: int, failed: int) -> str:
-    """A study in one word: running, cancelled, failed (every cell that ran failed), partial or done."""
+def study_state(*, cancelled: bool, finished: bool, ok: int, failed: int, runnable: int = 1) -> str:
+    """A study in one word: running, cancelled, failed (every cell that ran failed), partial, done, or
+    "not run" (no cell could run here: every one n/a or unavailable)."""
     if cancelled:
         return "cancelled"
     if not finished:
         return "running"
+    if not runnable:
+        return "not run"
     if failed and not ok:
         return "failed"
     return "partial" if failed else "done"
@@ -366,9 +369,9 @@ def list_studies(s: Session) -> pd.DataFrame:
     frame["runnable"] = frame["cells"] - frame["skipped"]
     frame["ran"] = frame["done"] - frame["skipped"]
     frame["state"] = [study_state(cancelled=bool(c), finished=f is not None and not pd.isna(f), ok=int(k),
-                                  failed=int(x))
-                      for c, f, k, x in zip(frame["cancelled"], frame["finished_at"], frame["ok"], frame["failed"],
-                                            strict=True)]
+                                  failed=int(x), runnable=int(r))
+                      for c, f, k, x, r in zip(frame["cancelled"], frame["finished_at"], frame["ok"], frame["failed"],
+                                               frame["runnable"], strict=True)]
     return frame
 
 

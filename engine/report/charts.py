@@ -209,6 +209,10 @@ def _text_positions(x: pd.Series, y: pd.Series, texts: pd.Series, x_range: list[
     return pd.Series(positions)
 
 
+# Above this many cells, only the Pareto frontier's points carry a label on the accuracy chart.
+MAX_LABELLED = 40
+
+
 def accuracy_vs_latency(frame: pd.DataFrame, accuracy: str, accuracy_label: str,
                         recommended: pd.Series | None = None) -> go.Figure:
     """Every measured cell, labelled (noisy ones hollow), the Pareto frontier on top, the recommended cell ringed."""
@@ -228,8 +232,14 @@ def accuracy_vs_latency(frame: pd.DataFrame, accuracy: str, accuracy_label: str,
     front = pareto_frontier(ok, "p50_ms", accuracy)
     noise = _noise(ok)
     texts = _point_labels(ok, noise)
-    positions = _text_positions(ok["p50_ms"], ok[accuracy], texts, x_range, y_range,
-                                (front["p50_ms"].tolist(), front[accuracy].tolist()), ring)
+    if len(ok) > MAX_LABELLED:
+        # many cells: label the ones a reader chooses between (the frontier); hovering names the rest. The
+        # placement search is quadratic, and a few hundred labels are unreadable anyway.
+        texts = texts.where(ok.index.isin(front.index), "")
+    labelled = texts != ""
+    positions = pd.Series("top center", index=ok.index, dtype=object)
+    positions[labelled] = _text_positions(ok["p50_ms"][labelled], ok[accuracy][labelled], texts[labelled], x_range,
+                                          y_range, (front["p50_ms"].tolist(), front[accuracy].tolist()), ring)
     hover = cell_label(ok) + pd.Series([_noise_suffix(n) for n in noise], index=ok.index)
     noisy = pd.Series([n is not None for n in noise], index=ok.index)
     for i, (runtime, group) in enumerate(ok.groupby("runtime", sort=False)):

@@ -199,3 +199,15 @@ def test_a_stop_signal_inside_a_database_call_reaches_the_worker_unwrapped(
     monkeypatch.setattr(default.DefaultExecutionContext, "create_cursor", original)
     with session(write=False) as s:  # the connection pool is still usable afterwards
         assert s.execute(text("select 1")).scalar() == 1
+
+
+def test_a_cells_progress_moves_forward_through_its_phases() -> None:
+    from engine.study import cell_fraction
+
+    seen = [cell_fraction("queued", None, None), cell_fraction("running", None, float("nan")),
+            cell_fraction("running", "reference outputs", 0.5), cell_fraction("running", "building int8-static", 0),
+            cell_fraction("running", "exporting to ONNX", 0.5), cell_fraction("running", "loading", 0.0),
+            cell_fraction("running", "warming up", 0.0), cell_fraction("running", "measuring", 0.5),
+            cell_fraction("running", "measuring", 1.0), cell_fraction("running", "accuracy", 0.0),
+            cell_fraction("ok", None, None)]
+    assert seen == sorted(seen) and seen[0] == 0.0 and seen[-1] == 1.0

@@ -313,3 +313,14 @@ def test_a_noisy_recommendation_says_to_rerun() -> None:
     assert old_frame["noisy"].isna().all()
     assert recommendation_note(recommend(old_frame, Constraints(max_accuracy_drop=0.05), "task_metric")) is None
     assert 'id="recommendation-note"' not in study_html(old, Constraints(max_accuracy_drop=0.05, batch_size=1))
+
+
+def test_a_crowded_accuracy_chart_labels_only_the_frontier() -> None:
+    from engine.report.pareto import pareto_frontier
+
+    n = charts.MAX_LABELLED + 10
+    rows = [result(i, f"v{i}", "onnxruntime", 1, 1.0 + i * 0.1, cosine=0.9 + (i % 7) * 0.01) for i in range(n)]
+    frame = frame_of(study(rows))
+    fig = charts.accuracy_vs_latency(frame, "cosine", "cosine")
+    labelled = [t for trace in fig.data if trace.mode == "markers+text" for t in trace.text if t]
+    assert len(labelled) == len(pareto_frontier(frame, "p50_ms", "cosine"))

@@ -8,7 +8,7 @@ from sqlalchemy import select
 from storage import queries as q
 from storage.db import session
 from storage.tables import Job
-from tests.storage.helpers import make_study
+from tests.storage.helpers import ARTIFACT, make_study
 
 OK = {"latency_ms": {"p50": 1.0}, "notes": [], "settings": {}}
 
@@ -96,3 +96,14 @@ def test_open_jobs_of_a_study_another_worker_owns_do_not_keep_a_worker_waiting()
         assert q.has_open_jobs(s)  # the sidebar still sees queued work
         assert not q.has_open_jobs(s, worker_id="general")  # a general --until-idle worker may stop
         assert q.has_open_jobs(s, worker_id="bench-1")
+
+
+@pytest.mark.usefixtures("database")
+def test_a_study_none_of_whose_cells_can_run_is_not_a_success() -> None:
+    with session() as s:
+        model = q.get_or_create_model(s, ARTIFACT, "m")
+        study = q.create_study(s, name="nothing", model=model, dataset=None, variants=["baseline"],
+                               runtimes=["tensorrt"], batch_sizes=[1], settings={},
+                               cells=[{"index": 0, "variant": "baseline", "chain": [], "runtime": "tensorrt",
+                                       "batch_size": 1, "status": "unavailable", "reason": "no GPU"}]).id
+    assert _row(study)["state"] == "not run"

@@ -173,10 +173,10 @@ def intake(path: str | Path, *, input_spec: str | None = None, seq_len: int | No
     fmt, layout = _detect(src)
     sha = sha256_file(src)
     dest = sub_dir("models") / sha
-    if (dest / _ARTIFACT_JSON).is_file():
+    cached = _stored(dest)
+    if cached is not None:
         # stored before: the files stay as they are (a running study may be reading them); only this
         # call's --input-spec / --seq-len change the spec it returns
-        cached = load_artifact(dest)
         if input_spec is None:
             return _respec(cached, cached.spec.with_seq_len(_seq_len(cached.info, seq_len, src.name)))
         spec, _ = _inspect(cached.path, fmt, src.name, input_spec, seq_len)
@@ -190,12 +190,14 @@ def intake(path: str | Path, *, input_spec: str | None = None, seq_len: int | No
         artifact = _relocate(Artifact(fmt, model_path, sha, size, spec, info), staging, dest)
         # artifact.json goes in before the rename, so a folder under its sha256 is always complete
         (staging / _ARTIFACT_JSON).write_text(json.dumps(artifact.to_json(), indent=1))
-        if dest.exists() and not (dest / _ARTIFACT_JSON).is_file():
-            shutil.rmtree(dest)  # left incomplete by an interrupted older intake
+        if dest.exists() and _stored(dest) is None:
+            # left incomplete by an interrupted older intake, or its model file went missing: the same
+            # bytes uploaded again restore it, and the studies that use it run again
+            shutil.rmtree(dest)
         try:
             staging.rename(dest)
         except OSError:
-            if not (dest / _ARTIFACT_JSON).is_file():
+            if _stored(dest) is None:
                 raise
             # a concurrent intake stored the same bytes first; its files are identical to ours
         return artifact
@@ -214,6 +216,14 @@ def respec(artifact: Artifact, *, input_spec: str | None, seq_len: int | None) -
 
 def load_artifact(folder: Path) -> Artifact:
     return Artifact.from_json(json.loads((folder / _ARTIFACT_JSON).read_text()))
+
+
+def _stored(folder: Path) -> Artifact | None:
+    """The model stored in this folder, if it is whole: its record and the model file (or folder) it names."""
+    if not (folder / _ARTIFACT_JSON).is_file():
+        return None
+    artifact = load_artifact(folder)
+    return artifact if artifact.path.exists() else None
 
 
 def _relocate(artifact: Artifact, old: Path, new: Path) -> Artifact:

@@ -116,3 +116,12 @@ def test_a_background_worker_started_from_another_directory_serves_that_data_fol
     finally:
         worker.terminate()
         worker.wait(30)
+
+
+def test_uploading_the_same_bytes_again_restores_a_missing_model_file(mlp_onnx: Path, data_dir: Path) -> None:
+    from engine.artifacts import intake
+
+    first = intake(mlp_onnx)
+    first.path.unlink()  # the folder and its record stay, the model file is gone
+    again = intake(mlp_onnx)
+    assert again.path == first.path and again.path.is_file()

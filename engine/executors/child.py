@@ -1,4 +1,4 @@
-"""Child-process entry: `python -m engine.executors.child TASK FD`, payload JSON on stdin, messages as JSON lines on FD.
+"""Child-process entry: `python -m engine.executors.child TASK FD [PARENT_PID]`, payload JSON on stdin, messages as JSON lines on FD.
 
 This is the one boundary that turns any exception into data (STYLE.md, point 8).
 """
@@ -22,8 +22,29 @@ def limit_memory(limit_mb: float | None) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
 
+# Linux's prctl option: the signal this process gets when the thread that started it exits.
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """SIGKILL this child when its parent dies (a worker killed with -9 cannot stop its cell itself): no cell
+    outlives its worker to time on the machine beside the retry of the same job."""
+    import ctypes
+    import signal
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: the lease and the requeue still bound the overlap
+        return
+    if os.getppid() != parent_pid:  # the parent died before the signal was armed
+        os._exit(1)
+
+
 def main() -> None:
     task, fd = sys.argv[1], int(sys.argv[2])
+    if len(sys.argv) > 3:
+        die_with_parent(int(sys.argv[3]))
     channel = os.fdopen(fd, "w", buffering=1)
 
     def send(*message: Any) -> None:

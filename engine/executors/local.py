@@ -125,7 +125,7 @@ def run_child(task: str, payload: dict[str, Any], timeout_s: float, log_path: Pa
     start = time.monotonic()
     with open(log_path, "ab") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "engine.executors.child", task, str(write_fd)],
+            [sys.executable, "-m", "engine.executors.child", task, str(write_fd), str(os.getpid())],
             stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT, pass_fds=(write_fd,),
             start_new_session=True,  # own process group, so a timeout stops grandchildren too
             env=env, cwd=str(scratch),

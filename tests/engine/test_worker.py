@@ -211,3 +211,20 @@ def test_a_cells_progress_moves_forward_through_its_phases() -> None:
             cell_fraction("running", "measuring", 1.0), cell_fraction("running", "accuracy", 0.0),
             cell_fraction("ok", None, None)]
     assert seen == sorted(seen) and seen[0] == 0.0 and seen[-1] == 1.0
+
+
+def test_a_cell_dies_with_its_worker(data_dir: Path, mlp_onnx: Path) -> None:
+    """kill -9 of a worker during a hanging cell: the cell goes too (parent-death signal), so it never times
+    on the machine beside the job's retry."""
+    artifact = intake(mlp_onnx).to_json()
+    make_study(1, ["test-hang"], settings=settings(timeout_s=600), artifact=artifact)
+    first = worker(data_dir)
+    pids = data_dir / "test-pids"  # the hanging runtime leaves its pid there once it hangs
+    wait_for(lambda: pids.exists() and any(pids.iterdir()), timeout=120, what="the cell to hang")
+    cells = [psutil.Process(int(p.name)) for p in pids.iterdir()]
+    first.kill()
+    first.wait()
+    _gone, alive = psutil.wait_procs(cells, timeout=60)
+    for process in alive:
+        process.kill()
+    assert not alive, f"{len(alive)} process(es) of the job outlived its worker"

@@ -1,4 +1,6 @@
-"""Child-process entry: `python -m engine.executors.child TASK FD [PARENT_PID]`, payload JSON on stdin, messages as JSON lines on FD.
+"""Child-process entry: `python -m engine.executors.child TASK FD [PARENT_PID]`.
+
+The payload arrives as JSON on stdin, messages leave as JSON lines on FD.
 
 This is the one boundary that turns any exception into data (STYLE.md, point 8).
 """

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.artifacts import Artifact
+from engine.errors import UserError
 from engine.optimizations.base import Chain
 from engine.paths import sub_dir
 from engine.plan import Cell, StudySettings, expand
@@ -120,9 +121,17 @@ def delete_study(study_id: int) -> None:
     from storage import queries as q
     from storage.db import session
 
+    referenced: set[str] = set()
     with session() as s:
-        q.delete_study(s, study_id)
-        referenced = q.referenced_blobs(s)
+        running = q.has_running_jobs(s, study_id)
+        if running:  # a worker is measuring one of its cells: deleting the rows under it would break that worker
+            q.cancel_study(s, study_id)
+        else:
+            q.delete_study(s, study_id)
+            referenced = q.referenced_blobs(s)
+    if running:
+        raise UserError(f"study #{study_id} was still running: it is cancelled now; delete it once its running "
+                        "cell has stopped (a few seconds)")
     blobs.collect_garbage(referenced)
     blobs.remove_tree(study_dir(study_id))
 

@@ -12,6 +12,7 @@ import fcntl
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from sqlalchemy.exc import SQLAlchemyError
 
 from engine.executors.local import Outcome, run_child, stop_process_group
 from engine.paths import child_env, sub_dir
@@ -141,7 +143,11 @@ class Worker:
 
     def _heartbeat_loop(self) -> None:
         while not self._stop.wait(self.heartbeat_s):
-            self._beat()
+            try:
+                self._beat()
+            except SQLAlchemyError as exc:  # a locked, full or read-only database: beat again next time
+                print(f"worker {self.id}: heartbeat failed, retrying: {str(exc).splitlines()[0]}", file=sys.stderr,
+                      flush=True)
 
     def _beat(self) -> None:
         with self._lock:

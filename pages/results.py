@@ -84,10 +84,17 @@ with st.expander("Delete this study"):
     if st.checkbox(f"Yes, delete study #{study_id}", key="confirm_delete") and st.button("Delete", type="primary"):
         from engine.study import delete_study
 
-        delete_study(int(study_id))
-        st.session_state.pop("results_study", None)
-        common.clear()
-        st.rerun()
+        from engine.errors import UserError
+
+        try:
+            delete_study(int(study_id))
+        except UserError as exc:
+            common.clear()
+            st.warning(str(exc))
+        else:
+            st.session_state.pop("results_study", None)
+            common.clear()
+            st.rerun()
 
 ok = frame[frame["status"] == "ok"]
 if ok.empty:

@@ -479,6 +479,11 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value else None
 
 
+def has_running_jobs(s: Session, study_id: int) -> bool:
+    """A job of the study is being run by some worker now."""
+    return s.scalar(select(Job.id).where(Job.study_id == study_id, Job.status == RUNNING).limit(1)) is not None
+
+
 def has_open_jobs(s: Session, study_id: int | None = None, worker_id: str | None = None) -> bool:
     """Any job queued or running (in one study, or anywhere); with `worker_id`, only jobs that worker may
     ever run (a study another worker owns is that worker's to finish or to release)."""

@@ -228,3 +228,29 @@ def test_a_cell_dies_with_its_worker(data_dir: Path, mlp_onnx: Path) -> None:
     for process in alive:
         process.kill()
     assert not alive, f"{len(alive)} process(es) of the job outlived its worker"
+
+
+def test_a_failed_heartbeat_is_retried_not_the_end_of_the_thread(data_dir: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    from sqlalchemy.exc import OperationalError
+
+    from engine.worker import Worker
+
+    calls: list[int] = []
+    second = threading.Event()
+
+    def beat() -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise OperationalError("UPDATE workers", {}, Exception("database or disk is full"))
+        second.set()
+
+    worker = Worker(heartbeat_s=0.01)
+    monkeypatch.setattr(worker, "_beat", beat)
+    thread = threading.Thread(target=worker._heartbeat_loop, daemon=True)
+    thread.start()
+    assert second.wait(60), "the heartbeat thread died with its first database error"
+    worker._stop.set()
+    thread.join(60)

@@ -117,3 +117,25 @@ def test_delete_study_removes_rows_folder_and_unused_blobs(tmp_path: Path) -> No
     with session(write=False) as s:
         assert s.get(q.Study, study_id) is None
         assert s.scalar(text("SELECT count(*) FROM jobs")) == 0
+
+
+def test_a_running_study_is_cancelled_not_deleted_under_its_worker() -> None:
+    import pytest
+
+    from engine.errors import UserError
+    from engine.study import delete_study
+
+    study_id = make_study(2)
+    with session() as s:
+        job = q.claim_job(s, "w", lease_s=60, study_id=study_id)
+        assert job is not None
+        job_id = job.id
+    with pytest.raises(UserError, match="cancelled now; delete it once its running cell has stopped"):
+        delete_study(study_id)
+    with session(write=False) as s:
+        assert s.get(q.Study, study_id).cancelled
+    with session() as s:  # the worker notices at its next heartbeat and records the end
+        q.finish_job(s, job_id, "w", "cancelled", error="the study was cancelled while this cell ran")
+    delete_study(study_id)
+    with session(write=False) as s:
+        assert s.get(q.Study, study_id) is None

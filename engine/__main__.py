@@ -117,9 +117,9 @@ def cmd_bench(args: argparse.Namespace, out: TextIO) -> int:
         if row["cell"] not in view.printed:
             view.print_row(row)
     counts = Counter(row["status"] for row in rows)
-    ok, skipped, cancelled = counts["ok"], counts["n/a"] + counts["unavailable"], counts["cancelled"]
-    left = counts[q.QUEUED] + counts[q.RUNNING]
-    failed = len(rows) - ok - skipped - cancelled - left
+    ok, cancelled, left = counts["ok"], counts["cancelled"], counts[q.QUEUED] + counts[q.RUNNING]
+    failed = sum(counts[s] for s in q.FAILED_STATUSES)
+    skipped = sum(counts[s] for s in q.SKIPPED_STATUSES)
     extra = "".join(f", {n} {what}" for n, what in ((cancelled, "cancelled"), (left, "not run")) if n)
     print(f"study {study_id}: {len(rows)} cells ({ok} ok, {failed} failed, {skipped} n/a/unavailable{extra}) "
           f"in {time.monotonic() - started:.1f} s; report: python -m engine report {study_id} --format json "

@@ -95,15 +95,15 @@ class TensorSpec:
         )
 
     def describe(self) -> str:
-        dims = ",".join(str(d) for d in self.shape)
         rng = f"{{{self.value_range[0]},{self.value_range[1]}}}" if self.value_range else ""
-        return f"{self.name}:{self.dtype}[{dims}]{rng}"
+        return self._typed() + rng
 
     def label(self) -> str:
         """For people: like describe(), with the value range written as the values it admits."""
-        dims = ",".join(str(d) for d in self.shape)
-        rng = f" in {range_label(self.value_range)}" if self.value_range else ""
-        return f"{self.name}:{self.dtype}[{dims}]{rng}"
+        return self._typed() + (f" in {range_label(self.value_range)}" if self.value_range else "")
+
+    def _typed(self) -> str:
+        return f"{self.name}:{self.dtype}[{','.join(str(d) for d in self.shape)}]"
 
 
 # Ranges this small are shown as their values ({0, 1}), larger ones as an interval.

@@ -45,11 +45,8 @@ def e(value: Any) -> str:
     return escape("" if value is None else str(value), quote=True)
 
 
-_missing = tables.missing
-
-
 def _number_cell(column: str, value: Any, fmt: str) -> str:
-    if _missing(value):
+    if tables.missing(value):
         return f'<td class="num" data-col="{e(column)}" data-value="">{tables.MISSING}</td>'
     raw = repr(float(value)) if isinstance(value, float) else str(value)
     return f'<td class="num" data-col="{e(column)}" data-value="{e(raw)}">{e(fmt % value)}</td>'
@@ -65,12 +62,12 @@ def _table(frame: pd.DataFrame, columns: list[tuple[str, str, str | None]], *, t
         for column, _, fmt in columns:
             value = row.get(column)
             if fmt is None:
-                shown = tables.MISSING if _missing(value) or value == "" else e(value)
+                shown = tables.MISSING if tables.missing(value) or value == "" else e(value)
                 tds.append(f'<td data-col="{e(column)}">{shown}</td>')
             else:
                 tds.append(_number_cell(column, value, fmt))
         attrs = ""
-        if "cell" in row.index and not _missing(row["cell"]):
+        if "cell" in row.index and not tables.missing(row["cell"]):
             attrs = f' data-cell="{int(row["cell"])}"'
             if highlight is not None and int(row["cell"]) == highlight:
                 attrs += ' class="recommended"'
@@ -83,7 +80,7 @@ def _pairs(items: dict[str, Any], table_id: str) -> str:
     rows = []
     for key, value in items.items():
         shown = json.dumps(value, default=str) if isinstance(value, (list, dict)) else value
-        text = tables.MISSING if _missing(shown) or shown == "" else e(shown)
+        text = tables.MISSING if tables.missing(shown) or shown == "" else e(shown)
         rows.append(f"<tr><th>{e(key)}</th><td>{text}</td></tr>")
     return f'<table id="{e(table_id)}"><tbody>{"".join(rows)}</tbody></table>'
 
@@ -166,13 +163,13 @@ def recommendation_text(best: pd.Series | None, accuracy: str, accuracy_label: s
                         baseline: str = "baseline") -> str:
     """The Results page's sentence for the recommended cell (plain text, to be escaped by the caller).
 
-    `baseline`: what the speedup divides by, tables.baseline_label's "baseline on torch (fp32)".
+    `baseline`: what the speedup divides by, tables.baseline_label's "baseline on torch".
     """
     if best is None:
         return "No cell meets these constraints; loosen them."
     text = (f"Ship {best['variant']} on {best['runtime']} (batch {best['batch_size']}): p50 {best['p50_ms']:.3f} ms, "
             f"p99 {best['p99_ms']:.3f} ms, {accuracy_label} {best[accuracy]:.4f}")
-    if not _missing(best["speedup"]):
+    if not tables.missing(best["speedup"]):
         text += f", {best['speedup']:.2f}× the {baseline}"
     return text
 
@@ -185,15 +182,6 @@ def _shared_notes(report: dict[str, Any], notes: list[str]) -> str:
     items = "".join(f'<li>{e(note)} <span class="meta">({counts[note]} of {cells} cells)</span></li>'
                     for note in notes)
     return f'<h3>Notes for the whole study</h3><ul id="shared-notes">{items}</ul>'
-
-
-def _with_status(frame: pd.DataFrame) -> pd.DataFrame:
-    """The frame with each status as shown: "ok ⚠ noisy ±12%" for noisy cells."""
-    if frame.empty:
-        return frame
-    shown = frame.copy()
-    shown["status"] = [tables.status_text(row) for _, row in frame.iterrows()]
-    return shown
 
 
 def study_html(report: dict[str, Any], constraints: Constraints | None = None) -> str:
@@ -229,7 +217,7 @@ def study_html(report: dict[str, Any], constraints: Constraints | None = None) -
                   f'<p class="{css}" id="recommendation">{sentence}{caveat}</p>',
                   "<p>Constraints used:</p>", _pairs(used, "constraints")]
     parts += ["<h2>Results</h2>", _shared_notes(report, shared),
-              _table(_with_status(frame), tables.shown_columns(report), table_id="results",
+              _table(tables.with_status(frame), tables.shown_columns(report), table_id="results",
                      highlight=int(best["cell"]) if best is not None else None)]
     if not len(ok):
         parts.append("<p>No cell has finished successfully, so there is nothing to chart.</p>")

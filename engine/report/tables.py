@@ -186,11 +186,17 @@ def styled(frame: pd.DataFrame, columns: list[tuple[str, str, str | None]] | Non
     their noise flag: for st.dataframe (give it column labels only: a column_config format would override)."""
     columns = SHOWN if columns is None else columns
     names = [c for c, _, _ in columns if c in frame.columns]
-    shown = frame.copy()
-    if "status" in shown and len(shown):
-        shown["status"] = [status_text(row) for _, row in frame.iterrows()]
     formats = {c: _formatter(fmt) for c, _, fmt in columns if c in frame.columns}
-    return shown[names].style.format(formats)
+    return with_status(frame)[names].style.format(formats)
+
+
+def with_status(frame: pd.DataFrame) -> pd.DataFrame:
+    """The frame with each status as a table shows it (status_text): "ok ⚠ noisy ±12%" for noisy cells."""
+    if frame.empty or "status" not in frame:
+        return frame
+    shown = frame.copy()
+    shown["status"] = [status_text(row) for _, row in frame.iterrows()]
+    return shown
 
 
 def noise_spread(row: Mapping[str, Any]) -> str | None:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from engine import safezip
+from engine import safezip, shared
 from engine.errors import UserError
 from engine.paths import sub_dir
 from engine.specs import BATCH_AXIS, DEFAULT_INT_RANGE, DEFAULT_SEQ_LEN, InputSpec, TensorSpec
@@ -89,7 +89,7 @@ def detect_format(path: Path) -> str:
     return _detect(path)[0]
 
 
-def _detect(path: Path) -> tuple[str, _ZipLayout | None]:
+def _detect(path: Path, max_unpacked: int | None = None) -> tuple[str, _ZipLayout | None]:
     label = path.name
     with open(path, "rb") as fh:
         head = fh.read(8)
@@ -97,7 +97,7 @@ def _detect(path: Path) -> tuple[str, _ZipLayout | None]:
         raise UserError(f"{label}: the file is empty; upload the model file itself")
     if head.startswith(b"PK\x03\x04") or head.startswith(b"PK\x05\x06"):
         with safezip.open_zip(path, label) as archive:
-            layout = _classify_zip(archive, label)
+            layout = _classify_zip(archive, label, max_unpacked)
         return layout.format, layout
     if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
         raise UserError(
@@ -114,8 +114,8 @@ def _detect(path: Path) -> tuple[str, _ZipLayout | None]:
     )
 
 
-def _classify_zip(archive: zipfile.ZipFile, label: str) -> _ZipLayout:
-    members = safezip.checked_members(archive, label)
+def _classify_zip(archive: zipfile.ZipFile, label: str, max_unpacked: int | None) -> _ZipLayout:
+    members = safezip.checked_members(archive, label, max_unpacked)
     names = [m.filename for m in members if not m.is_dir()]
     tops = {PurePosixPath(n).parts[0] for n in names if PurePosixPath(n).parts}
     # torch archives put everything under one top folder named after the file
@@ -165,12 +165,16 @@ def _classify_zip(archive: zipfile.ZipFile, label: str) -> _ZipLayout:
 
 
 def intake(path: str | Path, *, input_spec: str | None = None, seq_len: int | None = None,
-           max_unpacked: int = safezip.DEFAULT_MAX_UNPACKED) -> Artifact:
-    """Check an untrusted model file, store it under the data folder by sha256, read its InputSpec."""
+           max_unpacked: int | None = None) -> Artifact:
+    """Check an untrusted model file, store it under the data folder by sha256, read its InputSpec.
+
+    `max_unpacked` caps an archive's unpacked bytes (default: `safezip.max_unpacked_bytes()`).
+    """
     src = Path(path)
     if not src.is_file():
         raise UserError(f"{src}: no such file; give the path of a model file (or 'demo')")
-    fmt, layout = _detect(src)
+    fmt, layout = _detect(src, max_unpacked)
+    shared.refuse_code_format(fmt, src.name)  # before anything stores or loads it
     sha = sha256_file(src)
     dest = sub_dir("models") / sha
     cached = _stored(dest)
@@ -208,6 +212,7 @@ def intake(path: str | Path, *, input_spec: str | None = None, seq_len: int | No
 def respec(artifact: Artifact, *, input_spec: str | None, seq_len: int | None) -> Artifact:
     """The stored model with another input spec or sequence length, checked like at intake."""
     label = artifact.path.name
+    shared.refuse_code_format(artifact.format, label)
     if input_spec is None:
         return _respec(artifact, artifact.spec.with_seq_len(_seq_len(artifact.info, seq_len, label)))
     spec, _ = _inspect(artifact.path, artifact.format, label, input_spec, seq_len)
@@ -235,14 +240,14 @@ def _respec(artifact: Artifact, spec: InputSpec) -> Artifact:
     return Artifact(artifact.format, artifact.path, artifact.sha256, artifact.size_bytes, spec, artifact.info)
 
 
-def _store(src: Path, fmt: str, layout: _ZipLayout | None, staging: Path, max_unpacked: int) -> Path:
+def _store(src: Path, fmt: str, layout: _ZipLayout | None, staging: Path, max_unpacked: int | None) -> Path:
     label = src.name
     if layout is None:
         target = staging / _FILE_NAMES[fmt]
         shutil.copyfile(src, target)
         return target
     with safezip.open_zip(src, label) as archive:
-        members = safezip.checked_members(archive, label)
+        members = safezip.checked_members(archive, label, max_unpacked)
         if fmt in (TORCHSCRIPT, EXPORTED):
             # torch reads these archives itself; decompress once to enforce the size cap
             safezip.stream_check(archive, members, label, max_unpacked)
@@ -365,6 +370,7 @@ def inspect_onnx(path: Path, label: str) -> tuple[InputSpec, dict[str, Any]]:
         raise UserError(f"{label}: not a valid ONNX model (truncated or corrupt: {exc}); export it again") from exc
     if not model.graph.node and not model.graph.input:
         raise UserError(f"{label}: not a valid ONNX model (no graph); export it again")
+    _check_names_are_text(model, label)
     _check_external_data(model, path.parent, label)
     try:
         onnx.checker.check_model(str(path))
@@ -401,23 +407,57 @@ def _is_external(tensor: Any) -> bool:
     return bool(tensor.data_location == 1)  # TensorProto.EXTERNAL
 
 
+def _check_names_are_text(model: Any, label: str) -> None:
+    """Protobuf hands a string field that is not UTF-8 over as bytes: names and data locations must be text."""
+    graph = model.graph
+    values = [v.name for v in (*graph.input, *graph.output, *graph.initializer)]
+    values += [e.value for t in graph.initializer for e in t.external_data]
+    for value in values:
+        if not isinstance(value, str):
+            raise UserError(f"{label}: the model names a tensor or file with bytes that are not UTF-8 text "
+                            f"('{safezip.shown(value)}'); export it again")
+
+
 def _check_external_data(model: Any, folder: Path, label: str) -> None:
+    """Every external tensor's file lies inside the model's folder and holds the bytes its dims need."""
+    from onnx.helper import tensor_dtype_to_np_dtype
+
     root = folder.resolve()
     for tensor in model.graph.initializer:
         if not _is_external(tensor):
             continue
-        location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+        entries = {e.key: e.value for e in tensor.external_data}
+        location = entries.get("location", "")
+        name, shown = safezip.shown(tensor.name), safezip.shown(location)
         target = (root / location).resolve()
         if not location or root not in target.parents:
             raise UserError(
-                f"{label}: external data '{location}' of tensor '{tensor.name}' lies outside the model's "
+                f"{label}: external data '{shown}' of tensor '{name}' lies outside the model's "
                 "folder; keep the data files beside the .onnx file"
             )
         if not target.is_file():
             raise UserError(
-                f"{label}: external data file '{location}' is missing; upload a zip holding the .onnx "
+                f"{label}: external data file '{shown}' is missing; upload a zip holding the .onnx "
                 "file and its data files"
             )
+        try:
+            itemsize: int | None = tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+        except (KeyError, ValueError, TypeError):  # a type numpy has no dtype for: the checker judges it
+            itemsize = None
+        needed = _numel(tensor.dims) * itemsize if itemsize is not None else None
+        try:
+            offset = int(entries.get("offset") or 0)
+            length = int(entries["length"]) if entries.get("length") else needed
+        except ValueError:
+            raise UserError(f"{label}: external data of tensor '{name}' has an offset or length that is not a "
+                            "number; export the model again") from None
+        size = target.stat().st_size
+        end = offset + (length if length is not None else 0)
+        if offset < 0 or end < offset or end > size or (needed is not None and end - offset < needed):
+            # ONNX Runtime would read past the file, or allocate what the dims claim and find less
+            raise UserError(f"{label}: tensor '{name}' needs {needed if needed is not None else end - offset:,} bytes "
+                            f"at offset {offset:,} of '{shown}', which holds {size:,}; upload the complete data "
+                            "file written with the .onnx file")
 
 
 def _value_info_spec(vi: Any, value_range: tuple[int, int] | None, label: str) -> TensorSpec:
@@ -425,7 +465,7 @@ def _value_info_spec(vi: Any, value_range: tuple[int, int] | None, label: str) -
     dtype = _ONNX_DTYPES.get(ttype.elem_type)
     if dtype is None:
         raise UserError(
-            f"{label}: input/output '{vi.name}' has an unsupported element type {ttype.elem_type}; "
+            f"{label}: input/output '{safezip.shown(vi.name)}' has an unsupported element type {ttype.elem_type}; "
             "export the model with float, integer or bool inputs and outputs"
         )
     dims: list[int | str] = []

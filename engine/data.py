@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
+import tokenize
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from engine import safezip
 from engine.errors import UserError
 from engine.specs import DEFAULT_SEQ_LEN, InputSpec
 
@@ -17,6 +20,8 @@ DEFAULT_SEED = 0
 # Without data, this many synthetic samples make the evaluation (fidelity) and calibration sets.
 SYNTHETIC_EVAL = 64
 SYNTHETIC_CALIB = 64
+_NPY_VERSIONS = ((1, 0), (2, 0), (3, 0))
+_NUMERIC_KINDS = "biufc"  # bool, signed, unsigned, float, complex
 
 
 @dataclass
@@ -46,34 +51,29 @@ def _count(arrays: dict[str, np.ndarray]) -> int:
     return next(iter(arrays.values())).shape[0] if arrays else 0
 
 
-def load_npz(path: str | Path, spec: InputSpec) -> Dataset:
-    """Load a user's .npz (never pickles) and check it against the spec."""
+def load_npz(path: str | Path, spec: InputSpec, max_bytes: int | None = None) -> Dataset:
+    """Load a user's .npz (never pickles) and check it against the spec.
+
+    Every array's header is read and its size checked against the bytes the archive holds before the
+    array is allocated; the archive's unpacked size is capped like a model's (`safezip.max_unpacked_bytes()`).
+    """
     src = Path(path)
     label = src.name
     if not src.is_file():
         raise UserError(f"{src}: no such data file; give an .npz made with numpy.savez")
-    if not zipfile.is_zipfile(src):
-        # np.load would read a bare .npy, or answer a text file with a hint about allow_pickle
-        raise UserError(f"{label}: not an .npz archive; save the arrays with numpy.savez")
-    try:
-        npz = np.load(src, allow_pickle=False)
-    except (ValueError, OSError, zipfile.BadZipFile) as exc:
-        raise UserError(f"{label}: not a readable .npz ({exc}); save it with numpy.savez") from exc
+    with open(src, "rb") as fh:
+        if fh.read(4) not in (b"PK\x03\x04", b"PK\x05\x06"):
+            # np.load would read a bare .npy, or answer a text file with a hint about allow_pickle
+            raise UserError(f"{label}: not an .npz archive; save the arrays with numpy.savez")
     dataset = Dataset()
-    with npz:
-        for key in npz.files:
+    with safezip.open_zip(src, label) as archive:
+        members = [m for m in safezip.checked_members(archive, label, max_bytes) if not m.is_dir()]
+        for info in members:
+            key = _array_key(info, label)
             prefix, _, name = key.rpartition("/")
             if prefix and prefix not in SPLITS:
                 raise UserError(f"{label}: array '{key}' has an unknown split '{prefix}'; use train/, calib/ or eval/")
-            try:
-                array = npz[key]
-            except ValueError as exc:
-                raise UserError(
-                    f"{label}: array '{key}' holds Python objects, which are not loaded (no pickles); "
-                    "store plain numeric arrays"
-                ) from exc
-            if array.dtype == object:
-                raise UserError(f"{label}: array '{key}' holds Python objects; store plain numeric arrays")
+            array = _read_array(archive, info, key, label)
             if name == LABELS:
                 dataset.labels[prefix] = array
             else:
@@ -86,6 +86,52 @@ def load_npz(path: str | Path, spec: InputSpec) -> Dataset:
         if prefix not in dataset.splits:
             raise UserError(f"{label}: '{prefix + '/' if prefix else ''}labels' has no input arrays beside it")
     return dataset
+
+
+def _array_key(info: zipfile.ZipInfo, label: str) -> str:
+    if not info.filename.endswith(".npy"):
+        raise UserError(f"{label}: member '{safezip.shown(info.filename)}' is not a .npy array; save the arrays "
+                        "with numpy.savez")
+    return safezip.shown(info.filename[: -len(".npy")])
+
+
+def _read_array(archive: zipfile.ZipFile, info: zipfile.ZipInfo, key: str, label: str) -> np.ndarray:
+    """One member as an array, once its header's shape and dtype fit the bytes the member holds."""
+    fmt = np.lib.format
+    try:
+        with archive.open(info) as fp:
+            version = fmt.read_magic(fp)
+            if version not in _NPY_VERSIONS:
+                raise ValueError(f"unknown .npy format version {version}")
+            read_header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+            shape, _, dtype = read_header(fp)
+            data_bytes = info.file_size - fp.tell()
+    except (*safezip.CORRUPT, tokenize.TokenError, RecursionError) as exc:  # numpy re-tokenizes odd headers
+        raise UserError(f"{label}: array '{key}' has no valid .npy header ({_line(exc)}); save the arrays with "
+                        "numpy.savez") from exc
+    if dtype.hasobject:
+        raise UserError(f"{label}: array '{key}' holds Python objects, which are not loaded (no pickles); "
+                        "store plain numeric arrays")
+    if dtype.kind not in _NUMERIC_KINDS:
+        raise UserError(f"{label}: array '{key}' has dtype {dtype}, not numbers; store plain numeric arrays")
+    if any(d < 0 for d in shape):
+        raise UserError(f"{label}: array '{key}' has a negative dimension in its shape {shape}; save it again")
+    declared = math.prod(shape) * dtype.itemsize
+    if declared > data_bytes:
+        # a header may declare any shape: allocating it first would take the memory of the size it claims
+        raise UserError(f"{label}: array '{key}' is truncated: its header declares shape {shape} of {dtype} "
+                        f"({declared:,} bytes) but the file holds {max(data_bytes, 0):,}; save it again with "
+                        "numpy.savez")
+    try:
+        with archive.open(info) as fp:
+            return fmt.read_array(fp, allow_pickle=False)  # type: ignore[no-any-return]
+    except safezip.CORRUPT as exc:
+        raise UserError(f"{label}: array '{key}' cannot be read ({_line(exc)}); save the arrays again with "
+                        "numpy.savez") from exc
+
+
+def _line(exc: BaseException) -> str:
+    return safezip.shown(" ".join(str(exc).split())[:300]) or type(exc).__name__
 
 
 def _check_split(arrays: dict[str, np.ndarray], labels: np.ndarray | None, spec: InputSpec, where: str) -> None:

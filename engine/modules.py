@@ -8,6 +8,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -59,10 +60,10 @@ class HFWrapper(torch.nn.Module):
 def load_module(path: Path, fmt: str, spec: InputSpec | None = None) -> torch.nn.Module:
     """The model as an eval-mode torch module on the CPU."""
     if fmt == "torchscript":
-        module = torch.jit.load(str(path), map_location="cpu")
+        module = load_torchscript(path)
     elif fmt == "pt2":
         # an exported program is traced in eval mode already and refuses .eval()
-        return load_exported(path).module()
+        return exported_module(load_exported(path), path.name)
     elif fmt == "hf":
         model = load_hf(path)
         names = spec.names if spec is not None else hf_input_names(model)
@@ -73,29 +74,75 @@ def load_module(path: Path, fmt: str, spec: InputSpec | None = None) -> torch.nn
     return module
 
 
-def load_exported(path: Path) -> Any:
+# What torch.export.load raises on an archive whose JSON or payloads are malformed: its deserializer asserts on
+# the graph's structure and hands odd values straight to torch functions (found by benchmarks/fuzz_intake.py).
+_EXPORT_DESERIALIZE_ERRORS = (AssertionError, TypeError, IndexError, KeyError, AttributeError, ValueError,
+                              RuntimeError, EOFError, pickle.UnpicklingError)
+
+
+def load_torchscript(path: Path, label: str | None = None, restore_shapes: bool = False) -> Any:
+    """A TorchScript module on the CPU, once every pickle in its archive is well-formed (engine.pickles)."""
+    from engine.pickles import check_torchscript_archive
+
+    label = label or path.name
+    check_torchscript_archive(path, label)
+    try:
+        return torch.jit.load(str(path), map_location="cpu", _restore_shapes=restore_shapes)
+    except (RuntimeError, ValueError, IndexError, OverflowError) as exc:  # what pybind11 makes of C++ exceptions
+        if is_out_of_memory(str(exc)):
+            raise MemoryError(_error_line(exc)) from exc
+        raise UserError(f"{label}: not a readable TorchScript archive ({_error_line(exc)}); save the model again "
+                        "with torch.jit.save") from exc
+
+
+def load_exported(path: Path, label: str | None = None) -> Any:
     """A torch.export program, once every pickle in its archive passed torch's allow-list (engine.pickles)."""
+    from torch._export.verifier import SpecViolationError
+
     from engine.pickles import check_exported_archive
 
-    check_exported_archive(path)
-    return torch.export.load(str(path))
+    label = label or path.name
+    check_exported_archive(path, label)
+    try:
+        return torch.export.load(str(path))
+    except (*_EXPORT_DESERIALIZE_ERRORS, SpecViolationError) as exc:  # the last: a graph its own checks refuse
+        raise _unreadable_program(exc, label) from exc
+
+
+def exported_module(program: Any, label: str) -> torch.nn.Module:
+    """The program as a module: torch generates its Python code from the graph, which a malformed one breaks."""
+    try:
+        return program.module()  # type: ignore[no-any-return]
+    except _EXPORT_DESERIALIZE_ERRORS as exc:
+        raise _unreadable_program(exc, label) from exc
+
+
+def _unreadable_program(exc: BaseException, label: str) -> BaseException:
+    if is_out_of_memory(str(exc)):  # the memory limit, not a corrupt file
+        return MemoryError(_error_line(exc))
+    return UserError(f"{label}: not a readable torch.export program ({type(exc).__name__}: {_error_line(exc)}); "
+                     "export it again with torch.export.save")
 
 
 def load_hf(folder: Path, label: str = "the Hugging Face model") -> torch.nn.Module:
     """A transformers model from config.json and *.safetensors; never remote code, never pickles."""
     import transformers
+    from huggingface_hub.errors import StrictDataclassError
     from safetensors import SafetensorError
 
     try:
         config = transformers.AutoConfig.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError, StrictDataclassError) as exc:  # the last: a field of the wrong type
         raise UserError(
             f"{label}: config.json cannot be read by transformers ({_error_line(exc)}); save it with save_pretrained"
         ) from exc
     model_cls: Any = transformers.AutoModel
     for arch in getattr(config, "architectures", None) or []:
-        candidate = getattr(transformers, arch, None)
-        if isinstance(candidate, type) and issubclass(candidate, transformers.PreTrainedModel):
+        candidate = getattr(transformers, arch, None) if isinstance(arch, str) else None
+        # the class must be one built from this kind of config: a BERT config names no GPT-2 head
+        config_class = getattr(candidate, "config_class", None)
+        if (isinstance(candidate, type) and issubclass(candidate, transformers.PreTrainedModel)
+                and isinstance(config_class, type) and isinstance(config, config_class)):
             model_cls = candidate
             break
     try:
@@ -135,9 +182,9 @@ def inspect_torch(path: Path, fmt: str, label: str) -> Inspected:
     eval-mode module itself, so intake probes the outputs without loading it a second time."""
     try:
         if fmt == "torchscript":
-            return _inspect_torchscript(path)
+            return _inspect_torchscript(path, label)
         if fmt == "pt2":
-            return _inspect_exported(path)
+            return _inspect_exported(path, label)
         return _inspect_hf(path, label)
     except UserError:
         raise
@@ -165,8 +212,8 @@ def _tensor_spec(name: str, tensor: Any, dims: list[int | str]) -> TensorSpec:
     return TensorSpec(name, dtype, tuple(dims), value_range)
 
 
-def _inspect_torchscript(path: Path) -> Inspected:
-    module = torch.jit.load(str(path), map_location="cpu", _restore_shapes=True)
+def _inspect_torchscript(path: Path, label: str) -> Inspected:
+    module = load_torchscript(path, label, restore_shapes=True)
     info: dict[str, Any] = {"parameters": parameter_count(module)}
     args = [a for a in module.forward.schema.arguments if a.name != "self"]
     graph_inputs = list(module.graph.inputs())[1:]
@@ -186,8 +233,8 @@ def _inspect_torchscript(path: Path) -> Inspected:
     return InputSpec(tuple(tensors)), info, module.eval()
 
 
-def _inspect_exported(path: Path) -> Inspected:
-    program = load_exported(path)
+def _inspect_exported(path: Path, label: str) -> Inspected:
+    program = load_exported(path, label)
     info: dict[str, Any] = {"parameters": sum(int(t.numel()) for t in program.state_dict.values())}
     names = list(program.graph_signature.user_inputs)
     placeholders = {n.name: n for n in program.graph.nodes if n.op == "placeholder"}
@@ -196,7 +243,7 @@ def _inspect_exported(path: Path) -> Inspected:
         node = placeholders.get(name)
         val = node.meta.get("val") if node is not None else None
         if not isinstance(val, torch.Tensor):
-            return None, info, program.module()
+            return None, info, exported_module(program, label)
         dims: list[int | str] = []
         for i, d in enumerate(val.shape):
             if isinstance(d, torch.SymInt):
@@ -205,19 +252,13 @@ def _inspect_exported(path: Path) -> Inspected:
                 dims.append(int(d))
         tensors.append(_tensor_spec(name, val, dims))
     if not tensors:
-        return None, info, program.module()
-    return InputSpec(tuple(tensors)), info, program.module()
+        return None, info, exported_module(program, label)
+    return InputSpec(tuple(tensors)), info, exported_module(program, label)
 
 
 def _inspect_hf(folder: Path, label: str) -> Inspected:
-    config_path = folder / "config.json"
-    config = json.loads(config_path.read_text())
-    if not isinstance(config, dict):
-        raise UserError(f"{label}: config.json is not a JSON object; save the model with save_pretrained")
-    declared = config.get("vocab_size")
-    if declared is not None and not (isinstance(declared, int) and declared > 0):
-        # transformers would fail deep inside the embedding's construction
-        raise UserError(f"{label}: config.json has vocab_size {declared!r}; it must be a positive integer")
+    config = read_hf_config(folder, label)
+    check_hf_size(folder, config, label)
     model = load_hf(folder, label)
     names = hf_input_names(model)
     if "input_ids" not in names:
@@ -245,6 +286,217 @@ def _inspect_hf(folder: Path, label: str) -> Inspected:
         "max_position_embeddings": max_pos or None,
     }
     return InputSpec(tensors), info, HFWrapper(model, names)
+
+
+# --- a Hugging Face model's size, judged from config.json and the safetensors headers before allocating -----
+
+MAX_PARAMS_ENV = "PARETOSCOPE_MAX_MODEL_PARAMS"
+# Sizes transformers builds modules from: a value that is not a positive integer fails deep inside a constructor
+# (a zero head count divides by zero), so it is refused here with its name.
+_SIZE_KEYS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+              "max_position_embeddings", "type_vocab_size")
+# How far the parameters config.json describes may exceed those its safetensors hold. Packed 4-bit weights hold
+# 8 values per int32 element; a config asking for more than that is asking for memory its weights never fill.
+_GROSS_RATIO = 8
+_GROSS_SLACK = 1_000_000
+_SAFETENSORS_MAX_HEADER = 100_000_000  # the safetensors library's own limit
+_SAFETENSORS_BITS = {"BOOL": 8, "U8": 8, "I8": 8, "F8_E4M3": 8, "F8_E4M3FNUZ": 8, "F8_E5M2": 8, "F8_E5M2FNUZ": 8,
+                     "F8_E8M0": 8, "I16": 16, "U16": 16, "F16": 16, "BF16": 16, "I32": 32, "U32": 32, "F32": 32,
+                     "F64": 64, "I64": 64, "U64": 64, "C64": 64, "F4": 4, "F6_E2M3": 6, "F6_E3M2": 6}
+_CONFIG_DTYPE_BYTES = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8}
+
+
+def read_hf_config(folder: Path, label: str) -> dict[str, Any]:
+    """config.json as a dict whose module sizes are positive integers."""
+    try:
+        config = json.loads((folder / "config.json").read_bytes())
+    except (ValueError, RecursionError) as exc:
+        raise UserError(f"{label}: config.json is not valid JSON ({_error_line(exc)}); save the model with "
+                        "save_pretrained") from exc
+    if not isinstance(config, dict):
+        raise UserError(f"{label}: config.json is not a JSON object; save the model with save_pretrained")
+    for key in _SIZE_KEYS:
+        value = config.get(key)
+        if value is not None and not (_is_int(value) and value > 0):
+            # transformers would fail deep inside a module's construction
+            raise UserError(f"{label}: config.json has {key} {_short(value)}; it must be a positive integer")
+    # fields transformers' base config uses without checking their type (found by benchmarks/fuzz_intake.py)
+    for key in ("id2label", "label2id"):
+        if config.get(key) is not None and not isinstance(config[key], dict):
+            raise UserError(f"{label}: config.json has {key} {_short(config[key])}; it must be an object")
+    pad, vocab = config.get("pad_token_id"), config.get("vocab_size")
+    if isinstance(pad, int) and isinstance(vocab, int) and not -vocab <= pad < vocab:
+        # torch.nn.Embedding asserts on a padding index outside its table
+        raise UserError(f"{label}: config.json has pad_token_id {pad}, outside its vocabulary of {vocab} tokens; "
+                        "save the model with save_pretrained")
+    model_type = config.get("model_type")
+    if model_type is not None and not isinstance(model_type, str):
+        raise UserError(f"{label}: config.json has model_type {_short(model_type)}; it must be a name such as 'bert'")
+    for key in ("dtype", "torch_dtype"):
+        value = config.get(key)
+        if value is not None and not (isinstance(value, str) and (
+                value == "auto" or isinstance(getattr(torch, value, None), torch.dtype))):
+            raise UserError(f"{label}: config.json has {key} {_short(value)}; it must name a torch dtype such as "
+                            "'float32'")
+    architectures = config.get("architectures")
+    if architectures is not None and not (isinstance(architectures, list)
+                                          and all(isinstance(a, str) for a in architectures)):
+        raise UserError(f"{label}: config.json has architectures {_short(architectures)}; it must be a list of "
+                        "class names")
+    return config
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _first(config: dict[str, Any], *keys: str) -> int:
+    """The first of `keys` that holds a positive integer, else 0."""
+    for key in keys:
+        value = config.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return 0
+
+
+def estimate_hf_parameters(config: dict[str, Any]) -> int:
+    """About how many parameters a transformers config describes, from below: the embedding tables and, per
+    layer, the attention and feed-forward matrices. Biases, norms and heads only add to the real count.
+
+    Generic over architectures through the names configs use for these sizes (BERT, GPT-2, T5, BART,
+    DistilBERT, LLaMA-style GQA and mixture-of-experts, ALBERT's shared layers).
+    """
+    hidden = _first(config, "hidden_size", "d_model", "n_embd", "dim")
+    embedding = _first(config, "embedding_size") or hidden  # ALBERT factorizes its embeddings
+    ffn = _first(config, "intermediate_size", "n_inner", "ffn_dim", "encoder_ffn_dim", "d_ff", "hidden_dim")
+    experts = _first(config, "num_local_experts", "num_experts", "n_routed_experts") or 1
+    if _first(config, "num_hidden_groups"):  # ALBERT: the layers share the weights of their groups
+        layers = _first(config, "num_hidden_groups") * (_first(config, "inner_group_num") or 1)
+    else:
+        layers = _first(config, "num_hidden_layers", "num_layers", "n_layer", "n_layers", "encoder_layers")
+    layers += _first(config, "num_decoder_layers", "decoder_layers")
+    heads = _first(config, "num_attention_heads", "n_head", "num_heads", "n_heads", "encoder_attention_heads")
+    kv_heads = _first(config, "num_key_value_heads")
+    kv_width = hidden * kv_heads // heads if heads and kv_heads and kv_heads < heads else hidden
+    attention = 2 * hidden * hidden + 2 * hidden * kv_width  # query and output, key and value
+    tables = _first(config, "vocab_size") + _first(config, "type_vocab_size")
+    if not any("rope" in key or "rotary" in key for key in config):  # rotary models have no position table
+        tables += _first(config, "max_position_embeddings", "n_positions")
+    labels = _first(config, "num_labels")
+    if isinstance(config.get("id2label"), dict):
+        labels = max(labels, len(config["id2label"]))
+    return tables * embedding + layers * (attention + 2 * hidden * ffn * experts) + labels * hidden
+
+
+def stored_hf_parameters(folder: Path, label: str) -> tuple[int, int | None]:
+    """The values the folder's *.safetensors hold, and the byte width of their first float tensor, read from
+    their headers (each checked against its file's size) without loading a tensor."""
+    count, float_bytes = 0, None
+    for path in sorted(folder.glob("*.safetensors")):
+        for dtype, numel in _safetensors_entries(path, label):
+            count += numel
+            if float_bytes is None and dtype in ("F16", "BF16", "F32", "F64"):
+                float_bytes = _SAFETENSORS_BITS[dtype] // 8
+    return count, float_bytes
+
+
+def _safetensors_entries(path: Path, label: str) -> list[tuple[str, int]]:
+    def bad(why: str) -> UserError:
+        return UserError(f"{label}: the Hugging Face model cannot be built from its safetensors ({path.name}: {why}); "
+                         "save it again with save_pretrained")
+
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        prefix = fh.read(8)
+        if len(prefix) < 8:
+            raise bad("the file is shorter than its 8-byte header length")
+        length = int.from_bytes(prefix, "little")
+        if length > min(size - 8, _SAFETENSORS_MAX_HEADER):
+            raise bad(f"its header length {length:,} exceeds the file's {size:,} bytes or the format's limit")
+        raw = fh.read(length)
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (ValueError, RecursionError) as exc:
+        raise bad(f"its header is not valid JSON: {_error_line(exc)}") from exc
+    if not isinstance(header, dict):
+        raise bad("its header is not a JSON object")
+    data_size = size - 8 - length
+    entries = []
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        shown = _short(name)
+        if not isinstance(entry, dict):
+            raise bad(f"header entry {shown} is not an object")
+        dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+        if not (isinstance(shape, list) and all(_is_int(d) and d >= 0 for d in shape)):
+            raise bad(f"tensor {shown} has shape {_short(shape)} in its header")
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_int(o) for o in offsets)
+                and 0 <= offsets[0] <= offsets[1] <= data_size):
+            raise bad(f"tensor {shown} has data offsets {_short(offsets)} outside the file")
+        numel = 1
+        for d in shape:
+            numel *= d
+        nbytes = offsets[1] - offsets[0]
+        bits = _SAFETENSORS_BITS.get(dtype) if isinstance(dtype, str) else None
+        if bits is not None and (numel * bits + 7) // 8 != nbytes:
+            raise bad(f"tensor {shown} of shape {shape} and dtype {dtype} needs {(numel * bits + 7) // 8:,} bytes "
+                      f"but its header gives it {nbytes:,}")
+        if numel > 8 * nbytes:  # a dtype this check does not know: at least one bit a value
+            raise bad(f"tensor {shown} of shape {_short(shape)} holds more values than its {nbytes:,} bytes can")
+        entries.append((str(dtype), numel))
+    return entries
+
+
+def max_model_params() -> int | None:
+    """`PARETOSCOPE_MAX_MODEL_PARAMS`, the largest model intake accepts (unset: bounded by memory only)."""
+    raw = os.environ.get(MAX_PARAMS_ENV, "").strip()
+    if not raw:
+        return None
+    try:
+        value = int(float(raw))
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise UserError(f"{MAX_PARAMS_ENV} is '{raw}'; set it to a positive number of parameters")
+    return value
+
+
+def check_hf_size(folder: Path, config: dict[str, Any], label: str) -> None:
+    """Refuse, before transformers allocates anything, a config that describes a model larger than the limits
+    or far larger than the weights that came with it (which transformers would fill with random values)."""
+    from engine.inspection import inspect_memory_mb
+
+    estimate = estimate_hf_parameters(config)
+    stored, float_bytes = stored_hf_parameters(folder, label)
+    described = f"{label}: config.json describes a model of about {_count(estimate)} parameters"
+    cap = max_model_params()
+    if cap is not None and estimate > cap:
+        raise UserError(f"{described}, more than {MAX_PARAMS_ENV} ({_count(cap)}); raise it if the model is what "
+                        "you meant to upload")
+    dtype = config.get("dtype") or config.get("torch_dtype")
+    width = _CONFIG_DTYPE_BYTES.get(dtype) if isinstance(dtype, str) else None
+    width = width or float_bytes or 4  # what transformers' dtype="auto" loads in
+    limit_mb = inspect_memory_mb()
+    if estimate * width > limit_mb * 2**20:
+        raise UserError(f"{described} ({estimate * width / 2**30:,.1f} GiB of weights), more than the "
+                        f"inspection's memory limit of {limit_mb:.0f} MB (PARETOSCOPE_INSPECT_MEMORY_MB); is it "
+                        "the model you meant to upload?")
+    if estimate > _GROSS_RATIO * stored + _GROSS_SLACK:
+        raise UserError(f"{described} but its safetensors hold {_count(stored)} values; upload the complete folder "
+                        "written by save_pretrained")
+
+
+def _count(n: int) -> str:
+    for word, size in (("trillion", 10**12), ("billion", 10**9), ("million", 10**6)):
+        if n >= size:
+            return f"{n / size:,.1f} {word}"
+    return f"{n:,}"
 
 
 def probe_outputs(module: torch.nn.Module, spec: InputSpec, label: str) -> tuple[TensorSpec, ...]:

@@ -1,5 +1,8 @@
 """Pickles inside uploaded archives: each one passes torch's allow-list unpickler before any library reads it.
 
+TorchScript archives are read by TorchScript's own unpickler (no Python objects); their pickles only have to be
+well-formed (`check_torchscript_archive`).
+
 `torch.export.load` unpickles with `weights_only=False` (pickled weights and constants), falls back to it for
 sample inputs, and unpickles custom and opaque objects with no restriction at all: an uploaded `.pt2` could
 run its author's Python. Before any loader touches a `.pt2`, every member must be one the archive format
@@ -11,11 +14,13 @@ from __future__ import annotations
 
 import io
 import json
+import pickletools
 import re
 import zipfile
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from engine import safezip
 from engine.errors import UserError
 
 # Members of a torch.export archive (torch 2.6+ "pt2" layout) under its top folder, by what they hold.
@@ -30,8 +35,8 @@ _CODE_CONSTANTS = ("custom_obj_", "opaque_obj_")
 
 
 def _refuse(label: str, member: str, why: str) -> UserError:
-    return UserError(f"{label}: member '{member}' {why}; export the model again with torch.export.save from "
-                     "plain tensors, or upload it as ONNX")
+    return UserError(f"{label}: member '{safezip.shown(member)}' {why}; export the model again with "
+                     "torch.export.save from plain tensors, or upload it as ONNX")
 
 
 def check_safe_unpickle(data: bytes, label: str, member: str) -> None:
@@ -51,11 +56,14 @@ def check_exported_archive(path: Path, label: str | None = None) -> None:
     label = label or path.name
     try:
         archive = zipfile.ZipFile(path)
-    except zipfile.BadZipFile as exc:
-        raise UserError(f"{label}: not a readable torch.export archive ({exc})") from None
+    except safezip.CORRUPT as exc:
+        raise UserError(f"{label}: not a readable torch.export archive ({safezip.shown(str(exc))})") from None
     with archive:
         names = [info.filename for info in archive.infolist() if not info.is_dir()]
-        tops = {PurePosixPath(n).parts[0] for n in names}
+        if len(set(names)) != len(names):
+            # this check would read one copy of a name and torch's reader another
+            raise UserError(f"{label}: a member name appears twice in the archive; export the model again")
+        tops = {n.split("/", 1)[0] for n in names}
         if len(tops) != 1:
             raise UserError(f"{label}: a torch.export archive keeps every member under one folder")
         top = next(iter(tops))
@@ -69,7 +77,7 @@ def check_exported_archive(path: Path, label: str | None = None) -> None:
             # sample inputs, pickled payloads, and the legacy layout's whole-state-dict files (data/weights/m.pt)
             if _SAMPLE_INPUTS.match(name) or name in pickled or (_WEIGHT_OR_CONSTANT.match(name)
                                                                  and name.endswith(".pt")):
-                check_safe_unpickle(archive.read(full), label, full)
+                check_safe_unpickle(_read(archive, full, label), label, full)
                 continue
             if _WEIGHT_OR_CONSTANT.match(name):
                 if PurePosixPath(name).name.startswith(_CODE_CONSTANTS):
@@ -77,6 +85,36 @@ def check_exported_archive(path: Path, label: str | None = None) -> None:
                                                "code when loaded")
                 continue  # raw tensor bytes, read with torch.frombuffer
             raise _refuse(label, full, "is not part of the torch.export archive format")
+
+
+def check_torchscript_archive(path: Path, label: str | None = None) -> None:
+    """Refuse a TorchScript archive holding a pickle that is not well-formed, before TorchScript's C++ unpickler
+    reads it: on a corrupt one it may try an allocation of any size (found by benchmarks/fuzz_intake.py).
+
+    pickletools parses the opcodes and checks the stack and memo without building an object.
+    """
+    label = label or path.name
+    try:
+        archive = zipfile.ZipFile(path)
+    except safezip.CORRUPT as exc:
+        raise UserError(f"{label}: not a readable TorchScript archive ({safezip.shown(str(exc))})") from None
+    with archive:
+        for info in archive.infolist():
+            if not info.filename.endswith("pkl"):  # data.pkl, constants.pkl, *.debug_pkl
+                continue
+            try:
+                pickletools.dis(io.BytesIO(_read(archive, info.filename, label)), out=_Discard())
+            except (ValueError, EOFError, OverflowError, IndexError) as exc:  # IndexError: a MARK never set
+                raise UserError(f"{label}: member '{safezip.shown(info.filename)}' is not a well-formed pickle "
+                                f"({safezip.shown(str(exc)[:200])}); save the model again with torch.jit.save"
+                                ) from None
+
+
+class _Discard(io.StringIO):
+    """pickletools.dis's listing, dropped as it is written."""
+
+    def write(self, text: str) -> int:
+        return len(text)
 
 
 def _pickled_payloads(archive: zipfile.ZipFile, inner: dict[str, str], label: str) -> set[str]:
@@ -87,7 +125,7 @@ def _pickled_payloads(archive: zipfile.ZipFile, inner: dict[str, str], label: st
         if not match:
             continue
         try:
-            config: Any = json.loads(archive.read(full))
+            config: Any = json.loads(_read(archive, full, label))
             entries = config["config"].values()
             for entry in entries:
                 path_name = str(entry["path_name"])
@@ -96,6 +134,16 @@ def _pickled_payloads(archive: zipfile.ZipFile, inner: dict[str, str], label: st
                                   "is a pickled object (a custom or opaque constant), which runs code when loaded")
                 if entry.get("use_pickle"):
                     pickled.add(f"data/{match.group(1)}/{path_name}")
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise UserError(f"{label}: member '{full}' is not a valid payload config ({exc})") from None
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
+            raise UserError(f"{label}: member '{safezip.shown(full)}' is not a valid payload config "
+                            f"({safezip.shown(str(exc)[:200])}); export the model again with torch.export.save"
+                            ) from None
     return pickled
+
+
+def _read(archive: zipfile.ZipFile, member: str, label: str) -> bytes:
+    try:
+        return archive.read(member)
+    except safezip.CORRUPT as exc:
+        raise UserError(f"{label}: cannot read member '{safezip.shown(member)}' ({safezip.shown(str(exc)[:200])}); "
+                        "export the model again") from None

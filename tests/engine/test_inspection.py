@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from engine.__main__ import main
+from engine.errors import UserError
 from engine.inspection import check_data, inspect_model
 from engine.specs import InputSpec
 
@@ -62,7 +63,8 @@ def test_a_model_that_allocates_without_bound_hits_the_memory_limit(tmp_path: Pa
 
 
 def test_data_declaring_a_huge_array_is_refused_in_the_child(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """An .npy header may declare any shape: reading it allocates that much, in the child, not the caller."""
+    """An .npy header may declare any shape: it is checked against the bytes present before anything is allocated,
+    in the child, not the caller."""
     monkeypatch.setenv("PARETOSCOPE_INSPECT_MEMORY_MB", "3000")
     header = np.lib.format.header_data_from_array_1_0(np.zeros((1, 4), dtype=np.float32))
     header["shape"] = (10**9, 4)
@@ -73,7 +75,9 @@ def test_data_declaring_a_huge_array_is_refused_in_the_child(tmp_path: Path, mon
     with zipfile.ZipFile(path, "w") as archive:
         archive.writestr("x.npy", member.getvalue())
     spec = InputSpec.parse("x:float32[B,4]")
-    with pytest.raises(Exception, match=r"^reading huge\.npz ") as refused:
+    with pytest.raises(UserError, match=r"^huge\.npz: array 'x' is truncated: its header declares shape "
+                                        r"\(1000000000, 4\) of float32 \(16,000,000,000 bytes\) but the file "
+                                        r"holds 64; save it again") as refused:
         check_data(path, spec)
     assert "\n" not in str(refused.value)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +23,8 @@ from engine.runtimes.base import DEFAULT_CUDA_DEVICE
 
 Progress = Callable[[str, float], None]
 REFERENCE_FILE = "reference.npz"
+# Prefix of the reference's temp file while it is written, in the study's folder.
+REFERENCE_TEMP = ".reference-"
 # Batch used to compute the reference outputs when the model does not fix one.
 REFERENCE_BATCH = 8
 
@@ -60,10 +64,24 @@ def compute_reference(study_dir: Path, model: Artifact, data_path: str | None, s
     payload.update({f"output/{i}": o for i, o in enumerate(outputs)})
     if labels is not None:
         payload["labels"] = labels
-    np.savez(study_dir / REFERENCE_FILE, **payload)  # type: ignore[arg-type]
+    _write_reference(study_dir, payload)
     progress("reference outputs", 1.0)
     return {"runtime": runtime_id, "samples": int(next(iter(inputs.values())).shape[0]),
             "synthetic": dataset is None or not dataset.has("eval"), "labels": labels is not None}
+
+
+def _write_reference(study_dir: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Write the .npz beside its final name, fsync it, then rename: a reader (a cell, a retry after a crash)
+    finds the whole file or none, never a truncated one. The temp name carries this pid (stale-file cleanup)."""
+    fd, tmp_name = tempfile.mkstemp(prefix=f"{REFERENCE_TEMP}{os.getpid()}-", suffix=".npz", dir=study_dir)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            np.savez(out, **arrays)  # type: ignore[arg-type]
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp_name, study_dir / REFERENCE_FILE)
+    finally:
+        Path(tmp_name).unlink(missing_ok=True)
 
 
 def load_reference(study_dir: Path) -> tuple[dict[str, np.ndarray], list[np.ndarray], np.ndarray | None]:

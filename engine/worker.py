@@ -10,22 +10,23 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import shutil
 import signal
 import socket
 import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import InterfaceError, InternalError, OperationalError, SQLAlchemyError
 
-from engine.executors.local import Outcome, run_child, stop_process_group
-from engine.paths import child_env, sub_dir
+from engine.executors.local import SCRATCH_PREFIX, Outcome, run_child, stop_process_group
+from engine.paths import child_env, data_dir, sub_dir
 from engine.plan import Cell
 from engine.study import StudyEvents, study_dir
 from storage import blobs
@@ -38,6 +39,16 @@ HEARTBEAT_S = min(5.0, LEASE_S / 3)
 IDLE_S = 1.0
 # Progress writes to the database are throttled to this interval (phase changes always go through).
 PROGRESS_EVERY_S = 1.0
+# What a full, read-only, locked or unreachable database raises: waited out and retried, never the worker's end.
+DB_FAULTS = (OperationalError, InternalError, InterfaceError)
+# The wait after a database fault doubles from the first to the cap; a stop signal cuts it short.
+BACKOFF_FIRST_S = 0.5
+BACKOFF_MAX_S = 30.0
+# Temporary files a process leaves in the data folder are removed when a worker starts: those named with their
+# maker's pid once it is gone, the others (intake's and the variant builder's staging) once untouched this long.
+STALE_S = 3600.0
+
+T = TypeVar("T")
 
 
 class WorkerStopping(BaseException):
@@ -85,37 +96,79 @@ class Worker:
         self._lock = threading.Lock()
         self._last_progress = 0.0
         self._last_phase = ""
+        self._progress_failing = False
         self._environment: dict[str, Any] | None = None
 
     # --- lifecycle ---------------------------------------------------------------------------
 
     def run(self, until_idle: bool = False, max_jobs: int | None = None) -> int:
-        """Run jobs until stopped, until the queue is empty (`until_idle`) or `max_jobs` ran."""
+        """Run jobs until stopped, until the queue is empty (`until_idle`) or `max_jobs` ran.
+
+        A database fault (full disk, read-only file, lost server) never ends it: it is logged, waited out and the
+        same step retried (see `_retry`)."""
         handlers = self._install_signals()
-        with session() as s:
-            q.register_worker(s, self.id, socket.gethostname(), os.getpid())
         beat = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
-        beat.start()
         done = 0
         try:
+            self._remove_stale_scratch()
+            self._retry("registering this worker", self._register)
+            beat.start()
             while not self._stop.is_set() and (max_jobs is None or done < max_jobs):
-                with session() as s:
-                    q.requeue_expired(s, self.lease_s)
-                ran = self._run_one()
+                ran = self._retry("claiming a job", self._next_job)
                 done += ran
                 if not ran:
-                    if until_idle and self._queue_empty():
+                    if until_idle and self._retry("reading the queue", self._queue_empty):
                         break
                     self._stop.wait(self.idle_s)
         except WorkerStopping:
             pass
         finally:
             self._stop.set()
-            beat.join(timeout=self.heartbeat_s + 1)
-            with session() as s:
-                q.worker_heartbeat(s, self.id, "stopped", None)
+            if beat.ident is not None:
+                beat.join(timeout=self.heartbeat_s + 1)
+            self._mark_stopped()
             self._restore_signals(handlers)
         return done
+
+    def _register(self) -> None:
+        with session() as s:
+            q.register_worker(s, self.id, socket.gethostname(), os.getpid())
+
+    def _mark_stopped(self) -> None:
+        try:
+            with session() as s:
+                q.worker_heartbeat(s, self.id, "stopped", None)
+        except DB_FAULTS as exc:  # the heartbeat's age tells the others soon enough
+            self._log(f"could not mark this worker stopped: {_first_line(exc)}")
+
+    def _next_job(self) -> int:
+        """Requeue the jobs of dead workers, then claim and run one job; 0 when none was queued."""
+        with session() as s:
+            q.requeue_expired(s, self.lease_s)
+        return self._run_one()
+
+    def _retry(self, what: str, action: Callable[[], T]) -> T:
+        """`action` until the database takes it; each fault is one line on stderr and a wait that doubles up to
+        BACKOFF_MAX_S. A stop during the wait raises WorkerStopping (a job in hand goes back to the queue, or
+        to its lease's expiry when the database still refuses)."""
+        delay = BACKOFF_FIRST_S
+        while True:
+            try:
+                return action()
+            except DB_FAULTS as exc:
+                self._log(f"{what} failed, retrying in {delay:g} s (free disk space, make the database writable "
+                          f"or bring its server back): {_first_line(exc)}")
+            if self._stop.wait(delay):
+                raise WorkerStopping(f"stopped while {what} kept failing")
+            delay = min(2 * delay, BACKOFF_MAX_S)
+
+    def _log(self, message: str) -> None:
+        print(f"worker {self.id}: {message}", file=sys.stderr, flush=True)
+
+    def _remove_stale_scratch(self) -> None:
+        removed = remove_stale_scratch()
+        if removed:
+            self._log(f"removed {len(removed)} temporary file(s) or folder(s) that stopped processes left behind")
 
     def _install_signals(self) -> dict[int, Any]:
         if threading.current_thread() is not threading.main_thread():
@@ -146,8 +199,7 @@ class Worker:
             try:
                 self._beat()
             except SQLAlchemyError as exc:  # a locked, full or read-only database: beat again next time
-                print(f"worker {self.id}: heartbeat failed, retrying: {str(exc).splitlines()[0]}", file=sys.stderr,
-                      flush=True)
+                self._log(f"heartbeat failed, retrying: {_first_line(exc)}")
 
     def _beat(self) -> None:
         with self._lock:
@@ -174,8 +226,7 @@ class Worker:
             try:
                 self._execute(job.id, payload, cell, study_meta)
             except WorkerStopping:
-                with session() as s:
-                    q.requeue_job(s, job.id, self.id)
+                self._give_back(job.id)
                 raise
             finally:
                 with self._lock:
@@ -200,10 +251,39 @@ class Worker:
                 "position": sum(n for status, n in progress.items() if status in q.FINAL_STATUSES)}
         return payload, cell, meta
 
+    def _give_back(self, job_id: int) -> None:
+        """Requeue the job of a stopping worker; if the database refuses, its lease expires and another requeues it."""
+        try:
+            with session() as s:
+                q.set_job_process(s, job_id, self.id, None)
+                q.requeue_job(s, job_id, self.id)
+        except DB_FAULTS as exc:
+            self._log(f"job {job_id} goes back to the queue when its lease expires: {_first_line(exc)}")
+
+    def _run_child(self, task: str, job_id: int, cell: Cell, payload: dict[str, Any], timeout_s: float,
+                   log: Path) -> Outcome:
+        try:
+            return run_child(task, payload, timeout_s, log, self._progress(job_id, cell), on_spawn=self._spawned)
+        finally:
+            self._note_group(job_id, None)
+
     def _spawned(self, pid: int) -> None:
         with self._lock:
-            if self._current is not None:
-                self._current.pid = pid
+            current = self._current
+            if current is not None:
+                current.pid = pid
+        if current is not None:
+            self._note_group(current.job_id, pid)  # the child leads a session of its own: its pgid is its pid
+
+    def _note_group(self, job_id: int, pgid: int | None) -> None:
+        """Note the job's process group (None: no child now), so a worker requeueing it after a kill -9 of this
+        one can kill what the child started; one try: a full database must not hold the child up."""
+        try:
+            with session() as s:
+                q.set_job_process(s, job_id, self.id, pgid)
+        except DB_FAULTS as exc:
+            self._log(f"could not note job {job_id}'s process group (a requeue after a crash cannot stop its "
+                      f"leftovers): {_first_line(exc)}")
 
     def _progress(self, job_id: int, cell: Cell) -> Any:
         def report(phase: str, fraction: float) -> None:
@@ -211,10 +291,21 @@ class Worker:
             now = time.monotonic()
             if phase != self._last_phase or now - self._last_progress >= PROGRESS_EVERY_S:
                 self._last_phase, self._last_progress = phase, now
-                with session() as s:
-                    q.set_progress(s, job_id, self.id, phase, fraction)
+                self._save_progress(job_id, phase, fraction)
 
         return report
+
+    def _save_progress(self, job_id: int, phase: str, fraction: float) -> None:
+        """Progress is a hint: while the database fails it is dropped (logged once), and the cell runs on."""
+        try:
+            with session() as s:
+                q.set_progress(s, job_id, self.id, phase, fraction)
+        except DB_FAULTS as exc:
+            if not self._progress_failing:
+                self._log(f"progress is not saved until the database takes writes again: {_first_line(exc)}")
+            self._progress_failing = True
+        else:
+            self._progress_failing = False
 
     def _execute(self, job_id: int, payload: dict[str, Any], cell: Cell, meta: dict[str, Any]) -> None:
         self.events.started(cell, meta["position"], meta["total"])
@@ -223,13 +314,17 @@ class Worker:
         if missing:
             self._record(job_id, cell, Outcome("failed", error=missing, error_type="ModelFileMissing"), meta)
             return
+        refused = _refused_here(payload["model"])
+        if refused:  # a shared server's worker never loads code a visitor wrote, whoever queued it
+            self._record(job_id, cell, Outcome("failed", error=refused, error_type="SharedModeRefused"), meta)
+            return
         reference = meta["reference"] or self._ensure_reference(job_id, meta["study_id"], payload, cell, folder,
                                                                 meta["timeout_s"])
         if reference.get("error"):
             outcome = Outcome("failed", error=reference["error"], error_type="ReferenceFailed")
         else:
-            outcome = run_child("cell", payload, meta["timeout_s"], folder / "logs" / f"cell-{cell.index:04d}.log",
-                                self._progress(job_id, cell), on_spawn=self._spawned)
+            outcome = self._run_child("cell", job_id, cell, payload, meta["timeout_s"],
+                                      folder / "logs" / f"cell-{cell.index:04d}.log")
         with self._lock:
             cancelled = self._current is not None and self._current.cancelled
         if cancelled and outcome.status != "ok":
@@ -242,33 +337,30 @@ class Worker:
         folder.mkdir(parents=True, exist_ok=True)
         with open(folder / ".reference.lock", "w") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
-            with session(write=False) as s:
-                stored = s.get(Study, study_id)
-                reference = stored.reference if stored else None
+            reference = self._retry("reading the study's reference", lambda: _stored_reference(study_id))
             if reference:
                 return reference
-            outcome = run_child("reference", payload, timeout_s, folder / "logs" / "reference.log",
-                                self._progress(job_id, cell), on_spawn=self._spawned)
+            outcome = self._run_child("reference", job_id, cell, payload, timeout_s, folder / "logs" / "reference.log")
             if outcome.status == "ok" and outcome.result is not None:
                 reference = outcome.result
             else:
                 reference = {"error": f"the fp32 reference outputs could not be computed "
                                       f"({outcome.status}: {outcome.error})"}
-            with session() as s:
-                study = s.get(Study, study_id)
-                if study is not None:
-                    study.reference = reference
+            self._retry("storing the study's reference", lambda: _store_reference(study_id, reference))
             return reference
 
     def _record(self, job_id: int, cell: Cell, outcome: Outcome, meta: dict[str, Any]) -> None:
+        """Store the job's end, retried until the database takes it (the job stays running meanwhile)."""
+        result, samples = _split_samples(outcome)
+        stored, row = self._retry(f"recording the end of job {job_id}",
+                                  lambda: self._store_end(job_id, cell, outcome, result, samples, meta))
+        if stored is not None and stored != q.QUEUED:
+            self.events.finished(cell, row, meta["position"], meta["total"])
+
+    def _store_end(self, job_id: int, cell: Cell, outcome: Outcome, result: dict[str, Any] | None,
+                   samples: np.ndarray | None, meta: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
         from engine.measure.environment import collect
 
-        samples = None
-        result = outcome.result
-        if outcome.status == "ok" and result is not None:
-            result = dict(result)
-            samples = np.asarray(result.pop("samples_ms"), dtype=np.float32)
-            result["wall_s"] = outcome.elapsed_s
         with session() as s:
             env_id = variant_id = None
             if result is not None:
@@ -280,13 +372,41 @@ class Worker:
                     variant_id = q.record_variant(s, meta["model_id"], cell.variant,
                                                   result.get("target", ""),
                                                   result.get("variant_path"), int(result["model_size_mb"] * 2**20))
+            q.set_job_process(s, job_id, self.id, None)  # a pgid never outlives the run that noted it
             stored = q.finish_job(s, job_id, self.id, outcome.status, result=result, samples=samples,
                                   error_type=outcome.error_type, error=outcome.error, traceback=outcome.traceback,
                                   environment_id=env_id, variant_id=variant_id)
             job = s.get(Job, job_id, populate_existing=True)
             row = q.result_dict(job, job.result) if job is not None else {}
-        if stored is not None and stored != q.QUEUED:
-            self.events.finished(cell, row, meta["position"], meta["total"])
+        return stored, row
+
+
+def _split_samples(outcome: Outcome) -> tuple[dict[str, Any] | None, np.ndarray | None]:
+    """The result to store and its raw latency samples (kept apart, in their own table)."""
+    result = outcome.result
+    if outcome.status != "ok" or result is None:
+        return result, None
+    result = {**result, "wall_s": outcome.elapsed_s}
+    samples = np.asarray(result.pop("samples_ms"), dtype=np.float32)
+    return result, samples
+
+
+def _stored_reference(study_id: int) -> dict[str, Any] | None:
+    with session(write=False) as s:
+        study = s.get(Study, study_id)
+        return study.reference if study else None
+
+
+def _store_reference(study_id: int, reference: dict[str, Any]) -> None:
+    with session() as s:
+        study = s.get(Study, study_id)
+        if study is not None:
+            study.reference = reference
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _missing_model(artifact: dict[str, Any]) -> str | None:
@@ -295,6 +415,18 @@ def _missing_model(artifact: dict[str, Any]) -> str | None:
     if path.exists():
         return None
     return f"the model's file is missing from the data folder ({path}): upload it again"
+
+
+def _refused_here(artifact: dict[str, Any]) -> str | None:
+    """Why this worker (in shared mode) will not load the study's model: a format that carries code."""
+    from engine.errors import UserError
+    from engine.shared import refuse_code_format
+
+    try:
+        refuse_code_format(artifact["format"], Path(artifact["path"]).name)
+    except UserError as exc:
+        return str(exc)
+    return None
 
 
 def ensure_local_worker() -> int | None:
@@ -341,3 +473,79 @@ def local_worker_starting() -> bool:
     """A worker this dashboard started is alive but has not sent its first heartbeat yet."""
     pid_file = sub_dir("locks") / "auto-worker.pid"
     return pid_file.is_file() and _alive(pid_file.read_text())
+
+
+def remove_stale_scratch(max_age_s: float = STALE_S) -> list[Path]:
+    """Remove the temporary files and folders that killed processes left in the data folder; return them.
+
+    A name that carries its maker's pid (`tmp/job-<pid>-*`, blobs' `.incoming-<pid>-*`, a study's
+    `.reference-<pid>-*`) is stale once that process is gone; intake's and the variant builder's staging folders
+    (`models/.*`, `variants/.*`) and the dashboard's staged uploads (`uploads/*`) once nothing in them changed for
+    `max_age_s`. A live process's are never touched.
+    """
+    from engine.job import REFERENCE_TEMP
+
+    base = data_dir()
+    kinds = ((f"tmp/{SCRATCH_PREFIX}", True), (f"blobs/{blobs.INCOMING}", True), (f"studies/*/{REFERENCE_TEMP}", True),
+             ("models/.", False), ("variants/.", False), ("uploads/", False))
+    removed = []
+    for pattern, has_pid in kinds:
+        prefix = pattern.rsplit("/", 1)[1]
+        for path in base.glob(f"{pattern}*"):
+            pid = _maker_pid(path.name[len(prefix):]) if has_pid else None
+            if _stale(path, pid, max_age_s) and _remove(path):
+                removed.append(path)
+    return removed
+
+
+def _maker_pid(rest: str) -> int | None:
+    """The pid in `<pid>-<random>`; None for a name from before pids were part of it."""
+    head = rest.split("-", 1)[0]
+    return int(head) if head.isdigit() else None
+
+
+def _stale(path: Path, pid: int | None, max_age_s: float) -> bool:
+    try:
+        if pid is not None:
+            return not _made_by_live_process(pid, path.lstat().st_mtime)
+        return time.time() - _newest_mtime(path) > max_age_s
+    except FileNotFoundError:  # its maker finished with it meanwhile
+        return False
+
+
+def _made_by_live_process(pid: int, mtime: float) -> bool:
+    """The process `pid` runs and is older than the file: a pid reused since (a restarted container counts from 1
+    again) names a younger process. Two seconds of slack: a process's start time is known to about a second."""
+    import psutil
+
+    try:
+        process = psutil.Process(pid)
+        return process.status() != psutil.STATUS_ZOMBIE and process.create_time() <= mtime + 2
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.AccessDenied:  # another user's process: alive, and its files are not ours to judge
+        return True
+
+
+def _newest_mtime(path: Path) -> float:
+    newest = path.lstat().st_mtime
+    if path.is_dir() and not path.is_symlink():
+        for folder, dirs, files in os.walk(path):
+            for name in dirs + files:
+                with contextlib.suppress(FileNotFoundError):
+                    newest = max(newest, os.lstat(os.path.join(folder, name)).st_mtime)
+    return newest
+
+
+def _remove(path: Path) -> bool:
+    try:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    except FileNotFoundError:
+        return False
+    except OSError as exc:  # not ours to remove (permissions): leave it, say so
+        print(f"could not remove the stale temporary {path} ({exc}); remove it by hand", file=sys.stderr, flush=True)
+        return False
+    return True

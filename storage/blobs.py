@@ -13,6 +13,8 @@ from pathlib import Path
 from engine.paths import data_dir, sub_dir
 
 _CHUNK = 1 << 20
+# Files being written into the store: .incoming-<pid of the writer>-<random>, renamed when complete.
+INCOMING = ".incoming-"
 
 
 def root() -> Path:
@@ -29,10 +31,16 @@ def exists(sha256: str) -> bool:
     return path_of(sha256).is_file()
 
 
+def incoming_prefix() -> str:
+    """The temp-file prefix of this process's writes: a worker that starts later tells a dead writer's leftovers
+    from a live one's by the pid."""
+    return f"{INCOMING}{os.getpid()}-"
+
+
 def put_file(src: str | Path) -> str:
     """Copy a file into the store (temp file, fsync, atomic rename); return its sha256."""
     digest = hashlib.sha256()
-    fd, tmp_name = tempfile.mkstemp(prefix=".incoming-", dir=root())
+    fd, tmp_name = tempfile.mkstemp(prefix=incoming_prefix(), dir=root())
     try:
         with open(src, "rb") as fh, os.fdopen(fd, "wb") as out:
             while chunk := fh.read(_CHUNK):
@@ -49,7 +57,7 @@ def put_bytes(data: bytes) -> str:
     digest = hashlib.sha256(data).hexdigest()
     if exists(digest):
         return digest
-    fd, tmp_name = tempfile.mkstemp(prefix=".incoming-", dir=root())
+    fd, tmp_name = tempfile.mkstemp(prefix=incoming_prefix(), dir=root())
     try:
         with os.fdopen(fd, "wb") as out:
             out.write(data)
@@ -66,7 +74,16 @@ def _commit(tmp: Path, sha256: str) -> str:
         return sha256  # same content already stored
     final.parent.mkdir(parents=True, exist_ok=True)
     os.replace(tmp, final)
+    _fsync_dir(final.parent)  # the rename itself survives a power cut, not only the bytes
     return sha256
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def collect_garbage(referenced: Iterable[str]) -> int:

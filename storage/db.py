@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.orm import Session
 
 from engine.paths import data_dir
@@ -76,22 +76,50 @@ def get_engine() -> Engine:
     return engine
 
 
-def upgrade(engine: Engine) -> None:
-    """Apply Alembic migrations up to head; processes starting together take turns (file lock)."""
+def upgrade(engine: Engine, revision: str = "head") -> None:
+    """Apply Alembic migrations up to `revision`; processes starting together take turns (file lock)."""
     from alembic import command
 
     lock_path = data_dir() / ".migrate.lock"
     with open(lock_path, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
-            with engine.begin() as conn:
+            with engine.connect() as conn, _foreign_keys_off(conn), conn.begin():
                 if not is_sqlite(engine):
                     conn.exec_driver_sql("SELECT pg_advisory_xact_lock(72011)")  # across machines
                 config = alembic_config(engine)
                 config.attributes["connection"] = conn
-                command.upgrade(config, "head")
+                command.upgrade(config, revision)
+                _check_foreign_keys(conn)
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+@contextmanager
+def _foreign_keys_off(conn: Connection) -> Iterator[None]:
+    """SQLite's foreign keys off while migrations rebuild tables: dropping a parent table in a batch rebuild
+    would otherwise delete its child rows (ON DELETE CASCADE). The pragma is a no-op inside a transaction, so
+    it goes to the driver's connection before SQLAlchemy's BEGIN, and back on before the pool takes it back."""
+    if not is_sqlite(conn.engine):
+        yield
+        return
+    raw = conn.connection.dbapi_connection
+    assert raw is not None  # a checked-out connection
+    raw.execute("PRAGMA foreign_keys=OFF")
+    try:
+        yield
+    finally:
+        raw.execute("PRAGMA foreign_keys=ON")
+
+
+def _check_foreign_keys(conn: Connection) -> None:
+    """Fail the migration (and roll it back) if a rebuilt table left a row pointing nowhere."""
+    if not is_sqlite(conn.engine):
+        return
+    broken = conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+    if broken:
+        raise RuntimeError(f"the migration left {len(broken)} row(s) with a broken foreign key "
+                           f"(first: {tuple(broken[0])}); restore the database from a backup and report this")
 
 
 def alembic_config(engine: Engine) -> Any:

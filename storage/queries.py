@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import signal
+import socket
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -35,11 +38,12 @@ MAX_ATTEMPTS = 2
 # --- models, datasets, environments -------------------------------------------------------------
 
 
-def get_or_create_model(s: Session, artifact: dict[str, Any], name: str) -> Model:
+def get_or_create_model(s: Session, artifact: dict[str, Any], name: str, created_by: str | None = None) -> Model:
+    """The model stored with these bytes, or a new row; the first uploader stays its creator."""
     model = s.scalar(select(Model).where(Model.sha256 == artifact["sha256"]))
     if model is None:
         model = Model(sha256=artifact["sha256"], name=name, format=artifact["format"],
-                      size_bytes=artifact["size_bytes"], artifact=artifact)
+                      size_bytes=artifact["size_bytes"], artifact=artifact, created_by=created_by)
         s.add(model)
         s.flush()
     elif model.artifact != artifact:
@@ -47,10 +51,11 @@ def get_or_create_model(s: Session, artifact: dict[str, Any], name: str) -> Mode
     return model
 
 
-def get_or_create_dataset(s: Session, sha256: str, name: str, size_bytes: int) -> Dataset:
+def get_or_create_dataset(s: Session, sha256: str, name: str, size_bytes: int,
+                          created_by: str | None = None) -> Dataset:
     dataset = s.scalar(select(Dataset).where(Dataset.sha256 == sha256))
     if dataset is None:
-        dataset = Dataset(sha256=sha256, name=name, size_bytes=size_bytes)
+        dataset = Dataset(sha256=sha256, name=name, size_bytes=size_bytes, created_by=created_by)
         s.add(dataset)
         s.flush()
     return dataset
@@ -82,12 +87,12 @@ def record_variant(s: Session, model_id: int, chain: str, target: str, path: str
 
 def create_study(s: Session, *, name: str, model: Model, dataset: Dataset | None, variants: list[str],
                  runtimes: list[str], batch_sizes: list[int], settings: dict[str, Any],
-                 cells: list[dict[str, Any]], owner: str | None = None) -> Study:
+                 cells: list[dict[str, Any]], owner: str | None = None, created_by: str | None = None) -> Study:
     """A study and one job per cell; cells that cannot run are final at once, with their reason.
 
     With an `owner` (a worker id) only that worker claims the study's jobs until release_study."""
     study = Study(name=name, model_id=model.id, dataset_id=dataset.id if dataset else None, variants=variants,
-                  runtimes=runtimes, batch_sizes=batch_sizes, settings=settings, owner=owner)
+                  runtimes=runtimes, batch_sizes=batch_sizes, settings=settings, owner=owner, created_by=created_by)
     s.add(study)
     s.flush()
     now = utcnow()
@@ -156,6 +161,12 @@ def extend_lease(s: Session, job_id: int, worker_id: str, lease_s: float) -> boo
 def set_progress(s: Session, job_id: int, worker_id: str, phase: str, fraction: float) -> None:
     s.execute(update(Job).where(Job.id == job_id, Job.worker_id == worker_id, Job.status == RUNNING)
               .values(phase=phase[:64], fraction=fraction).execution_options(synchronize_session=False))
+
+
+def set_job_process(s: Session, job_id: int, worker_id: str, pgid: int | None) -> None:
+    """Note (or clear, with None) the process group that runs the job now, while it is this worker's."""
+    s.execute(update(Job).where(Job.id == job_id, Job.worker_id == worker_id, Job.status == RUNNING)
+              .values(pgid=pgid).execution_options(synchronize_session=False))
 
 
 def finish_job(s: Session, job_id: int, worker_id: str, status: str, *, result: dict[str, Any] | None = None,
@@ -235,24 +246,46 @@ def requeue_expired(s: Session, lease_s: float) -> int:
     """Jobs whose worker stopped heartbeating (killed): requeue, or end as crashed after MAX_ATTEMPTS.
 
     Studies whose owner is gone (no heartbeat within `lease_s`) lose their owner too, so their queued
-    jobs become ordinary queue work.
+    jobs become ordinary queue work. The process groups of expired jobs that ran on this host are killed
+    before the requeue is committed: nothing of the lost run times beside its retry.
     """
     now = utcnow()
     _release_orphaned_studies(s, now - timedelta(seconds=lease_s))
     expired = and_(Job.status == RUNNING, Job.lease_expires_at < now)
+    groups = _local_groups(s, expired)
     ended = set(s.scalars(
         update(Job).where(expired, Job.attempts >= MAX_ATTEMPTS)
-        .values(status="crashed", finished_at=now, phase=None, lease_expires_at=None,
+        .values(status="crashed", finished_at=now, phase=None, lease_expires_at=None, pgid=None,
                 error_type="WorkerLost", error_message=f"its worker died {MAX_ATTEMPTS} times while running it")
         .returning(Job.study_id).execution_options(synchronize_session=False)
     ))
     requeued = _rowcount(s.execute(
-        update(Job).where(expired).values(status=QUEUED, worker_id=None, phase=None, lease_expires_at=None)
+        update(Job).where(expired).values(status=QUEUED, worker_id=None, phase=None, lease_expires_at=None, pgid=None)
         .execution_options(synchronize_session=False)
     ))
+    _kill_groups(groups)
     for study_id in ended:  # only the studies whose job just ended may be finished now
         _maybe_finish_study(s, study_id)
     return requeued
+
+
+def _local_groups(s: Session, jobs: Any) -> list[int]:
+    """Process groups noted on the matching jobs by workers on this host (a pgid means nothing elsewhere)."""
+    query = (select(Job.pgid).join(Worker, Worker.id == Job.worker_id)
+             .where(jobs, Job.pgid.is_not(None), Worker.hostname == socket.gethostname()))
+    return [pgid for pgid in s.scalars(query) if pgid is not None]
+
+
+def _kill_groups(pgids: list[int]) -> None:
+    """SIGKILL each process group: the child of a dead worker (parent-death signal aside) and its grandchildren."""
+    own = os.getpgrp()
+    for pgid in pgids:
+        if pgid <= 1 or pgid == own:  # never init's group or our own, whatever a row says
+            continue
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass  # gone already, or another user's process that reuses the number
 
 
 def _release_orphaned_studies(s: Session, stale: datetime) -> None:
@@ -356,14 +389,14 @@ def list_studies(s: Session) -> pd.DataFrame:
 
     query = (
         select(Study.id, Study.name, Model.name.label("model"), Study.created_at, Study.finished_at,
-               Study.cancelled, func.count(Job.id).label("cells"), count(FINAL_STATUSES).label("done"),
-               count(("ok",)).label("ok"), count(FAILED_STATUSES).label("failed"),
+               Study.cancelled, Study.created_by, func.count(Job.id).label("cells"),
+               count(FINAL_STATUSES).label("done"), count(("ok",)).label("ok"), count(FAILED_STATUSES).label("failed"),
                count(SKIPPED_STATUSES).label("skipped"))
         .join(Model, Model.id == Study.model_id).outerjoin(Job, Job.study_id == Study.id)
         .group_by(Study.id, Model.name).order_by(Study.id.desc())
     )
-    columns = ["id", "name", "model", "created_at", "finished_at", "cancelled", "cells", "done", "ok", "failed",
-               "skipped"]
+    columns = ["id", "name", "model", "created_at", "finished_at", "cancelled", "created_by", "cells", "done", "ok",
+               "failed", "skipped"]
     frame = pd.DataFrame(s.execute(query).mappings().all(), columns=columns)
     # work that runs: n/a and unavailable cells are rows, never work done
     frame["runnable"] = frame["cells"] - frame["skipped"]
@@ -502,10 +535,25 @@ def has_open_jobs(s: Session, study_id: int | None = None, worker_id: str | None
 def list_models(s: Session) -> pd.DataFrame:
     studies = func.count(Study.id)
     query = (select(Model.id, Model.name, Model.format, Model.size_bytes, Model.sha256, Model.created_at,
-                    studies.label("studies"))
+                    Model.created_by, studies.label("studies"))
              .outerjoin(Study, Study.model_id == Model.id).group_by(Model.id).order_by(Model.id.desc()))
     return pd.DataFrame(s.execute(query).mappings().all(),
-                        columns=["id", "name", "format", "size_bytes", "sha256", "created_at", "studies"])
+                        columns=["id", "name", "format", "size_bytes", "sha256", "created_at", "created_by", "studies"])
+
+
+def upload_bytes(s: Session, user: str | None) -> int:
+    """Bytes of the models and data files `user` uploaded first (what counts against a shared server's quota)."""
+    if user is None:
+        return 0
+    models = s.scalar(select(func.coalesce(func.sum(Model.size_bytes), 0)).where(Model.created_by == user))
+    data = s.scalar(select(func.coalesce(func.sum(Dataset.size_bytes), 0)).where(Dataset.created_by == user))
+    return int(models or 0) + int(data or 0)
+
+
+def open_studies(s: Session, user: str | None) -> int:
+    """Studies `user` submitted that are neither finished nor cancelled."""
+    return int(s.scalar(select(func.count()).select_from(Study).where(
+        Study.created_by == user, Study.finished_at.is_(None), Study.cancelled.is_(False))) or 0)
 
 
 def get_model(s: Session, model_id: int) -> Model | None:

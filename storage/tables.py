@@ -58,6 +58,11 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+# SQLite hands a deleted row's id to the next row without AUTOINCREMENT: a link, a report or a log naming
+# study 7 would name another study once 7 is deleted (PostgreSQL sequences never reuse ids).
+_NEVER_REUSE_IDS: dict[str, Any] = {"sqlite_autoincrement": True}
+
+
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
     type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSON, list[Any]: JSON}
@@ -67,12 +72,15 @@ class Model(Base):
     """An uploaded model, stored once by the sha256 of its bytes."""
 
     __tablename__ = "models"
+    __table_args__ = _NEVER_REUSE_IDS
     id: Mapped[int] = mapped_column(primary_key=True)
     sha256: Mapped[str] = mapped_column(String(64), unique=True)
     name: Mapped[str] = mapped_column(String(255))
     format: Mapped[str] = mapped_column(String(32))
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     artifact: Mapped[dict[str, Any]] = mapped_column(JSON)  # engine.artifacts.Artifact.to_json()
+    # The signed-in person who created it on a shared server (their e-mail); None on one's own machine.
+    created_by: Mapped[str | None] = mapped_column(String(255), index=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -80,10 +88,13 @@ class Dataset(Base):
     """An uploaded .npz of sample / calibration / evaluation inputs."""
 
     __tablename__ = "datasets"
+    __table_args__ = _NEVER_REUSE_IDS
     id: Mapped[int] = mapped_column(primary_key=True)
     sha256: Mapped[str] = mapped_column(String(64), unique=True)
     name: Mapped[str] = mapped_column(String(255))
     size_bytes: Mapped[int] = mapped_column(BigInteger)
+    # The signed-in person who created it on a shared server (their e-mail); None on one's own machine.
+    created_by: Mapped[str | None] = mapped_column(String(255), index=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -91,6 +102,7 @@ class Variant(Base):
     """A built variant file, cached by (model, chain, target format)."""
 
     __tablename__ = "variants"
+    __table_args__ = _NEVER_REUSE_IDS
     id: Mapped[int] = mapped_column(primary_key=True)
     model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"), index=True)
     chain: Mapped[str] = mapped_column(String(500))
@@ -114,6 +126,7 @@ class Study(Base):
     """One model, its variants × runtimes × batch sizes, and how to measure them."""
 
     __tablename__ = "studies"
+    __table_args__ = _NEVER_REUSE_IDS
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(255))
     model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="RESTRICT"), index=True)
@@ -127,6 +140,8 @@ class Study(Base):
     # The worker id of the process that runs this study alone (`bench`); general workers leave its jobs be.
     # Indexed: every claim asks which studies are owned, and owned ones are few.
     owner: Mapped[str | None] = mapped_column(String(64), index=True)
+    # The signed-in person who created it on a shared server (their e-mail); None on one's own machine.
+    created_by: Mapped[str | None] = mapped_column(String(255), index=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column()
 
@@ -139,7 +154,7 @@ class Job(Base):
     """One cell of a study, queued for a worker; its status tells how it ended."""
 
     __tablename__ = "jobs"
-    __table_args__ = (Index("ix_jobs_status_id", "status", "id"),)
+    __table_args__ = (Index("ix_jobs_status_id", "status", "id"), _NEVER_REUSE_IDS)
     id: Mapped[int] = mapped_column(primary_key=True)
     study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), index=True)
     cell: Mapped[int] = mapped_column(Integer)
@@ -151,6 +166,9 @@ class Job(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     worker_id: Mapped[str | None] = mapped_column(String(64))
     lease_expires_at: Mapped[datetime | None] = mapped_column()
+    # The process group running the job now (its child's, a session of its own), on its worker's host: the
+    # worker that requeues the job after a lost lease kills that group first, grandchildren included.
+    pgid: Mapped[int | None] = mapped_column(Integer)
     phase: Mapped[str | None] = mapped_column(String(64))
     fraction: Mapped[float | None] = mapped_column(Float)
     error_type: Mapped[str | None] = mapped_column(String(200))
@@ -169,6 +187,7 @@ class Result(Base):
     """Everything measured for one job, written in the same transaction as the job's final status."""
 
     __tablename__ = "results"
+    __table_args__ = _NEVER_REUSE_IDS
     id: Mapped[int] = mapped_column(primary_key=True)
     job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), unique=True)
     study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), index=True)

@@ -24,6 +24,8 @@ from engine.paths import child_env, sub_dir
 
 # Seconds between SIGTERM and SIGKILL when a child must stop.
 GRACE_S = 5.0
+# Scratch folders under data/tmp/: job-<pid of the process that made it>-<random>.
+SCRATCH_PREFIX = "job-"
 _ROOT = Path(__file__).resolve().parents[2]
 
 ProgressFn = Callable[[str, float], None]
@@ -118,8 +120,9 @@ def run_child(task: str, payload: dict[str, Any], timeout_s: float, log_path: Pa
     """
     log_path.parent.mkdir(parents=True, exist_ok=True)
     # libraries that drop temp files in the working directory (ONNX Runtime's shape inference does)
-    # write them into a scratch folder inside the data folder, removed afterwards
-    scratch = Path(tempfile.mkdtemp(prefix="job-", dir=sub_dir("tmp")))
+    # write them into a scratch folder inside the data folder, removed afterwards; named with this pid, so
+    # a worker that starts after a kill -9 knows it is stale (engine.worker.remove_stale_scratch)
+    scratch = Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-", dir=sub_dir("tmp")))
     read_fd, write_fd = os.pipe()
     env = child_env(_ROOT)
     start = time.monotonic()
@@ -131,9 +134,9 @@ def run_child(task: str, payload: dict[str, Any], timeout_s: float, log_path: Pa
             env=env, cwd=str(scratch),
         )
     os.close(write_fd)
-    on_spawn(process.pid)
     outcome: Outcome | None = None
     try:
+        on_spawn(process.pid)  # inside the try: a stop that lands in it still stops the child
         assert process.stdin is not None
         try:
             process.stdin.write(json.dumps(payload).encode())

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -66,3 +68,28 @@ class SlowRuntime(OnnxRuntimeCpu):
         _note_pid()
         time.sleep(float(os.environ.get("PARETOSCOPE_TEST_SLOW_S", "3")))
         return super().load(variant)
+
+
+# A grandchild that ignores the polite signals and outlives its parent: only a SIGKILL of its group ends it.
+_STUBBORN = ("import signal, time\n"
+             "for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT): signal.signal(sig, signal.SIG_IGN)\n"
+             "time.sleep(3600)")
+
+
+@register
+class OrphanRuntime(OnnxRuntimeCpu):
+    id = "test-orphan"
+    summary = "test only: the first load starts a stubborn grandchild and hangs; later loads run ONNX Runtime"
+
+    def load(self, variant: Any) -> Session:
+        from engine.paths import sub_dir
+
+        first = sub_dir("test-state") / "orphan-hung"
+        if first.exists():
+            return super().load(variant)
+        first.touch()
+        grandchild = subprocess.Popen([sys.executable, "-c", _STUBBORN])  # same process group as this child
+        Path(sub_dir("test-pids") / str(grandchild.pid)).touch()
+        _note_pid()
+        time.sleep(3600)
+        raise AssertionError("unreachable")

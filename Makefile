@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PORT ?= 8501
 
-.PHONY: install run dev test lint typecheck bench-overhead bench-speedups clean
+.PHONY: install run run-shared dev test lint typecheck bench-overhead bench-speedups clean
 
 install: $(STAMP)
 
@@ -23,6 +23,12 @@ run: install
 	# the worker starts with the app, not on the first page visit: the demo runs while the browser opens
 	$(BIN)/python -m engine worker --background
 	$(BIN)/streamlit run app.py --server.port $(PORT)
+
+run-shared: install
+	# a team's server: sign-in (needs [auth] in .streamlit/secrets.toml), owners, bounds, audit; see README
+	PARETOSCOPE_SHARED=1 $(BIN)/python -m engine worker --background
+	PARETOSCOPE_SHARED=1 $(BIN)/streamlit run app.py --server.port $(PORT) --server.address 0.0.0.0 \
+		--client.showErrorDetails none
 
 dev: install
 	# for working on the dashboard: rerun pages when their files change (off in the shipped configuration)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import streamlit as st
 
+from engine import shared
 from engine.paths import data_dir
 from engine.worker import local_worker_starting
 from pages import common
@@ -17,6 +18,7 @@ st.set_page_config(page_title="Paretoscope", page_icon=str(Path(__file__).parent
                    layout="wide")
 
 
+common.require_sign_in()
 common.ensure_worker()
 st.session_state[common.APP_RAN] = True
 
@@ -36,6 +38,10 @@ with st.sidebar:
                    icon=":material/pause_circle:")
     if queued:
         st.caption("Jobs are queued or running.")
-    st.caption(f"Data folder: `{data_dir()}`")
+    if shared.enabled():  # the server's paths are not a visitor's business
+        st.caption(f"Signed in as {common.current_user()}")
+        st.button("Sign out", on_click=st.logout, key="sign_out")
+    else:
+        st.caption(f"Data folder: `{data_dir()}`")
 
 navigation.run()

@@ -47,7 +47,7 @@ def _add_bench(sub: Any) -> None:
 
 
 def cmd_bench(args: argparse.Namespace, out: TextIO) -> int:
-    from engine import plan
+    from engine import plan, shared
     from engine.inspection import check_data, inspect_model
     from engine.measure.latency import MeasureSettings
     from engine.runtimes import parse_runtime_options
@@ -92,7 +92,7 @@ def cmd_bench(args: argparse.Namespace, out: TextIO) -> int:
     # The study is this process's: a dashboard's worker sharing the database must not run (and so hide) its cells.
     owner = None if args.submit else new_worker_id()
     study_id, cells = submit_study(model, variants, runtimes, batch_sizes, settings, name=args.name,
-                                   model_name=label, data_path=data_path, owner=owner)
+                                   model_name=label, data_path=data_path, owner=owner, created_by=shared.cli_user())
     if owner is None:
         queued = sum(c.runnable for c in cells)
         print(f"queued {queued} of {len(cells)} cells; run them with: python -m engine worker", file=out)

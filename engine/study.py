@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from engine import shared
 from engine.artifacts import Artifact
 from engine.errors import UserError
 from engine.optimizations.base import Chain
@@ -51,28 +52,38 @@ def study_dir(study_id: int) -> Path:
 
 def submit_study(model: Artifact, variants: list[Chain], runtimes: list[str], batch_sizes: list[int],
                  settings: StudySettings, *, name: str | None = None, model_name: str | None = None,
-                 data_path: str | None = None, owner: str | None = None) -> tuple[int, list[Cell]]:
+                 data_path: str | None = None, owner: str | None = None,
+                 created_by: str | None = None) -> tuple[int, list[Cell]]:
     """Store the study and queue its runnable cells; n/a and unavailable cells are final rows at once.
 
-    With an `owner` (a worker id) only the worker of that id runs the cells until release_study."""
+    With an `owner` (a worker id) only the worker of that id runs the cells until release_study.
+    `created_by` is the signed-in person on a shared server, who alone (with the admins) may delete it;
+    there the server's bounds on settings and on unfinished studies per person are checked here."""
     from storage import blobs
     from storage import queries as q
     from storage.db import session
 
+    shared.refuse_code_format(model.format, model.path.name)
     check_runtime_options(settings.runtime_options)
     cells = expand(model.format, model.spec, variants, runtimes, batch_sizes)
+    shared.check_study(settings, batch_sizes, sum(c.runnable for c in cells))
     with session() as s:
-        model_row = q.get_or_create_model(s, model.to_json(), model_name or model.path.name)
+        if shared.enabled():
+            shared.check_open_studies(q.open_studies(s, created_by))
+        model_row = q.get_or_create_model(s, model.to_json(), model_name or model.path.name, created_by=created_by)
         dataset = None
         if data_path:
             sha = blobs.put_file(data_path)
-            dataset = q.get_or_create_dataset(s, sha, Path(data_path).name, Path(data_path).stat().st_size)
+            dataset = q.get_or_create_dataset(s, sha, Path(data_path).name, Path(data_path).stat().st_size,
+                                              created_by=created_by)
         study = q.create_study(
             s, name=name or f"{model_row.name} ({', '.join(runtimes)})", model=model_row, dataset=dataset,
             variants=[c.name for c in variants], runtimes=runtimes, batch_sizes=batch_sizes,
-            settings=settings.to_json(), cells=[c.to_json() for c in cells], owner=owner,
+            settings=settings.to_json(), cells=[c.to_json() for c in cells], owner=owner, created_by=created_by,
         )
         study_id = study.id
+    shared.audit("submit-study", created_by, study_id=study_id, model_id=model_row.id, cells=len(cells),
+                 runnable=sum(c.runnable for c in cells))
     return study_id, cells
 
 
@@ -99,7 +110,7 @@ DEMO_RUNTIMES = ("torch", "onnxruntime", "openvino")
 DEMO_BATCH_SIZES = (1, 32)
 
 
-def submit_demo_study(artifact: Artifact, data_path: str) -> int:
+def submit_demo_study(artifact: Artifact, data_path: str, created_by: str | None = None) -> int:
     """Queue the demo study (the Home page's button and `python -m engine demo`): every CPU runtime at batch
     1 and 32, settings short enough that results appear within about a minute and a half on 2 cores."""
     from engine.measure.latency import MeasureSettings
@@ -111,18 +122,26 @@ def submit_demo_study(artifact: Artifact, data_path: str) -> int:
                              threads=default_threads(), timeout_s=300)
     study_id, _ = submit_study(artifact, [parse_chain(v) for v in DEMO_VARIANTS],
                                [r for r in DEMO_RUNTIMES if r in available], list(DEMO_BATCH_SIZES), settings,
-                               name="Demo: digits CNN", model_name="demo digits CNN", data_path=data_path)
+                               name="Demo: digits CNN", model_name="demo digits CNN", data_path=data_path,
+                               created_by=created_by)
     return study_id
 
 
-def delete_study(study_id: int) -> None:
-    """Delete a study's rows, its folder (reference outputs, logs) and the blobs no other row uses."""
+def delete_study(study_id: int, user: str | None = None) -> None:
+    """Delete a study's rows, its folder (reference outputs, logs) and the blobs no other row uses.
+
+    On a shared server only its creator or an admin (`user`) may."""
     from storage import blobs
     from storage import queries as q
     from storage.db import session
 
     referenced: set[str] = set()
     with session() as s:
+        study = q.get_study(s, study_id)
+        if study is None:
+            raise UserError(f"there is no study #{study_id} (deleted already?); pick one the Results page lists")
+        if not shared.may_change(user, study.created_by):
+            raise UserError(f"only {study.created_by or 'its creator'} or an admin may delete study #{study_id}")
         running = q.has_running_jobs(s, study_id)
         if running:  # a worker is measuring one of its cells: deleting the rows under it would break that worker
             q.cancel_study(s, study_id)
@@ -134,6 +153,7 @@ def delete_study(study_id: int) -> None:
                         "cell has stopped (a few seconds)")
     blobs.collect_garbage(referenced)
     blobs.remove_tree(study_dir(study_id))
+    shared.audit("delete-study", user, study_id=study_id)
 
 
 def rerun_noisy_cells(study_id: int) -> int:

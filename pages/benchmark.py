@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 import pandas as pd
 import streamlit as st
 
+from engine import shared
 from engine.artifacts import Artifact
 from engine.errors import UserError
 from engine.measure.latency import MeasureSettings
@@ -96,9 +97,14 @@ watching = st.session_state.get("watch_study")
 if watching is not None:
     st.subheader(f"Study #{watching} is running")
     c1, c2, c3 = st.columns([1, 1, 3])
-    if c1.button("Cancel study", type="secondary"):
+    with session(write=False) as s:
+        watched = q.get_study(s, int(watching))
+        owner = watched.created_by if watched is not None else None
+    if c1.button("Cancel study", type="secondary", disabled=not common.may_change(owner),
+                 help=None if common.may_change(owner) else f"only {owner} or an admin may cancel it"):
         with session() as s:
             q.cancel_study(s, int(watching))
+        shared.audit("cancel-study", common.current_user(), study_id=int(watching))
         common.clear()
     if c2.button("Set up another study", key="leave_watch"):
         st.session_state.pop("watch_study", None)
@@ -151,13 +157,24 @@ with right:
         if not r["available"]:
             st.caption(f"~~{r['id']}~~ unavailable: {r['reason']}")
 
+# every bound is also checked where the study is stored: a crafted request cannot pass them either
+bounds = shared.limits() or shared.Limits(timeout_s=86_400.0, iterations=1_000_000, min_seconds=3_600.0)
+
+
+def bounded(value: float, high: float) -> float:
+    return min(max(value, 0.0), high)
+
+
 c1, c2, c3, c4, c5 = st.columns(5)
 batches_text = c1.text_input("Batch sizes", value=",".join(from_url("batch_sizes", ["1", "8"])))
-threads = c2.number_input("Threads", min_value=1, max_value=256, value=default_threads())
-iterations = c3.number_input("Min iterations", min_value=1, value=max(1, int(number_from_url("iterations", 50))))
-min_seconds = c4.number_input("Min seconds", min_value=0.0, value=max(0.0, number_from_url("min_seconds", 2.0)),
-                                 step=0.5)
-timeout = c5.number_input("Time limit per cell (s)", min_value=10, value=600, step=30)
+threads = c2.number_input("Threads", min_value=1, max_value=bounds.threads,
+                          value=min(default_threads(), bounds.threads))
+iterations = c3.number_input("Min iterations", min_value=1, max_value=bounds.iterations,
+                             value=int(bounded(max(1, int(number_from_url("iterations", 50))), bounds.iterations)))
+min_seconds = c4.number_input("Min seconds", min_value=0.0, max_value=float(bounds.min_seconds),
+                              value=bounded(number_from_url("min_seconds", 2.0), bounds.min_seconds), step=0.5)
+timeout = c5.number_input("Time limit per cell (s)", min_value=10, max_value=int(bounds.timeout_s),
+                          value=int(min(600, bounds.timeout_s)), step=30)
 
 datasets = common.datasets(common.url())
 dataset_choice = st.selectbox("Data (.npz, from the Models page)", [None, *list(datasets["id"])],
@@ -213,8 +230,13 @@ if st.button("Submit study", type="primary", disabled=runnable == 0):
                                                      min_seconds=float(min_seconds)),
                              threads=int(threads), timeout_s=float(timeout), memory_limit_mb=default_memory_limit_mb(),
                              runtime_options=runtime_options)
-    study_id, _ = submit_study(artifact, unique, picked, batch_sizes, settings, name=name or None,
-                               model_name=str(models.set_index("id").loc[model_id, "name"]), data_path=data_path)
+    try:
+        study_id, _ = submit_study(artifact, unique, picked, batch_sizes, settings, name=name or None,
+                                   model_name=str(models.set_index("id").loc[model_id, "name"]), data_path=data_path,
+                                   created_by=common.current_user())
+    except UserError as exc:  # past a shared server's bounds, or its open-study cap
+        st.error(f"error: {exc}")
+        st.stop()
     common.clear()
     st.session_state["watch_study"] = study_id
     st.session_state.pop("finished_study", None)

@@ -10,6 +10,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
+from engine import shared
 from engine.paths import sub_dir
 from storage import queries as q
 from storage.db import database_url, session
@@ -47,6 +48,46 @@ def navigation(position: str = "sidebar") -> Any:
                           for i, (file, title, icon) in enumerate(PAGES)], position=position)  # type: ignore[arg-type]
 
 
+def current_user() -> str | None:
+    """The signed-in person in shared mode (their e-mail, else the provider's subject); None on one's own machine."""
+    if not shared.enabled() or not st.user.is_logged_in:
+        return None
+    return str(st.user.get("email") or st.user.get("sub"))
+
+
+def _auth_configured() -> bool:
+    from streamlit.errors import StreamlitSecretNotFoundError
+
+    try:
+        return "auth" in st.secrets
+    except (StreamlitSecretNotFoundError, FileNotFoundError):  # no secrets file at all
+        return False
+
+
+def require_sign_in() -> None:
+    """In shared mode nothing shows before sign-in (Streamlit's OIDC `st.login`, configured in secrets.toml)."""
+    if not shared.enabled():
+        return
+    st.set_option("client.showErrorDetails", "none")  # a visitor never sees a traceback or a server path
+    # the page list stays hidden too (on a fresh server Streamlit would list pages/ in the sidebar)
+    navigation(position="hidden")
+    if not _auth_configured():
+        st.error("This server runs in shared mode (PARETOSCOPE_SHARED=1) but sign-in is not configured: add an "
+                 "[auth] section to .streamlit/secrets.toml (README, Shared server).", icon=":material/lock:")
+        st.stop()
+    if not st.user.is_logged_in:
+        st.title("Paretoscope")
+        st.info("This Paretoscope server is shared: sign in to upload models and run studies.",
+                icon=":material/lock:")
+        st.button("Sign in", type="primary", on_click=st.login)
+        st.stop()
+
+
+def may_change(owner: str | None) -> bool:
+    """Whether this session's person may delete or cancel what `owner` created (the owner or an admin)."""
+    return shared.may_change(current_user(), owner)
+
+
 def start_page() -> None:
     """Every page's first line. Until some session of a fresh server has run app.py, Streamlit runs a page
     opened by its URL through its legacy discovery of pages/ (file names for titles, no app.py). Such a run
@@ -55,6 +96,7 @@ def start_page() -> None:
         st.session_state[APP_RAN] = True  # once: never a rerun loop
         navigation(position="hidden")
         st.rerun()
+    require_sign_in()
     ensure_worker()
 
 
@@ -91,7 +133,10 @@ def results(db_url: str, study_id: int) -> tuple[pd.DataFrame, dict[str, Any]]:
     with session(write=False) as s:
         full = q.results_json(s, study_id)
     # a note every cell carries (an exporter's fallback) is said once above the table, not on each row
-    return tables.results_table(full, without=tables.shared_notes(full))[tables.FRAME_COLUMNS], full
+    frame = tables.results_table(full, without=tables.shared_notes(full))[tables.FRAME_COLUMNS]
+    if shared.enabled():  # no server path in what a visitor reads
+        frame["error"] = frame["error"].map(lambda e: shared.visible_error(e) if isinstance(e, str) else e)
+    return frame, full
 
 
 @st.cache_data(ttl=30, show_spinner=False)
@@ -152,7 +197,7 @@ def show_state(row: Any) -> None:
     errors = study_errors(url(), study_id)
     headline = (f"Study #{study_id} failed: every cell that ran failed ({row['failed']})." if state == "failed"
                 else f"Study #{study_id} finished with failures: {row['ok']} ok, {row['failed']} failed.")
-    lines = [f"- **{n} × {status}**: {error[:400]}" for status, error, n in
+    lines = [f"- **{n} × {status}**: {shared.visible_error(str(error))[:400]}" for status, error, n in
              zip(errors["status"], errors["error"], errors["count"], strict=True)]
     (st.error if state == "failed" else st.warning)("\n".join([headline, *lines[:5]]), icon=":material/error:")
 

@@ -29,7 +29,14 @@ if st.button("Run the demo", type="primary" if studies.empty else "secondary",
     if outcome.status != "ok" or outcome.result is None:
         st.error(f"The demo could not be built: {outcome.error}")
     else:
-        study_id = submit_demo_study(Artifact.from_json(outcome.result["artifact"]), outcome.result["data"])
+        from engine.errors import UserError
+
+        try:
+            study_id = submit_demo_study(Artifact.from_json(outcome.result["artifact"]), outcome.result["data"],
+                                         created_by=common.current_user())
+        except UserError as exc:  # a shared server's cap on unfinished studies per person
+            st.error(f"error: {exc}")
+            st.stop()
         common.clear()
         st.session_state["watch_study"] = study_id
         st.switch_page("pages/benchmark.py")

@@ -6,6 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from engine.artifacts import Artifact
+from engine import shared
 from engine.errors import UserError
 from engine.inspection import check_data, inspect_model, respec_model
 from engine.specs import range_label
@@ -28,23 +29,45 @@ with st.form("upload", clear_on_submit=True):
     seq_len = c2.number_input("Sequence length (text models)", min_value=0, value=0, step=1,
                               help="0 keeps the default (128, or the model's maximum)")
     submitted = st.form_submit_button("Upload and inspect", type="primary")
-if submitted and upload is not None:
-    staged = common.stage_upload(upload.name, upload.getvalue())
+user = common.current_user()
+if shared.enabled():
+    bounds = shared.limits()
+    with session(write=False) as s:
+        used = q.upload_bytes(s, user)
+    st.caption(f"Shared server: TorchScript and .pt2 files are refused (loading them runs the uploader's code); "
+               f"export to ONNX. Your uploads use {used / 2**20:.1f} of {bounds.upload_quota_mb:g} MB."
+               if bounds else "")
+
+
+def upload_model(name: str, data: bytes, spec: str | None, seq: int | None) -> None:
+    """Inspect an uploaded model in a limited child and store it; every outcome leaves an audit line."""
     inspected = None
+    staged = None
     try:
-        with st.spinner(f"Inspecting {upload.name}..."):
+        with session(write=False) as s:
+            shared.check_quota(q.upload_bytes(s, user), len(data))
+        staged = common.stage_upload(name, data)
+        with st.spinner(f"Inspecting {name}..."):
             # in a child with time and memory limits: a hostile or broken file never touches this process
-            inspected = inspect_model(staged, spec_text.strip() or None, int(seq_len) or None)
+            inspected = inspect_model(staged, spec, seq)
     except UserError as exc:
-        st.error(f"error: {exc}")
+        shared.audit("upload-model", user, name=name, bytes=len(data), refused=str(exc))
+        st.error(f"error: {shared.visible_error(str(exc))}")
     finally:
-        common.drop_upload(staged)
+        if staged is not None:
+            common.drop_upload(staged)
     if inspected is not None:
         with session() as s:
-            model = q.get_or_create_model(s, inspected.to_json(), upload.name)
+            model = q.get_or_create_model(s, inspected.to_json(), name, created_by=user)
             st.session_state["model_id"] = model.id
+            shared.audit("upload-model", user, name=name, bytes=len(data), model_id=model.id,
+                         sha256=inspected.sha256, format=inspected.format)
         common.clear()
-        st.success(f"{upload.name}: {inspected.format} model stored (sha256 {inspected.sha256[:12]}…)")
+        st.success(f"{name}: {inspected.format} model stored (sha256 {inspected.sha256[:12]}…)")
+
+
+if submitted and upload is not None:
+    upload_model(upload.name, upload.getvalue(), spec_text.strip() or None, int(seq_len) or None)
 
 models = common.models(common.url())
 if models.empty:
@@ -63,6 +86,8 @@ model_id = st.selectbox("Model", ids, index=default,
 artifact = common.model_artifact(common.url(), int(model_id))
 if artifact is None:
     st.stop()
+owner = models.set_index("id").loc[model_id, "created_by"]
+allowed = common.may_change(owner)  # the uploader or an admin changes a model on a shared server
 info = artifact.get("info", {})
 spec = artifact["spec"]
 
@@ -97,7 +122,7 @@ with st.expander("Adjust the input spec"):
         new_spec = st.text_input("Input spec", value=";".join(
             f"{t['name']}:{t['dtype']}[{','.join(map(str, t['shape']))}]" for t in spec["inputs"]))
         new_seq = st.number_input("Sequence length", min_value=0, value=int(spec.get("seq_len") or 0), step=1)
-        if st.form_submit_button("Apply"):
+        if st.form_submit_button("Apply", disabled=not allowed):
             updated = None
             with st.spinner("Checking the new spec against the model..."):
                 try:
@@ -113,20 +138,23 @@ with st.expander("Adjust the input spec"):
                 st.rerun()
 
 with st.expander("Rename or delete"):
-    new_name = st.text_input("Name", value=str(models.set_index("id").loc[model_id, "name"]))
+    if not allowed:
+        st.caption(f"Only {owner or 'its uploader'} or an admin may rename or delete this model.")
+    new_name = st.text_input("Name", value=str(models.set_index("id").loc[model_id, "name"]), disabled=not allowed)
     c1, c2 = st.columns(2)
-    if c1.button("Rename"):
+    if c1.button("Rename", disabled=not allowed):
         with session() as s:
             q.rename_model(s, int(model_id), new_name)
         common.clear()
         st.rerun()
-    if c2.button("Delete", type="secondary"):
+    if c2.button("Delete", type="secondary", disabled=not allowed):
         try:
             with session() as s:
                 q.delete_model(s, int(model_id))
         except ValueError as exc:
             st.error(f"error: {exc}")
         else:
+            shared.audit("delete-model", user, model_id=int(model_id))
             common.clear()
             st.rerun()
 
@@ -138,18 +166,24 @@ with st.form("data_upload", clear_on_submit=True):
     if st.form_submit_button("Upload data") and data_file is not None:
         from engine.specs import InputSpec
 
-        staged = common.stage_upload(data_file.name, data_file.getvalue())
+        staged = None
         try:
+            with session(write=False) as s:
+                shared.check_quota(q.upload_bytes(s, user), data_file.size)
+            staged = common.stage_upload(data_file.name, data_file.getvalue())
             check_data(staged, InputSpec.from_json(spec))  # read in a limited child, never in this process
             sha = blobs.put_file(staged)
             with session() as s:
-                q.get_or_create_dataset(s, sha, data_file.name, staged.stat().st_size)
+                dataset = q.get_or_create_dataset(s, sha, data_file.name, staged.stat().st_size, created_by=user)
+                shared.audit("upload-data", user, name=data_file.name, bytes=data_file.size, dataset_id=dataset.id)
             common.clear()
             st.success(f"{data_file.name} stored; pick it on the Benchmark page.")
         except UserError as exc:
-            st.error(f"error: {exc}")
+            shared.audit("upload-data", user, name=data_file.name, bytes=data_file.size, refused=str(exc))
+            st.error(f"error: {shared.visible_error(str(exc))}")
         finally:
-            common.drop_upload(staged)
+            if staged is not None:
+                common.drop_upload(staged)
 datasets = common.datasets(common.url())
 if not datasets.empty:
     st.dataframe(datasets.assign(size=[common.mb(v) for v in datasets["size_bytes"]])[["id", "name", "size",

@@ -54,6 +54,8 @@ st.caption(f"Model **{study['model']['name']}** ({study['model']['format']}) · 
            f"{study['settings']['measure']['min_seconds']} s per cell · "
            + " · ".join(f"{n} {status}" for status, n in sorted(study["progress"].items())))
 common.show_state(studies[studies["id"] == study_id].iloc[0])
+owner = studies.set_index("id").loc[study_id, "created_by"]
+allowed = common.may_change(owner)  # its creator or an admin reruns or deletes it on a shared server
 downloads = st.container()  # filled once the recommendation's constraints are known
 
 shared = tables.shared_notes(full)
@@ -70,7 +72,7 @@ if len(noisy):
     st.warning(f"{len(noisy)} cell(s) measured noisy (their own samples spread widely, or other processes were "
                "busy): rerun them on an idle machine, with the dashboard closed or on another machine.",
                icon=":material/warning:")
-    if st.button(f"Rerun the {len(noisy)} noisy cell(s)", key="rerun_noisy"):
+    if st.button(f"Rerun the {len(noisy)} noisy cell(s)", key="rerun_noisy", disabled=not allowed):
         from engine.study import rerun_noisy_cells
 
         queued = rerun_noisy_cells(int(study_id))
@@ -81,13 +83,15 @@ if len(noisy):
 
 with st.expander("Delete this study"):
     st.caption("Removes its results, raw samples, reference outputs and logs; models and data files stay.")
-    if st.checkbox(f"Yes, delete study #{study_id}", key="confirm_delete") and st.button("Delete", type="primary"):
+    if not allowed:
+        st.caption(f"Only {owner or 'its creator'} or an admin may delete this study.")
+    if (st.checkbox(f"Yes, delete study #{study_id}", key="confirm_delete", disabled=not allowed)
+            and st.button("Delete", type="primary", disabled=not allowed)):
+        from engine.errors import UserError
         from engine.study import delete_study
 
-        from engine.errors import UserError
-
         try:
-            delete_study(int(study_id))
+            delete_study(int(study_id), user=common.current_user())
         except UserError as exc:
             common.clear()
             st.warning(str(exc))

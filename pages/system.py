@@ -8,6 +8,9 @@ import pandas as pd
 import psutil
 import streamlit as st
 
+from sqlalchemy import make_url
+
+from engine import shared
 from engine.measure.devices import cuda_devices
 from engine.measure.environment import cpu_model, library_versions
 from engine.paths import data_dir
@@ -54,9 +57,10 @@ else:
 
 st.subheader("Storage")
 report = common.size_report(str(data_dir()))
-url = database_url()
-st.markdown(f"Database: `{url if not url.startswith('sqlite') else url.removeprefix('sqlite:///')}` · data folder "
-            f"`{data_dir()}`")
+if not shared.enabled():  # a shared server's paths and database address are not a visitor's business
+    url = make_url(database_url())
+    where = url.database if url.drivername.startswith("sqlite") else url.render_as_string(hide_password=True)
+    st.markdown(f"Database: `{where}` · data folder `{data_dir()}`")
 st.dataframe(pd.DataFrame([
     {"what": "database", "MB": report.database_bytes / 2**20},
     {"what": f"blobs ({report.blob_count} files)", "MB": report.blobs_bytes / 2**20},

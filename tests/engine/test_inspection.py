@@ -86,3 +86,34 @@ def test_a_good_model_is_inspected_in_the_child_and_stored(mlp_onnx: Path, data_
     artifact = inspect_model(mlp_onnx)
     assert artifact.format == "onnx"
     assert artifact.path.is_relative_to(data_dir / "models") and artifact.path.is_file()
+
+
+def test_ctrl_c_during_intake_stops_the_cli_and_its_child(tmp_path: Path, data_dir: Path) -> None:
+    """Ctrl-C while a hanging model is inspected: the CLI exits 130 at once and its inspecting child is gone."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    model = _script(_Hang(), tmp_path / "hang.pt")
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PARETOSCOPE_DATA_DIR": str(data_dir), "PARETOSCOPE_INSPECT_TIMEOUT_S": "600"}
+    cli = subprocess.Popen([sys.executable, "-m", "engine", "bench", str(model), "--input-spec", "x:float32[B,4]",
+                            "--runtimes", "torchscript", "--variants", "baseline", *FAST], cwd=root, env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    children: list[psutil.Process] = []
+    deadline = time.monotonic() + 120  # the event waited for: the inspecting child exists (however slow the start)
+    while not children and time.monotonic() < deadline and cli.poll() is None:
+        children = [p for p in psutil.Process(cli.pid).children(recursive=True)
+                    if "engine.executors.child" in " ".join(p.cmdline())]
+        time.sleep(0.2)
+    assert children, "the inspecting child never started"
+    cli.send_signal(signal.SIGINT)
+    _out, err = cli.communicate(timeout=120)
+    assert cli.returncode == 130, err
+    assert err.strip().splitlines()[-1] == "error: interrupted"
+    _gone, alive = psutil.wait_procs(children, timeout=30)
+    assert not alive, f"the inspecting child outlived the CLI: {alive}"

@@ -1,5 +1,9 @@
 """Exceptions a user can act on; the CLI prints them as one `error: ...` line and exits 2."""
 
+from __future__ import annotations
+
+import errno
+
 
 class UserError(Exception):
     """Bad input from the user: the message says what is wrong and what to do."""
@@ -20,3 +24,11 @@ _OUT_OF_MEMORY = ("can't allocate memory", "std::bad_alloc", "Failed to allocate
 def is_out_of_memory(message: str) -> bool:
     """An error message that says an allocation failed (the memory limit, not the user's input)."""
     return any(m in message for m in _OUT_OF_MEMORY)
+
+
+def disk_full(exc: OSError, where: str) -> UserError | None:
+    """A full disk or quota as one line that says what to do; None for any other OSError."""
+    if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+        return None
+    return UserError(f"the disk of {where} is full ({exc.strerror}): free space there (or ask the server's admin), "
+                     "then try again")

@@ -15,6 +15,10 @@ from engine.errors import UserError
 from engine.paths import sub_dir
 from engine.specs import InputSpec
 
+# How an OSError of a full disk or quota reads once it crossed the pipe from the child.
+_DISK_FULL = ("No space left on device", "Disk quota exceeded")
+
+
 def inspect_timeout_s() -> float:
     """The inspecting child's time limit: `PARETOSCOPE_INSPECT_TIMEOUT_S`, default 600 s."""
     return float(os.environ.get("PARETOSCOPE_INSPECT_TIMEOUT_S", 600))
@@ -38,6 +42,9 @@ def _in_child(task: str, payload: dict[str, Any], what: str) -> Any:
         return outcome.result
     if outcome.status == "failed" and outcome.error_type == "UserError":
         raise UserError(str(outcome.error))
+    if outcome.status == "failed" and any(m in str(outcome.error) for m in _DISK_FULL):
+        raise UserError(f"{what} stopped: the disk of the data folder is full; free space there (or ask the "
+                        "server's admin), then try again")
     if outcome.status == "oom":
         raise UserError(f"{what} passed the inspection's memory limit of {limit:.0f} MB "
                         "(PARETOSCOPE_INSPECT_MEMORY_MB): is the model or the file what you meant to upload?")

@@ -204,9 +204,18 @@ def show_state(row: Any) -> None:
 
 def stage_upload(name: str, data: bytes) -> Path:
     """Write uploaded bytes inside the data folder for a child process to inspect."""
+    from engine.errors import disk_full
+
     folder = sub_dir("uploads", uuid.uuid4().hex)
     target = folder / Path(name).name
-    target.write_bytes(data)
+    try:
+        target.write_bytes(data)
+    except OSError as exc:
+        shutil.rmtree(folder, ignore_errors=True)  # no partial upload left behind
+        full = disk_full(exc, "the data folder")
+        if full is None:
+            raise
+        raise full from exc
     return target
 
 

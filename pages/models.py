@@ -7,7 +7,7 @@ import streamlit as st
 
 from engine.artifacts import Artifact
 from engine import shared
-from engine.errors import UserError
+from engine.errors import UserError, disk_full
 from engine.inspection import check_data, inspect_model, respec_model
 from engine.specs import range_label
 from pages import common
@@ -172,7 +172,13 @@ with st.form("data_upload", clear_on_submit=True):
                 shared.check_quota(q.upload_bytes(s, user), data_file.size)
             staged = common.stage_upload(data_file.name, data_file.getvalue())
             check_data(staged, InputSpec.from_json(spec))  # read in a limited child, never in this process
-            sha = blobs.put_file(staged)
+            try:
+                sha = blobs.put_file(staged)
+            except OSError as exc:
+                full = disk_full(exc, "the data folder")
+                if full is None:
+                    raise
+                raise full from exc
             with session() as s:
                 dataset = q.get_or_create_dataset(s, sha, data_file.name, staged.stat().st_size, created_by=user)
                 shared.audit("upload-data", user, name=data_file.name, bytes=data_file.size, dataset_id=dataset.id)

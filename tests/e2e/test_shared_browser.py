@@ -151,14 +151,18 @@ def test_sign_in_then_delete_only_ones_own_study(shared_dashboard: str, mlp_onnx
 
 def test_shared_mode_without_sign_in_configured_says_what_to_do(tmp_path: Path, data_dir: Path) -> None:
     """No [auth] secrets: the server shows one line saying what to configure, and nothing else."""
+    import streamlit as st
     from streamlit.testing.v1 import AppTest
 
+    details = st.get_option("client.showErrorDetails")
     os.environ["PARETOSCOPE_SHARED"] = "1"
     try:
         app = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60)
         app.run()
+        assert st.get_option("client.showErrorDetails") == "none"  # a visitor never sees a traceback
     finally:
         del os.environ["PARETOSCOPE_SHARED"]
+        st.set_option("client.showErrorDetails", details)  # the option is the process's: other tests' apps
     assert not app.exception
     assert [e.value for e in app.error] and "sign-in is not configured" in app.error[0].value
     assert not app.title  # no page ran

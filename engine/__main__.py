@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import signal
 import sys
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -363,8 +365,16 @@ class LiveView:
             self.out.flush()
 
 
+def _honour_ctrl_c() -> None:
+    """Ctrl-C stops the command even when it inherited SIGINT ignored (a background job of a script, nohup'd
+    shells): Python then installs no handler of its own, and a hanging model's intake could not be interrupted."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
     out = out or sys.stdout
+    _honour_ctrl_c()
     parser = argparse.ArgumentParser(prog="python -m engine", description="Paretoscope: benchmark optimized "
                                      "variants of a model on every runtime, with accuracy.")
     sub = parser.add_subparsers(dest="command", required=True)

@@ -99,12 +99,15 @@ def test_ctrl_c_during_intake_stops_the_cli_and_its_child(tmp_path: Path, data_d
     import psutil
 
     model = _script(_Hang(), tmp_path / "hang.pt")
+    # started as a script's background job starts it: SIGINT ignored, which the CLI must undo (Python leaves an
+    # inherited "ignore" in place and installs no KeyboardInterrupt of its own)
+    ignore_sigint = lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)
     root = Path(__file__).resolve().parents[2]
     env = {**os.environ, "PARETOSCOPE_DATA_DIR": str(data_dir), "PARETOSCOPE_INSPECT_TIMEOUT_S": "600",
            "PYTHONFAULTHANDLER": "1"}  # a hung CLI prints its stacks on SIGABRT, for the failure message
     cli = subprocess.Popen([sys.executable, "-m", "engine", "bench", str(model), "--input-spec", "x:float32[B,4]",
                             "--runtimes", "torchscript", "--variants", "baseline", *FAST], cwd=root, env=env,
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=ignore_sigint)
     children: list[psutil.Process] = []
     # the event waited for: the inspecting child is in the model's endless forward (it has used CPU time of its
     # own), so the CLI is waiting on it, however slowly a loaded machine started either of them

@@ -38,6 +38,9 @@ def _add_bench(sub: Any) -> None:
     p.add_argument("--threads", type=int, default=None, help="threads for every runtime (default: all cores)")
     p.add_argument("--timeout", type=float, default=600.0, help="wall-clock limit per cell in seconds (default 600)")
     p.add_argument("--eval-samples", type=int, default=256, help="samples for fidelity and the task metric")
+    p.add_argument("--padding", type=float, default=0.0, metavar="FRACTION",
+                   help="fraction of each synthesized sequence that is trailing padding (attention mask 0, the "
+                        "pad id), for padded batches (default 0: no padding; a --data file is used as it is)")
     p.add_argument("--option", action="append", default=[], metavar="RUNTIME.KEY=VALUE",
                    help="a runtime option, e.g. onnxruntime.graph_optimization_level=basic (repeatable; "
                         "`python -m engine runtimes --options` lists them)")
@@ -79,6 +82,7 @@ def cmd_bench(args: argparse.Namespace, out: TextIO) -> int:
         timeout_s=args.timeout,
         eval_samples=args.eval_samples, runtime_options=parse_runtime_options(args.option),
         memory_limit_mb=plan.default_memory_limit_mb() if args.memory_limit is None else args.memory_limit,
+        padding=args.padding,
     )
     variants = plan.parse_variants(plan.split_variants(args.variants or ",".join(plan.DEFAULT_VARIANTS)))
     runtimes = plan.parse_runtimes(args.runtimes.split(",") if args.runtimes else None)
@@ -118,6 +122,9 @@ def cmd_bench(args: argparse.Namespace, out: TextIO) -> int:
     for row in rows:
         if row["cell"] not in view.printed:
             view.print_row(row)
+    for summary in dict.fromkeys(_inputs_summary(row) for row in rows):
+        if summary:
+            print(summary, file=out)  # the same for every cell: said once, not on each row
     counts = Counter(row["status"] for row in rows)
     ok, cancelled, left = counts["ok"], counts["cancelled"], counts[q.QUEUED] + counts[q.RUNNING]
     failed = sum(counts[s] for s in q.FAILED_STATUSES)
@@ -288,6 +295,11 @@ _COLUMNS = (("#", 3), ("variant", 22), ("runtime", 13), ("batch", 5), ("status",
             ("p99 ms", 9), ("items/s", 9), ("load s", 7), ("cosine", 7), ("top1", 6), ("note", 0))
 
 
+def _inputs_summary(row: dict[str, Any]) -> str | None:
+    made = row.get("inputs")
+    return made.get("summary") if isinstance(made, dict) else None
+
+
 def format_row(row: dict[str, Any]) -> str:
     lat = row.get("latency_ms") or {}
     acc = row.get("accuracy") or {}
@@ -298,7 +310,8 @@ def format_row(row: dict[str, Any]) -> str:
         return format(v, fmt) if isinstance(v, (int, float)) else "-"
 
     noisy = (row.get("noise") or {}).get("message")  # said first: it decides how far to trust the row
-    note = row.get("error") or "; ".join([*([noisy] if noisy else []), *(row.get("notes") or [])])
+    notes = [n for n in row.get("notes") or [] if n != _inputs_summary(row)]  # printed once after the rows
+    note = row.get("error") or "; ".join([*([noisy] if noisy else []), *notes])
     values = (str(row["cell"]), row["variant"], row["runtime"], str(row["batch_size"]), row["status"],
               num(lat.get("p50"), ".3f"), num(lat.get("p99"), ".3f"), num(row.get("throughput_per_s"), ".1f"),
               num(row.get("load_s"), ".2f"), num(fid.get("cosine"), ".4f"), num(task.get("value"), ".3f"), note)

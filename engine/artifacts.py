@@ -7,14 +7,23 @@ import json
 import shutil
 import tempfile
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from engine import safezip, shared
 from engine.errors import UserError
 from engine.paths import sub_dir
-from engine.specs import BATCH_AXIS, DEFAULT_INT_RANGE, DEFAULT_SEQ_LEN, InputSpec, TensorSpec
+from engine.specs import (
+    BATCH_AXIS,
+    DEFAULT_INT_RANGE,
+    DEFAULT_SEQ_LEN,
+    TOKEN_IDS,
+    InputSpec,
+    TensorSpec,
+    conservative_token_range,
+    guess_role,
+)
 
 # Model formats as stored; the "working" representation used by optimizations and runtimes is
 # "onnx" for ONNX models and "torch" (an nn.Module) for the other three.
@@ -383,7 +392,8 @@ def inspect_onnx(path: Path, label: str) -> tuple[InputSpec, dict[str, Any]]:
     for vi in graph.input:
         if vi.name in initializers:
             continue
-        inputs.append(_value_info_spec(vi, gather_ranges.get(vi.name), label))
+        inputs.append(_input_roles(_value_info_spec(vi, gather_ranges.get(vi.name), label),
+                                   gather_ranges.get(vi.name)))
     outputs = tuple(_value_info_spec(vi, None, label) for vi in graph.output)
     params = sum(int(_numel(t.dims)) for t in graph.initializer)
     info = {
@@ -477,6 +487,18 @@ def _value_info_spec(vi: Any, value_range: tuple[int, int] | None, label: str) -
     if value_range is None and dtype.startswith(("int", "uint")):
         value_range = (0, 2) if "mask" in vi.name.lower() or "type" in vi.name.lower() else DEFAULT_INT_RANGE
     return TensorSpec(vi.name, dtype, tuple(dims), value_range)
+
+
+def _input_roles(tensor: TensorSpec, table: tuple[int, int] | None) -> TensorSpec:
+    """The input with the role its name gives it; token ids that index an embedding `table` are bounded by it
+    and synthesized inside it without the ids a tokenizer likely reserves (the graph does not say which)."""
+    role = guess_role(tensor.name, tensor.dtype)
+    if role is None:
+        return tensor
+    if role == TOKEN_IDS and table is not None:
+        # an id outside the table fails in every runtime: uploaded data is checked against it
+        return replace(tensor, value_range=conservative_token_range(table[1]), bound=table, role=role)
+    return replace(tensor, role=role)
 
 
 def _gather_index_ranges(model: Any) -> dict[str, tuple[int, int]]:

@@ -12,7 +12,15 @@ import numpy as np
 
 from engine import safezip
 from engine.errors import UserError
-from engine.specs import DEFAULT_SEQ_LEN, InputSpec
+from engine.specs import (
+    ATTENTION_MASK,
+    DEFAULT_SEQ_LEN,
+    POSITIONS,
+    TOKEN_IDS,
+    TOKEN_TYPES,
+    InputSpec,
+    TensorSpec,
+)
 
 SPLITS = ("train", "calib", "eval")
 LABELS = "labels"
@@ -171,22 +179,124 @@ def _check_split(arrays: dict[str, np.ndarray], labels: np.ndarray | None, spec:
         raise UserError(f"{where}: labels has {rows} rows but the inputs have {count}; give one label per sample")
 
 
-def synthesize(spec: InputSpec, count: int, seed: int = DEFAULT_SEED) -> dict[str, np.ndarray]:
-    """`count` samples per input from a fixed seed: normal floats, integers inside their range."""
+def synthesize(spec: InputSpec, count: int, seed: int = DEFAULT_SEED, padding: float = 0.0) -> dict[str, np.ndarray]:
+    """`count` samples per input from a fixed seed, shaped like a tokenizer's output where the input has a role
+    (masks all ones, token types zeros, positions 0..S-1, token ids uniform over the ordinary ids); other
+    floats normal, other integers uniform inside their range.
+
+    `padding`: the fraction of each sequence's trailing positions that are padding (mask 0, the pad id).
+    """
+    check_padding(padding)
     rng = np.random.default_rng(seed)
     out: dict[str, np.ndarray] = {}
     for tensor in spec.inputs:
         # the first axis counts samples whether or not the model fixes its batch size
         per_sample = [d if isinstance(d, int) else (spec.seq_len or DEFAULT_SEQ_LEN) for d in tensor.shape[1:]]
-        shape = (count, *per_sample)
-        if tensor.value_range is not None:
-            low, high = tensor.value_range
-            out[tensor.name] = rng.integers(low, high, size=shape).astype(tensor.dtype)
-        elif tensor.dtype == "bool":
-            out[tensor.name] = rng.integers(0, 2, size=shape).astype(bool)
-        else:
-            out[tensor.name] = rng.standard_normal(size=shape).astype(np.float32).astype(_numpy_dtype(tensor.dtype))
+        out[tensor.name] = _values(tensor, (count, *per_sample), rng)
+    if padding:
+        for tensor in spec.inputs:
+            array = out[tensor.name]
+            pad = padded_positions(array.shape, padding)
+            if pad and tensor.role == ATTENTION_MASK:
+                array[..., -pad:] = 0
+            elif pad and tensor.role == TOKEN_IDS:
+                array[..., -pad:] = _pad_id(tensor)
     return out
+
+
+def _values(tensor: TensorSpec, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+    dtype = _numpy_dtype(tensor.dtype)
+    low, high = tensor.value_range or (0, 2)
+    if tensor.role == ATTENTION_MASK:
+        return np.ones(shape, dtype=dtype)
+    if tensor.role == TOKEN_TYPES:
+        return np.full(shape, low, dtype=dtype)
+    if tensor.role == POSITIONS:
+        steps = shape[-1] if len(shape) > 1 else 1
+        positions = np.minimum(np.arange(low, low + steps), high - 1)  # a table shorter than S repeats its last
+        return np.ascontiguousarray(np.broadcast_to(positions, shape), dtype=dtype)
+    if tensor.role == TOKEN_IDS and tensor.value_range is not None:
+        ordinary = _ordinary_ids(tensor.value_range, tensor.special_ids)
+        return ordinary[rng.integers(0, ordinary.size, size=shape)].astype(dtype)
+    if tensor.value_range is not None:
+        return rng.integers(low, high, size=shape).astype(dtype)
+    if tensor.dtype == "bool":
+        return rng.integers(0, 2, size=shape).astype(bool)
+    return rng.standard_normal(size=shape).astype(np.float32).astype(dtype)
+
+
+def _ordinary_ids(value_range: tuple[int, int], special_ids: tuple[int, ...]) -> np.ndarray:
+    """The token ids synthesized sequences draw from: the range without the special ids inside it."""
+    ids = np.arange(*value_range, dtype=np.int64)
+    kept = np.setdiff1d(ids, np.asarray(special_ids, dtype=np.int64), assume_unique=True)
+    return kept if kept.size else ids
+
+
+def _pad_id(tensor: TensorSpec) -> int:
+    return tensor.pad_id if tensor.pad_id is not None else 0  # BERT's [PAD]: the common case for an unknown one
+
+
+def check_padding(padding: float) -> None:
+    if not 0.0 <= padding < 1.0:  # NaN fails too
+        raise UserError(f"--padding must be a fraction in [0, 1), got {padding:g}")
+
+
+def padded_positions(shape: tuple[int, ...], padding: float) -> int:
+    """How many trailing positions of a sequence of shape[-1] are padding: round(padding·S), leaving at least
+    one token (a row of only padding would divide by a zero token count in most poolers and softmaxes)."""
+    if len(shape) < 2 or not padding:
+        return 0
+    return min(round(padding * shape[-1]), shape[-1] - 1)
+
+
+def attention_mask(spec: InputSpec, arrays: dict[str, np.ndarray]) -> np.ndarray | None:
+    """The [N, S] attention mask among the inputs (the first input whose role is a mask), or None."""
+    for tensor in spec.inputs:
+        if tensor.role == ATTENTION_MASK and tensor.name in arrays and arrays[tensor.name].ndim == 2:
+            return arrays[tensor.name]
+    return None
+
+
+def synthesis_summary(spec: InputSpec, padding: float = 0.0) -> str:
+    """What synthesize() makes of each input, as one sentence for a result's notes."""
+    seq = spec.seq_len or DEFAULT_SEQ_LEN
+    parts = []
+    for tensor in spec.inputs:
+        low, high = tensor.value_range or (0, 2)
+        if tensor.role == ATTENTION_MASK:
+            parts.append(f"{tensor.name} all ones")
+        elif tensor.role == TOKEN_TYPES:
+            parts.append(f"{tensor.name} {'zeros' if low == 0 else f'all {low}'}")
+        elif tensor.role == POSITIONS:
+            parts.append(f"{tensor.name} 0..S-1" if low == 0 else f"{tensor.name} {low}..{low}+S-1")
+        elif tensor.role == TOKEN_IDS and tensor.value_range is not None:
+            top = tensor.bound[1] if tensor.bound else high
+            without = " without special ids" if low > 0 or high < top or tensor.special_ids else ""
+            parts.append(f"{tensor.name} uniform in [{low}, {high}){without}")
+        elif tensor.value_range is not None:
+            parts.append(f"{tensor.name} uniform in [{low}, {high})")
+        elif tensor.dtype == "bool":
+            parts.append(f"{tensor.name} random booleans")
+        else:
+            parts.append(f"{tensor.name} normal(0, 1)")
+    text = "inputs synthesized: " + ", ".join(parts)
+    padded = [t for t in spec.inputs if t.role in (ATTENTION_MASK, TOKEN_IDS) and len(t.shape) >= 2]
+    if padded:
+        text += f", padding {padding:.0%}"
+    if padding and padded:
+        last = padded[0].shape[-1]
+        length = last if isinstance(last, int) else seq
+        what = [f"{t.name} 0" if t.role == ATTENTION_MASK else
+                f"{t.name} {_pad_id(t)}" + ("" if t.pad_id is not None else " (assumed pad id)") for t in padded]
+        text += f" (the last {padded_positions((1, length), padding)} of {length} positions: {', '.join(what)})"
+    elif padding:
+        text += f"; padding {padding:.0%} not applied: no attention mask or token ids to pad"
+    return text
+
+
+def roles(spec: InputSpec) -> dict[str, str]:
+    """The inputs whose role was recognised, by name."""
+    return {t.name: t.role for t in spec.inputs if t.role is not None}
 
 
 def conform(arrays: dict[str, np.ndarray], spec: InputSpec) -> dict[str, np.ndarray]:
@@ -206,24 +316,32 @@ def take_batch(arrays: dict[str, np.ndarray], start: int, batch_size: int) -> di
     return {name: np.ascontiguousarray(a[index]) for name, a in arrays.items()}
 
 
-def eval_set(dataset: Dataset | None, spec: InputSpec, limit: int) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
-    """Inputs (at most `limit` samples) and labels for fidelity and the task metric."""
-    if dataset is not None and dataset.has("eval"):
+def eval_set(dataset: Dataset | None, spec: InputSpec, limit: int,
+             padding: float = 0.0) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    """Inputs (at most `limit` samples) and labels for fidelity and the task metric; `padding` applies to
+    synthesized inputs only (a data file's masks are its own)."""
+    if dataset is not None and eval_from_data(dataset):
         arrays = dataset.split("eval")
         labels = dataset.split_labels("eval")
     else:
-        arrays, labels = synthesize(spec, min(limit, SYNTHETIC_EVAL)), None
+        arrays, labels = synthesize(spec, min(limit, SYNTHETIC_EVAL), padding=padding), None
     n = min(limit, _count(arrays))
     arrays = conform({k: v[:n] for k, v in arrays.items()}, spec)
     return arrays, (labels[:n] if labels is not None else None)
 
 
-def calib_set(dataset: Dataset | None, spec: InputSpec, limit: int) -> dict[str, np.ndarray]:
-    """Calibration inputs: the calib split, else the data's sample inputs, else synthesized."""
+def eval_from_data(dataset: Dataset | None) -> bool:
+    """Whether the evaluation (and timed) inputs come from the data file rather than synthesize()."""
+    return dataset is not None and dataset.has("eval")
+
+
+def calib_set(dataset: Dataset | None, spec: InputSpec, limit: int, padding: float = 0.0) -> dict[str, np.ndarray]:
+    """Calibration inputs: the calib split, else the data's sample inputs, else synthesized like the
+    evaluation set (another seed, the same padding)."""
     if dataset is not None:
         for name in ("calib", "", "train", "eval"):
             if name in dataset.splits:
                 arrays = dataset.splits[name]
                 n = min(limit, _count(arrays))
                 return conform({k: v[:n] for k, v in arrays.items()}, spec)
-    return conform(synthesize(spec, min(limit, SYNTHETIC_CALIB), seed=DEFAULT_SEED + 1), spec)
+    return conform(synthesize(spec, min(limit, SYNTHETIC_CALIB), seed=DEFAULT_SEED + 1, padding=padding), spec)

@@ -12,7 +12,17 @@ from typing import Any
 import numpy as np
 
 from engine.artifacts import ONNX, TORCHSCRIPT, Artifact
-from engine.data import Dataset, calib_set, eval_set, load_npz, take_batch
+from engine.data import (
+    Dataset,
+    attention_mask,
+    calib_set,
+    eval_from_data,
+    eval_set,
+    load_npz,
+    synthesis_summary,
+    take_batch,
+)
+from engine.data import roles as input_roles
 from engine.errors import Unavailable
 from engine.measure import accuracy, gpu, latency, memory, noise
 from engine.optimizations.base import Chain
@@ -52,7 +62,7 @@ def compute_reference(study_dir: Path, model: Artifact, data_path: str | None, s
     """fp32 outputs of the original model on the evaluation inputs, saved once for the whole study."""
     progress("reference outputs", 0.0)
     dataset = _dataset(model, data_path)
-    inputs, labels = eval_set(dataset, model.spec, settings.eval_samples)
+    inputs, labels = eval_set(dataset, model.spec, settings.eval_samples, settings.padding)
     runtime_id, options = ("onnxruntime", {"graph_optimization_level": "disable"}) if model.format == ONNX else (
         ("torchscript", {"freeze": False}) if model.format == TORCHSCRIPT else ("torch", {}))
     runtime = get(runtime_id)(RuntimeSettings(settings.threads, options))
@@ -67,7 +77,7 @@ def compute_reference(study_dir: Path, model: Artifact, data_path: str | None, s
     _write_reference(study_dir, payload)
     progress("reference outputs", 1.0)
     return {"runtime": runtime_id, "samples": int(next(iter(inputs.values())).shape[0]),
-            "synthetic": dataset is None or not dataset.has("eval"), "labels": labels is not None}
+            "synthetic": not eval_from_data(dataset), "labels": labels is not None}
 
 
 def _write_reference(study_dir: Path, arrays: dict[str, np.ndarray]) -> None:
@@ -93,6 +103,19 @@ def load_reference(study_dir: Path) -> tuple[dict[str, np.ndarray], list[np.ndar
     return inputs, outputs, labels
 
 
+def inputs_record(model: Artifact, dataset: Dataset | None, settings: StudySettings) -> dict[str, Any]:
+    """How the cell's timed and evaluation inputs were made (the results JSON's `inputs`), with a one-line
+    summary for its notes: every cell of a study shares it, so the results show it once above the table."""
+    roles = input_roles(model.spec)
+    if eval_from_data(dataset):
+        summary = "inputs from the data file's evaluation samples"
+        if settings.padding:
+            summary += f"; the padding setting ({settings.padding:.0%}) applies to synthesized inputs only"
+        return {"source": "data", "roles": roles, "padding": None, "summary": summary}
+    return {"source": "synthesized", "roles": roles, "padding": settings.padding,
+            "summary": synthesis_summary(model.spec, settings.padding)}
+
+
 def run_cell(study_dir: Path, model: Artifact, cell: Cell, settings: StudySettings, data_path: str | None,
              progress: Progress) -> dict[str, Any]:
     """Build the cell's variant, load it, time it and compare its outputs with the reference."""
@@ -110,7 +133,7 @@ def run_cell(study_dir: Path, model: Artifact, cell: Cell, settings: StudySettin
     gpu_device = str(options.get("device", DEFAULT_CUDA_DEVICE)) if runtime_cls.device == "cuda" else None
     ctx = BuildContext(
         model.spec, runtime_cls.device, gpu=gpu_device,
-        calibration_data=lambda n: calib_set(dataset, model.spec, n),
+        calibration_data=lambda n: calib_set(dataset, model.spec, n, settings.padding),
         calibration_source=calibration_source, progress=progress, dataset=dataset,
     )
     progress("building variant", 0.0)
@@ -149,8 +172,9 @@ def run_cell(study_dir: Path, model: Artifact, cell: Cell, settings: StudySettin
         applied = dict(session.applied)
     summary = latency.summarize(samples, cell.batch_size)
     verdict = noise.noise_verdict(samples, summary["latency_ms"]["p50_ci95"], machine_load, settings.threads)
-    fidelity = accuracy.fidelity(reference, outputs)
-    notes = list(dict.fromkeys(variant.notes))
+    fidelity = accuracy.fidelity(reference, outputs, attention_mask(model.spec, inputs))
+    made = inputs_record(model, dataset, settings)
+    notes = [made["summary"], *dict.fromkeys(variant.notes)]
     if variant.cached:
         notes.append("variant taken from the build cache")
     return {
@@ -162,6 +186,7 @@ def run_cell(study_dir: Path, model: Artifact, cell: Cell, settings: StudySettin
         "device_metrics": device,
         "model_size_mb": variant.size_bytes / 2**20,
         "accuracy": {"fidelity": fidelity, "task": accuracy.task_metric(outputs, labels)},
+        "inputs": made,
         "settings": {"threads": settings.threads, "device": runtime_cls.device, **applied,
                      "warmup": settings.measure.warmup, "min_iterations": settings.measure.iterations,
                      "min_seconds": settings.measure.min_seconds},

@@ -9,13 +9,26 @@ import inspect
 import json
 import os
 import pickle
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from engine.errors import UserError, is_out_of_memory
-from engine.specs import BATCH_AXIS, DEFAULT_INT_RANGE, INTEGER_DTYPES, InputSpec, TensorSpec
+from engine.specs import (
+    ATTENTION_MASK,
+    BATCH_AXIS,
+    DEFAULT_INT_RANGE,
+    INTEGER_DTYPES,
+    TOKEN_IDS,
+    TOKEN_TYPES,
+    InputSpec,
+    TensorSpec,
+    conservative_token_range,
+    guess_role,
+)
 
 # Hugging Face loading is local only: no hub access, no remote code.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -206,10 +219,87 @@ def parameter_count(module: torch.nn.Module) -> int:
     return sum(int(p.numel()) for p in module.parameters())
 
 
-def _tensor_spec(name: str, tensor: Any, dims: list[int | str]) -> TensorSpec:
+# An embedding lookup a program input feeds: the table's rows and its padding index (None: none).
+Table = tuple[int, int | None]
+
+
+def _tensor_spec(name: str, tensor: Any, dims: list[int | str], table: Table | None = None) -> TensorSpec:
+    """An input of a torch program, with its role; an integer input that indexes an embedding table takes
+    values inside it (token ids without the ids a tokenizer likely reserves: the program does not say which)."""
     dtype = numpy_dtype_name(tensor.dtype) if isinstance(tensor, torch.Tensor) else str(tensor)
-    value_range = DEFAULT_INT_RANGE if dtype in INTEGER_DTYPES else None
-    return TensorSpec(name, dtype, tuple(dims), value_range)
+    if dtype not in INTEGER_DTYPES:
+        return TensorSpec(name, dtype, tuple(dims), role=guess_role(name, dtype))
+    role = guess_role(name, dtype)
+    if table is None:
+        return TensorSpec(name, dtype, tuple(dims), DEFAULT_INT_RANGE, role=role)
+    rows, padding_idx = table
+    if role == TOKEN_IDS:
+        return TensorSpec(name, dtype, tuple(dims), conservative_token_range(rows), (0, rows), role=role,
+                          pad_id=padding_idx)
+    return TensorSpec(name, dtype, tuple(dims), (0, rows), (0, rows), role=role)
+
+
+# Ops an index may pass through between a program's input and its embedding lookup (casts, copies, views).
+_PASS_THROUGH_TS = {"aten::to", "aten::contiguous", "aten::view", "aten::reshape", "aten::clone", "aten::detach",
+                    "aten::long", "aten::int"}
+_PASS_THROUGH_EXPORT = {"_to_copy", "to", "clone", "view", "reshape", "contiguous", "detach", "alias"}
+
+
+def _torchscript_tables(module: Any) -> dict[int, Table]:
+    """The embedding table each input (by position after self) indexes in a TorchScript module's graph."""
+    graph = module.inlined_graph
+    inputs = [v.debugName() for v in list(graph.inputs())[1:]]
+    tables: dict[int, Table] = {}
+    for node in graph.nodes():
+        if node.kind() != "aten::embedding":
+            continue
+        weight = _torchscript_attribute(module, node.inputsAt(0))
+        index = node.inputsAt(1)
+        while index.node().kind() in _PASS_THROUGH_TS:
+            index = index.node().inputsAt(0)
+        if weight is None or index.debugName() not in inputs or weight.dim() != 2:
+            continue
+        padding = node.inputsAt(2).toIValue() if node.inputsAt(2).node().kind() == "prim::Constant" else None
+        _keep_smaller(tables, inputs.index(index.debugName()), (int(weight.shape[0]), padding))
+    return tables
+
+
+def _torchscript_attribute(module: Any, value: Any) -> torch.Tensor | None:
+    """The tensor a chain of prim::GetAttr nodes reads from the module (self.embeddings.word.weight)."""
+    names: list[str] = []
+    while value.node().kind() == "prim::GetAttr":
+        names.append(value.node().s("name"))
+        value = value.node().inputsAt(0)
+    target = module
+    for name in reversed(names):
+        target = getattr(target, name, None)
+    return target if names and isinstance(target, torch.Tensor) else None
+
+
+def _exported_tables(program: Any) -> dict[str, Table]:
+    """The embedding table each user input (by name) indexes in a torch.export program."""
+    tables: dict[str, Table] = {}
+    for node in program.graph.nodes:
+        if node.op != "call_function" or getattr(node.target, "__name__", "") != "embedding.default":
+            continue
+        weight, index = node.args[0], node.args[1]
+        while getattr(index, "op", None) == "call_function" and \
+                getattr(index.target, "__name__", "").split(".")[0] in _PASS_THROUGH_EXPORT:
+            index = index.args[0]
+        shape = getattr(getattr(weight, "meta", {}).get("val"), "shape", None)
+        if getattr(index, "op", None) != "placeholder" or shape is None or len(shape) != 2:
+            continue
+        padding = node.args[2] if len(node.args) > 2 and isinstance(node.args[2], int) else None
+        _keep_smaller(tables, index.name, (int(shape[0]), padding))
+    return tables
+
+
+def _keep_smaller(tables: dict[Any, Table], key: Any, table: Table) -> None:
+    rows, padding = table
+    padding = padding if padding is not None and 0 <= padding < rows else None
+    previous = tables.get(key)
+    if previous is None or rows < previous[0]:  # an index feeding two tables must fit the smaller
+        tables[key] = (rows, padding if previous is None or padding is not None else previous[1])
 
 
 def _inspect_torchscript(path: Path, label: str) -> Inspected:
@@ -217,8 +307,9 @@ def _inspect_torchscript(path: Path, label: str) -> Inspected:
     info: dict[str, Any] = {"parameters": parameter_count(module)}
     args = [a for a in module.forward.schema.arguments if a.name != "self"]
     graph_inputs = list(module.graph.inputs())[1:]
+    tables = _torchscript_tables(module)
     tensors = []
-    for arg, value in zip(args, graph_inputs, strict=False):
+    for position, (arg, value) in enumerate(zip(args, graph_inputs, strict=False)):
         ttype = value.type()
         sizes = ttype.sizes() if hasattr(ttype, "sizes") else None
         scalar = ttype.scalarType() if hasattr(ttype, "scalarType") else None
@@ -227,7 +318,7 @@ def _inspect_torchscript(path: Path, label: str) -> Inspected:
         dtype = numpy_dtype_name(getattr(torch, scalar.lower()) if scalar != "Float" else torch.float32)
         # Traced inputs record one concrete shape; the first axis is taken as the batch.
         dims: list[int | str] = [BATCH_AXIS, *sizes[1:]]
-        tensors.append(_tensor_spec(arg.name, dtype, dims))
+        tensors.append(_tensor_spec(arg.name, dtype, dims, tables.get(position)))
     if not tensors:
         return None, info, module.eval()
     return InputSpec(tuple(tensors)), info, module.eval()
@@ -238,6 +329,7 @@ def _inspect_exported(path: Path, label: str) -> Inspected:
     info: dict[str, Any] = {"parameters": sum(int(t.numel()) for t in program.state_dict.values())}
     names = list(program.graph_signature.user_inputs)
     placeholders = {n.name: n for n in program.graph.nodes if n.op == "placeholder"}
+    tables = _exported_tables(program)
     tensors = []
     for name in names:
         node = placeholders.get(name)
@@ -250,7 +342,7 @@ def _inspect_exported(path: Path, label: str) -> Inspected:
                 dims.append(BATCH_AXIS if i == 0 else str(d))
             else:
                 dims.append(int(d))
-        tensors.append(_tensor_spec(name, val, dims))
+        tensors.append(_tensor_spec(name, val, dims, tables.get(name)))
     if not tensors:
         return None, info, exported_module(program, label)
     return InputSpec(tuple(tensors)), info, exported_module(program, label)
@@ -269,14 +361,21 @@ def _inspect_hf(folder: Path, label: str) -> Inspected:
     vocab = int(config.get("vocab_size") or 0)
     if vocab <= 0:
         raise UserError(f"{label}: config.json has no vocab_size; it is needed to make valid token ids")
+    tokens = read_token_facts(folder, config, vocab)
+    ordinary, special = tokens.ordinary_range(vocab)
     ranges = {
-        "input_ids": (0, vocab),
-        "attention_mask": (1, 2),  # all tokens attended: padding patterns are the user's data to give
+        "input_ids": ordinary,
+        "attention_mask": (1, 2),  # all tokens attended; --padding makes trailing zeros
         "token_type_ids": (0, max(1, int(config.get("type_vocab_size") or 1))),
     }
-    bounds = {**ranges, "attention_mask": (0, 2)}  # what the embeddings accept; masks may hold zeros
+    # what the embeddings accept; masks may hold zeros
+    bounds = {**ranges, "input_ids": (0, vocab), "attention_mask": (0, 2)}
+    roles = {"input_ids": TOKEN_IDS, "attention_mask": ATTENTION_MASK, "token_type_ids": TOKEN_TYPES}
     tensors = tuple(
-        TensorSpec(name, "int64", (BATCH_AXIS, "sequence"), ranges[name], bounds[name]) for name in names
+        TensorSpec(name, "int64", (BATCH_AXIS, "sequence"), ranges[name], bounds[name], role=roles[name],
+                   special_ids=special if name == "input_ids" else (),
+                   pad_id=tokens.pad if name == "input_ids" else None)
+        for name in names
     )
     max_pos = int(config.get("max_position_embeddings") or 0)
     info = {
@@ -286,6 +385,111 @@ def _inspect_hf(folder: Path, label: str) -> Inspected:
         "max_position_embeddings": max_pos or None,
     }
     return InputSpec(tensors), info, HFWrapper(model, names)
+
+
+# --- a Hugging Face model's special token ids, from config.json and its tokenizer files ---------------------
+
+_SPECIAL_KEYS = ("pad_token_id", "bos_token_id", "eos_token_id", "sep_token_id", "cls_token_id", "unk_token_id",
+                 "mask_token_id", "decoder_start_token_id")
+# Placeholders a vocabulary reserves: WordPiece's [PAD], [CLS], [unused5]; sentencepiece's and BPE's <s>, <pad>,
+# <|endoftext|>, <extra_id_0>. An ordinary token this also matches ("<br>") is only left out of synthesis.
+_PLACEHOLDER = re.compile(r"\[[^\[\]\s]+\]|<[^<>\s]+>")
+_MAX_TOKENIZER_BYTES = 64 * 2**20  # tokenizer.json of a 250k vocabulary is about 17 MB
+
+
+@dataclass
+class TokenFacts:
+    """What a Hugging Face folder says of its token ids: how many its tokenizer defines (None without tokenizer
+    files), which are special, and the pad id."""
+
+    defined: int | None = None
+    special: set[int] = field(default_factory=set)
+    pad: int | None = None
+
+    def ordinary_range(self, vocab: int) -> tuple[tuple[int, int], tuple[int, ...]]:
+        """[low, high) for synthesized ids and the special ids inside it. With tokenizer files: the vocabulary
+        without its leading and trailing special ids (BERT's [PAD] and [unusedN] below 999) and without rows the
+        tokenizer never produces; without them, the conservative range of a vocabulary of unknown tokens."""
+        if self.defined is None:
+            low, high = conservative_token_range(vocab)
+        else:
+            low, high = 0, min(vocab, self.defined)
+            while low < high and low in self.special:
+                low += 1
+            while high > low and high - 1 in self.special:
+                high -= 1
+            if high <= low:
+                low, high = conservative_token_range(vocab)
+        return (low, high), tuple(sorted(i for i in self.special if low <= i < high))
+
+
+def read_token_facts(folder: Path, config: dict[str, Any], vocab: int) -> TokenFacts:
+    """Special ids from config.json (pad, bos, eos, sep, cls, unk, mask) and, where present, vocab.txt,
+    tokenizer.json, tokenizer_config.json and special_tokens_map.json. The tokenizer files are optional: one
+    that cannot be read is passed over and the range stays conservative."""
+    facts = TokenFacts()
+    for key in _SPECIAL_KEYS:
+        values = config.get(key)
+        for value in values if isinstance(values, list) else [values]:
+            if (i := _token_id(value, vocab)) is not None:
+                facts.special.add(i)
+    facts.pad = _token_id(config.get("pad_token_id"), vocab)
+    tokens: dict[str, int] = {}
+    text = _small_text(folder / "vocab.txt")
+    if text is not None:
+        tokens.update((token, i) for i, token in enumerate(text.rstrip("\n").split("\n")))
+    tokenizer = _small_json(folder / "tokenizer.json")
+    model = tokenizer.get("model") if isinstance(tokenizer, dict) else None
+    table = model.get("vocab") if isinstance(model, dict) else None
+    if isinstance(table, dict):
+        tokens.update((t, i) for t, i in table.items() if isinstance(t, str) and isinstance(i, int))
+    elif isinstance(table, list):  # Unigram: [piece, score] pairs in id order
+        tokens.update((e[0], i) for i, e in enumerate(table) if isinstance(e, list) and e and isinstance(e[0], str))
+    added = tokenizer.get("added_tokens") if isinstance(tokenizer, dict) else None
+    entries = [e for e in added if isinstance(e, dict)] if isinstance(added, list) else []
+    decoder = _small_json(folder / "tokenizer_config.json")
+    decoder = decoder.get("added_tokens_decoder") if isinstance(decoder, dict) else None
+    if isinstance(decoder, dict):
+        entries += [{**e, "id": int(k)} for k, e in decoder.items() if isinstance(e, dict) and k.isdigit()]
+    for entry in entries:
+        token, i = entry.get("content"), _token_id(entry.get("id"), vocab)
+        if isinstance(token, str) and i is not None:
+            tokens[token] = i
+            if entry.get("special") is True:
+                facts.special.add(i)
+    tokens = {t: i for t, i in tokens.items() if 0 <= i < vocab}
+    facts.special.update(i for t, i in tokens.items() if _PLACEHOLDER.fullmatch(t))
+    named = _small_json(folder / "special_tokens_map.json")
+    for key, value in (named.items() if isinstance(named, dict) else ()):
+        for item in value if isinstance(value, list) else [value]:
+            token = item.get("content") if isinstance(item, dict) else item
+            if isinstance(token, str) and token in tokens:
+                facts.special.add(tokens[token])
+                if key == "pad_token" and facts.pad is None:
+                    facts.pad = tokens[token]
+    if tokens:
+        facts.defined = max(tokens.values()) + 1
+    return facts
+
+
+def _token_id(value: Any, vocab: int) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < vocab else None
+
+
+def _small_text(path: Path) -> str | None:
+    if not path.is_file() or path.stat().st_size > _MAX_TOKENIZER_BYTES:
+        return None
+    return path.read_bytes().decode("utf-8", errors="replace")
+
+
+def _small_json(path: Path) -> Any:
+    text = _small_text(path)
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        return None
 
 
 # --- a Hugging Face model's size, judged from config.json and the safetensors headers before allocating -----

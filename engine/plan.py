@@ -6,6 +6,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from engine.data import check_padding
 from engine.errors import UserError
 from engine.measure.latency import MeasureSettings
 from engine.optimizations import parse_chain
@@ -41,6 +42,9 @@ class StudySettings:
     eval_samples: int = DEFAULT_EVAL_SAMPLES
     runtime_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     memory_limit_mb: float | None = field(default_factory=default_memory_limit_mb)
+    # Fraction of each synthesized sequence that is trailing padding (mask 0, the pad id), for those who serve
+    # padded batches; 0 is a batch of sequences of one length. A data file's inputs are used as they are.
+    padding: float = 0.0
 
     def __post_init__(self) -> None:
         if self.memory_limit_mb is not None and self.memory_limit_mb < 64:
@@ -51,6 +55,7 @@ class StudySettings:
             raise UserError(f"--timeout must be positive, got {self.timeout_s}")
         if self.eval_samples < 1:
             raise UserError(f"eval samples must be at least 1, got {self.eval_samples}")
+        check_padding(self.padding)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -64,6 +69,7 @@ class StudySettings:
             eval_samples=int(data["eval_samples"]),
             runtime_options=dict(data.get("runtime_options", {})),
             memory_limit_mb=data.get("memory_limit_mb"),
+            padding=float(data.get("padding", 0.0)),  # studies stored before the setting had none
         )
 
 

@@ -1,4 +1,4 @@
-"""Input and output specifications: names, dtypes, shapes with named dynamic axes, integer ranges."""
+"""Input and output specifications: names, dtypes, shapes with named dynamic axes, integer ranges, input roles."""
 
 from __future__ import annotations
 
@@ -21,6 +21,18 @@ DEFAULT_INT_RANGE = (0, 100)
 
 Dim = int | str
 
+# What an input means to a text model, so synthesized values look like a tokenizer's output: a real batch
+# attends to every token (mask all ones), is one segment (token types zeros), counts positions 0..S-1 and
+# holds ordinary token ids. A random 0/1 mask instead changes the work an attention kernel does.
+TOKEN_IDS, ATTENTION_MASK, TOKEN_TYPES, POSITIONS = "input_ids", "attention_mask", "token_type_ids", "position_ids"
+ROLES = (TOKEN_IDS, ATTENTION_MASK, TOKEN_TYPES, POSITIONS)
+_ROLE_NAMES = {
+    TOKEN_IDS: {"input_ids", "input_id", "ids", "tokens", "token_ids", "src_tokens", "decoder_input_ids"},
+    ATTENTION_MASK: {"attention_mask", "mask", "input_mask", "attn_mask", "attention_masks", "decoder_attention_mask"},
+    TOKEN_TYPES: {"token_type_ids", "token_type_id", "segment_ids", "segment_id", "token_types", "type_ids"},
+    POSITIONS: {"position_ids", "position_id", "positions", "pos_ids"},
+}
+
 _SPEC_ITEM = re.compile(
     r"^\s*(?P<name>[A-Za-z_][\w.\-/]*)\s*:\s*(?P<dtype>\w+)\s*\[(?P<shape>[^\]]*)\]"
     r"\s*(?:\{\s*(?P<low>-?\d+)\s*,\s*(?P<high>-?\d+)\s*\})?\s*$"
@@ -39,6 +51,12 @@ class TensorSpec:
     # Half-open [low, high) outside which a value is invalid, where the model says so (an HF config's vocab_size):
     # uploaded data is checked against it. value_range is what synthesized inputs use, which may be narrower.
     bound: tuple[int, int] | None = None
+    # What the input means (one of ROLES), for realistic synthesized values; None for anything else.
+    role: str | None = None
+    # Token ids inside value_range that synthesized ids leave out (a tokenizer's special tokens).
+    special_ids: tuple[int, ...] = ()
+    # The id a padded position holds, where the model or its tokenizer says (None: unknown, 0 is used).
+    pad_id: int | None = None
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -52,6 +70,8 @@ class TensorSpec:
             raise UserError(
                 f"input '{self.name}' has an empty value range {{{self.value_range[0]},{self.value_range[1]}}}"
             )
+        if self.role is not None and self.role not in ROLES:
+            raise UserError(f"input '{self.name}' has role '{self.role}'; use one of {', '.join(ROLES)}")
 
     @property
     def dynamic_batch(self) -> bool:
@@ -81,17 +101,34 @@ class TensorSpec:
             "shape": list(self.shape),
             "value_range": list(self.value_range) if self.value_range else None,
             **({"bound": list(self.bound)} if self.bound else {}),
+            "role": self.role,
+            **({"special_ids": list(self.special_ids)} if self.special_ids else {}),
+            **({"pad_id": self.pad_id} if self.pad_id is not None else {}),
         }
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> TensorSpec:
+    def from_json(cls, data: Mapping[str, Any], output: bool = False) -> TensorSpec:
         vr, bound = data.get("value_range"), data.get("bound")
+        name, dtype = str(data["name"]), str(data["dtype"])
+        value_range = (int(vr[0]), int(vr[1])) if vr else None
+        if "role" in data or output:
+            role = data.get("role")
+        else:
+            # stored before roles were recorded: recognise it by its name, and keep its token ids off the
+            # special ones as a fresh inspection would
+            role = guess_role(name, dtype)
+            if role == TOKEN_IDS and value_range is not None and value_range[0] == 0:
+                value_range = conservative_token_range(value_range[1])
+        pad = data.get("pad_id")
         return cls(
-            name=str(data["name"]),
-            dtype=str(data["dtype"]),
+            name=name,
+            dtype=dtype,
             shape=tuple(data["shape"]),
-            value_range=(int(vr[0]), int(vr[1])) if vr else None,
+            value_range=value_range,
             bound=(int(bound[0]), int(bound[1])) if bound else None,
+            role=role,
+            special_ids=tuple(int(i) for i in data.get("special_ids") or ()),
+            pad_id=int(pad) if pad is not None else None,
         )
 
     def describe(self) -> str:
@@ -104,6 +141,38 @@ class TensorSpec:
 
     def _typed(self) -> str:
         return f"{self.name}:{self.dtype}[{','.join(str(d) for d in self.shape)}]"
+
+
+def guess_role(name: str, dtype: str) -> str | None:
+    """The role an input's name gives it (`attention_mask`, `input_mask` and `mask` are masks), else None.
+
+    Token ids, token types and positions are integers; a mask is an integer or bool, or a float named for
+    attention (a float `mask` may be an image's).
+    """
+    key = name.lower().rsplit("/", 1)[-1].rsplit(".", 1)[-1]  # an exporter's "model/input_ids" or "x.input_ids"
+    for role, names in _ROLE_NAMES.items():
+        if key not in names:
+            continue
+        if dtype in INTEGER_DTYPES or (role == ATTENTION_MASK and (dtype == "bool" or "att" in key)):
+            return role
+    return None
+
+
+# Token ids left out of a vocabulary whose tokenizer is unknown (an ONNX graph only says how many rows its
+# embedding has). BERT WordPiece vocabularies (30522 uncased, 28996 cased, 119547 multilingual) keep [PAD],
+# [UNK], [CLS], [SEP], [MASK] and the [unusedN] slots, whose embeddings were never trained, below id 1000;
+# RoBERTa, BART and XLM-R keep <s>, <pad>, </s>, <unk> at 0..3 and <mask> last; GPT-2 keeps <|endoftext|> last
+# and T5 its 100 sentinels. Leaving out a few thousand ordinary ids costs nothing: latency does not depend on
+# which rows an embedding reads, and the rest of the vocabulary is as realistic.
+_SPECIAL_HEAD = 1000
+_SPECIAL_TAIL = 128
+
+
+def conservative_token_range(vocab: int) -> tuple[int, int]:
+    """The ids synthesized tokens use in a vocabulary of `vocab` rows whose special ids are unknown: without the
+    first min(1000, vocab/20) and the last min(128, vocab/100)."""
+    low, high = min(_SPECIAL_HEAD, vocab // 20), vocab - min(_SPECIAL_TAIL, vocab // 100)
+    return (low, high) if high > low else (0, max(vocab, 1))
 
 
 # Ranges this small are shown as their values ({0, 1}), larger ones as an interval.
@@ -165,7 +234,7 @@ class InputSpec:
     def from_json(cls, data: Mapping[str, Any]) -> InputSpec:
         return cls(
             inputs=tuple(TensorSpec.from_json(t) for t in data["inputs"]),
-            outputs=tuple(TensorSpec.from_json(t) for t in data.get("outputs", [])),
+            outputs=tuple(TensorSpec.from_json(t, output=True) for t in data.get("outputs", [])),
             seq_len=data.get("seq_len"),
         )
 
@@ -208,5 +277,7 @@ class InputSpec:
                 value_range = (int(match["low"]), int(match["high"]))
             elif dtype in INTEGER_DTYPES:
                 value_range = DEFAULT_INT_RANGE
-            tensors.append(TensorSpec(match["name"], dtype, tuple(dims), value_range))
+            # an explicit range is the user's word: token ids keep it whole
+            tensors.append(TensorSpec(match["name"], dtype, tuple(dims), value_range,
+                                      role=guess_role(match["name"], dtype)))
         return cls(tuple(tensors), seq_len=seq_len)

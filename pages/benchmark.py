@@ -13,6 +13,7 @@ from engine.errors import UserError
 from engine.measure.latency import MeasureSettings
 from engine.optimizations import REGISTRY, parse_chain
 from engine.plan import StudySettings, default_memory_limit_mb, default_threads, expand
+from engine.specs import ATTENTION_MASK, TOKEN_IDS
 from engine.runtimes import availability, parse_runtime_options
 from engine.study import cell_fraction, submit_study
 from pages import common
@@ -180,6 +181,15 @@ datasets = common.datasets(common.url())
 dataset_choice = st.selectbox("Data (.npz, from the Models page)", [None, *list(datasets["id"])],
                               format_func=lambda i: "none: synthesized inputs" if i is None
                               else str(datasets.set_index("id").loc[i, "name"]))
+padding = 0.0
+if any(t.role in (ATTENTION_MASK, TOKEN_IDS) for t in artifact.spec.inputs):
+    padding = st.number_input(
+        "Padding (fraction of each sequence)", min_value=0.0, max_value=0.95,
+        value=min(max(number_from_url("padding", 0.0), 0.0), 0.95), step=0.05, format="%.2f",
+        disabled=dataset_choice is not None,
+        help="For padded batches: the last round(padding × sequence length) positions of each synthesized "
+             "sequence get attention mask 0 and the pad id. 0: every token attended. A data file's inputs are "
+             "used as they are.")
 name = st.text_input("Study name", value=f"{models.set_index('id').loc[model_id, 'name']}")
 with st.expander("Runtime settings"):
     options_text = st.text_area(
@@ -229,7 +239,8 @@ if st.button("Submit study", type="primary", disabled=runnable == 0):
     settings = StudySettings(measure=MeasureSettings(warmup=10, iterations=int(iterations),
                                                      min_seconds=float(min_seconds)),
                              threads=int(threads), timeout_s=float(timeout), memory_limit_mb=default_memory_limit_mb(),
-                             runtime_options=runtime_options)
+                             runtime_options=runtime_options,
+                             padding=0.0 if dataset_choice is not None else float(padding))
     try:
         study_id, _ = submit_study(artifact, unique, picked, batch_sizes, settings, name=name or None,
                                    model_name=str(models.set_index("id").loc[model_id, "name"]), data_path=data_path,

@@ -52,6 +52,7 @@ study = full["study"]
 st.caption(f"Model **{study['model']['name']}** ({study['model']['format']}) · threads "
            f"{study['settings'].get('threads')} · min {study['settings']['measure']['iterations']} iterations and "
            f"{study['settings']['measure']['min_seconds']} s per cell · "
+           + (f"padding {study['settings']['padding']:.0%} · " if study["settings"].get("padding") else "")
            + " · ".join(f"{n} {status}" for status, n in sorted(study["progress"].items())))
 common.show_state(studies[studies["id"] == study_id].iloc[0])
 owner = studies.set_index("id").loc[study_id, "created_by"]

@@ -206,6 +206,8 @@ def _result_row(job: Job, r: dict[str, Any], environment_id: int | None, variant
              "model_size_mb", "accuracy", "settings", "notes", "samples_ms"}
     extra = {k: v for k, v in r.items() if k not in known}
     extra.update({k: lat[k] for k in ("p50_ci95", "iterations") if k in lat})
+    if fid.get("pooled_cosine") is not None:  # encoders only: no column of its own
+        extra["pooled_cosine"] = fid["pooled_cosine"]
     row = Result(
         job_id=job.id, study_id=job.study_id, environment_id=environment_id, variant_id=variant_id,
         p50_ms=lat.get("p50"), p90_ms=lat.get("p90"), p95_ms=lat.get("p95"), p99_ms=lat.get("p99"),
@@ -437,7 +439,8 @@ def result_dict(job: Job, result: Result | None) -> dict[str, Any]:
         "accuracy": {
             "fidelity": None if result.fidelity_cosine is None else {
                 "max_abs": result.fidelity_max_abs, "mean_abs": result.fidelity_mean_abs,
-                "cosine": result.fidelity_cosine, "top1_agreement": result.top1_agreement},
+                "cosine": result.fidelity_cosine, "top1_agreement": result.top1_agreement,
+                "pooled_cosine": extra.pop("pooled_cosine", None)},
             "task": None if result.task_name is None else {"name": result.task_name, "value": result.task_value},
         },
         "settings": result.settings, "notes": result.notes, **extra,

@@ -7,8 +7,10 @@ from typing import Any
 import numpy as np
 
 
-def fidelity(reference: list[np.ndarray], outputs: list[np.ndarray]) -> dict[str, Any]:
-    """max_abs, mean_abs, cosine (mean over samples) and top1_agreement for classifier logits."""
+def fidelity(reference: list[np.ndarray], outputs: list[np.ndarray],
+             attention_mask: np.ndarray | None = None) -> dict[str, Any]:
+    """max_abs, mean_abs, cosine (mean over samples), top1_agreement for classifier logits, and pooled_cosine
+    for encoders (a first output of hidden states [N, S, H] and an [N, S] attention mask)."""
     if len(reference) != len(outputs):
         raise ValueError(f"the variant returns {len(outputs)} outputs, the reference {len(reference)}")
     max_abs = 0.0
@@ -39,7 +41,27 @@ def fidelity(reference: list[np.ndarray], outputs: list[np.ndarray]) -> dict[str
         "mean_abs": abs_sum / count if count else 0.0,
         "cosine": float(cos.mean()),
         "top1_agreement": top1,
+        "pooled_cosine": pooled_cosine(primary_ref, primary_out, attention_mask),
     }
+
+
+def pooled_cosine(reference: np.ndarray, output: np.ndarray, attention_mask: np.ndarray | None) -> float | None:
+    """Cosine of the mask-weighted mean-pooled embeddings (a sentence encoder's output), mean over samples.
+
+    The flat cosine compares every position's hidden state, padding included, which no one reads; a sentence
+    embedding averages the attended positions. None unless `reference` is [N, S, H] floats and the mask [N, S].
+    """
+    if (attention_mask is None or reference.ndim != 3 or reference.dtype.kind != "f"
+            or attention_mask.shape != reference.shape[:2] or output.shape != reference.shape):
+        return None
+    weights = attention_mask.astype(np.float64)[:, :, None]
+    count = np.maximum(weights.sum(axis=1), 1.0)  # a row with no attended token pools to zeros, not NaN
+    ref = (reference.astype(np.float64) * weights).sum(axis=1) / count
+    out = (output.astype(np.float64) * weights).sum(axis=1) / count
+    num = (ref * out).sum(axis=1)
+    den = np.linalg.norm(ref, axis=1) * np.linalg.norm(out, axis=1)
+    both_zero = den == 0
+    return float(np.where(both_zero, 1.0, num / np.where(both_zero, 1.0, den)).mean())
 
 
 def is_classifier(output: np.ndarray) -> bool:

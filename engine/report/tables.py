@@ -19,8 +19,8 @@ if TYPE_CHECKING:
 # The columns of the pages' results frame, in its order: the charts read these names.
 FRAME_COLUMNS = ["cell", "variant", "runtime", "batch_size", "status", "error", "p50_ms", "p90_ms", "p99_ms",
                  "mean_ms", "throughput_per_s", "speedup", "load_s", "first_run_ms", "peak_host_mb",
-                 "peak_device_mb", "model_size_mb", "cosine", "max_abs", "top1_agreement", "task_metric", "notes",
-                 "noisy", "noise_pct", "noise_message", "baseline_cell"]
+                 "peak_device_mb", "model_size_mb", "cosine", "pooled_cosine", "max_abs", "top1_agreement",
+                 "task_metric", "notes", "noisy", "noise_pct", "noise_message", "baseline_cell"]
 
 # Shown wherever a table has no value: never "None" or "nan".
 MISSING = "–"
@@ -31,7 +31,8 @@ SHOWN = [
     ("status", "status", None), ("p50_ms", "p50 ms", "%.3f"), ("p99_ms", "p99 ms", "%.3f"),
     ("throughput_per_s", "items/s", "%.1f"), ("speedup", "speedup vs baseline", "%.2fx"),
     ("peak_host_mb", "peak host MB", "%.0f"), ("model_size_mb", "size MB", "%.2f"),
-    ("cosine", "fidelity (cosine)", "%.5f"), ("top1_agreement", "top-1 agreement", "%.3f"),
+    ("cosine", "fidelity (cosine)", "%.5f"), ("pooled_cosine", "pooled cosine", "%.5f"),
+    ("top1_agreement", "top-1 agreement", "%.3f"),
     ("task_metric", "task top-1", "%.4f"), ("error", "error", None), ("notes", "notes", None),
 ]
 
@@ -75,7 +76,8 @@ def flat_row(r: dict[str, Any], without: Collection[str] = ()) -> dict[str, Any]
         "p99_ms": lat.get("p99"), "mean_ms": lat.get("mean"), "throughput_per_s": r.get("throughput_per_s"),
         "speedup": r.get("speedup_vs_baseline"), "load_s": r.get("load_s"), "first_run_ms": r.get("first_run_ms"),
         "peak_host_mb": r.get("peak_host_mb"), "peak_device_mb": r.get("peak_device_mb"),
-        "model_size_mb": r.get("model_size_mb"), "cosine": fid.get("cosine"), "max_abs": fid.get("max_abs"),
+        "model_size_mb": r.get("model_size_mb"), "cosine": fid.get("cosine"),
+        "pooled_cosine": fid.get("pooled_cosine"), "max_abs": fid.get("max_abs"),
         "top1_agreement": fid.get("top1_agreement"), "task_metric": task.get("value"),
         "notes": "; ".join(n for n in r.get("notes") or [] if n not in without),
         # None, not False, when the cell was measured before noise was recorded: unknown is not steady
@@ -168,11 +170,17 @@ def _precision(settings: Any) -> str | None:
 
 
 def shown_columns(report_or_frame: dict[str, Any] | pd.DataFrame | None = None) -> list[tuple[str, str, str | None]]:
-    """SHOWN with the speedup heading naming its baseline (baseline_label) when a study is given."""
+    """SHOWN with the speedup heading naming its baseline (baseline_label) when a study is given, and without
+    the pooled cosine when no cell has one (it applies to encoders: hidden states and an attention mask)."""
     if report_or_frame is None:
         return list(SHOWN)
     heading = f"speedup vs {baseline_label(report_or_frame)}"
-    return [(c, heading if c == "speedup" else label, fmt) for c, label, fmt in SHOWN]
+    pooled = (bool("pooled_cosine" in report_or_frame and report_or_frame["pooled_cosine"].notna().any())
+              if isinstance(report_or_frame, pd.DataFrame)
+              else any(((r.get("accuracy") or {}).get("fidelity") or {}).get("pooled_cosine") is not None
+                       for r in report_or_frame["results"]))
+    return [(c, heading if c == "speedup" else label, fmt) for c, label, fmt in SHOWN
+            if c != "pooled_cosine" or pooled]
 
 
 def _formatter(fmt: str | None) -> Callable[[Any], str]:

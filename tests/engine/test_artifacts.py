@@ -231,16 +231,19 @@ def test_onnx_zip_with_external_data(request: pytest.FixtureRequest, onnx_ext_fo
 def test_gather_indices_take_the_embedding_rows_as_their_range(gather_onnx: Path) -> None:
     spec = intake(gather_onnx, seq_len=12).spec
     by_name = {t.name: t for t in spec.inputs}
-    assert by_name["ids"].value_range == (0, 30)  # the smaller of the two tables it indexes
+    assert by_name["ids"].bound == (0, 30)  # the smaller of the two tables it indexes
+    # token ids: the table without its first vocab/20 rows, where tokenizers keep [PAD], [CLS] and the like
+    assert by_name["ids"].value_range == (1, 30) and by_name["ids"].role == "input_ids"
     assert by_name["ids"].shape == (BATCH_AXIS, "seq")
-    assert by_name["attention_mask"].value_range == (0, 2)
-    assert by_name["count"].value_range == DEFAULT_INT_RANGE
+    assert by_name["attention_mask"].value_range == (0, 2) and by_name["attention_mask"].role == "attention_mask"
+    assert by_name["count"].value_range == DEFAULT_INT_RANGE and by_name["count"].role is None
     assert spec.shapes(3) == {"ids": (3, 12), "attention_mask": (3, 12), "count": (3,)}
 
 
 def test_gather_range_from_a_torch_exported_embedding(embedding_onnx: Path) -> None:
     spec = intake(embedding_onnx).spec
-    assert spec.describe() == "input_ids:int64[batch,sequence]{0,77}"
+    assert spec.describe() == "input_ids:int64[batch,sequence]{3,77}"
+    assert spec.inputs[0].bound == (0, 77)
 
 
 def test_torchscript_reads_its_traced_inputs(mlp_torchscript: Path) -> None:
@@ -279,9 +282,9 @@ def test_hf_zip_with_a_top_folder(bert_hf_zip: Path) -> None:
     assert artifact.path.is_dir()
     assert {"config.json", "model.safetensors"} <= {p.name for p in artifact.path.iterdir()}
     assert artifact.spec.describe() == (
-        "input_ids:int64[batch,sequence]{0,120};attention_mask:int64[batch,sequence]{1,2};"
+        "input_ids:int64[batch,sequence]{6,119};attention_mask:int64[batch,sequence]{1,2};"
         "token_type_ids:int64[batch,sequence]{0,2}"
-    )
+    )  # no tokenizer files: token ids leave out the first vocab/20 and the last vocab/100
     # no --seq-len: the default sequence must fit the model's 64 positions
     assert artifact.spec.seq_len == 64
     assert [o.describe() for o in artifact.spec.outputs] == ["logits:float32[batch,3]"]

@@ -164,7 +164,8 @@ def _logits(n: int = 50, classes: int = 4, seed: int = 0) -> np.ndarray:
 def test_identical_outputs_are_perfect() -> None:
     ref = [_logits()]
     result = accuracy.fidelity(ref, [ref[0].copy()])
-    assert result == {"max_abs": 0.0, "mean_abs": 0.0, "cosine": pytest.approx(1.0), "top1_agreement": 1.0}
+    assert result == {"max_abs": 0.0, "mean_abs": 0.0, "cosine": pytest.approx(1.0), "top1_agreement": 1.0,
+                      "pooled_cosine": None}
 
 
 def test_fidelity_measures_known_differences() -> None:

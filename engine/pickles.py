@@ -51,14 +51,18 @@ def check_safe_unpickle(data: bytes, label: str, member: str) -> None:
                                      "code") from None
 
 
+def _open(path: Path, label: str, kind: str) -> zipfile.ZipFile:
+    """The archive, or a one-line error naming what it should have been."""
+    try:
+        return zipfile.ZipFile(path)
+    except safezip.CORRUPT as exc:
+        raise UserError(f"{label}: not a readable {kind} archive ({safezip.shown(str(exc))})") from None
+
+
 def check_exported_archive(path: Path, label: str | None = None) -> None:
     """Refuse a `.pt2` archive unless every member is known and every pickle in it is plain data."""
     label = label or path.name
-    try:
-        archive = zipfile.ZipFile(path)
-    except safezip.CORRUPT as exc:
-        raise UserError(f"{label}: not a readable torch.export archive ({safezip.shown(str(exc))})") from None
-    with archive:
+    with _open(path, label, "torch.export") as archive:
         names = [info.filename for info in archive.infolist() if not info.is_dir()]
         if len(set(names)) != len(names):
             # this check would read one copy of a name and torch's reader another
@@ -94,11 +98,7 @@ def check_torchscript_archive(path: Path, label: str | None = None) -> None:
     pickletools parses the opcodes and checks the stack and memo without building an object.
     """
     label = label or path.name
-    try:
-        archive = zipfile.ZipFile(path)
-    except safezip.CORRUPT as exc:
-        raise UserError(f"{label}: not a readable TorchScript archive ({safezip.shown(str(exc))})") from None
-    with archive:
+    with _open(path, label, "TorchScript") as archive:
         for info in archive.infolist():
             if not info.filename.endswith("pkl"):  # data.pkl, constants.pkl, *.debug_pkl
                 continue

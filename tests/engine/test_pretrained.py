@@ -55,8 +55,8 @@ def test_int8_keeps_the_pretrained_encoder_close(tmp_path: Path, minilm: tuple[P
     for key in [("int8-static", "onnxruntime"), ("int8-static", "openvino"), ("int8-dynamic", "onnxruntime")]:
         fidelity = _fidelity(cells[key])
         assert fidelity["cosine"] >= COSINE, (key, fidelity)
-        if fidelity.get("pooled_cosine") is not None:  # the sentence embedding, mean over the mask
-            assert fidelity["pooled_cosine"] >= COSINE, (key, fidelity)
+        # the sentence embedding, mean over the mask: what a sentence-embedding user compares
+        assert fidelity["pooled_cosine"] is not None and fidelity["pooled_cosine"] >= COSINE, (key, fidelity)
     notes = cells[("int8-static", "onnxruntime")]["notes"]
     assert any("calibrated on 32 samples (minmax, from the calib split)" in n for n in notes), notes
     assert any("quantized only the inputs of MatMul/Gemm" in n for n in notes), notes

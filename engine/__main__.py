@@ -35,6 +35,9 @@ def _add_bench(sub: Any) -> None:
     p.add_argument("--iterations", type=int, default=50, help="minimum timed iterations (default 50)")
     p.add_argument("--min-seconds", type=float, default=2.0, help="minimum timed seconds (default 2)")
     p.add_argument("--warmup", type=int, default=10, help="warm-up iterations (default 10)")
+    p.add_argument("--rounds", type=int, default=10,
+                   help="rounds timing each cell against its baseline alternately, for speedups with a 95%% "
+                        "interval that machine drift cannot bias (default 10; 0: off, else at least 6)")
     p.add_argument("--threads", type=int, default=None, help="threads for every runtime (default: all cores)")
     p.add_argument("--timeout", type=float, default=600.0, help="wall-clock limit per cell in seconds (default 600)")
     p.add_argument("--eval-samples", type=int, default=256, help="samples for fidelity and the task metric")
@@ -74,7 +77,7 @@ def cmd_bench(args: argparse.Namespace, out: TextIO) -> int:
     else:
         model_path = Path(args.model)
     try:
-        measure = MeasureSettings(args.warmup, args.iterations, args.min_seconds)
+        measure = MeasureSettings(args.warmup, args.iterations, args.min_seconds, args.rounds)
     except ValueError as exc:
         raise UserError(str(exc).replace("_", "-")) from exc
     settings = plan.StudySettings(

@@ -6,6 +6,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +25,11 @@ from engine.data import (
 )
 from engine.data import roles as input_roles
 from engine.errors import Unavailable
-from engine.measure import accuracy, gpu, latency, memory, noise
+from engine.measure import accuracy, gpu, latency, memory, noise, rounds
 from engine.optimizations.base import Chain
-from engine.optimizations.build import BuildContext, build_variant
+from engine.optimizations.build import BuildContext, Variant, build_variant
 from engine.plan import Cell, StudySettings
-from engine.runtimes import RuntimeSettings, Session, get
+from engine.runtimes import Runtime, RuntimeSettings, Session, get
 from engine.runtimes.base import DEFAULT_CUDA_DEVICE
 
 Progress = Callable[[str, float], None]
@@ -116,9 +117,20 @@ def inputs_record(model: Artifact, dataset: Dataset | None, settings: StudySetti
             "summary": synthesis_summary(model.spec, settings.padding)}
 
 
-def run_cell(study_dir: Path, model: Artifact, cell: Cell, settings: StudySettings, data_path: str | None,
-             progress: Progress) -> dict[str, Any]:
-    """Build the cell's variant, load it, time it and compare its outputs with the reference."""
+@dataclass
+class Opened:
+    """A cell's variant built and its runtime made, ready to load: what a cell and a rounds partner share."""
+
+    runtime_cls: type[Runtime]
+    runtime: Runtime
+    variant: Variant
+    dataset: Dataset | None
+    gpu_device: str | None
+
+
+def open_cell(model: Artifact, cell: Cell, settings: StudySettings, data_path: str | None,
+              progress: Progress) -> Opened:
+    """Check the cell's runtime, make it with the study's settings and build the cell's variant."""
     runtime_cls = get(cell.runtime)
     ok, why = runtime_cls.available()
     if not ok:
@@ -138,6 +150,16 @@ def run_cell(study_dir: Path, model: Artifact, cell: Cell, settings: StudySettin
     )
     progress("building variant", 0.0)
     variant = build_variant(model, cell.parsed_chain(), runtime_cls.consumes, ctx)
+    return Opened(runtime_cls, runtime, variant, dataset, gpu_device)
+
+
+def run_cell(study_dir: Path, model: Artifact, cell: Cell, settings: StudySettings, data_path: str | None,
+             progress: Progress, baseline: Cell | None = None) -> dict[str, Any]:
+    """Build the cell's variant, load it, time it and compare its outputs with the reference; then, given the
+    study's `baseline` cell, time the two in alternating rounds (engine.measure.rounds) for the speedup."""
+    opened = open_cell(model, cell, settings, data_path, progress)
+    runtime_cls, runtime, variant, dataset, gpu_device = (
+        opened.runtime_cls, opened.runtime, opened.variant, opened.dataset, opened.gpu_device)
     inputs, reference, labels = load_reference(study_dir)
     feeds = take_batch(inputs, 0, cell.batch_size)
 
@@ -170,6 +192,8 @@ def run_cell(study_dir: Path, model: Artifact, cell: Cell, settings: StudySettin
         progress("accuracy", 0.0)
         outputs = run_batches(session, inputs, cell.batch_size)
         applied = dict(session.applied)
+        paired = _rounds(session, prepared, samples, study_dir, model, cell, baseline, settings, data_path,
+                         progress)
     summary = latency.summarize(samples, cell.batch_size)
     verdict = noise.noise_verdict(samples, summary["latency_ms"]["p50_ci95"], machine_load, settings.threads)
     fidelity = accuracy.fidelity(reference, outputs, attention_mask(model.spec, inputs))
@@ -177,6 +201,9 @@ def run_cell(study_dir: Path, model: Artifact, cell: Cell, settings: StudySettin
     notes = [made["summary"], *dict.fromkeys(variant.notes)]
     if variant.cached:
         notes.append("variant taken from the build cache")
+    if paired is not None and paired.get("error"):
+        notes.append(f"speedup from separate timings: the interleaved rounds with the baseline failed "
+                     f"({paired['error']})")
     return {
         **summary,
         "load_s": load_s,
@@ -198,4 +225,28 @@ def run_cell(study_dir: Path, model: Artifact, cell: Cell, settings: StudySettin
         "samples_ms": samples.astype(np.float32).tolist(),
         "machine_load": machine_load,
         "noise": verdict,
+        "paired": paired,
     }
+
+
+def _rounds(session: Session, prepared: Any, samples: np.ndarray, study_dir: Path, model: Artifact, cell: Cell,
+            baseline: Cell | None, settings: StudySettings, data_path: str | None,
+            progress: Progress) -> dict[str, Any] | None:
+    """The cell and its baseline in alternating rounds, the baseline loaded in a partner process: the `paired`
+    record, {"error": ...} when the partner failed (the cell keeps its own timings), None when not asked."""
+    rounds_wanted = settings.measure.rounds
+    if baseline is None or rounds_wanted < 1 or baseline.index == cell.index:
+        return None
+    from engine.executors.partner import Partner, PartnerError
+
+    seconds = rounds.block_seconds(settings.measure.min_seconds)
+    iterations = rounds.block_iterations(float(np.median(samples)), seconds)
+    block = latency.MeasureSettings(warmup=rounds.BLOCK_WARMUP, iterations=iterations, min_seconds=0.0)
+    try:
+        with Partner(study_dir, model, baseline, settings, data_path, seconds) as partner:
+            paired = rounds.run_rounds(
+                lambda: latency.measure(session, prepared, block), partner.time_block, rounds_wanted,
+                baseline.index, (iterations, partner.iterations), progress, between=rounds.settle)
+    except PartnerError as exc:
+        return {"baseline_cell": baseline.index, "error": str(exc)}
+    return paired.to_json()

@@ -245,6 +245,10 @@ class Worker:
             "cell": cell.to_json(),
             "memory_limit_mb": study.settings.get("memory_limit_mb"),
         }
+        base = q.baseline_job(s, study.id, job.batch_size)
+        if base is not None and base.cell != job.cell:  # the cell is timed against it in alternating rounds
+            payload["baseline"] = Cell(base.cell, base.variant, tuple(base.chain), base.runtime,
+                                       base.batch_size).to_json()
         progress = q.study_progress(s, study.id)
         meta = {"reference": study.reference, "model_id": study.model_id, "study_id": study.id,
                 "timeout_s": float(study.settings.get("timeout_s", 600)), "total": sum(progress.values()),

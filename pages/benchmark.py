@@ -166,7 +166,7 @@ def bounded(value: float, high: float) -> float:
     return min(max(value, 0.0), high)
 
 
-c1, c2, c3, c4, c5 = st.columns(5)
+c1, c2, c3, c4, c5, c6 = st.columns(6)
 batches_text = c1.text_input("Batch sizes", value=",".join(from_url("batch_sizes", ["1", "8"])))
 threads = c2.number_input("Threads", min_value=1, max_value=bounds.threads,
                           value=min(default_threads(), bounds.threads))
@@ -176,6 +176,10 @@ min_seconds = c4.number_input("Min seconds", min_value=0.0, max_value=float(boun
                               value=bounded(number_from_url("min_seconds", 2.0), bounds.min_seconds), step=0.5)
 timeout = c5.number_input("Time limit per cell (s)", min_value=10, max_value=int(bounds.timeout_s),
                           value=int(min(600, bounds.timeout_s)), step=30)
+rounds = c6.number_input(
+    "Rounds vs baseline", min_value=0, max_value=100, value=int(bounded(number_from_url("rounds", 10), 100)),
+    help="Each cell and its baseline are timed alternately in this many rounds, so the speedup and its 95% "
+         "interval cancel the machine's drift. 0: off (speedups from separate timings); else at least 6.")
 
 datasets = common.datasets(common.url())
 dataset_choice = st.selectbox("Data (.npz, from the Models page)", [None, *list(datasets["id"])],
@@ -236,8 +240,13 @@ if st.button("Submit study", type="primary", disabled=runnable == 0):
         except UserError as exc:
             st.error(f"error: {exc}")
             st.stop()
-    settings = StudySettings(measure=MeasureSettings(warmup=10, iterations=int(iterations),
-                                                     min_seconds=float(min_seconds)),
+    try:
+        measure = MeasureSettings(warmup=10, iterations=int(iterations), min_seconds=float(min_seconds),
+                                  rounds=int(rounds))
+    except ValueError as exc:
+        st.error(f"error: {exc}")
+        st.stop()
+    settings = StudySettings(measure=measure,
                              threads=int(threads), timeout_s=float(timeout), memory_limit_mb=default_memory_limit_mb(),
                              runtime_options=runtime_options,
                              padding=0.0 if dataset_choice is not None else float(padding))

@@ -456,9 +456,25 @@ def _error_text(job: Job) -> str | None:
     return job.error_message
 
 
+def baseline_job(s: Session, study_id: int, batch_size: int) -> Job | None:
+    """The baseline cell a study's cells at `batch_size` are timed against in rounds: the first baseline cell
+    (lowest index) of that batch size that is queued, running or ok — the one add_speedups will divide by
+    unless it fails later (then the speedups fall back to separate timings)."""
+    query = (select(Job).where(Job.study_id == study_id, Job.batch_size == batch_size, Job.variant == "baseline",
+                               Job.status.in_((QUEUED, RUNNING, "ok")))
+             .order_by(Job.cell).limit(1))
+    return s.execute(query).scalar_one_or_none()
+
+
 def add_speedups(rows: list[dict[str, Any]]) -> None:
-    """Speedup of each ok cell's p50 over the baseline on the first runtime that ran it, same batch size;
-    `baseline_cell` names that baseline's cell, so reports can say what the speedup is against."""
+    """Speedup of each ok cell over the baseline on the first runtime that ran it, same batch size, with its
+    95% interval; `baseline_cell` names that baseline's cell, so reports can say what the speedup is against.
+
+    `speedup_method` says how: "interleaved" when the cell was timed against that baseline in alternating rounds
+    (its `paired` record: the median of the per-round ratios and their interval), "separate" for the ratio of
+    the two p50s timed at different moments (interval from each median's: [base low / cell high, base high /
+    cell low], blind to drift between them), "baseline" for the baseline itself.
+    """
     baselines: dict[int, dict[str, Any]] = {}
     for row in sorted(rows, key=lambda r: r["cell"]):
         if row["variant"] == "baseline" and row["status"] == "ok" and row["batch_size"] not in baselines:
@@ -466,8 +482,28 @@ def add_speedups(rows: list[dict[str, Any]]) -> None:
     for row in rows:
         base = baselines.get(row["batch_size"])
         ok = row["status"] == "ok" and base is not None
-        row["speedup_vs_baseline"] = base["latency_ms"]["p50"] / row["latency_ms"]["p50"] if ok and base else None
-        row["baseline_cell"] = base["cell"] if ok and base else None
+        row.update(speedup_vs_baseline=None, speedup_ci95=None, speedup_method=None, speedup_rounds=None,
+                   baseline_cell=None)
+        if not ok or base is None:
+            continue
+        row["baseline_cell"] = base["cell"]
+        paired = row.get("paired") or {}
+        if row is base:
+            row.update(speedup_vs_baseline=1.0, speedup_ci95=[1.0, 1.0], speedup_method="baseline")
+        elif paired.get("baseline_cell") == base["cell"] and paired.get("speedup") is not None:
+            row.update(speedup_vs_baseline=paired["speedup"], speedup_ci95=paired.get("ci95"),
+                       speedup_method="interleaved", speedup_rounds=paired.get("rounds"))
+        else:
+            row["speedup_vs_baseline"] = base["latency_ms"]["p50"] / row["latency_ms"]["p50"]
+            row.update(speedup_ci95=_separate_interval(base["latency_ms"].get("p50_ci95"),
+                                                       row["latency_ms"].get("p50_ci95")),
+                       speedup_method="separate")
+
+
+def _separate_interval(base: list[float] | None, cell: list[float] | None) -> list[float] | None:
+    if not base or not cell or None in (*base, *cell) or min(cell) <= 0:
+        return None
+    return [float(base[0]) / float(cell[1]), float(base[1]) / float(cell[0])]
 
 
 def study_results(s: Session, study_id: int) -> list[dict[str, Any]]:

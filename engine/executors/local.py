@@ -83,7 +83,8 @@ def dispatch(task: str, payload: dict[str, Any], progress: ProgressFn) -> dict[s
         return job.compute_reference(study_dir, model, payload.get("data"), settings, progress)
     if task == "cell":
         cell = Cell.from_json(payload["cell"])
-        return job.run_cell(study_dir, model, cell, settings, payload.get("data"), progress)
+        baseline = Cell.from_json(payload["baseline"]) if payload.get("baseline") else None
+        return job.run_cell(study_dir, model, cell, settings, payload.get("data"), progress, baseline)
     raise ValueError(f"unknown task '{task}'")
 
 

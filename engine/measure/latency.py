@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from engine.measure.rounds import MAX_ROUNDS, MIN_ROUNDS_FOR_INTERVAL
+
 # Progress is reported every this many iterations, outside the timed region.
 _REPORT_EVERY = 64
 _BOOTSTRAP_RESAMPLES = 1000
@@ -20,6 +22,9 @@ class MeasureSettings:
     warmup: int = 10
     iterations: int = 50
     min_seconds: float = 2.0
+    # rounds that time each cell against its baseline alternately (engine.measure.rounds); 0: speedups are
+    # ratios of the cells' own timings, taken at different moments
+    rounds: int = 10
 
     def __post_init__(self) -> None:
         if self.warmup < 0:
@@ -28,6 +33,9 @@ class MeasureSettings:
             raise ValueError(f"iterations={self.iterations} must be at least 1")
         if self.min_seconds < 0:
             raise ValueError(f"min_seconds={self.min_seconds} must be 0 or more")
+        if self.rounds < 0 or 0 < self.rounds < MIN_ROUNDS_FOR_INTERVAL or self.rounds > MAX_ROUNDS:
+            raise ValueError(f"rounds={self.rounds} must be 0 (off) or from {MIN_ROUNDS_FOR_INTERVAL} (fewer "
+                             f"cannot give a 95% interval of the speedup) to {MAX_ROUNDS}")
 
 
 def measure(session: Any, prepared: Any, settings: MeasureSettings,

@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PORT ?= 8501
 
-.PHONY: install run run-shared dev test lint typecheck bench-overhead bench-speedups clean
+.PHONY: install run run-shared dev test lint typecheck bench-overhead bench-speedups bench-repeat clean
 
 install: $(STAMP)
 
@@ -46,6 +46,9 @@ bench-overhead: install
 
 bench-speedups: install
 	$(BIN)/python benchmarks/speedups.py
+
+bench-repeat: install
+	$(BIN)/python benchmarks/repeatability.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

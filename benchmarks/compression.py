@@ -23,10 +23,7 @@ latency (here: at least 1.8x); prune-structured:0.5+distill+int8-static runs on 
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,12 +35,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 
 from benchmarks.common import (
     ENCODER,
-    ROOT,
     SEQ_LEN,
     command_line,
     data_folder,
     encoder_zip,
     load_state,
+    run_study,
     table,
     write_json,
 )
@@ -181,16 +178,6 @@ def verdicts(demo: list[dict[str, Any]] | None, encoder: list[dict[str, Any]] | 
         check(f"encoder: {layers} on torch >= {TARGET_LAYERS_SPEEDUP}x baseline", _cell(encoder, layers, "torch"),
               "speedup", lambda v: v >= TARGET_LAYERS_SPEEDUP)
     return checks
-
-
-def run_study(command: list[str], folder: Path, json_out: Path) -> dict[str, Any] | None:
-    print("$ python " + " ".join(command[1:]), flush=True)
-    # the CLI waits without spinning while each cell runs in its own child: the cells get every core
-    done = subprocess.run(command, cwd=ROOT, env={**os.environ, "PARETOSCOPE_DATA_DIR": str(folder)}, check=False)
-    if done.returncode != 0 or not json_out.is_file():
-        print(f"error: `engine bench` exited with {done.returncode} and wrote no results", file=sys.stderr)
-        return None
-    return json.loads(json_out.read_text())  # type: ignore[no-any-return]
 
 
 def run_rounds(study: str, command: Callable[[Path], list[str]], rounds: int, folder: Path,

@@ -5,11 +5,12 @@ random weights, seq 128) — go through the project's path: intake, build (ONNX)
 through engine.runtimes. Then, in one process, harness rounds (engine.measure.latency.measure + summarize)
 alternate with bare rounds timing the same InferenceSession.run call on the same inputs.
 
-Two more cases measure the inputs rather than the loop, on the pretrained all-MiniLM-L6-v2: the harness fed
-what a study without data feeds (the engine's synthesized evaluation inputs, as a cell takes them) against a
-bare loop fed English text tokenized by the model's own tokenizer (`minilm`); and, for comparison, the harness
-fed a random 0/1 attention mask and random token types, what the tool synthesized before (`minilm-random-mask`).
-Target: harness p50 / bare p50 within 3% for every case but the last.
+Two more cases measure the inputs rather than the loop, on the pretrained all-MiniLM-L6-v2 (its ONNX variant
+built the same way): the harness fed what a cell of a study without data and with default settings times (the
+first batch of eval_set's synthesized inputs, from the model's InputSpec) against a bare loop fed English text
+tokenized by the model's own tokenizer, every sequence filling all 128 positions (`minilm`); and, for
+comparison, the harness fed a random 0/1 attention mask and random token types, what the tool synthesized
+before (`minilm-random-mask`). Target: harness p50 / bare p50 within 3% for every case but the last.
 
     .venv/bin/python benchmarks/harness_overhead.py [--rounds 10] [--seconds 0.5] [--threads 2] [--out PATH]
 """
@@ -110,13 +111,14 @@ SIZES = {
 }
 
 
-def load(size: Size, folder: Path, threads: int) -> tuple[Any, Any, Any]:
+def load(size: Size, folder: Path, threads: int) -> tuple[Any, Any, Any, dict[str, str]]:
     """The model through intake and build, loaded on ONNX Runtime; returns (session, the harness's prepared
-    inputs, the bare loop's inputs)."""
+    inputs, the bare loop's inputs, what each was fed)."""
     from engine.artifacts import intake
-    from engine.data import SYNTHETIC_EVAL, eval_set, synthesize, take_batch
+    from engine.data import eval_set, synthesis_summary, synthesize, take_batch
     from engine.optimizations import Chain
     from engine.optimizations.build import BuildContext, build_variant
+    from engine.plan import StudySettings
     from engine.runtimes import RuntimeSettings, get
 
     model = intake(size.make(folder), seq_len=size.seq_len)
@@ -124,16 +126,27 @@ def load(size: Size, folder: Path, threads: int) -> tuple[Any, Any, Any]:
     session = get("onnxruntime")(RuntimeSettings(threads)).load(variant)
     if size.inputs == SAME:
         prepared = session.prepare(synthesize(model.spec, size.batch))
-        return session, prepared, prepared
-    # what a cell of a study without data times: the first batch of its synthesized evaluation inputs
-    feeds = take_batch(eval_set(None, model.spec, SYNTHETIC_EVAL)[0], 0, size.batch)
+        same = synthesis_summary(model.spec)
+        return session, prepared, prepared, {"harness": same, "bare": same}
+    # what a cell of a study without data times, with a study's default settings: compute_reference's
+    # evaluation inputs (eval_set without a data file: synthesized), of which run_cell takes the first batch
+    settings = StudySettings(threads=threads)
+    feeds = take_batch(eval_set(None, model.spec, settings.eval_samples, settings.padding)[0], 0, size.batch)
+    harness = synthesis_summary(model.spec, settings.padding)
     if size.inputs == RANDOM_MASK_VS_TEXT:
         rng = np.random.default_rng(0)
         for name in ("attention_mask", "token_type_ids"):
             feeds[name] = rng.integers(0, 2, size=feeds[name].shape).astype(feeds[name].dtype)
+        harness += "; then attention_mask and token_type_ids replaced by random 0/1 (as before #13)"
     text = text_inputs(size.batch, SEQ_LEN)
+    # realistic means every position a real token: a padded sequence would time a different workload
+    if not (text["attention_mask"] == 1).all() or (text["token_type_ids"] != 0).any():
+        raise RuntimeError("the tokenized text does not fill every sequence: text_inputs changed?")
     bare = {name: np.ascontiguousarray(text[name], dtype=feeds[name].dtype) for name in session.input_names}
-    return session, session.prepare(feeds), bare
+    return session, session.prepare(feeds), bare, {
+        "harness": harness,
+        "bare": f"English text tokenized by the model's tokenizer: input_ids real tokens filling all {SEQ_LEN} "
+                "positions ([CLS] ... [SEP]), attention_mask all ones, token_type_ids zeros"}
 
 
 def harness_round(session: Any, prepared: Any, seconds: float) -> np.ndarray:
@@ -163,7 +176,7 @@ def bare_round(session: Any, prepared: Any, seconds: float) -> np.ndarray:
     return np.asarray(samples, dtype=np.float64) / 1e6
 
 
-def compare(size: Size, session: Any, prepared: Any, bare_feeds: Any, rounds: int,
+def compare(size: Size, session: Any, prepared: Any, bare_feeds: Any, fed: dict[str, str], rounds: int,
             seconds: float) -> dict[str, Any]:
     """Alternate harness and bare rounds (order flipped every round, so drift hits both alike)."""
     from engine.measure.latency import summarize
@@ -185,6 +198,7 @@ def compare(size: Size, session: Any, prepared: Any, bare_feeds: Any, rounds: in
     ratio = harness_p50 / bare_p50
     return {
         "size": size.name, "model": size.description, "batch_size": size.batch, "inputs": size.inputs,
+        "harness_inputs": fed["harness"], "bare_inputs": fed["bare"],
         "harness_p50_ms": harness_p50, "bare_p50_ms": bare_p50, "ratio": ratio,
         "within_target": abs(ratio - 1.0) <= TARGET, "held_to_target": size.target,
         "round_ratios": per_round,
@@ -220,12 +234,12 @@ def main(argv: list[str] | None = None) -> int:
             size = SIZES[name]
             print(f"{name}: building and loading {size.description} ...", flush=True)
             try:
-                session, prepared, bare_feeds = load(size, sources, args.threads)
+                session, prepared, bare_feeds, fed = load(size, sources, args.threads)
             except ImportError as exc:  # the pretrained model's package (requirements-dev.txt) is not installed
                 print(f"{name}: skipped ({exc})", flush=True)
                 continue
             with session:
-                results.append(compare(size, session, prepared, bare_feeds, args.rounds, args.seconds))
+                results.append(compare(size, session, prepared, bare_feeds, fed, args.rounds, args.seconds))
             row = results[-1]
             print(f"{name}: harness p50 {row['harness_p50_ms']:.4f} ms, bare p50 {row['bare_p50_ms']:.4f} ms, "
                   f"ratio {row['ratio']:.4f}", flush=True)

@@ -128,6 +128,12 @@ def cmd_bench(args: argparse.Namespace, out: TextIO) -> int:
     for summary in dict.fromkeys(_inputs_summary(row) for row in rows):
         if summary:
             print(summary, file=out)  # the same for every cell: said once, not on each row
+    by_cell = {row["cell"]: row for row in rows}
+    for base_cell in dict.fromkeys((row.get("paired") or {}).get("baseline_cell") for row in rows if row.get("paired")):
+        base = by_cell.get(base_cell)
+        if base is not None:
+            print(f"speedup: against cell {base_cell} ({base['variant']} · {base['runtime']} · b{base['batch_size']}), "
+                  f"timed alternately in {args.rounds} rounds; [95% interval]", file=out)
     counts = Counter(row["status"] for row in rows)
     ok, cancelled, left = counts["ok"], counts["cancelled"], counts[q.QUEUED] + counts[q.RUNNING]
     failed = sum(counts[s] for s in q.FAILED_STATUSES)
@@ -295,7 +301,18 @@ def cmd_runtimes(args: argparse.Namespace, out: TextIO) -> int:
 # --- live view --------------------------------------------------------------------------------
 
 _COLUMNS = (("#", 3), ("variant", 22), ("runtime", 13), ("batch", 5), ("status", 11), ("p50 ms", 9),
-            ("p99 ms", 9), ("items/s", 9), ("load s", 7), ("cosine", 7), ("top1", 6), ("note", 0))
+            ("p99 ms", 9), ("items/s", 9), ("speedup", 20), ("load s", 7), ("cosine", 7), ("top1", 6),
+            ("note", 0))
+
+
+def _speedup(row: dict[str, Any]) -> str:
+    """The cell's speedup over the baseline it was timed against in rounds, with its 95% interval."""
+    paired = row.get("paired") or {}
+    if paired.get("speedup") is None:
+        return "-"
+    ci = paired.get("ci95")
+    text = f"{paired['speedup']:.2f}×"
+    return text + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
 
 
 def _inputs_summary(row: dict[str, Any]) -> str | None:
@@ -317,7 +334,8 @@ def format_row(row: dict[str, Any]) -> str:
     note = row.get("error") or "; ".join([*([noisy] if noisy else []), *notes])
     values = (str(row["cell"]), row["variant"], row["runtime"], str(row["batch_size"]), row["status"],
               num(lat.get("p50"), ".3f"), num(lat.get("p99"), ".3f"), num(row.get("throughput_per_s"), ".1f"),
-              num(row.get("load_s"), ".2f"), num(fid.get("cosine"), ".4f"), num(task.get("value"), ".3f"), note)
+              _speedup(row), num(row.get("load_s"), ".2f"), num(fid.get("cosine"), ".4f"),
+              num(task.get("value"), ".3f"), note)
     return "  ".join(v if w == 0 else f"{v:<{w}}"[: max(w, len(v))] for v, (_, w) in zip(values, _COLUMNS, strict=True))
 
 

@@ -86,26 +86,81 @@ def test_export_settings_are_honoured(shared_build, mlp_pt2: Path) -> None:
     assert opsets.get("", opsets.get("ai.onnx")) == 17
 
 
-def test_dynamo_failure_falls_back_to_legacy_and_says_so(tmp_path: Path) -> None:
-    import torch
+def test_hugging_face_exports_with_dynamo_with_dynamic_batch_and_sequence(shared_build, bert_hf_zip: Path) -> None:
+    """HFWrapper takes `*tensors`: the dynamic shapes must be laid out for that one parameter, else every Hugging
+    Face model fell back to the legacy exporter."""
+    import onnx
 
-    from engine.optimizations.export import OnnxExportConfig, to_onnx
-    from engine.specs import InputSpec
+    from engine.measure.accuracy import fidelity
+
+    model, variant = shared_build(bert_hf_zip)
+    assert variant.notes == ["exported to ONNX with the dynamo exporter (opset 18)"]
+    assert _onnx_input_dims(variant.path) == [["batch", "sequence"]] * 3  # named as the legacy exporter names them
+    assert sorted(p.name for p in variant.path.parent.iterdir()) == ["model.onnx", "variant.json"]  # one file
+    # the exporter's per-node debugging notes (Python stacks with this machine's paths) are not shipped
+    assert not any(node.metadata_props for node in onnx.load(str(variant.path)).graph.node)
+    for n, seq in ((1, 64), (3, 9)):
+        feeds = {k: v[:, :seq] for k, v in _batch(model, n).items()}
+        out = _ort(variant, feeds)
+        ref = _torch_outputs(model, feeds)
+        assert out.shape == ref.shape == (n, 3)
+        assert fidelity(ref, out)["cosine"] > 0.99999
+        np.testing.assert_allclose(out, ref, atol=1e-5, rtol=1e-4)
+
+
+def _data_dependent() -> Any:
+    """A module whose branch depends on its input's values: torch.export refuses it, the legacy tracer records the
+    branch it took."""
+    import torch
 
     class DataDependent(torch.nn.Module):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return x * 2 if x.sum() > 0 else x - 1  # torch.export cannot trace this branch
+            return x * 2 if x.sum() > 0 else x - 1
+
+    return DataDependent().eval()
+
+
+def test_dynamo_failure_falls_back_to_legacy_with_one_short_note(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from engine.optimizations.export import OnnxExportConfig, to_onnx
+    from engine.specs import InputSpec
 
     spec = InputSpec.parse("x:float32[B,4]")
     notes: list[str] = []
-    to_onnx(DataDependent().eval(), spec, tmp_path / "m.onnx", OnnxExportConfig(), notes)
-    assert len(notes) == 2
-    assert notes[0].startswith("dynamo exporter failed (") and notes[0].endswith("used the legacy exporter")
-    assert "\x1b" not in notes[0]
-    assert notes[1] == "exported to ONNX with the legacy exporter (opset 18)"
+    to_onnx(_data_dependent(), spec, tmp_path / "m.onnx", OnnxExportConfig(), notes)
+    assert len(notes) == 1
+    note = notes[0]
+    assert note.startswith("exported to ONNX with the legacy exporter (opset 18): dynamo failed (")
+    assert "GuardOnDataDependentSymNode: Could not guard on data-dependent expression" in note  # the root cause
+    assert len(note) < 200 and "\n" not in note and "\x1b" not in note
     assert (tmp_path / "m.onnx").is_file()
+    # the whole traceback is in the cell's log (its stderr), not in the note
+    err = capsys.readouterr().err
+    assert "the dynamo exporter failed; exporting with the legacy exporter instead:" in err
+    assert "Traceback (most recent call last)" in err and "TorchExportError" in err
+    # the same model fails the same way in every cell of a study: one note, shown once above the results
+    again: list[str] = []
+    to_onnx(_data_dependent(), spec, tmp_path / "again.onnx", OnnxExportConfig(), again)
+    assert again == notes
     with pytest.raises(Exception, match="export"):  # exporter=dynamo must not fall back
-        to_onnx(DataDependent().eval(), spec, tmp_path / "d.onnx", OnnxExportConfig(exporter="dynamo"), [])
+        to_onnx(_data_dependent(), spec, tmp_path / "d.onnx", OnnxExportConfig(exporter="dynamo"), [])
+
+
+def test_fallback_note_names_the_root_cause_in_one_bounded_line() -> None:
+    from engine.optimizations.export import NOTE_ERROR_CHARS, fallback_note
+
+    try:
+        try:
+            raise ValueError(f"\x1b[31mshape of <Tensor at 0x7f3a9c2d1e80> {'is wrong ' * 40}\x1b[0m\nsecond line")
+        except ValueError as inner:
+            raise RuntimeError("Failed to export the model with torch.export. This is step 1/3") from inner
+    except RuntimeError as exc:
+        note = fallback_note(exc, 17)
+    head = "exported to ONNX with the legacy exporter (opset 17): dynamo failed ("
+    assert note.startswith(head + "ValueError: shape of <Tensor at 0x…> is wrong is wrong") and note.endswith("…)")
+    assert len(note) == len(head) + NOTE_ERROR_CHARS + 1
+    assert "second line" not in note and "step 1/3" not in note
+    assert fallback_note(RuntimeError(), 18).endswith("dynamo failed (RuntimeError)")
 
 
 # --- TorchScript and eager targets ------------------------------------------------------------

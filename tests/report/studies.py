@@ -8,8 +8,8 @@ from typing import Any
 
 from storage.queries import add_speedups
 
-EXPORTER_NOTE = ("the dynamo exporter failed (TorchExportError: cannot trace data-dependent control flow); "
-                 "the legacy TorchScript exporter was used")
+EXPORTER_NOTE = ("exported to ONNX with the legacy exporter (opset 18): dynamo failed (GuardOnDataDependentSymNode: "
+                 "Could not guard on data-dependent expression Eq(u0, 1))")
 
 
 def result(cell: int, variant: str, runtime: str, batch: int, p50: float, *, cosine: float | None = 0.9999,

@@ -252,7 +252,7 @@ def test_html_report_shows_a_shared_note_once_above_the_table() -> None:
     page = parse(text)
     assert "Notes for the whole study" in text
     body = text.split("<h2>Every measured field</h2>")[0]  # the raw JSON dump below repeats every field
-    assert body.count("the dynamo exporter failed") == 1
+    assert body.count("dynamo failed") == 1
     notes = {r.cell: r.by_column()["notes"].text for r in page.tables["results"] if r.cell is not None}
     assert notes[2] == "calibrated on 8 samples" and all(EXPORTER_NOTE not in n for n in notes.values())
     assert "(4 of 5 cells)" in body

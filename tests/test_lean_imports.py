@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-HEAVY = ("torch", "onnxruntime", "openvino", "onnx", "transformers", "tensorrt")
+HEAVY = ("torch", "onnxruntime", "openvino", "onnx", "transformers", "tensorrt", "nncf")
 LIGHT_MODULES = ("engine", "engine.artifacts", "engine.data", "engine.plan", "engine.optimizations",
                  "engine.runtimes", "engine.study", "engine.__main__", "engine.measure.environment")
 

@@ -14,7 +14,8 @@ import psutil
 from engine import __version__
 from engine.measure.devices import cuda_devices
 
-_LIBRARIES = ("torch", "onnxruntime", "onnxruntime-gpu", "onnx", "openvino", "tensorrt", "transformers", "numpy")
+_LIBRARIES = ("torch", "onnxruntime", "onnxruntime-gpu", "onnx", "openvino", "nncf", "tensorrt", "transformers",
+              "numpy")
 
 
 def cpu_model() -> str:

@@ -239,11 +239,11 @@ class _OrtRuntime(Runtime):
                                    "trt_engine_cache_path": str(cache), "trt_timing_cache_enable": True,
                                    "trt_timing_cache_path": str(cache)}
         # TensorRT 10 through onnxruntime is weakly typed: a precision runs only when its flag allows it,
-        # so the variant's own precision (fp16 weights, int8-static's QDQ nodes) turns its flag on
+        # so the variant's own precision (fp16 weights, int8-static's and int8-nncf's QDQ nodes) turns its flag on
         ops = {step.split(":", 1)[0] for step in variant_name.split("+")} if variant_name else set()
         if "fp16" in ops:
             options["trt_fp16_enable"] = True
-        if "int8-static" in ops:
+        if ops & {"int8-static", "int8-nncf"}:
             options["trt_int8_enable"] = True  # explicit QDQ scales: no calibration table
         return options
 

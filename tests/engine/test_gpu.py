@@ -387,6 +387,7 @@ def test_tensorrt_provider_precision_flags_follow_the_variant(data_dir: Path) ->
     assert "trt_fp16_enable" not in baseline and "trt_int8_enable" not in baseline  # fp32 stays fp32
     assert runtime._provider_options("prune-structured:0.5+fp16")["trt_fp16_enable"] is True
     assert runtime._provider_options("int8-static:method=entropy")["trt_int8_enable"] is True
+    assert runtime._provider_options("int8-nncf:smooth_quant=-1.0")["trt_int8_enable"] is True
     cache = Path(baseline["trt_engine_cache_path"])
     assert cache.is_dir() and data_dir in cache.parents and "-ort" in cache.name  # per GPU and ORT version
     assert ort_runtime.OnnxRuntimeCuda(RuntimeSettings(threads=1))._provider_options("fp16") == {

@@ -34,9 +34,10 @@ st.download_button("Comparison report (HTML)", data=lambda: comparison_html(int(
                    file_name=f"paretoscope-compare-{a}-{b}.html", mime="text/html", on_click="ignore",
                    help="This page as one file that opens offline")
 joined = tables.compare_frames(frame_a, frame_b)
-st.dataframe(joined[tables.COMPARE_SHOWN], hide_index=True,
-             column_config={c: st.column_config.NumberColumn(c, format="%.3f")
-                            for c in ("p50_ms_a", "p50_ms_b", "p50_ratio", "p99_ratio", "throughput_ratio")})
+# formatted as the HTML comparison is: each study's speedup over its own baseline with its 95% interval
+columns = tables.compare_columns()
+st.dataframe(tables.styled(joined, columns), hide_index=True,
+             column_config={column: st.column_config.Column(label) for column, label, _ in columns})
 both = joined.dropna(subset=["p50_ratio"])
 if both.empty:
     st.info("The two studies have no measured cell in common.")

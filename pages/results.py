@@ -8,7 +8,7 @@ from pathlib import Path
 import streamlit as st
 
 from engine.report import charts, tables
-from engine.report.pareto import Constraints, accuracy_column, recommend, recommendation_note
+from engine.report.pareto import Constraints, accuracy_column, recommend, recommendation_notes
 from pages import common
 
 
@@ -118,15 +118,15 @@ batch = c3.selectbox("Batch size", batches)
 constraints = Constraints(max_accuracy_drop=drop, max_p99_ms=budget or None, batch_size=int(batch))
 best = recommend(frame, constraints, accuracy)
 download_bar(downloads, int(study_id), constraints)
+baseline = tables.baseline_label(full)  # what the speedups divide by, e.g. "baseline on torch"
 if best is None:
     st.warning("No cell meets these constraints; loosen them.")
 else:
+    speedup = tables.speedup_phrase(best, baseline)
     st.success(f"Ship **{best['variant']}** on **{best['runtime']}** (batch {best['batch_size']}): p50 "
                f"{best['p50_ms']:.3f} ms, p99 {best['p99_ms']:.3f} ms, {accuracy_label} {best[accuracy]:.4f}"
-               + (f", {best['speedup']:.2f}× the {tables.baseline_label(full)}"
-                  if best["speedup"] == best["speedup"] else ""))
-    caution = recommendation_note(best)
-    if caution:
+               + (f", {speedup}" if speedup else ""))
+    for caution in recommendation_notes(best):
         st.warning(f"This cell was {caution}.", icon=":material/warning:")
     row = next(r for r in full["results"] if r["cell"] == best["cell"])
     path = row.get("variant_path")
@@ -139,8 +139,11 @@ else:
 
 at_batch = frame[frame["batch_size"] == batch]
 # theme=None: the figures carry their own template, the same as in the HTML report and the Space
-st.plotly_chart(charts.accuracy_vs_latency(at_batch, accuracy, accuracy_label, best), key="pareto", theme=None)
-st.plotly_chart(charts.latency_bars(frame, tables.baseline_label(full)), key="latency", theme=None)
+st.plotly_chart(charts.accuracy_vs_latency(at_batch, accuracy, accuracy_label, best, baseline), key="pareto",
+                theme=None)
+st.plotly_chart(charts.latency_bars(frame, baseline), key="latency", theme=None)
+if charts.has_speedup_intervals(frame):  # older studies have point speedups only: the latency hover has them
+    st.plotly_chart(charts.speedup_bars(frame, baseline), key="speedup", theme=None)
 st.plotly_chart(charts.latency_distribution(frame, common.samples(common.url(), int(study_id))), key="distribution",
                 theme=None)
 st.plotly_chart(charts.memory_and_size(frame), key="memory", theme=None)  # full width: one bar per cell

@@ -17,7 +17,7 @@ import plotly.io as pio
 from plotly.subplots import make_subplots
 
 from engine.report.pareto import pareto_frontier
-from engine.report.tables import noise_label
+from engine.report.tables import SPEEDUP_METHODS, noise_label, speedup_interval, speedup_text
 
 # Tableau 10 without its red, which marks the recommended cell: distinct on white, also for most colour-blind eyes.
 COLORWAY = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f")
@@ -74,17 +74,21 @@ def _noise_suffix(label: str | None, sep: str = " ") -> str:
     return "" if label is None else f"{sep}({label})"
 
 
+def _speedup_hover(row: pd.Series, baseline: str | None, sep: str = "<br>") -> str:
+    """ "<br>speedup 1.80× [1.60, 2.00] vs baseline on torch" (its 95% interval where measured); "" without one."""
+    if "speedup" not in row or pd.isna(row["speedup"]):
+        return ""
+    return f"{sep}speedup {speedup_text(row)}" + (f" vs {baseline}" if baseline else "")
+
+
 def latency_bars(frame: pd.DataFrame, baseline: str | None = None) -> go.Figure:
     """p50 per cell with whiskers up to p99; noisy cells hatched. `baseline` (tables.baseline_label) names
     what the speedups in the hover divide by."""
     ok = _ok(frame)
     labels = cell_label(ok)
     noise = _noise(ok)
-    speedups = ok["speedup"] if "speedup" in ok else pd.Series([None] * len(ok), index=ok.index)
-    extra = []
-    for label, speedup in zip(noise, speedups, strict=True):
-        text = "" if pd.isna(speedup) else f"<br>speedup {speedup:.2f}×" + (f" vs {baseline}" if baseline else "")
-        extra.append(text + (f"<br>⚠ {label}" if label else ""))
+    extra = [_speedup_hover(row, baseline) + (f"<br>⚠ {label}" if label else "")
+             for (_, row), label in zip(ok.iterrows(), noise, strict=True)]
     title = "Latency per cell (p50, whiskers to p99)"
     if baseline:
         title += f"; speedups vs {baseline}"
@@ -100,6 +104,43 @@ def latency_bars(frame: pd.DataFrame, baseline: str | None = None) -> go.Figure:
                               "<br>p99 %{customdata[1]:.3f} ms%{customdata[2]}<extra></extra>")
     fig.add_scatter(x=labels, y=ok["p90_ms"], mode="markers", name="p90",
                     marker={"symbol": "line-ew-open", "size": 14, "color": TEXT_COLOR, "line": {"width": 2}})
+    return fig
+
+
+def has_speedup_intervals(frame: pd.DataFrame) -> bool:
+    """Some measured cell has a 95% speedup interval (studies measured before intervals have none)."""
+    ok = _ok(frame)
+    return any(speedup_interval(row) is not None for _, row in ok.iterrows())
+
+
+def speedup_bars(frame: pd.DataFrame, baseline: str | None = None) -> go.Figure:
+    """Speedup per cell with its 95% interval as whiskers and a line at 1: a whisker that crosses the line is a cell
+    not surely faster than the baseline. Cells without a speedup are left out; noisy cells hatched."""
+    ok = _ok(frame)
+    ok = ok[ok["speedup"].notna()] if "speedup" in ok else ok.iloc[:0]
+    labels = cell_label(ok)
+    noise = _noise(ok)
+    hover = []
+    for (_, row), label in zip(ok.iterrows(), noise, strict=True):
+        method = SPEEDUP_METHODS.get(str(row.get("speedup_method")))
+        hover.append(_speedup_hover(row, baseline, sep="") + (f"<br>{method}" if method else "")
+                     + (f"<br>⚠ {label}" if label else ""))
+    title = "Speedup per cell (whiskers: 95% interval)" + (f" vs {baseline}" if baseline else "")
+    fig = new_figure(title, yaxis_title="× baseline", xaxis_tickangle=-30, height=440, margin={"b": 120},
+                     showlegend=False)
+    fig.add_bar(x=labels, y=ok["speedup"].astype(float), name="speedup",
+                marker={"color": COLORWAY[0], "pattern": {"shape": [NOISY_PATTERN if n else "" for n in noise]}},
+                customdata=hover, hovertemplate="%{x}<br>%{customdata}<extra></extra>")
+    # the whiskers on a trace of their own, only where a cell has an interval: Plotly draws a missing error value
+    # as a zero-length whisker, which would read as a certain speedup
+    spans = [(label, float(row["speedup"]), interval) for label, (_, row) in zip(labels, ok.iterrows(), strict=True)
+             if (interval := speedup_interval(row)) is not None]
+    fig.add_scatter(x=[label for label, _, _ in spans], y=[value for _, value, _ in spans], mode="markers",
+                    name="95% interval", marker={"size": 1, "color": TEXT_COLOR}, hoverinfo="skip",
+                    error_y={"type": "data", "symmetric": False, "color": TEXT_COLOR, "thickness": 2, "width": 6,
+                             "array": [max(high - value, 0.0) for _, value, (_, high) in spans],
+                             "arrayminus": [max(value - low, 0.0) for _, value, (low, _) in spans]})
+    fig.add_hline(y=1.0, line_dash="dash", line_color=TEXT_COLOR)
     return fig
 
 
@@ -214,8 +255,9 @@ MAX_LABELLED = 40
 
 
 def accuracy_vs_latency(frame: pd.DataFrame, accuracy: str, accuracy_label: str,
-                        recommended: pd.Series | None = None) -> go.Figure:
-    """Every measured cell, labelled (noisy ones hollow), the Pareto frontier on top, the recommended cell ringed."""
+                        recommended: pd.Series | None = None, baseline: str | None = None) -> go.Figure:
+    """Every measured cell, labelled (noisy ones hollow), the Pareto frontier on top, the recommended cell ringed;
+    the hover has each cell's speedup with its interval (vs `baseline`, tables.baseline_label's text)."""
     ok = _ok(frame)
     ok = ok[ok[accuracy].notna()]
     fig = new_figure(f"{accuracy_label} against latency", xaxis_title="p50 latency (ms)", yaxis_title=accuracy_label,
@@ -240,7 +282,8 @@ def accuracy_vs_latency(frame: pd.DataFrame, accuracy: str, accuracy_label: str,
     positions = pd.Series("top center", index=ok.index, dtype=object)
     positions[labelled] = _text_positions(ok["p50_ms"][labelled], ok[accuracy][labelled], texts[labelled], x_range,
                                           y_range, (front["p50_ms"].tolist(), front[accuracy].tolist()), ring)
-    hover = cell_label(ok) + pd.Series([_noise_suffix(n) for n in noise], index=ok.index)
+    hover = cell_label(ok) + pd.Series([_noise_suffix(n) + _speedup_hover(row, baseline)
+                                        for (_, row), n in zip(ok.iterrows(), noise, strict=True)], index=ok.index)
     noisy = pd.Series([n is not None for n in noise], index=ok.index)
     for i, (runtime, group) in enumerate(ok.groupby("runtime", sort=False)):
         color = COLORWAY[i % len(COLORWAY)]

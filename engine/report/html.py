@@ -15,7 +15,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from engine.report import charts, tables
-from engine.report.pareto import Constraints, accuracy_column, pareto_frontier, recommend, recommendation_note
+from engine.report.pareto import Constraints, accuracy_column, pareto_frontier, recommend, recommendation_notes
 
 DEFAULT_MAX_DROP = 0.01  # the Results page's default
 
@@ -45,11 +45,11 @@ def e(value: Any) -> str:
     return escape("" if value is None else str(value), quote=True)
 
 
-def _number_cell(column: str, value: Any, fmt: str) -> str:
+def _number_cell(column: str, value: Any, shown: str) -> str:
     if tables.missing(value):
         return f'<td class="num" data-col="{e(column)}" data-value="">{tables.MISSING}</td>'
     raw = repr(float(value)) if isinstance(value, float) else str(value)
-    return f'<td class="num" data-col="{e(column)}" data-value="{e(raw)}">{e(fmt % value)}</td>'
+    return f'<td class="num" data-col="{e(column)}" data-value="{e(raw)}">{e(shown)}</td>'
 
 
 def _table(frame: pd.DataFrame, columns: list[tuple[str, str, str | None]], *, table_id: str,
@@ -64,8 +64,8 @@ def _table(frame: pd.DataFrame, columns: list[tuple[str, str, str | None]], *, t
             if fmt is None:
                 shown = tables.MISSING if tables.missing(value) or value == "" else e(value)
                 tds.append(f'<td data-col="{e(column)}">{shown}</td>')
-            else:
-                tds.append(_number_cell(column, value, fmt))
+            else:  # the text as every table shows it (a speedup with its interval), the full number beside it
+                tds.append(_number_cell(column, value, tables.shown_text(row, column, fmt)))
         attrs = ""
         if "cell" in row.index and not tables.missing(row["cell"]):
             attrs = f' data-cell="{int(row["cell"])}"'
@@ -169,9 +169,8 @@ def recommendation_text(best: pd.Series | None, accuracy: str, accuracy_label: s
         return "No cell meets these constraints; loosen them."
     text = (f"Ship {best['variant']} on {best['runtime']} (batch {best['batch_size']}): p50 {best['p50_ms']:.3f} ms, "
             f"p99 {best['p99_ms']:.3f} ms, {accuracy_label} {best[accuracy]:.4f}")
-    if not tables.missing(best["speedup"]):
-        text += f", {best['speedup']:.2f}× the {baseline}"
-    return text
+    speedup = tables.speedup_phrase(best, baseline)
+    return text if speedup is None else f"{text}, {speedup}"
 
 
 def _shared_notes(report: dict[str, Any], notes: list[str]) -> str:
@@ -210,8 +209,8 @@ def study_html(report: dict[str, Any], constraints: Constraints | None = None) -
                 "maximum p99 (ms)": constraints.max_p99_ms if constraints.max_p99_ms else "none",
                 "batch size": constraints.batch_size if constraints.batch_size is not None else "any"}
         css = "ship" if best is not None else "none"
-        note = recommendation_note(best)
-        caveat = f' <span class="warn" id="recommendation-note">⚠ {e(note)}</span>' if note else ""
+        notes = recommendation_notes(best)
+        caveat = f' <span class="warn" id="recommendation-note">⚠ {e("; ".join(notes))}</span>' if notes else ""
         sentence = e(recommendation_text(best, accuracy, accuracy_label, baseline))
         parts += ["<h2>Which variant should I ship?</h2>",
                   f'<p class="{css}" id="recommendation">{sentence}{caveat}</p>',
@@ -224,9 +223,12 @@ def study_html(report: dict[str, Any], constraints: Constraints | None = None) -
     else:
         at_batch = frame if constraints.batch_size is None else frame[frame["batch_size"] == constraints.batch_size]
         parts += ["<h2>Charts</h2>",
-                  _figure(charts.accuracy_vs_latency(at_batch, accuracy, accuracy_label, best), "chart-pareto"),
-                  _figure(charts.latency_bars(frame, baseline), "chart-latency"),
-                  _figure(charts.latency_distribution(frame, samples), "chart-distribution"),
+                  _figure(charts.accuracy_vs_latency(at_batch, accuracy, accuracy_label, best, baseline),
+                          "chart-pareto"),
+                  _figure(charts.latency_bars(frame, baseline), "chart-latency")]
+        if charts.has_speedup_intervals(frame):  # older studies have point speedups only: the latency hover has them
+            parts.append(_figure(charts.speedup_bars(frame, baseline), "chart-speedup"))
+        parts += [_figure(charts.latency_distribution(frame, samples), "chart-distribution"),
                   _figure(charts.memory_and_size(frame), "chart-memory"),
                   _figure(charts.throughput_vs_batch(frame), "chart-throughput"),
                   "<h2>Pareto frontier</h2>",
@@ -251,10 +253,6 @@ def study_html(report: dict[str, Any], constraints: Constraints | None = None) -
 
 # --- two studies ---------------------------------------------------------------------------------------
 
-_COMPARE_FORMATS = {"batch_size": "%d", "p50_ms_a": "%.3f", "p50_ms_b": "%.3f", "p50_ratio": "%.3f",
-                    "p99_ratio": "%.3f", "throughput_ratio": "%.3f", "cosine_a": "%.5f", "cosine_b": "%.5f"}
-
-
 def compare_html(report_a: dict[str, Any], report_b: dict[str, Any]) -> str:
     """The Compare page for studies A and B: per-cell ratios B/A, their chart, environment differences."""
     a, b = report_a["study"], report_b["study"]
@@ -271,7 +269,7 @@ def compare_html(report_a: dict[str, Any], report_b: dict[str, Any]) -> str:
              _table(summary, [(c, c, "%d" if c == "cells" else None) for c in summary.columns], table_id="studies"),
              "<h2>Per-cell ratios (B / A)</h2>",
              "<p>Below 1, B is faster (p50, p99); above 1, B has more throughput.</p>",
-             _table(joined, [(c, c, _COMPARE_FORMATS.get(c)) for c in tables.COMPARE_SHOWN], table_id="ratios")]
+             _table(joined, tables.compare_columns(), table_id="ratios")]
     both = joined.dropna(subset=["p50_ratio"])
     if both.empty:
         parts.append("<p>The two studies have no measured cell in common.</p>")

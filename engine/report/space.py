@@ -102,10 +102,11 @@ def readme(report: dict[str, Any]) -> str:
         f"# {_markdown(study['name'])}", "",
         f"Benchmark results of the model {_markdown(study['model']['name'])}: {len(report['results'])} cells "
         f"(variant × runtime × batch size), {ok} measured, made with Paretoscope. This Space only shows them: "
-        "a table with filters, the Pareto frontier of speed against accuracy with a recommendation, and the "
-        "latency, memory and throughput charts.", "",
+        "a table with filters (speedups with their 95% intervals where measured), the Pareto frontier of speed "
+        "against accuracy with a recommendation, and the latency, speedup, memory and throughput charts.", "",
         "- `data/results.json`: the results JSON with the raw latency samples of every cell",
-        "- `data/results.csv`: one row per cell with every measured field",
+        "- `data/results.csv`: one row per cell with every measured field (a speedup's interval as `speedup_low` "
+        "and `speedup_high`)",
         "- `app.py` and `viewer/`: the Streamlit viewer (streamlit, plotly and pandas only)", "",
         "Run it locally: `pip install -r requirements.txt && streamlit run app.py`.", "",
     ]

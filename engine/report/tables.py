@@ -18,18 +18,22 @@ if TYPE_CHECKING:
 
 # The columns of the pages' results frame, in its order: the charts read these names.
 FRAME_COLUMNS = ["cell", "variant", "runtime", "batch_size", "status", "error", "p50_ms", "p90_ms", "p99_ms",
-                 "mean_ms", "throughput_per_s", "speedup", "load_s", "first_run_ms", "peak_host_mb",
-                 "peak_device_mb", "model_size_mb", "cosine", "pooled_cosine", "max_abs", "top1_agreement",
-                 "task_metric", "notes", "noisy", "noise_pct", "noise_message", "baseline_cell"]
+                 "mean_ms", "throughput_per_s", "speedup", "speedup_low", "speedup_high", "speedup_method", "load_s",
+                 "first_run_ms", "peak_host_mb", "peak_device_mb", "model_size_mb", "cosine", "pooled_cosine",
+                 "max_abs", "top1_agreement", "task_metric", "notes", "noisy", "noise_pct", "noise_message",
+                 "baseline_cell"]
 
 # Shown wherever a table has no value: never "None" or "nan".
 MISSING = "–"
+
+# A speedup as every table and sentence writes it; speedup_text adds its interval.
+SPEEDUP_FORMAT = "%.2f×"
 
 # What the results table shows, as the Results page does: column, heading, printf format (None: text).
 SHOWN = [
     ("variant", "variant", None), ("runtime", "runtime", None), ("batch_size", "batch", "%d"),
     ("status", "status", None), ("p50_ms", "p50 ms", "%.3f"), ("p99_ms", "p99 ms", "%.3f"),
-    ("throughput_per_s", "items/s", "%.1f"), ("speedup", "speedup vs baseline", "%.2fx"),
+    ("throughput_per_s", "items/s", "%.1f"), ("speedup", "speedup vs baseline", SPEEDUP_FORMAT),
     ("peak_host_mb", "peak host MB", "%.0f"), ("model_size_mb", "size MB", "%.2f"),
     ("cosine", "fidelity (cosine)", "%.5f"), ("pooled_cosine", "pooled cosine", "%.5f"),
     ("top1_agreement", "top-1 agreement", "%.3f"),
@@ -38,8 +42,8 @@ SHOWN = [
 
 # Row keys placed by name above, or not a per-cell field of their own.
 _PLACED = {"cell", "variant", "runtime", "batch_size", "status", "error", "latency_ms", "throughput_per_s",
-           "speedup_vs_baseline", "load_s", "first_run_ms", "peak_host_mb", "peak_device_mb", "model_size_mb",
-           "accuracy", "notes", "settings", "samples_ms"}
+           "speedup_vs_baseline", "speedup_ci95", "speedup_method", "speedup_rounds", "load_s", "first_run_ms",
+           "peak_host_mb", "peak_device_mb", "model_size_mb", "accuracy", "notes", "settings", "samples_ms"}
 
 
 def _cell(value: Any) -> Any:
@@ -69,12 +73,14 @@ def flat_row(r: dict[str, Any], without: Collection[str] = ()) -> dict[str, Any]
     fid = acc.get("fidelity") or {}
     task = acc.get("task") or {}
     ci = lat.get("p50_ci95") or [None, None]
+    speedup_ci = r.get("speedup_ci95") or [None, None]  # absent in studies measured before speedup intervals
     noise: dict[str, Any] = r["noise"] if isinstance(r.get("noise"), dict) else {}
     row = {
         "cell": r["cell"], "variant": r["variant"], "runtime": r["runtime"], "batch_size": r["batch_size"],
         "status": r["status"], "error": r.get("error"), "p50_ms": lat.get("p50"), "p90_ms": lat.get("p90"),
         "p99_ms": lat.get("p99"), "mean_ms": lat.get("mean"), "throughput_per_s": r.get("throughput_per_s"),
-        "speedup": r.get("speedup_vs_baseline"), "load_s": r.get("load_s"), "first_run_ms": r.get("first_run_ms"),
+        "speedup": r.get("speedup_vs_baseline"), "speedup_low": speedup_ci[0], "speedup_high": speedup_ci[1],
+        "speedup_method": r.get("speedup_method"), "load_s": r.get("load_s"), "first_run_ms": r.get("first_run_ms"),
         "peak_host_mb": r.get("peak_host_mb"), "peak_device_mb": r.get("peak_device_mb"),
         "model_size_mb": r.get("model_size_mb"), "cosine": fid.get("cosine"),
         "pooled_cosine": fid.get("pooled_cosine"), "max_abs": fid.get("max_abs"),
@@ -86,6 +92,7 @@ def flat_row(r: dict[str, Any], without: Collection[str] = ()) -> dict[str, Any]
         "noise_message": noise.get("message"),  # the cell's own verdict: its causes and what to do
         "p95_ms": lat.get("p95"), "std_ms": lat.get("std"), "min_ms": lat.get("min"), "max_ms": lat.get("max"),
         "p50_ci95_low": ci[0], "p50_ci95_high": ci[1], "iterations": lat.get("iterations"),
+        "speedup_rounds": r.get("speedup_rounds"),
         "mean_abs": fid.get("mean_abs"), "task_name": task.get("name"),
         "samples": len(r["samples_ms"]) if r.get("samples_ms") is not None else None,
         "settings": _cell(r.get("settings")),
@@ -189,13 +196,28 @@ def _formatter(fmt: str | None) -> Callable[[Any], str]:
     return lambda v: MISSING if missing(v) else fmt % v
 
 
+def shown_text(row: Mapping[str, Any], column: str, fmt: str | None) -> str:
+    """One cell of a shown table as text: a ROW_TEXT column from its whole row (a speedup with its interval),
+    any other by its printf format; MISSING for a missing value."""
+    if column in ROW_TEXT:
+        return ROW_TEXT[column](row)
+    return _formatter(fmt)(row.get(column))
+
+
 def styled(frame: pd.DataFrame, columns: list[tuple[str, str, str | None]] | None = None) -> Styler:
     """The frame's shown columns formatted as the HTML report does, MISSING for missing values, statuses with
-    their noise flag: for st.dataframe (give it column labels only: a column_config format would override)."""
+    their noise flag, speedups with their interval: for st.dataframe (give it column labels only: a column_config
+    format would override). The values stay numbers, so the table still sorts by them."""
     columns = SHOWN if columns is None else columns
+    frame = frame.reset_index(drop=True)  # one label per row: the per-row formats below address rows by it
     names = [c for c, _, _ in columns if c in frame.columns]
     formats = {c: _formatter(fmt) for c, _, fmt in columns if c in frame.columns}
-    return with_status(frame)[names].style.format(formats)
+    styler = with_status(frame)[names].style.format(formats)
+    for column in (c for c in names if c in ROW_TEXT):
+        for index, row in frame.iterrows():
+            text = ROW_TEXT[column](row)
+            styler.format(lambda _, text=text: text, subset=pd.IndexSlice[[index], [column]])
+    return styler
 
 
 def with_status(frame: pd.DataFrame) -> pd.DataFrame:
@@ -234,6 +256,57 @@ def status_text(row: Mapping[str, Any]) -> str:
     return status if label is None else f"{status} ⚠ {label}"
 
 
+# --- speedups and their 95% intervals ------------------------------------------------------------------------
+
+# How a speedup's interval was measured (the results JSON's speedup_method), for a hover or a caption.
+SPEEDUP_METHODS = {
+    "interleaved": "timed in interleaved rounds with its baseline",
+    "separate": "from p50s measured at different times (a conservative interval)",
+    "baseline": "the baseline itself",
+}
+
+
+def speedup_interval(row: Mapping[str, Any], suffix: str = "") -> tuple[float, float] | None:
+    """A cell's 95% speedup interval (low, high); None without one (no speedup, or measured before intervals were).
+    `suffix` reads a comparison's columns (speedup_low_a, ...)."""
+    low: Any = row.get(f"speedup_low{suffix}")
+    high: Any = row.get(f"speedup_high{suffix}")
+    if missing(low) or missing(high):
+        return None
+    return float(low), float(high)
+
+
+def interval_text(interval: tuple[float, float]) -> str:
+    """ "0.95–1.20": an interval inside a sentence."""
+    return f"{interval[0]:.2f}–{interval[1]:.2f}"
+
+
+def speedup_text(row: Mapping[str, Any], suffix: str = "") -> str:
+    """A cell's speedup as every table shows it: "1.80× [1.60, 2.00]" with its 95% interval, "1.80×" without one,
+    MISSING without a speedup. `suffix` reads a comparison's columns (speedup_a, speedup_low_a, ...)."""
+    value: Any = row.get(f"speedup{suffix}")
+    if missing(value):
+        return MISSING
+    text = SPEEDUP_FORMAT % float(value)
+    interval = speedup_interval(row, suffix)
+    return text if interval is None else f"{text} [{interval[0]:.2f}, {interval[1]:.2f}]"
+
+
+def speedup_phrase(row: Mapping[str, Any], baseline: str = "baseline") -> str | None:
+    """The speedup in a sentence, "1.80× [1.60, 2.00] the baseline on torch" (`baseline`: baseline_label's text);
+    None without a speedup."""
+    text = speedup_text(row)
+    return None if text == MISSING else f"{text} the {baseline}"
+
+
+# Columns whose shown text needs more of the row than their own value.
+ROW_TEXT: dict[str, Callable[[Mapping[str, Any]], str]] = {
+    "speedup": speedup_text,
+    "speedup_a": lambda row: speedup_text(row, "_a"),
+    "speedup_b": lambda row: speedup_text(row, "_b"),
+}
+
+
 def samples_by_cell(report: dict[str, Any]) -> dict[int, np.ndarray]:
     """Raw latency samples (ms) per cell index, from a results JSON written with samples."""
     return {int(r["cell"]): np.asarray(r["samples_ms"], dtype=np.float64)
@@ -247,9 +320,19 @@ def csv_text(report: dict[str, Any]) -> str:
 # --- comparing two studies ----------------------------------------------------------------------------
 
 COMPARE_KEYS = ["variant", "runtime", "batch_size"]
-_COMPARED = ["p50_ms", "p99_ms", "throughput_per_s", "peak_host_mb", "cosine", "status"]
+_COMPARED = ["p50_ms", "p99_ms", "throughput_per_s", "peak_host_mb", "cosine", "status", "speedup", "speedup_low",
+             "speedup_high"]
 COMPARE_SHOWN = [*COMPARE_KEYS, "status_a", "status_b", "p50_ms_a", "p50_ms_b", "p50_ratio", "p99_ratio",
-                 "throughput_ratio", "cosine_a", "cosine_b"]
+                 "throughput_ratio", "speedup_a", "speedup_b", "cosine_a", "cosine_b"]
+_COMPARE_FORMATS = {"batch_size": "%d", "p50_ms_a": "%.3f", "p50_ms_b": "%.3f", "p50_ratio": "%.3f",
+                    "p99_ratio": "%.3f", "throughput_ratio": "%.3f", "speedup_a": SPEEDUP_FORMAT,
+                    "speedup_b": SPEEDUP_FORMAT, "cosine_a": "%.5f", "cosine_b": "%.5f"}
+
+
+def compare_columns() -> list[tuple[str, str, str | None]]:
+    """COMPARE_SHOWN as (column, heading, printf format) for styled() and the HTML comparison: each study's speedup
+    over its own baseline with its interval, as the results table shows it."""
+    return [(c, c, _COMPARE_FORMATS.get(c)) for c in COMPARE_SHOWN]
 
 
 def compare_frames(frame_a: pd.DataFrame, frame_b: pd.DataFrame) -> pd.DataFrame:

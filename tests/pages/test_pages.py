@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
 from engine.measure.devices import cuda_devices
+from engine.report import charts, tables
 from pages import PAGES
 from storage import queries as q
 from storage.db import session
@@ -54,7 +58,7 @@ def test_results_charts_match_the_database(data_dir: Path) -> None:
     table = at.dataframe[0].value
     assert len(table) == len(frame)
     specs = [json.loads(e.proto.spec) for e in at.get("plotly_chart")]
-    assert len(specs) == 5
+    assert len(specs) == 5 + charts.has_speedup_intervals(frame)  # the speedup chart where intervals were measured
     bars = next(s for s in specs if "Latency per cell" in s["layout"]["title"]["text"])
     p50 = dict(zip(values(bars["data"][0]["x"]), values(bars["data"][0]["y"]), strict=True))
     for _, row in ok.iterrows():
@@ -135,3 +139,84 @@ def test_system_page_reports_runtimes_and_storage(data_dir: Path) -> None:
         assert not any("No GPU" in i.value for i in at.info)  # the GPU table instead
     else:
         assert any("No GPU" in i.value for i in at.info)
+
+
+# --- speedups with their 95% intervals (studies measured in rounds; older ones have none) ----------------------
+
+
+@pytest.fixture
+def intervals(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Every stored study read as one measured in rounds: the baseline [1, 1], each other ok cell its speedup with a
+    wide interval holding 1, so that all cells at a batch size are tied on speed (the seeded studies ran before
+    the engine measured intervals)."""
+    import streamlit as st
+
+    original = q.results_json
+
+    def measured_in_rounds(s: Any, study_id: int, with_samples: bool = False) -> dict[str, Any]:
+        report = original(s, study_id, with_samples)
+        for r in report["results"]:
+            if r["speedup_vs_baseline"] is None:
+                continue
+            own = r["cell"] == r["baseline_cell"]
+            speedup = r["speedup_vs_baseline"]
+            low, high = (1.0, 1.0) if own else (min(speedup, 1.0) * 0.5, max(speedup, 1.0) * 2.0)
+            r.update(speedup_ci95=[low, high], speedup_method="baseline" if own else "interleaved",
+                     speedup_rounds=12)
+        return report
+
+    monkeypatch.setattr(q, "results_json", measured_in_rounds)
+    st.cache_data.clear()  # the pages' reads are cached: read the patched ones, and leave none behind
+    yield
+    st.cache_data.clear()
+
+
+def shown(at: AppTest, index: int = 0) -> pd.DataFrame:
+    """A dataframe as the page displays it: the styler's text of each cell."""
+    import pyarrow as pa
+
+    data = at.dataframe[index].proto.arrow_data.styler.display_values
+    return pa.ipc.open_stream(data).read_all().to_pandas()
+
+
+def test_results_page_shows_speedup_intervals_and_a_tie(data_dir: Path, intervals: None) -> None:
+    with session(write=False) as s:
+        study_id = int(q.list_studies(s).set_index("name").loc["first <script>", "id"])
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.run()
+    at.session_state["results_study"] = study_id
+    at.switch_page("pages/results.py").run()
+    at.number_input[0].set_value(1.0).run()  # any accuracy drop: every cell at batch 1 qualifies, and all are tied
+    assert not at.exception, at.exception
+    with session(write=False) as s:
+        report = q.results_json(s, study_id)  # patched: as the page read it
+    frame = tables.results_table(report)
+    expected = {tables.speedup_text(row) for _, row in frame.iterrows()}
+    texts = set(shown(at).astype(str).to_numpy().ravel())
+    assert expected <= texts and any(t.endswith("]") and "× [" in t for t in texts)
+    assert any("Ship" in s.value and "× [" in s.value for s in at.success)
+    assert any(w.value.startswith("This cell was tied on speed with") and "the intervals overlap" in w.value
+               for w in at.warning), [w.value for w in at.warning]
+    titles = [json.loads(e.proto.spec)["layout"]["title"]["text"] for e in at.get("plotly_chart")]
+    assert len(titles) == 6 and any(t.startswith("Speedup per cell") for t in titles)
+
+
+def test_results_page_of_an_older_study_has_no_speedup_chart(data_dir: Path) -> None:
+    at = visit("results.py")
+    assert not any("× [" in str(v) for v in shown(at).to_numpy().ravel())
+    titles = [json.loads(e.proto.spec)["layout"]["title"]["text"] for e in at.get("plotly_chart")]
+    assert not any(t.startswith("Speedup per cell") for t in titles)
+
+
+def test_compare_shows_each_studys_speedup_with_its_interval(data_dir: Path, intervals: None) -> None:
+    at = visit("compare.py")
+    with session(write=False) as s:
+        studies = q.list_studies(s).set_index("name")
+    at.selectbox[0].set_value(int(studies.loc["first <script>", "id"]))
+    at.selectbox[1].set_value(int(studies.loc["second", "id"])).run()
+    assert not at.exception, at.exception
+    joined = at.dataframe[0].value
+    assert {"speedup_a", "speedup_b"} <= set(joined.columns)
+    assert joined["speedup_a"].notna().any()  # numbers underneath, sortable
+    texts = shown(at)
+    assert any("× [" in str(v) for v in texts["speedup_a"]) and any("× [" in str(v) for v in texts["speedup_b"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 from typing import Any
@@ -12,11 +13,21 @@ EXPORTER_NOTE = ("exported to ONNX with the legacy exporter (opset 18): dynamo f
                  "Could not guard on data-dependent expression Eq(u0, 1))")
 
 
+# The speedup fields added with speedup intervals (issue 13); a row without them is one of an older study.
+INTERVAL_KEYS = ("speedup_ci95", "speedup_method", "speedup_rounds")
+
+
 def result(cell: int, variant: str, runtime: str, batch: int, p50: float, *, cosine: float | None = 0.9999,
            task: float | None = None, status: str = "ok", notes: tuple[str, ...] = (),
            noise: dict[str, Any] | None = None, settings: dict[str, Any] | None = None, size_mb: float = 2.5,
-           host_mb: float = 450.0, error: str | None = None) -> dict[str, Any]:
-    """One row of the results JSON as storage writes it (speedups added by `study`)."""
+           host_mb: float = 450.0, error: str | None = None, speedup: float | None = None,
+           interval: tuple[float, float] | None = None, method: str | None = None,
+           rounds: int | None = None) -> dict[str, Any]:
+    """One row of the results JSON as storage writes it (speedups added by `study`).
+
+    `interval` (with `method`, default "interleaved", and `rounds`) gives the row the speedup fields of a study
+    measured in rounds; `speedup` then stands for their median of ratios, else storage's ratio of p50s is kept.
+    """
     ok = status == "ok"
     row: dict[str, Any] = {
         "cell": cell, "job_id": cell + 1, "variant": variant, "runtime": runtime, "batch_size": batch,
@@ -32,6 +43,11 @@ def result(cell: int, variant: str, runtime: str, batch: int, p50: float, *, cos
                      "task": {"name": "top1", "value": task} if ok and task is not None else None},
         "settings": settings if ok else None, "notes": list(notes), "attempts": 1,
     }
+    if speedup is not None:
+        row["speedup_vs_baseline"] = speedup
+    if interval is not None or method is not None:
+        row.update(speedup_ci95=None if interval is None else list(interval),
+                   speedup_method=method or "interleaved", speedup_rounds=rounds)
     if noise is not None:
         row["noise"] = noise
         row["machine_load"] = {"other_busy_cores": noise.get("other_busy_cores"), "cpu_count": 2}
@@ -49,8 +65,17 @@ STEADY = {"noisy": False, "spread_pct": 0.8, "cv": 0.05, "other_busy_cores": 0.1
 
 
 def study(rows: list[dict[str, Any]], name: str = "hand-made") -> dict[str, Any]:
-    """A results JSON around the rows, speedups computed by storage as for a stored study."""
+    """A results JSON around the rows, speedups computed by storage as for a stored study.
+
+    The speedup fields a row was built with are kept; any others storage adds are dropped, so a row built without
+    an interval stays one of an older study whatever storage learns to compute.
+    """
+    given = [{k: r[k] for k in ("speedup_vs_baseline", *INTERVAL_KEYS) if k in r} for r in rows]
     add_speedups(rows)
+    for row, kept in zip(rows, given, strict=True):
+        for key in INTERVAL_KEYS:
+            row.pop(key, None)
+        row.update(kept)
     return {
         "study": {"id": 7, "name": name, "created_at": "2025-01-01T00:00:00", "finished_at": None,
                   "cancelled": False, "model": {"name": "model.onnx", "format": "onnx", "sha256": "0" * 64,
@@ -61,6 +86,35 @@ def study(rows: list[dict[str, Any]], name: str = "hand-made") -> dict[str, Any]
         "environment": None,
         "results": rows,
     }
+
+
+def measured(fp16_interval: tuple[float, float] = (1.6, 2.0)) -> dict[str, Any]:
+    """Batch 1: the baseline on torch and three variants on onnxruntime timed in rounds against it (int8-dynamic the
+    fastest, fp16 tied with it on speed and more accurate, int8-static surely slower than both), a cell with a point
+    speedup only (measured before intervals) and a failed cell; batch 8: an fp16 cell whose interval overlaps
+    int8-dynamic's at batch 1."""
+    return study([
+        result(0, "baseline", "torch", 1, 10.0, cosine=1.0, speedup=1.0, interval=(1.0, 1.0), method="baseline",
+               rounds=12),
+        result(1, "int8-dynamic", "onnxruntime", 1, 5.0, cosine=0.992, speedup=2.0, interval=(1.8, 2.2), rounds=12),
+        result(2, "fp16", "onnxruntime", 1, 5.5, cosine=0.9995, speedup=1.8, interval=fp16_interval, rounds=12),
+        result(3, "int8-static", "onnxruntime", 1, 7.0, cosine=0.9999, speedup=1.4, interval=(1.3, 1.5), rounds=12),
+        result(4, "prune-structured:0.5", "onnxruntime", 1, 8.0, cosine=0.9999),
+        result(5, "int8-static", "openvino", 1, 0.0, status="failed", error="RuntimeError: no kernel"),
+        result(6, "baseline", "torch", 8, 60.0, cosine=1.0, speedup=1.0, interval=(1.0, 1.0), method="baseline",
+               rounds=12),
+        result(7, "fp16", "onnxruntime", 8, 31.0, cosine=0.99999, speedup=1.95, interval=(1.7, 2.1),
+               method="separate"),
+    ])
+
+
+def older(report: dict[str, Any]) -> dict[str, Any]:
+    """The same study as stored before speedup intervals: none of the new keys."""
+    old = copy.deepcopy(report)
+    for r in old["results"]:
+        for key in INTERVAL_KEYS:
+            r.pop(key, None)
+    return old
 
 
 _NEW_PLOT = re.compile(r'Plotly\.newPlot\(\s*"([^"]+)",\s*')

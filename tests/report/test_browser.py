@@ -9,8 +9,11 @@ from typing import Any
 import pytest
 
 from engine.__main__ import main
+from engine.report import charts
+from engine.report.html import study_html
 from tests.conftest import results_frame
 from tests.report.conftest import Seeded
+from tests.report.studies import measured
 
 CHROMIUM = "/usr/bin/chromium"
 CHART_IDS = ("chart-pareto", "chart-latency", "chart-distribution", "chart-memory", "chart-throughput")
@@ -50,6 +53,11 @@ def test_reports_draw_offline_in_chromium(seeded: Seeded, data_dir: Path, tmp_pa
                                                         compare)):
         assert main(["report", *args, "--format", "html", "--out", str(out)], out=io.StringIO()) == 0
     frame = results_frame(seeded.study_a)
+    measured_html = tmp_path / "measured.html"
+    report = measured()
+    for r in report["results"]:  # raw samples, so that the distribution chart has boxes to draw
+        r["samples_ms"] = [r["latency_ms"]["p50"] * f for f in (0.9, 1.0, 1.1)] if r["latency_ms"] else None
+    measured_html.write_text(study_html(report), encoding="utf-8")
 
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True,
@@ -63,9 +71,11 @@ def test_reports_draw_offline_in_chromium(seeded: Seeded, data_dir: Path, tmp_pa
                                                else None),
                                           p.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))))
             page = context.new_page()
-            assert _drawn(page, study, len(CHART_IDS)) == []
+            # the speedup chart where the study measured intervals (the engine's rounds), not in older studies
+            expected = (*CHART_IDS, "chart-speedup") if charts.has_speedup_intervals(frame) else CHART_IDS
+            assert _drawn(page, study, len(expected)) == []
             ids = page.evaluate("[...document.querySelectorAll('.js-plotly-plot')].map(d => d.id)")
-            assert sorted(ids) == sorted(CHART_IDS)
+            assert sorted(ids) == sorted(expected)
             bars = page.evaluate("(() => { const t = document.getElementById('chart-latency')._fullData[0];"
                                  " return [Array.from(t.x), Array.from(t.y)]; })()")
             p50 = dict(zip(*bars, strict=True))
@@ -76,6 +86,14 @@ def test_reports_draw_offline_in_chromium(seeded: Seeded, data_dir: Path, tmp_pa
 
             page = context.new_page()
             assert _drawn(page, compare, 1) == []
+
+            page = context.new_page()  # intervals: whiskers, and none where a cell has no interval
+            assert _drawn(page, measured_html, len(CHART_IDS) + 1) == []
+            whiskers = page.evaluate("(() => { const t = document.getElementById('chart-speedup')._fullData[1];"
+                                     " return [Array.from(t.x), Array.from(t.error_y.array)]; })()")
+            above = dict(zip(*whiskers, strict=True))
+            assert above["int8-dynamic · onnxruntime · b1"] == pytest.approx(0.2)
+            assert "prune-structured:0.5 · onnxruntime · b1" not in above
             assert errors == [] and dialogs == []
         finally:
             browser.close()

@@ -45,7 +45,8 @@ def frame_of(report: dict[str, Any]) -> pd.DataFrame:
 def every_chart(report: dict[str, Any]) -> list[go.Figure]:
     frame = frame_of(report)
     best = recommend(frame, Constraints(batch_size=1), "task_metric")
-    return [charts.accuracy_vs_latency(frame, "task_metric", "top-1", best), charts.latency_bars(frame, "b"),
+    return [charts.accuracy_vs_latency(frame, "task_metric", "top-1", best, "b"), charts.latency_bars(frame, "b"),
+            charts.speedup_bars(frame, "b"),
             charts.latency_distribution(frame, tables.samples_by_cell(report)), charts.memory_and_size(frame),
             charts.throughput_vs_batch(frame), charts.compare_ratios(frame.assign(p50_ratio=1.0), "#1", "#2")]
 
@@ -199,7 +200,7 @@ def test_speedup_heading_and_latency_chart_name_the_baseline() -> None:
     latency = figures(text)["chart-latency"]
     assert "baseline on torch (fp32)" in latency["layout"]["title"]["text"]
     assert "× the baseline on torch (fp32)" in text
-    assert ("speedup", "speedup vs baseline", "%.2fx") in tables.shown_columns()
+    assert ("speedup", "speedup vs baseline", "%.2f×") in tables.shown_columns()
 
 
 # --- 6. missing values ----------------------------------------------------------------------------------------

@@ -48,10 +48,12 @@ def test_html_numbers_match_the_database(seeded: Seeded, data_dir: Path, tmp_pat
         assert got["status"].text == tables.status_text(db) and got["status"].text.startswith("ok")
         assert got["batch_size"].text == str(db["batch_size"])
         for column, fmt in (("p50_ms", "%.3f"), ("p99_ms", "%.3f"), ("throughput_per_s", "%.1f"),
-                            ("speedup", "%.2fx"), ("peak_host_mb", "%.0f"), ("model_size_mb", "%.2f"),
+                            ("speedup", "%.2f×"), ("peak_host_mb", "%.0f"), ("model_size_mb", "%.2f"),
                             ("cosine", "%.5f"), ("top1_agreement", "%.3f")):
             assert float(got[column].value) == db[column], column  # the full value, exactly
-            assert got[column].text == fmt % db[column], column  # and what the reader sees
+            assert got[column].text.startswith(fmt % db[column]), column  # and what the reader sees
+        # the speedup with its 95% interval where the study measured one, as every table shows it
+        assert got["speedup"].text == tables.speedup_text(db)
         assert got["task_metric"].value == ""  # no labels: no task metric, shown as missing, not invented
 
     accuracy, _ = accuracy_column(frame)

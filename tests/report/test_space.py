@@ -7,6 +7,7 @@ import ast
 import base64
 import io
 import json
+import re
 import subprocess
 import sys
 import zipfile
@@ -22,6 +23,7 @@ from engine.report import charts, space, tables
 from tests.conftest import results_frame
 from tests.report.conftest import HOSTILE_STUDY, Seeded
 from tests.report.isolation import site_of_symlinks
+from tests.report.studies import measured
 
 HEAVY = ("torch", "onnxruntime", "onnxruntime-gpu", "onnx", "onnxscript", "openvino", "tensorrt", "transformers",
          "safetensors", "scikit-learn", "sqlalchemy", "psycopg", "nvidia-ml-py", "huggingface_hub")
@@ -128,6 +130,7 @@ out = {"missing": missing, "exception": [str(e.value) for e in at.exception],
        "charts": [json.loads(c.proto.spec) for c in at.get("plotly_chart")],
        "themes": [c.proto.theme for c in at.get("plotly_chart")],
        "rows": len(at.dataframe[0].value), "success": [s.value for s in at.success],
+       "warning": [w.value for w in at.warning],
        "shown": [str(v) for v in shown.to_numpy().ravel()],
        "loaded": sorted({m.split(".")[0] for m in sys.modules})}
 at.multiselect[0].set_value([]).run()  # no runtime selected: nothing to chart
@@ -144,8 +147,8 @@ def values(data: Any) -> list[Any]:
     return list(data)
 
 
-def test_viewer_runs_where_only_streamlit_plotly_and_pandas_exist(bundle: Path, seeded: Seeded, data_dir: Path,
-                                                                  tmp_path: Path) -> None:
+def run_viewer(bundle: Path, tmp_path: Path) -> dict[str, Any]:
+    """The bundle's app under AppTest in a Python that has streamlit, plotly and pandas and nothing else."""
     site = tmp_path / "site"
     linked = site_of_symlinks(site)
     assert {"streamlit", "plotly", "pandas"} <= set(linked) and "torch" not in linked
@@ -155,23 +158,51 @@ def test_viewer_runs_where_only_streamlit_plotly_and_pandas_exist(bundle: Path, 
     proc = subprocess.run([sys.executable, "-I", "-S", str(probe), str(site), str(bundle / "app.py")],
                           capture_output=True, text=True, timeout=120, cwd=tmp_path, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return result
+
+
+def test_viewer_runs_where_only_streamlit_plotly_and_pandas_exist(bundle: Path, seeded: Seeded, data_dir: Path,
+                                                                  tmp_path: Path) -> None:
+    result = run_viewer(bundle, tmp_path)
     assert {"torch", "onnxruntime", "openvino", "engine", "storage"} <= set(result["missing"])
     assert not result["exception"], result["exception"]
     assert not {"torch", "onnxruntime", "engine", "storage", "sqlalchemy"} & set(result["loaded"])
     assert result["rows"] == 4 and any("Ship" in s for s in result["success"])
     titles = [c["layout"]["title"]["text"] for c in result["charts"]]
-    assert len(titles) == 5 and any("against latency" in t for t in titles)
+    frame = results_frame(seeded.study_a)
+    drawn = 5 + charts.has_speedup_intervals(frame)  # the speedup chart where the study measured intervals
+    assert len(titles) == drawn and any("against latency" in t for t in titles)
     # the charts' own template, not Streamlit's theme (whose placeholder colours turn black outside Streamlit)
-    assert result["themes"] == [""] * 5
+    assert result["themes"] == [""] * drawn
     assert all(c["layout"]["template"]["layout"]["colorway"] == list(charts.COLORWAY) for c in result["charts"])
     assert tables.MISSING in result["shown"] and not {"None", "nan", "NaN", "<NA>"} & set(result["shown"])
-    frame = results_frame(seeded.study_a)
     bars = next(c for c in result["charts"] if "Latency per cell" in c["layout"]["title"]["text"])
     p50 = dict(zip(values(bars["data"][0]["x"]), values(bars["data"][0]["y"]), strict=True))
     for _, row in frame.iterrows():
         assert p50[f"{row['variant']} · {row['runtime']} · b{row['batch_size']}"] == pytest.approx(row["p50_ms"])
     assert not result["filtered_exception"] and any("No measured cell" in i for i in result["filtered_info"])
+
+
+def unescaped(markdown: str) -> str:
+    """The text of the viewer's Markdown, whose names and numbers are escaped to show as written."""
+    return re.sub(r"\\(.)", r"\1", markdown)
+
+
+def test_viewer_shows_speedup_intervals_and_a_tie_on_speed(tmp_path: Path) -> None:
+    bundle = tmp_path / "space"
+    space.write_space(measured(), bundle)
+    result = run_viewer(bundle, tmp_path)
+    assert not result["exception"], result["exception"]
+    assert {"2.00× [1.80, 2.20]", "1.80× [1.60, 2.00]", "1.25×"} <= set(result["shown"])  # older cell: no interval
+    success = [unescaped(s) for s in result["success"]]
+    assert any("Ship **fp16** on **onnxruntime**" in s and "1.80× [1.60, 2.00] the baseline on torch" in s
+               for s in success), success
+    warnings = [unescaped(w) for w in result["warning"]]
+    assert any("tied on speed with int8-dynamic · onnxruntime (2.00× [1.80, 2.20]) — the intervals overlap; "
+               "picked the more accurate" in w for w in warnings), warnings
+    speedup = next(c for c in result["charts"] if "Speedup per cell" in c["layout"]["title"]["text"])
+    assert "speedup 2.00× [1.80, 2.20] vs baseline on torch" in " ".join(speedup["data"][0]["customdata"])
 
 
 def test_an_unrelated_folder_is_never_replaced(seeded: Seeded, data_dir: Path, tmp_path: Path,

@@ -24,7 +24,7 @@ from viewer.pareto import (  # noqa: E402
     accuracy_column,
     pareto_frontier,
     recommend,
-    recommendation_note,
+    recommendation_notes,
 )
 
 DATA = HERE / "data"
@@ -96,17 +96,17 @@ best = recommend(shown, Constraints(max_accuracy_drop=drop, max_p99_ms=budget or
 if best is None:
     st.warning("No cell meets these constraints; loosen them.")
 else:
-    speedup = best["speedup"]
+    speedup = tables.speedup_phrase(best, baseline)
     st.success(f"Ship **{md(best['variant'])}** on **{md(best['runtime'])}** (batch {best['batch_size']}): p50 "
                f"{best['p50_ms']:.3f} ms, p99 {best['p99_ms']:.3f} ms, {accuracy_label} {best[accuracy]:.4f}"
-               + (f", {speedup:.2f}× the {md(baseline)}" if speedup is not None and speedup == speedup else ""))
-    note = recommendation_note(best)
-    if note:
-        st.warning(f"⚠ {md(note)}")
+               + (f", {md(speedup)}" if speedup else ""))
+    for note in recommendation_notes(best):
+        st.warning(f"⚠ This cell was {md(note)}.")
 
 at_batch = shown[shown["batch_size"] == batch]
 # theme=None: the figures carry their own template, the same as in the HTML report and the dashboard
-st.plotly_chart(charts.accuracy_vs_latency(at_batch, accuracy, accuracy_label, best), key="pareto", theme=None)
+st.plotly_chart(charts.accuracy_vs_latency(at_batch, accuracy, accuracy_label, best, baseline), key="pareto",
+                theme=None)
 front = pareto_frontier(at_batch, "p50_ms", accuracy)
 st.caption("Pareto frontier at this batch size: no other cell is both faster and more accurate.")
 st.dataframe(front[["variant", "runtime", "batch_size", "p50_ms", "p99_ms", accuracy]], hide_index=True,
@@ -115,6 +115,8 @@ st.dataframe(front[["variant", "runtime", "batch_size", "p50_ms", "p99_ms", accu
                             accuracy: st.column_config.NumberColumn(accuracy_label, format="%.5f")})
 
 st.plotly_chart(charts.latency_bars(shown, baseline), key="latency", theme=None)
+if charts.has_speedup_intervals(shown):  # older studies have point speedups only: the latency hover has them
+    st.plotly_chart(charts.speedup_bars(shown, baseline), key="speedup", theme=None)
 st.plotly_chart(charts.latency_distribution(shown, samples), key="distribution", theme=None)
 c1, c2 = st.columns(2)
 c1.plotly_chart(charts.memory_and_size(shown), key="memory", theme=None)

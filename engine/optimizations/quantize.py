@@ -43,7 +43,7 @@ ENTROPY_QUANTIZED_BINS = 128
 # out of the calibration (16-32 keep each trial's run short; fewer are held out when the data has fewer).
 HOLDOUT_SAMPLES = 32
 # ...and at most this fraction of the quantizable nodes stays float: past it int8 has lost most of its speed.
-# On all-MiniLM-L6-v2, 5 of its 48 MatMuls in float reached cosine 0.99.
+# On all-MiniLM-L6-v2 (English text), 5 of its 48 MatMuls in float reached cosine 0.99, 7 reached 0.995.
 MAX_FLOAT_FRACTION = 0.25
 # the nodes whose sensitivity is measured when the op types are chosen by model (weight-carrying ops)
 SENSITIVITY_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")

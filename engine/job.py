@@ -220,6 +220,7 @@ def run_cell(study_dir: Path, model: Artifact, cell: Cell, settings: StudySettin
         "notes": notes,
         "build_s": variant.build_s,
         "train_s": variant.train_s,
+        "build_details": variant.details or None,
         "target": runtime_cls.consumes,
         "variant_path": str(variant.path) if variant.path else None,
         "samples_ms": samples.astype(np.float32).tolist(),

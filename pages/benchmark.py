@@ -147,7 +147,8 @@ with left:
     chosen = st.multiselect("Variants", options, default=url_variants)
     custom = st.text_input("Chain builder", placeholder="int8-static:method=percentile,per_channel=false",
                            help="Optimization ids joined with '+', parameters after ':' "
-                                f"(known: {', '.join(sorted(REGISTRY))})")
+                                f"(known: {', '.join(sorted(REGISTRY))}); e.g. int8-static:max_drop=0.01 keeps "
+                                "the layers int8 hurts most in float until the cosine to fp32 is at least 0.99")
 with right:
     runtimes = availability()
     usable = [r["id"] for r in runtimes if r["available"] and not r["id"].startswith("test-")]

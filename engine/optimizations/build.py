@@ -45,6 +45,9 @@ class BuildContext:
     calibration_data: Callable[[int], dict[str, np.ndarray]] | None = None
     calibration_source: str = "synthesized inputs"
     notes: list[str] = field(default_factory=list)
+    # structured records of the passes by optimization id (which nodes int8-static:max_drop kept in float):
+    # stored with the variant, reported as the result's `build_details`
+    details: dict[str, Any] = field(default_factory=dict)
     progress: Callable[[str, float], None] = lambda phase, fraction: None
     # the study's data: distillation trains on its train split
     dataset: Dataset | None = None
@@ -99,6 +102,7 @@ class Variant:
     module: Any = None  # the eager module for target "torch"
     input_names: list[str] = field(default_factory=list)
     train_s: float | None = None  # training time of the chain's torch-level passes, when one trains
+    details: dict[str, Any] = field(default_factory=dict)  # the passes' structured records (BuildContext.details)
 
 
 def not_applicable_reason(model_format: str, chain: Chain, target: str, device: str) -> str | None:
@@ -137,11 +141,13 @@ def _key(*parts: Any) -> str:
 
 
 def _calibration_digest(steps: list[Step], ctx: BuildContext) -> str | None:
-    """A digest of the calibration inputs when a step calibrates (it has a `samples` parameter).
+    """A digest of the calibration inputs when a step calibrates (it has a `samples` parameter; it reads
+    `calibration_samples` when it holds some out to measure fidelity).
 
     Part of the cache key, so that a variant calibrated on one data set is never served for another.
     """
-    samples = [n for n in (getattr(s.config, "samples", None) for s in steps) if isinstance(n, int)]
+    samples = [n for n in (getattr(s.config, "calibration_samples", getattr(s.config, "samples", None))
+                           for s in steps) if isinstance(n, int)]
     if not samples:
         return None
     digest = hashlib.sha256()
@@ -205,12 +211,12 @@ def build_variant(model: Artifact, chain: Chain, target: str, ctx: BuildContext)
         module, cached = _torch_module(model, chain, ctx)
         size = _state_size(module)
         return Variant(chain.name, target, None if chain.steps else model.path, size, ctx.notes,
-                       time.perf_counter() - start, cached, module, model.spec.names, ctx.train_s)
+                       time.perf_counter() - start, cached, module, model.spec.names, ctx.train_s, ctx.details)
     path, cached = _build_file(model, chain, target, ctx)
     meta = path.parent / _VARIANT_JSON
     size = folder_size(path.parent) - meta.stat().st_size if meta.is_file() else model.size_bytes
     return Variant(chain.name, target, path, size, ctx.notes, time.perf_counter() - start, cached,
-                   input_names=model.spec.names, train_s=ctx.train_s)
+                   input_names=model.spec.names, train_s=ctx.train_s, details=ctx.details)
 
 
 def _torch_module(model: Artifact, chain: Chain, ctx: BuildContext) -> tuple[Any, bool]:
@@ -244,6 +250,7 @@ def _torch_stage(model: Artifact, steps: tuple[Step, ...], ctx: BuildContext) ->
         surgery.apply(module, meta["edits"])
         surgery.load_weights(module, path)
         ctx.notes[:] = list(meta.get("notes", []))
+        _restore_details(ctx, meta)
         ctx.edits[:] = list(meta["edits"])
         ctx.train_s = meta.get("train_s")
         return module, True
@@ -253,8 +260,15 @@ def _torch_stage(model: Artifact, steps: tuple[Step, ...], ctx: BuildContext) ->
         module = step.opt.impls["torch"](module, step.config, ctx)
     name = Chain(steps).name
     _store(key, lambda dst: surgery.save_weights(module, dst), _WEIGHTS,
-           {"chain": name, "target": "torch", "notes": ctx.notes, "edits": ctx.edits, "train_s": ctx.train_s})
+           {"chain": name, "target": "torch", "notes": ctx.notes, "edits": ctx.edits, "train_s": ctx.train_s,
+            "details": ctx.details})
     return module, False
+
+
+def _restore_details(ctx: BuildContext, meta: dict[str, Any]) -> None:
+    """The cached chain's records replace the partial ones (in place: the variant shares the dict)."""
+    ctx.details.clear()
+    ctx.details.update(meta.get("details", {}))
 
 
 def _state_size(module: Any) -> int:
@@ -279,12 +293,14 @@ def _build_file(model: Artifact, chain: Chain, target: str, ctx: BuildContext) -
     if hit is not None:
         path, meta = hit
         ctx.notes[:] = list(meta.get("notes", []))  # the cached chain's notes replace the partial ones
+        _restore_details(ctx, meta)
         ctx.train_s = meta.get("train_s")
         return path, True
     if target == "torchscript":
         module, _ = _torch_module(model, chain, ctx)
         path = _store(key, lambda dst: to_torchscript(module, ctx.spec, dst, ctx.notes), "model.pt",
-                      {"chain": chain.name, "target": target, "notes": ctx.notes, "train_s": ctx.train_s})
+                      {"chain": chain.name, "target": target, "notes": ctx.notes, "train_s": ctx.train_s,
+                       "details": ctx.details})
         return path, False
     last = steps[-1] if steps else None
     if last is not None and last.opt.stage == "format":
@@ -296,7 +312,8 @@ def _build_file(model: Artifact, chain: Chain, target: str, ctx: BuildContext) -
     ctx.progress("exporting to ONNX", 0.0)
     module, _ = _torch_module(model, Chain(chain.stage("torch")), ctx)
     path = _store(key, lambda dst: to_onnx(module, ctx.spec, dst, export_cfg, ctx.notes), "model.onnx",
-                  {"chain": chain.name, "target": target, "notes": ctx.notes, "train_s": ctx.train_s})
+                  {"chain": chain.name, "target": target, "notes": ctx.notes, "train_s": ctx.train_s,
+                   "details": ctx.details})
     return path, False
 
 
@@ -304,4 +321,5 @@ def _apply_onnx_pass(key: str, parent: Path, step: Step, chain: Chain, ctx: Buil
     """Run one ONNX pass on the parent's file; the stored notes cover the whole chain so far."""
     ctx.progress(f"building {step.id}", 0.0)
     return _store(key, lambda dst: step.opt.impls["onnx"](parent, dst, step.config, ctx), "model.onnx",
-                  {"chain": chain.name, "target": "onnx", "notes": ctx.notes, "train_s": ctx.train_s})
+                  {"chain": chain.name, "target": "onnx", "notes": ctx.notes, "train_s": ctx.train_s,
+                   "details": ctx.details})

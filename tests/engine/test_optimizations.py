@@ -102,6 +102,8 @@ def test_from_json_rejects_unknown_parameters() -> None:
     ("int8-static", {"method": "foo"}, "method=foo"),
     ("int8-static", {"samples": 0}, "samples=0"),
     ("int8-static", {"percentile": 50.0}, "percentile=50.0"),
+    ("int8-static", {"max_drop": 1.0}, "max_drop=1.0"),
+    ("int8-static", {"max_drop": -0.01}, "max_drop=-0.01"),
     ("int8-dynamic", {"weight_type": "int4"}, "weight_type=int4"),
     ("int8-dynamic", {"ops": ()}, "ops"),
     ("onnx-export", {"opset": 7}, "opset=7"),

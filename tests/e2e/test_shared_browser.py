@@ -84,7 +84,7 @@ def shared_dashboard(tmp_path: Path, data_dir: Path, provider: str) -> Iterator[
 
 
 def _study(model: object, created_by: str) -> int:
-    settings = StudySettings(measure=MeasureSettings(warmup=1, iterations=3, min_seconds=0.02), threads=1,
+    settings = StudySettings(measure=MeasureSettings(warmup=1, iterations=3, min_seconds=0.02, rounds=0), threads=1,
                              timeout_s=60)
     study_id, _ = submit_study(model, [parse_chain("baseline")], ["onnxruntime"], [1], settings,  # type: ignore[arg-type]
                                name=f"{created_by.split('@')[0]}'s study", created_by=created_by)

@@ -19,7 +19,9 @@ import pytest
 from engine.__main__ import main
 
 ROOT = Path(__file__).resolve().parents[2]
-FAST = ["--iterations", "5", "--min-seconds", "0.05", "--warmup", "1", "--threads", "1", "--timeout", "300"]
+# rounds off: these tests are about the CLI, not speedups (test_rounds and the report/page fixtures run them)
+FAST = ["--iterations", "5", "--min-seconds", "0.05", "--warmup", "1", "--threads", "1", "--timeout", "300",
+        "--rounds", "0"]
 RESULT_KEYS = {"variant", "runtime", "batch_size", "status", "error", "latency_ms", "throughput_per_s", "load_s",
                "first_run_ms", "peak_host_mb", "peak_device_mb", "model_size_mb", "accuracy", "settings", "notes"}
 

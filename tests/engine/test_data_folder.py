@@ -19,7 +19,8 @@ import pytest
 from engine import paths
 
 ROOT = Path(__file__).resolve().parents[2]
-FAST = ["--iterations", "5", "--min-seconds", "0.05", "--warmup", "1", "--threads", "1", "--timeout", "300"]
+FAST = ["--iterations", "5", "--min-seconds", "0.05", "--warmup", "1", "--threads", "1", "--timeout", "300",
+        "--rounds", "0"]
 
 
 def _user_env() -> dict[str, str]:

@@ -218,7 +218,7 @@ def test_a_cell_records_training_time_and_notes(mlp: tuple[Any, Any], tmp_path: 
     np.savez(data, **{"train/input": x["input"], "train/labels": _out(teacher, x, model.spec.names).argmax(1),
                       "eval/input": _inputs(model, 32, seed=2)["input"],
                       "eval/labels": np.zeros(32, dtype=np.int64)})
-    settings = StudySettings(measure=MeasureSettings(warmup=1, iterations=3, min_seconds=0.0), threads=1)
+    settings = StudySettings(measure=MeasureSettings(warmup=1, iterations=3, min_seconds=0.0, rounds=0), threads=1)
     job.compute_reference(tmp_path, model, str(data), settings, lambda phase, fraction: None)
     chain = parse_chain("prune-structured+distill:epochs=2")
     cell = Cell(0, chain.name, tuple(chain.to_json()), "torch", 4)

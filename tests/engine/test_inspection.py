@@ -15,7 +15,8 @@ from engine.errors import UserError
 from engine.inspection import check_data, inspect_model
 from engine.specs import InputSpec
 
-FAST = ["--iterations", "3", "--min-seconds", "0.05", "--warmup", "1", "--threads", "1", "--timeout", "120"]
+FAST = ["--iterations", "3", "--min-seconds", "0.05", "--warmup", "1", "--threads", "1", "--timeout", "120",
+        "--rounds", "0"]
 
 
 class _Hang(torch.nn.Module):

@@ -60,24 +60,3 @@ def test_int8_keeps_the_pretrained_encoder_close(tmp_path: Path, minilm: tuple[P
     notes = cells[("int8-static", "onnxruntime")]["notes"]
     assert any("calibrated on 32 samples (minmax, from the calib split)" in n for n in notes), notes
     assert any("quantized only the inputs of MatMul/Gemm" in n for n in notes), notes
-
-
-def test_accuracy_aware_int8_meets_a_tighter_budget(tmp_path: Path) -> None:
-    # the default recipe measures 0.987 on this encoder; max_drop keeps the layers int8 hurts most in float.
-    # 64 sequences calibrate, 32 others are held out to measure the budget, 16 more evaluate the result.
-    model = pretrained_encoder_zip(tmp_path)
-    data = text_npz(tmp_path / "text.npz", calib=96, evaluate=EVAL)
-    variant = "int8-static:samples=64,max_drop=0.005"
-    out_json = tmp_path / "results.json"
-    code = main(["bench", str(model), "--data", str(data), "--variants", variant, "--runtimes", "onnxruntime",
-                 "--batch-sizes", "1", "--seq-len", "128", "--eval-samples", str(EVAL), "--iterations", "3",
-                 "--min-seconds", "0.01", "--warmup", "1", "--threads", "2", "--timeout", "1200",
-                 "--json", str(out_json)], out=io.StringIO())
-    assert code == 0
-    row = json.loads(out_json.read_text())["results"][0]
-    fidelity = _fidelity(row)
-    assert fidelity["cosine"] >= 0.995 and fidelity["pooled_cosine"] >= 0.995, fidelity
-    record = row["build_details"]["int8-static"]
-    assert record["met"] and record["held_out_samples"] == 32 and record["plain_cosine"] < 0.995, record
-    # a few of the 48 MatMuls, not a retreat to float
-    assert 1 <= len(record["float_nodes"]) <= 12, record

@@ -41,7 +41,7 @@ def audit_lines(data_dir: Path) -> list[dict[str, Any]]:
 
 
 def quick(**overrides: Any) -> StudySettings:
-    return StudySettings(measure=MeasureSettings(warmup=1, iterations=3, min_seconds=0.02), threads=1,
+    return StudySettings(measure=MeasureSettings(warmup=1, iterations=3, min_seconds=0.02, rounds=0), threads=1,
                          timeout_s=overrides.pop("timeout_s", 60), **overrides)
 
 

@@ -34,7 +34,7 @@ def fresh_engines() -> Any:
 
 
 def settings(**overrides: Any) -> dict[str, Any]:
-    base = StudySettings(measure=MeasureSettings(warmup=1, iterations=3, min_seconds=0.05), threads=1,
+    base = StudySettings(measure=MeasureSettings(warmup=1, iterations=3, min_seconds=0.05, rounds=0), threads=1,
                          timeout_s=overrides.pop("timeout_s", 60), memory_limit_mb=overrides.pop("memory_mb", 2048))
     return base.to_json()
 

@@ -141,7 +141,7 @@ def assert_one_result_each(study_id: int) -> list[Job]:
 
 
 def many_samples() -> dict[str, Any]:
-    return {**settings(), "measure": {"warmup": 1, "iterations": MANY_SAMPLES, "min_seconds": 0.0}}
+    return {**settings(), "measure": {"warmup": 1, "iterations": MANY_SAMPLES, "min_seconds": 0.0, "rounds": 0}}
 
 
 # --- 1. database faults ---------------------------------------------------------------------------------------

@@ -118,7 +118,10 @@ def submit_demo_study(artifact: Artifact, data_path: str, created_by: str | None
     from engine.plan import default_threads, parse_runtimes
 
     available = parse_runtimes(None)
-    settings = StudySettings(measure=MeasureSettings(warmup=5, iterations=30, min_seconds=0.5),
+    # rounds off: each round's partner process (an interpreter, torch, the baseline loaded) costs the demo's
+    # sub-millisecond cells ~7 s apiece, 134 s in all instead of 46 s to the first results; its speedups keep the
+    # conservative interval of separate timings, and a study of one's own model gets the rounds by default
+    settings = StudySettings(measure=MeasureSettings(warmup=5, iterations=30, min_seconds=0.5, rounds=0),
                              threads=default_threads(), timeout_s=300)
     study_id, _ = submit_study(artifact, [parse_chain(v) for v in DEMO_VARIANTS],
                                [r for r in DEMO_RUNTIMES if r in available], list(DEMO_BATCH_SIZES), settings,

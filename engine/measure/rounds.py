@@ -25,10 +25,6 @@ MAX_ROUNDS = 1000
 # MIN_BLOCK_ITERATIONS calls: long enough for a stable median, short enough that drift within a round is small.
 BLOCK_SHARE = 0.1
 MIN_BLOCK_ITERATIONS = 5
-# A block's median over 5-10 calls of a 20-30 ms model still moves ~10% from round to round here; such cells get
-# up to STEADY_BLOCK_ITERATIONS calls as long as a block stays under STEADY_BLOCK_S.
-STEADY_BLOCK_ITERATIONS = 15
-STEADY_BLOCK_S = 1.0
 MAX_BLOCK_ITERATIONS = 100_000
 # Untimed calls at the start of each block: the other process just ran and evicted this one's caches.
 BLOCK_WARMUP = 2
@@ -43,8 +39,7 @@ def block_iterations(p50_ms: float, block_seconds: float) -> int:
     """Calls per block for a cell whose call takes `p50_ms`: about `block_seconds`, within the bounds above."""
     if not p50_ms > 0:
         return MIN_BLOCK_ITERATIONS
-    steady = min(STEADY_BLOCK_ITERATIONS, math.floor(STEADY_BLOCK_S * 1e3 / p50_ms))
-    wanted = max(math.ceil(block_seconds * 1e3 / p50_ms), steady)
+    wanted = math.ceil(block_seconds * 1e3 / p50_ms)
     return int(min(max(wanted, MIN_BLOCK_ITERATIONS), MAX_BLOCK_ITERATIONS))
 
 

@@ -11,7 +11,8 @@ import pytest
 
 from engine.errors import Unavailable, UserError
 from engine.optimizations import REGISTRY, parse_chain
-from engine.optimizations.build import BuildContext, build_variant
+from engine.optimizations.build import BuildContext
+from tests.engine.variants import build_onnx, run_variant
 from engine.optimizations.nncf_ptq import (
     NNCF_SMOOTH_QUANT,
     Int8NncfConfig,
@@ -85,20 +86,6 @@ def _conv_onnx(path: Path) -> Path:
     return path
 
 
-def _build(path: Path, chain: str) -> Any:
-    from engine.artifacts import intake
-
-    model = intake(path)
-    return build_variant(model, parse_chain(chain), "onnx", BuildContext(model.spec))
-
-
-def _outputs(variant: Any, runtime: str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-    from engine.runtimes import RuntimeSettings, get
-
-    with get(runtime)(RuntimeSettings(threads=1)).load(variant) as session:
-        return session.fetch(session.run(session.prepare(feeds)))
-
-
 def _op_counts(path: Path) -> dict[str, int]:
     import onnx
 
@@ -115,7 +102,7 @@ def nncf_variant(block_onnx: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     from tests.conftest import shared_data_dir
 
     with shared_data_dir(tmp_path_factory.mktemp("nncf-data")):
-        yield _build(block_onnx, "int8-nncf")
+        yield build_onnx(block_onnx, "int8-nncf")
 
 
 def test_int8_nncf_writes_a_qdq_model(nncf_variant: Any) -> None:
@@ -135,8 +122,8 @@ def test_int8_nncf_runs_close_to_fp32(block_onnx: Path, nncf_variant: Any, runti
     from engine.measure.accuracy import fidelity
 
     feeds = {"x": np.random.default_rng(7).standard_normal((16, 10, 16)).astype(np.float32)}  # not calibrated on
-    reference = _outputs(_build(block_onnx, "baseline"), "onnxruntime", feeds)
-    outputs = _outputs(nncf_variant, runtime, feeds)
+    reference = run_variant(build_onnx(block_onnx, "baseline"), "onnxruntime", feeds)
+    outputs = run_variant(nncf_variant, runtime, feeds)
     assert outputs[0].shape == (16, 10, 8)
     assert fidelity(reference, outputs)["cosine"] >= COSINE
 
@@ -144,11 +131,11 @@ def test_int8_nncf_runs_close_to_fp32(block_onnx: Path, nncf_variant: Any, runti
 def test_smooth_quant_off_and_ignored_nodes_reach_nncf(block_onnx: Path) -> None:
     import onnx
 
-    smoothed = onnx.load(str(_build(block_onnx, "int8-nncf").path))
+    smoothed = onnx.load(str(build_onnx(block_onnx, "int8-nncf").path))
     assert any("smooth_quant" in node.name for node in smoothed.graph.node)
     ffn = next(n.name for n in onnx.load(str(block_onnx)).graph.node
                if n.op_type == "MatMul" and "ff2" in n.name)
-    variant = _build(block_onnx, f"int8-nncf:smooth_quant=-1,ignored={ffn}")
+    variant = build_onnx(block_onnx, f"int8-nncf:smooth_quant=-1,ignored={ffn}")
     model = onnx.load(str(variant.path))
     assert not any("smooth_quant" in node.name for node in model.graph.node)
     producers = {out: node.op_type for node in model.graph.node for out in node.output}
@@ -159,7 +146,7 @@ def test_smooth_quant_off_and_ignored_nodes_reach_nncf(block_onnx: Path) -> None
 
 def test_unknown_ignored_names_are_a_user_error(block_onnx: Path) -> None:
     with pytest.raises(UserError, match=r"ignored names \['no_such_node'\]"):
-        _build(block_onnx, "int8-nncf:ignored=no_such_node")
+        build_onnx(block_onnx, "int8-nncf:ignored=no_such_node")
 
 
 def test_model_type_auto_picks_transformer_only_for_matmul_graphs_without_convolution(
@@ -170,9 +157,9 @@ def test_model_type_auto_picks_transformer_only_for_matmul_graphs_without_convol
     assert not is_transformer(onnx.load(str(mlp_onnx)))  # Gemm only: NNCF's default rules
     conv = _conv_onnx(tmp_path / "conv.onnx")
     assert not is_transformer(onnx.load(str(conv)))  # a MatMul after a convolution: still a conv net
-    variant = _build(conv, "int8-nncf")
+    variant = build_onnx(conv, "int8-nncf")
     assert "model type default (auto), SmoothQuant off" in variant.notes[-1]
-    forced = _build(block_onnx, "int8-nncf:model_type=none")
+    forced = build_onnx(block_onnx, "int8-nncf:model_type=none")
     assert "model type default, SmoothQuant off" in forced.notes[-1]
 
 
@@ -207,7 +194,7 @@ def test_calibration_comes_from_the_context_and_external_data_is_read(block_onnx
 def test_missing_nncf_makes_the_cell_unavailable(block_onnx: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "nncf", None)  # what find_spec and import see when nncf is not installed
     with pytest.raises(Unavailable, match=r"needs the Python package 'nncf'.*pip install nncf"):
-        _build(block_onnx, "int8-nncf")
+        build_onnx(block_onnx, "int8-nncf")
 
 
 def test_calibration_items_fill_the_fixed_batch() -> None:

@@ -10,6 +10,7 @@ import pytest
 
 from engine.optimizations import parse_chain
 from engine.optimizations.build import BuildContext, build_variant
+from tests.engine.variants import build_onnx, run_variant
 
 OUTLIER = 200.0  # the size of all-MiniLM-L6-v2's residual outliers; the other channels stay within a few units
 
@@ -50,27 +51,13 @@ def outlier_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def _build(path: Path, chain: str) -> Any:
-    from engine.artifacts import intake
-
-    model = intake(path)
-    return build_variant(model, parse_chain(chain), "onnx", BuildContext(model.spec))
-
-
-def _outputs(variant: Any, runtime: str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-    from engine.runtimes import RuntimeSettings, get
-
-    with get(runtime)(RuntimeSettings(threads=1)).load(variant) as session:
-        return session.fetch(session.run(session.prepare(feeds)))
-
-
 def _cosines(path: Path, variant: Any, runtime: str) -> dict[str, float]:
     """Cosine to the fp32 model per output, on inputs the calibration did not see."""
     from engine.measure.accuracy import fidelity
 
     feeds = {"x": np.random.default_rng(7).standard_normal((32, 16)).astype(np.float32)}
-    reference = _outputs(_build(path, "baseline"), "onnxruntime", feeds)
-    outputs = _outputs(variant, runtime, feeds)
+    reference = run_variant(build_onnx(path, "baseline"), "onnxruntime", feeds)
+    outputs = run_variant(variant, runtime, feeds)
     names = ("tamed", "shared", "projected")
     return {n: fidelity([r], [o])["cosine"] for n, r, o in zip(names, reference, outputs, strict=True)}
 
@@ -79,8 +66,8 @@ def _cosines(path: Path, variant: Any, runtime: str) -> dict[str, float]:
 def test_matmul_outputs_and_float_readers_stay_float_by_default(outlier_onnx: Path, runtime: str) -> None:
     if runtime == "openvino":
         pytest.importorskip("openvino")
-    old = _build(outlier_onnx, "int8-static:quantize_outputs=true")
-    new = _build(outlier_onnx, "int8-static")
+    old = build_onnx(outlier_onnx, "int8-static:quantize_outputs=true")
+    new = build_onnx(outlier_onnx, "int8-static")
     before, after = _cosines(outlier_onnx, old, runtime), _cosines(outlier_onnx, new, runtime)
     # one int8 scale spans the outlier channel (~±600): the ordinary channels round to a few levels
     assert before["tamed"] < 0.9 and before["shared"] < 0.9, before
@@ -92,7 +79,7 @@ def test_matmul_outputs_and_float_readers_stay_float_by_default(outlier_onnx: Pa
 def test_the_default_graph_quantizes_only_matmul_inputs(outlier_onnx: Path) -> None:
     import onnx
 
-    variant = _build(outlier_onnx, "int8-static")
+    variant = build_onnx(outlier_onnx, "int8-static")
     graph = onnx.load(str(variant.path)).graph
     producers = {out: node for node in graph.node for out in node.output}
     by_name = {node.name: node for node in graph.node}
@@ -111,7 +98,7 @@ def test_the_default_graph_quantizes_only_matmul_inputs(outlier_onnx: Path) -> N
 def test_a_convolutional_model_keeps_its_recipe(cnn_pt2: Path) -> None:
     import onnx
 
-    variant = _build(cnn_pt2, "int8-static")
+    variant = build_onnx(cnn_pt2, "int8-static")
     assert any("outputs included (convolutional model)" in note for note in variant.notes), variant.notes
     assert not any("only the inputs of" in note for note in variant.notes)
     ops = [node.op_type for node in onnx.load(str(variant.path)).graph.node]
@@ -156,7 +143,7 @@ def test_a_pair_left_with_only_float_readers_is_dropped(cnn_pt2: Path) -> None:
     from engine.measure.accuracy import fidelity
 
     # ops given: the Conv's output gets a Q/DQ pair of its own, but only the float Relu reads it
-    variant = _build(cnn_pt2, "int8-static:ops=Conv")
+    variant = build_onnx(cnn_pt2, "int8-static:ops=Conv")
     graph = onnx.load(str(variant.path)).graph
     read = {i for node in graph.node for i in node.input} | {o.name for o in graph.output}
     pairs = [node for node in graph.node if node.op_type in ("QuantizeLinear", "DequantizeLinear")]
@@ -166,4 +153,5 @@ def test_a_pair_left_with_only_float_readers_is_dropped(cnn_pt2: Path) -> None:
     model = intake(cnn_pt2)
     feeds = {model.spec.names[0]: np.random.default_rng(7).standard_normal((8, 3, 16, 16)).astype(np.float32)}
     base = build_variant(model, parse_chain("baseline"), "onnx", BuildContext(model.spec))
-    assert fidelity(_outputs(base, "onnxruntime", feeds), _outputs(variant, "onnxruntime", feeds))["cosine"] > 0.99
+    reference, quantized = run_variant(base, "onnxruntime", feeds), run_variant(variant, "onnxruntime", feeds)
+    assert fidelity(reference, quantized)["cosine"] > 0.99

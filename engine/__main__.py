@@ -129,11 +129,13 @@ def cmd_bench(args: argparse.Namespace, out: TextIO) -> int:
         if summary:
             print(summary, file=out)  # the same for every cell: said once, not on each row
     by_cell = {row["cell"]: row for row in rows}
-    for base_cell in dict.fromkeys((row.get("paired") or {}).get("baseline_cell") for row in rows if row.get("paired")):
+    timed = {paired["baseline_cell"]: paired["rounds"] for row in rows
+             if (paired := row.get("paired")) and paired.get("rounds")}
+    for base_cell, count in timed.items():
         base = by_cell.get(base_cell)
         if base is not None:
             print(f"speedup: against cell {base_cell} ({base['variant']} · {base['runtime']} · b{base['batch_size']}), "
-                  f"timed alternately in {args.rounds} rounds; [95% interval]", file=out)
+                  f"timed alternately in {count} rounds; [95% interval]", file=out)
     counts = Counter(row["status"] for row in rows)
     ok, cancelled, left = counts["ok"], counts["cancelled"], counts[q.QUEUED] + counts[q.RUNNING]
     failed = sum(counts[s] for s in q.FAILED_STATUSES)

@@ -158,14 +158,13 @@ def run_cell(study_dir: Path, model: Artifact, cell: Cell, settings: StudySettin
     """Build the cell's variant, load it, time it and compare its outputs with the reference; then, given the
     study's `baseline` cell, time the two in alternating rounds (engine.measure.rounds) for the speedup."""
     opened = open_cell(model, cell, settings, data_path, progress)
-    runtime_cls, runtime, variant, dataset, gpu_device = (
-        opened.runtime_cls, opened.runtime, opened.variant, opened.dataset, opened.gpu_device)
+    runtime_cls, variant, gpu_device = opened.runtime_cls, opened.variant, opened.gpu_device
     inputs, reference, labels = load_reference(study_dir)
     feeds = take_batch(inputs, 0, cell.batch_size)
 
     progress("loading", 0.0)
     t0 = time.perf_counter()
-    session = runtime.load(variant)
+    session = opened.runtime.load(variant)
     load_s = time.perf_counter() - t0
     with session:
         prepared = session.prepare(feeds)
@@ -197,7 +196,7 @@ def run_cell(study_dir: Path, model: Artifact, cell: Cell, settings: StudySettin
     summary = latency.summarize(samples, cell.batch_size)
     verdict = noise.noise_verdict(samples, summary["latency_ms"]["p50_ci95"], machine_load, settings.threads)
     fidelity = accuracy.fidelity(reference, outputs, attention_mask(model.spec, inputs))
-    made = inputs_record(model, dataset, settings)
+    made = inputs_record(model, opened.dataset, settings)
     notes = [made["summary"], *dict.fromkeys(variant.notes)]
     if variant.cached:
         notes.append("variant taken from the build cache")
@@ -216,7 +215,7 @@ def run_cell(study_dir: Path, model: Artifact, cell: Cell, settings: StudySettin
         "inputs": made,
         "settings": {"threads": settings.threads, "device": runtime_cls.device, **applied,
                      "warmup": settings.measure.warmup, "min_iterations": settings.measure.iterations,
-                     "min_seconds": settings.measure.min_seconds},
+                     "min_seconds": settings.measure.min_seconds, "rounds": settings.measure.rounds},
         "notes": notes,
         "build_s": variant.build_s,
         "train_s": variant.train_s,

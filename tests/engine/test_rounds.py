@@ -114,6 +114,7 @@ def test_a_cell_is_timed_against_its_baseline_in_a_partner_process(study: tuple[
     low, high = paired["ci95"]
     assert low <= paired["speedup"] <= high
     assert paired["baseline_p50_ms"] > 0 and paired["cell_p50_ms"] > 0
+    assert result["settings"]["rounds"] == 6  # recorded with the cell's other measurement settings
     # the baseline itself, or a study without rounds, has no partner
     assert job.run_cell(folder, model, baseline, settings, None, lambda p, f: None, baseline)["paired"] is None
 

@@ -9,12 +9,14 @@ PORT ?= 8501
 
 install: $(STAMP)
 
-$(STAMP): requirements.txt requirements-dev.txt
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	# torch first and pinned: the CPU wheel is on the machines' disk; an unpinned torch pulls CUDA
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -r requirements.txt -r requirements-dev.txt
+	# the project itself, editable: `python -m engine`, the `paretoscope` command and every child process import it
+	$(BIN)/pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
 run: install

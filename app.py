@@ -7,7 +7,7 @@ from pathlib import Path
 import streamlit as st
 
 from engine import shared
-from engine.paths import data_dir
+from storage.paths import data_dir
 from engine.worker import local_worker_starting
 from pages import common
 from storage import queries as q

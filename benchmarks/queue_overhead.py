@@ -38,7 +38,7 @@ def _mlp_onnx(folder: Path) -> Path:
 
 def noop_jobs(n: int) -> list[float]:
     from engine.executors.local import run_child
-    from engine.paths import sub_dir
+    from storage.paths import sub_dir
     from storage import queries as q
     from storage.db import session
     from tests.storage.helpers import make_study

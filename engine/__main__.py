@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from engine.errors import UserError
-from engine.paths import data_dir
+from storage.paths import data_dir
 
 EXIT_USAGE = 2
 

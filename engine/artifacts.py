@@ -13,7 +13,7 @@ from typing import Any
 
 from engine import safezip, shared
 from engine.errors import UserError
-from engine.paths import sub_dir
+from storage.paths import sub_dir
 from engine.specs import (
     BATCH_AXIS,
     DEFAULT_INT_RANGE,

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from engine.paths import sub_dir
+from storage.paths import sub_dir
 
 DEMO_VERSION = 1
 MODEL_FILE = "digits_cnn.pt2"

@@ -12,7 +12,7 @@ from typing import Any
 
 from engine.artifacts import Artifact
 from engine.errors import UserError
-from engine.paths import sub_dir
+from storage.paths import sub_dir
 from engine.specs import InputSpec
 
 # How an OSError of a full disk or quota reads once it crossed the pipe from the child.

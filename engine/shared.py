@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from engine.errors import UserError
-from engine.paths import sub_dir
+from storage.paths import sub_dir
 
 ENV = "PARETOSCOPE_SHARED"
 # Formats whose loading runs code the uploader wrote (TorchScript methods, `.pt2` graph modules and pickles).
@@ -159,7 +159,7 @@ def visible_error(message: str | None) -> str | None:
     """An error message fit for a visitor: in shared mode, server paths become `<data>` / `<server>`."""
     if message is None or not enabled():
         return message
-    from engine.paths import data_dir
+    from storage.paths import data_dir
 
     text = message.replace(str(data_dir()), "<data>")
     return text.replace(str(_project_root()), "<server>")

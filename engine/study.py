@@ -11,7 +11,7 @@ from engine import shared
 from engine.artifacts import Artifact
 from engine.errors import UserError
 from engine.optimizations.base import Chain
-from engine.paths import sub_dir
+from storage.paths import sub_dir
 from engine.plan import Cell, StudySettings, expand
 from engine.runtimes import check_runtime_options
 

@@ -25,8 +25,8 @@ from typing import Any, TypeVar
 import numpy as np
 from sqlalchemy.exc import InterfaceError, InternalError, OperationalError, SQLAlchemyError
 
-from engine.executors.local import SCRATCH_PREFIX, Outcome, run_child, stop_process_group
-from engine.paths import child_env, data_dir, sub_dir
+from engine.executors.local import SCRATCH_PREFIX, Outcome, child_env, run_child, stop_process_group
+from storage.paths import data_dir, sub_dir
 from engine.plan import Cell
 from engine.study import StudyEvents, study_dir
 from storage import blobs
@@ -454,10 +454,8 @@ def ensure_local_worker() -> int | None:
         if pid_file.is_file() and _alive(pid_file.read_text()):
             return None  # started moments ago and still starting up
         log = open(sub_dir("logs") / "worker.log", "ab")
-        root = Path(__file__).resolve().parents[1]
         process = subprocess.Popen([sys.executable, "-m", "engine", "worker"], stdout=log, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL, start_new_session=True, cwd=str(root),
-                                   env=child_env(root))
+                                   stdin=subprocess.DEVNULL, start_new_session=True, env=child_env())
         log.close()
         pid_file.write_text(str(process.pid))
         return process.pid

@@ -11,7 +11,7 @@ import pandas as pd
 import streamlit as st
 
 from engine import shared
-from engine.paths import sub_dir
+from storage.paths import sub_dir
 from storage import queries as q
 from storage.db import database_url, session
 

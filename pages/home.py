@@ -21,7 +21,7 @@ if st.button("Run the demo", type="primary" if studies.empty else "secondary",
              help="A small CNN trained offline on scikit-learn's digits, on every CPU runtime at batch 1 and 32"):
     from engine.artifacts import Artifact
     from engine.executors.local import run_child
-    from engine.paths import sub_dir
+    from storage.paths import sub_dir
     from engine.study import submit_demo_study
 
     with st.spinner("Training the demo model on scikit-learn's digits (first time only)..."):

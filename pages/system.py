@@ -13,7 +13,7 @@ from sqlalchemy import make_url
 from engine import shared
 from engine.measure.devices import cuda_devices
 from engine.measure.environment import cpu_model, library_versions
-from engine.paths import data_dir
+from storage.paths import data_dir
 from engine.runtimes import availability
 from pages import common
 from storage import queries as q

@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.paths import data_dir, sub_dir
+from storage.paths import data_dir, sub_dir
 
 _CHUNK = 1 << 20
 # Files being written into the store: .incoming-<pid of the writer>-<random>, renamed when complete.

@@ -20,13 +20,12 @@ from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Any
 
-from engine.paths import child_env, sub_dir
+from storage.paths import ENV, data_dir, sub_dir
 
 # Seconds between SIGTERM and SIGKILL when a child must stop.
 GRACE_S = 5.0
 # Scratch folders under data/tmp/: job-<pid of the process that made it>-<random>.
 SCRATCH_PREFIX = "job-"
-_ROOT = Path(__file__).resolve().parents[2]
 
 ProgressFn = Callable[[str, float], None]
 
@@ -41,6 +40,14 @@ class Outcome:
     error_type: str | None = None
     traceback: str | None = None
     elapsed_s: float = 0.0
+
+
+def child_env() -> dict[str, str]:
+    """A child's environment: this process's, with the data folder made absolute.
+
+    Children run in other working directories (a scratch folder), where the relative default would name another
+    folder, and one that is deleted afterwards. The package itself is installed (`pip install -e .`)."""
+    return {**os.environ, ENV: str(data_dir())}
 
 
 def dispatch(task: str, payload: dict[str, Any], progress: ProgressFn) -> dict[str, Any]:
@@ -125,7 +132,7 @@ def run_child(task: str, payload: dict[str, Any], timeout_s: float, log_path: Pa
     # a worker that starts after a kill -9 knows it is stale (engine.worker.remove_stale_scratch)
     scratch = Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-", dir=sub_dir("tmp")))
     read_fd, write_fd = os.pipe()
-    env = child_env(_ROOT)
+    env = child_env()
     start = time.monotonic()
     with open(log_path, "ab") as log:
         process = subprocess.Popen(

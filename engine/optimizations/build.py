@@ -25,7 +25,7 @@ from engine.data import Dataset
 from engine.errors import NotApplicable
 from engine.optimizations.base import Chain, Step
 from engine.optimizations.export import OnnxExportConfig, to_onnx, to_torchscript
-from engine.paths import sub_dir
+from storage.paths import sub_dir
 from engine.specs import InputSpec
 
 # What a runtime consumes: an eager module, a TorchScript archive, or an ONNX file.

@@ -226,7 +226,7 @@ class _OrtRuntime(Runtime):
         if self.provider == "CUDAExecutionProvider":
             return cuda
         from engine.measure.devices import cuda_devices
-        from engine.paths import sub_dir
+        from storage.paths import sub_dir
 
         import onnxruntime as ort
 

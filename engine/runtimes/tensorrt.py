@@ -199,7 +199,7 @@ class TensorRTRuntime(Runtime):
         import tensorrt as trt
         import torch
 
-        from engine.paths import sub_dir
+        from storage.paths import sub_dir
 
         if not torch.cuda.is_available():
             raise Unavailable("torch.cuda.is_available() is False: TensorRT needs a CUDA device")

@@ -16,7 +16,7 @@ from engine.runtimes.onnxruntime import OnnxRuntimeCpu
 
 def _note_pid() -> None:
     """Leave this process's pid in the data folder so tests can prove nothing outlived its job."""
-    from engine.paths import sub_dir
+    from storage.paths import sub_dir
 
     Path(sub_dir("test-pids") / str(os.getpid())).touch()
 
@@ -82,7 +82,7 @@ class OrphanRuntime(OnnxRuntimeCpu):
     summary = "test only: the first load starts a stubborn grandchild and hangs; later loads run ONNX Runtime"
 
     def load(self, variant: Any) -> Session:
-        from engine.paths import sub_dir
+        from storage.paths import sub_dir
 
         first = sub_dir("test-state") / "orphan-hung"
         if first.exists():

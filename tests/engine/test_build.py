@@ -12,7 +12,7 @@ from engine.artifacts import intake
 from engine.errors import NotApplicable
 from engine.optimizations import parse_chain
 from engine.optimizations.build import BuildContext, Variant, build_variant
-from engine.paths import sub_dir
+from storage.paths import sub_dir
 
 
 def _torch_outputs(model: Any, feeds: dict[str, np.ndarray]) -> np.ndarray:

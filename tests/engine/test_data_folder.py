@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from engine import paths
+from engine.executors.local import child_env
+from storage import paths
 
 ROOT = Path(__file__).resolve().parents[2]
 FAST = ["--iterations", "5", "--min-seconds", "0.05", "--warmup", "1", "--threads", "1", "--timeout", "300",
@@ -24,9 +25,8 @@ FAST = ["--iterations", "5", "--min-seconds", "0.05", "--warmup", "1", "--thread
 
 
 def _user_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != paths.ENV}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    return env
+    # a user's shell: no data folder variable, no PYTHONPATH (the package is installed)
+    return {k: v for k, v in os.environ.items() if k not in (paths.ENV, "PYTHONPATH")}
 
 
 def _engine(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -45,7 +45,7 @@ def test_the_default_folder_is_resolved_once_and_handed_to_children(tmp_path: Pa
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
     assert paths.data_dir() == first  # a later change of directory does not move it
-    assert paths.child_env(ROOT)[paths.ENV] == str(first)
+    assert child_env()[paths.ENV] == str(first)
 
 
 def test_cli_bench_from_another_directory_keeps_models_and_variants_in_the_data_folder(

@@ -26,12 +26,3 @@ def sub_dir(*parts: str) -> Path:
     path = data_dir().joinpath(*parts)
     path.mkdir(parents=True, exist_ok=True)
     return path
-
-
-def child_env(root: Path) -> dict[str, str]:
-    """The environment for a child process: this process's data folder, absolute, and the project on its path.
-
-    Children run in other working directories (a scratch folder, the project root), where a relative
-    default would name another folder, and one that is deleted afterwards."""
-    path = os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))
-    return {**os.environ, ENV: str(data_dir()), "PYTHONPATH": path}

@@ -1,7 +1,7 @@
 """Per-job overhead of the queue and the worker: claim, spawn, imports, result writes.
 
 Two cases, median of 20 jobs each, in a fresh data folder:
-  no-op      claim a job, run a child that does nothing, record its end (targets <= 1.5 s)
+  no-op      claim a job, run a child that only reads a one-sample .npz, record its end (target <= 1.5 s)
   1 ms cell  a real cell (an MLP of ~1 ms on ONNX Runtime) run by the worker; overhead is the job's wall
              time beyond its measuring time (warm-up + timed iterations) (target <= 3 s)
 Prints a table and writes JSON (default benchmarks/results/queue_overhead.json).
@@ -37,13 +37,21 @@ def _mlp_onnx(folder: Path) -> Path:
 
 
 def noop_jobs(n: int) -> list[float]:
+    import numpy as np
+
     from engine.executors.local import run_child
+    from engine.inspection import check_data_task
+    from engine.specs import InputSpec
     from storage.paths import sub_dir
     from storage import queries as q
     from storage.db import session
     from tests.storage.helpers import make_study
 
     make_study(n)
+    # the cheapest real task: read a one-sample .npz against a one-input spec (no test task in product code)
+    spec = InputSpec.parse("x:float32[B,4]")
+    data = sub_dir("bench") / "one.npz"
+    np.savez(data, x=np.zeros((1, 4), dtype=np.float32))
     walls = []
     for i in range(n):
         start = time.perf_counter()
@@ -51,7 +59,8 @@ def noop_jobs(n: int) -> list[float]:
             job = q.claim_job(s, "bench", lease_s=60)
             assert job is not None
             job_id = job.id
-        outcome = run_child("test", {"mode": "ok"}, 60, sub_dir("logs") / f"noop-{i}.log")
+        outcome = run_child(check_data_task, {"path": str(data), "spec": spec.to_json()}, 60,
+                            sub_dir("logs") / f"noop-{i}.log")
         with session() as s:
             q.finish_job(s, job_id, "bench", outcome.status, result={"notes": [], "settings": {}})
         walls.append(time.perf_counter() - start)

@@ -161,9 +161,7 @@ def empty_row(cell: Any) -> dict[str, Any]:
 
 def cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
     """Build the demo and queue its study for a worker (the dashboard's worker runs it)."""
-    from engine.artifacts import intake
-    from engine.demo import build_demo
-    from engine.study import submit_demo_study
+    from engine.study import start_demo
     from storage import queries as q
     from storage.db import session
 
@@ -174,8 +172,7 @@ def cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
                 return 0
     print("building the demo: a CNN trained offline on scikit-learn's digits (first time only)...", file=out,
           flush=True)
-    model_path, data_path, report = build_demo()
-    study_id = submit_demo_study(intake(model_path), str(data_path))
+    study_id, report = start_demo()
     print(f"demo model top-1 {report['eval_top1']:.3f}; study {study_id} queued for the worker", file=out)
     print(study_id, file=out)
     return 0

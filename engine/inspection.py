@@ -12,6 +12,7 @@ from typing import Any
 
 from engine.artifacts import Artifact
 from engine.errors import UserError
+from engine.executors.tasks import ProgressFn, Task, task
 from storage.paths import sub_dir
 from engine.specs import InputSpec
 
@@ -32,12 +33,35 @@ def inspect_memory_mb() -> float:
     return float(raw) if raw else default_memory_limit_mb()
 
 
-def _in_child(task: str, payload: dict[str, Any], what: str) -> Any:
+@task("intake")
+def intake_task(payload: dict[str, Any], progress: ProgressFn) -> dict[str, Any]:
+    from engine.artifacts import intake
+
+    return intake(payload["path"], input_spec=payload.get("input_spec"), seq_len=payload.get("seq_len")).to_json()
+
+
+@task("check-data")
+def check_data_task(payload: dict[str, Any], progress: ProgressFn) -> dict[str, Any]:
+    from engine.data import load_npz
+
+    load_npz(payload["path"], InputSpec.from_json(payload["spec"]))
+    return {}
+
+
+@task("respec")
+def respec_task(payload: dict[str, Any], progress: ProgressFn) -> dict[str, Any]:
+    from engine.artifacts import respec
+
+    changed = respec(Artifact.from_json(payload["artifact"]), input_spec=payload.get("input_spec"),
+                     seq_len=payload.get("seq_len"))
+    return changed.to_json()
+
+
+def _in_child(job: Task, payload: dict[str, Any], what: str) -> Any:
     from engine.executors.local import run_child
 
     limit, timeout_s = inspect_memory_mb(), inspect_timeout_s()
-    outcome = run_child(task, {**payload, "memory_limit_mb": limit}, timeout_s,
-                        sub_dir("logs") / f"{task}.log")
+    outcome = run_child(job, {**payload, "memory_limit_mb": limit}, timeout_s, sub_dir("logs") / f"{job.name}.log")
     if outcome.status == "ok":
         return outcome.result
     if outcome.status == "failed" and outcome.error_type == "UserError":
@@ -57,19 +81,19 @@ def _in_child(task: str, payload: dict[str, Any], what: str) -> Any:
 
 def inspect_model(path: str | Path, input_spec: str | None = None, seq_len: int | None = None) -> Artifact:
     """Intake (format, safe unpacking, storage, InputSpec) of an untrusted model file, in a limited child."""
-    result = _in_child("intake", {"path": str(Path(path).resolve()), "input_spec": input_spec, "seq_len": seq_len},
+    result = _in_child(intake_task, {"path": str(Path(path).resolve()), "input_spec": input_spec, "seq_len": seq_len},
                        f"inspecting {Path(path).name}")
     return Artifact.from_json(result)
 
 
 def respec_model(artifact: Artifact, input_spec: str | None = None, seq_len: int | None = None) -> Artifact:
     """The stored model with another input spec or sequence length, checked against the model in a child."""
-    result = _in_child("respec", {"artifact": artifact.to_json(), "input_spec": input_spec, "seq_len": seq_len},
+    result = _in_child(respec_task, {"artifact": artifact.to_json(), "input_spec": input_spec, "seq_len": seq_len},
                        f"checking the input spec of {artifact.path.name}")
     return Artifact.from_json(result)
 
 
 def check_data(path: str | Path, spec: InputSpec) -> None:
     """Read an untrusted .npz against the model's inputs in a child (sizes are checked before allocating there)."""
-    _in_child("check-data", {"path": str(Path(path).resolve()), "spec": spec.to_json()},
+    _in_child(check_data_task, {"path": str(Path(path).resolve()), "spec": spec.to_json()},
               f"reading {Path(path).name}")

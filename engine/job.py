@@ -25,6 +25,7 @@ from engine.data import (
 )
 from engine.data import roles as input_roles
 from engine.errors import Unavailable
+from engine.executors.tasks import ProgressFn, task
 from engine.measure import accuracy, gpu, latency, memory, noise, rounds
 from engine.optimizations.base import Chain
 from engine.optimizations.build import BuildContext, Variant, build_variant
@@ -250,3 +251,18 @@ def _rounds(session: Session, prepared: Any, samples: np.ndarray, study_dir: Pat
     except PartnerError as exc:
         return {"baseline_cell": baseline.index, "error": str(exc)}
     return paired.to_json()
+
+
+@task("reference")
+def reference_task(payload: dict[str, Any], progress: ProgressFn) -> dict[str, Any]:
+    """The worker's "reference" job: the study's fp32 reference outputs."""
+    return compute_reference(Path(payload["study_dir"]), Artifact.from_json(payload["model"]), payload.get("data"),
+                             StudySettings.from_json(payload["settings"]), progress)
+
+
+@task("cell")
+def cell_task(payload: dict[str, Any], progress: ProgressFn) -> dict[str, Any]:
+    """The worker's "cell" job: one cell measured (and timed against its baseline when the payload names one)."""
+    baseline = Cell.from_json(payload["baseline"]) if payload.get("baseline") else None
+    return run_cell(Path(payload["study_dir"]), Artifact.from_json(payload["model"]), Cell.from_json(payload["cell"]),
+                    StudySettings.from_json(payload["settings"]), payload.get("data"), progress, baseline)

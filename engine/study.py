@@ -10,6 +10,7 @@ from typing import Any
 from engine import shared
 from engine.artifacts import Artifact
 from engine.errors import UserError
+from engine.executors.tasks import ProgressFn, task
 from engine.optimizations.base import Chain
 from storage.paths import sub_dir
 from engine.plan import Cell, StudySettings, expand
@@ -108,6 +109,33 @@ def release_study(study_id: int, owner: str) -> None:
 DEMO_VARIANTS = ("baseline", "int8-static", "fp16")
 DEMO_RUNTIMES = ("torch", "onnxruntime", "openvino")
 DEMO_BATCH_SIZES = (1, 32)
+
+
+@task("demo")
+def _build_demo(payload: dict[str, Any], progress: ProgressFn) -> dict[str, Any]:
+    from engine.artifacts import intake
+    from engine.demo import build_demo
+
+    model_path, data_path, report = build_demo()
+    return {"artifact": intake(model_path).to_json(), "data": str(data_path), "report": report}
+
+
+# Seconds the demo's build (training the digits CNN the first time) may take in its child.
+DEMO_BUILD_TIMEOUT_S = 600.0
+
+
+def start_demo(created_by: str | None = None) -> tuple[int, dict[str, float]]:
+    """Build the demo model (trained the first time) in a child process and queue its study; the study's id and
+    the model's training report."""
+    from engine.executors.local import run_child
+
+    outcome = run_child(_build_demo, {}, DEMO_BUILD_TIMEOUT_S, sub_dir("logs") / "demo.log")
+    if outcome.status != "ok" or outcome.result is None:
+        raise UserError(f"the demo could not be built ({outcome.status}: {outcome.error}); see "
+                        f"{sub_dir('logs') / 'demo.log'}")
+    built = outcome.result
+    study_id = submit_demo_study(Artifact.from_json(built["artifact"]), built["data"], created_by=created_by)
+    return study_id, built["report"]
 
 
 def submit_demo_study(artifact: Artifact, data_path: str, created_by: str | None = None) -> int:

@@ -26,6 +26,8 @@ import numpy as np
 from sqlalchemy.exc import InterfaceError, InternalError, OperationalError, SQLAlchemyError
 
 from engine.executors.local import SCRATCH_PREFIX, Outcome, child_env, run_child, stop_process_group
+from engine.executors.tasks import Task
+from engine.job import REFERENCE_TEMP, cell_task, reference_task
 from storage.paths import data_dir, sub_dir
 from engine.plan import Cell
 from engine.study import StudyEvents, study_dir
@@ -264,7 +266,7 @@ class Worker:
         except DB_FAULTS as exc:
             self._log(f"job {job_id} goes back to the queue when its lease expires: {_first_line(exc)}")
 
-    def _run_child(self, task: str, job_id: int, cell: Cell, payload: dict[str, Any], timeout_s: float,
+    def _run_child(self, task: Task, job_id: int, cell: Cell, payload: dict[str, Any], timeout_s: float,
                    log: Path) -> Outcome:
         try:
             return run_child(task, payload, timeout_s, log, self._progress(job_id, cell), on_spawn=self._spawned)
@@ -327,7 +329,7 @@ class Worker:
         if reference.get("error"):
             outcome = Outcome("failed", error=reference["error"], error_type="ReferenceFailed")
         else:
-            outcome = self._run_child("cell", job_id, cell, payload, meta["timeout_s"],
+            outcome = self._run_child(cell_task, job_id, cell, payload, meta["timeout_s"],
                                       folder / "logs" / f"cell-{cell.index:04d}.log")
         with self._lock:
             cancelled = self._current is not None and self._current.cancelled
@@ -344,7 +346,8 @@ class Worker:
             reference = self._retry("reading the study's reference", lambda: _stored_reference(study_id))
             if reference:
                 return reference
-            outcome = self._run_child("reference", job_id, cell, payload, timeout_s, folder / "logs" / "reference.log")
+            outcome = self._run_child(reference_task, job_id, cell, payload, timeout_s,
+                                      folder / "logs" / "reference.log")
             if outcome.status == "ok" and outcome.result is not None:
                 reference = outcome.result
             else:
@@ -485,8 +488,6 @@ def remove_stale_scratch(max_age_s: float = STALE_S) -> list[Path]:
     (`models/.*`, `variants/.*`) and the dashboard's staged uploads (`uploads/*`) once nothing in them changed for
     `max_age_s`. A live process's are never touched.
     """
-    from engine.job import REFERENCE_TEMP
-
     base = data_dir()
     kinds = ((f"tmp/{SCRATCH_PREFIX}", True), (f"blobs/{blobs.INCOMING}", True), (f"studies/*/{REFERENCE_TEMP}", True),
              ("models/.", False), ("variants/.", False), ("uploads/", False))

@@ -151,7 +151,7 @@ with left:
                                 "the layers int8 hurts most in float until the cosine to fp32 is at least 0.99")
 with right:
     runtimes = availability()
-    usable = [r["id"] for r in runtimes if r["available"] and not r["id"].startswith("test-")]
+    usable = [r["id"] for r in runtimes if r["available"]]
     # pills wrap onto new lines: every runtime's whole name stays visible however many are picked
     picked = st.pills("Runtimes", usable, selection_mode="multi",
                       default=[r for r in from_url("runtimes", usable) if r in usable]) or []

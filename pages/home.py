@@ -19,27 +19,18 @@ studies = common.studies(common.url())
 
 if st.button("Run the demo", type="primary" if studies.empty else "secondary",
              help="A small CNN trained offline on scikit-learn's digits, on every CPU runtime at batch 1 and 32"):
-    from engine.artifacts import Artifact
-    from engine.executors.local import run_child
-    from storage.paths import sub_dir
-    from engine.study import submit_demo_study
+    from engine.errors import UserError
+    from engine.study import start_demo
 
-    with st.spinner("Training the demo model on scikit-learn's digits (first time only)..."):
-        outcome = run_child("demo", {}, 600, sub_dir("logs") / "demo.log")
-    if outcome.status != "ok" or outcome.result is None:
-        st.error(f"The demo could not be built: {outcome.error}")
-    else:
-        from engine.errors import UserError
-
-        try:
-            study_id = submit_demo_study(Artifact.from_json(outcome.result["artifact"]), outcome.result["data"],
-                                         created_by=common.current_user())
-        except UserError as exc:  # a shared server's cap on unfinished studies per person
-            st.error(f"error: {exc}")
-            st.stop()
-        common.clear()
-        st.session_state["watch_study"] = study_id
-        st.switch_page("pages/benchmark.py")
+    try:
+        with st.spinner("Training the demo model on scikit-learn's digits (first time only)..."):
+            study_id, _ = start_demo(created_by=common.current_user())
+    except UserError as exc:  # the build failed, or a shared server's cap on unfinished studies per person
+        st.error(f"error: {exc}")
+        st.stop()
+    common.clear()
+    st.session_state["watch_study"] = study_id
+    st.switch_page("pages/benchmark.py")
 
 
 @st.fragment(run_every=2.0 if (studies["state"] == "running").any() else None)

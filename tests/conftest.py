@@ -13,6 +13,12 @@ from typing import Any
 import numpy as np
 import pytest
 
+ROOT = Path(__file__).resolve().parents[1]
+# The processes tests start (workers, cells' children) import test doubles from tests/ (named in
+# PARETOSCOPE_PLUGINS, or the executor's test task): the checkout's root goes on their path. Product code never
+# sets a path; an installed package needs none.
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+
 
 @pytest.fixture(autouse=True)
 def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:

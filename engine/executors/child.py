@@ -1,4 +1,4 @@
-"""Child-process entry: `python -m engine.executors.child TASK FD [PARENT_PID]`.
+"""Child-process entry: `python -m engine.executors.child MODULE TASK FD [PARENT_PID]`.
 
 The payload arrives as JSON on stdin, messages leave as JSON lines on FD.
 
@@ -44,9 +44,9 @@ def die_with_parent(parent_pid: int) -> None:
 
 
 def main() -> None:
-    task, fd = sys.argv[1], int(sys.argv[2])
-    if len(sys.argv) > 3:
-        die_with_parent(int(sys.argv[3]))
+    module, name, fd = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    if len(sys.argv) > 4:
+        die_with_parent(int(sys.argv[4]))
     channel = os.fdopen(fd, "w", buffering=1)
 
     def send(*message: Any) -> None:
@@ -57,12 +57,14 @@ def main() -> None:
         send("progress", phase, float(fraction))
 
     from engine.errors import NotApplicable, Unavailable, UserError, is_out_of_memory
-    from engine.executors.local import dispatch
+    from engine.executors.tasks import resolve
+    from engine.plugins import load_plugins
 
     try:
         payload = json.loads(sys.stdin.read())
         limit_memory(payload.get("memory_limit_mb"))
-        send("ok", dispatch(task, payload, progress))
+        load_plugins()  # the parent's plugins: their runtimes and tasks exist here too
+        send("ok", resolve(name, module)(payload, progress))
     except MemoryError as exc:
         send("oom", f"out of memory: the job passed its memory limit ({exc or 'allocation failed'})")
     except NotApplicable as exc:

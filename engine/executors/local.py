@@ -20,6 +20,7 @@ from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Any
 
+from engine.executors.tasks import ProgressFn, Task
 from storage.paths import ENV, data_dir, sub_dir
 
 # Seconds between SIGTERM and SIGKILL when a child must stop.
@@ -27,7 +28,6 @@ GRACE_S = 5.0
 # Scratch folders under data/tmp/: job-<pid of the process that made it>-<random>.
 SCRATCH_PREFIX = "job-"
 
-ProgressFn = Callable[[str, float], None]
 
 
 @dataclass
@@ -48,51 +48,6 @@ def child_env() -> dict[str, str]:
     Children run in other working directories (a scratch folder), where the relative default would name another
     folder, and one that is deleted afterwards. The package itself is installed (`pip install -e .`)."""
     return {**os.environ, ENV: str(data_dir())}
-
-
-def dispatch(task: str, payload: dict[str, Any], progress: ProgressFn) -> dict[str, Any]:
-    """Run one task in this (child) process."""
-    if task == "test":  # test-only tasks exercising each way a child can end
-        from engine.executors import testing
-
-        return testing.run(payload, progress)
-    if task == "intake":  # inspection of an untrusted upload, away from the dashboard's process
-        from engine.artifacts import intake
-
-        artifact = intake(payload["path"], input_spec=payload.get("input_spec"), seq_len=payload.get("seq_len"))
-        return artifact.to_json()
-    if task == "check-data":  # an untrusted .npz, read against the model's inputs
-        from engine.data import load_npz
-        from engine.specs import InputSpec
-
-        load_npz(payload["path"], InputSpec.from_json(payload["spec"]))
-        return {}
-    if task == "respec":
-        from engine.artifacts import Artifact, respec
-
-        changed = respec(Artifact.from_json(payload["artifact"]), input_spec=payload.get("input_spec"),
-                         seq_len=payload.get("seq_len"))
-        return changed.to_json()
-    if task == "demo":
-        from engine.artifacts import intake
-        from engine.demo import build_demo
-
-        model_path, data_path, report = build_demo()
-        return {"artifact": intake(model_path).to_json(), "data": str(data_path), "report": report}
-    from engine import job
-    from engine.artifacts import Artifact
-    from engine.plan import Cell, StudySettings
-
-    model = Artifact.from_json(payload["model"])
-    settings = StudySettings.from_json(payload["settings"])
-    study_dir = Path(payload["study_dir"])
-    if task == "reference":
-        return job.compute_reference(study_dir, model, payload.get("data"), settings, progress)
-    if task == "cell":
-        cell = Cell.from_json(payload["cell"])
-        baseline = Cell.from_json(payload["baseline"]) if payload.get("baseline") else None
-        return job.run_cell(study_dir, model, cell, settings, payload.get("data"), progress, baseline)
-    raise ValueError(f"unknown task '{task}'")
 
 
 def _kill_group(pgid: int, sig: int = signal.SIGKILL) -> None:
@@ -118,10 +73,10 @@ def _stop_group(process: subprocess.Popen[bytes]) -> None:
     process.wait()
 
 
-def run_child(task: str, payload: dict[str, Any], timeout_s: float, log_path: Path,
+def run_child(task: Task, payload: dict[str, Any], timeout_s: float, log_path: Path,
               progress: ProgressFn = lambda phase, fraction: None,
               on_spawn: Callable[[int], None] = lambda pid: None) -> Outcome:
-    """Run `task` in a fresh interpreter (`python -m engine.executors.child`) and classify its end.
+    """Run the registered `task` in a fresh interpreter (`python -m engine.executors.child`) and classify its end.
 
     A fresh interpreter rather than multiprocessing's spawn: spawn re-runs the parent's __main__
     in the child, which under Streamlit is the dashboard script.
@@ -136,7 +91,8 @@ def run_child(task: str, payload: dict[str, Any], timeout_s: float, log_path: Pa
     start = time.monotonic()
     with open(log_path, "ab") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "engine.executors.child", task, str(write_fd), str(os.getpid())],
+            [sys.executable, "-m", "engine.executors.child", task.module, task.name, str(write_fd),
+             str(os.getpid())],
             stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT, pass_fds=(write_fd,),
             start_new_session=True,  # own process group, so a timeout stops grandchildren too
             env=env, cwd=str(scratch),

@@ -1,6 +1,4 @@
-"""Runtimes: importing this package registers every runtime (heavy libraries load in load())."""
-
-import os
+"""Runtimes: importing this package registers every runtime (heavy libraries load in load()) and the plugins'."""
 
 # Registration order is listing order: torch runtimes first, then ONNX consumers.
 from engine.runtimes import torch_eager  # noqa: F401
@@ -19,8 +17,9 @@ from engine.runtimes.base import (
     parse_runtime_options,
 )
 
-if os.environ.get("PARETOSCOPE_TEST_RUNTIMES") == "1":
-    from engine.runtimes import testing  # noqa: F401  (misbehaving runtimes for the worker's tests)
+from engine.plugins import load_plugins
+
+load_plugins()  # after the built-in runtimes: a plugin's runtime may build on one of them
 
 __all__ = ["REGISTRY", "Runtime", "RuntimeSettings", "Session", "availability", "check_runtime_options", "get",
            "parse_runtime_options"]

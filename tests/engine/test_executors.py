@@ -11,11 +11,12 @@ import pytest
 
 from engine.executors import local
 from engine.executors.local import run_child
+from tests.engine.doubles import misbehave
 
 
 def _run(tmp_path: Path, mode: str, timeout: float = 60.0, **payload):  # type: ignore[no-untyped-def]
     phases: list[tuple[str, float]] = []
-    outcome = run_child("test", {"mode": mode, **payload}, timeout, tmp_path / "logs" / f"{mode}.log",
+    outcome = run_child(misbehave, {"mode": mode, **payload}, timeout, tmp_path / "logs" / f"{mode}.log",
                         lambda phase, fraction: phases.append((phase, fraction)))
     return outcome, phases
 
@@ -32,7 +33,7 @@ def test_exception_is_failed_row_with_type_message_traceback(tmp_path: Path) -> 
     assert outcome.status == "failed"
     assert outcome.error_type == "RuntimeError"
     assert outcome.error == "runtime exploded on purpose"
-    assert outcome.traceback is not None and "testing.py" in outcome.traceback
+    assert outcome.traceback is not None and "doubles.py" in outcome.traceback
 
 
 def test_segfault_is_crashed_with_signal_name(tmp_path: Path) -> None:

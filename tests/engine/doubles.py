@@ -1,4 +1,7 @@
-"""Test-only runtimes that misbehave on purpose; registered only when PARETOSCOPE_TEST_RUNTIMES=1."""
+"""Test doubles: runtimes that misbehave on purpose and an executor task that ends every way a child can.
+
+Registered like any plugin: a test names this module in PARETOSCOPE_PLUGINS for the processes it starts (the
+worker's cells then find the runtimes), or imports it (the executor's tests run its task)."""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from engine.executors.tasks import ProgressFn, task
 from engine.runtimes.base import Runtime, Session, register
 from engine.runtimes.onnxruntime import OnnxRuntimeCpu
 
@@ -93,3 +97,31 @@ class OrphanRuntime(OnnxRuntimeCpu):
         _note_pid()
         time.sleep(3600)
         raise AssertionError("unreachable")
+
+
+@task("test")
+def misbehave(payload: dict[str, Any], progress: ProgressFn) -> dict[str, Any]:
+    """ok, raise, segfault, sleep, spawn-and-sleep or exit, as the payload's `mode` says."""
+    mode = payload["mode"]
+    progress("measuring", 0.5)
+    if mode == "ok":
+        return {"value": payload.get("value", 1)}
+    if mode == "raise":
+        raise RuntimeError("runtime exploded on purpose")
+    if mode == "segfault":
+        os.kill(os.getpid(), signal.SIGSEGV)
+    if mode == "sleep":
+        time.sleep(float(payload.get("seconds", 3600)))
+        return {"slept": payload.get("seconds", 3600)}
+    if mode == "spawn-and-sleep":
+        # a grandchild that must not outlive the job
+        pid = os.fork()
+        if pid == 0:
+            time.sleep(3600)
+            os._exit(0)
+        with open(payload["pid_file"], "w") as fh:
+            fh.write(str(pid))
+        time.sleep(3600)
+    if mode == "exit":
+        os._exit(int(payload.get("code", 3)))
+    raise ValueError(f"unknown test mode '{mode}'")

@@ -44,13 +44,13 @@ test: install lint
 	$(BIN)/python -m pytest -q
 
 bench-overhead: install
-	$(BIN)/python benchmarks/harness_overhead.py
+	$(BIN)/python -m benchmarks.harness_overhead
 
 bench-speedups: install
-	$(BIN)/python benchmarks/speedups.py
+	$(BIN)/python -m benchmarks.speedups
 
 bench-repeat: install
-	$(BIN)/python benchmarks/repeatability.py
+	$(BIN)/python -m benchmarks.repeatability
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -217,7 +217,10 @@ def load_state() -> str:
 
 
 def command_line() -> str:
-    return " ".join([Path(sys.executable).name, *sys.argv])
+    """How this run was started: `python -m benchmarks.NAME ARGS` (sys.argv[0] alone would be the file's path)."""
+    spec = getattr(sys.modules["__main__"], "__spec__", None)
+    start = ["-m", spec.name] if spec is not None else sys.argv[:1]
+    return " ".join([Path(sys.executable).name, *start, *sys.argv[1:]])
 
 
 def num(value: Any, fmt: str, suffix: str = "") -> str:

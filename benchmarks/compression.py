@@ -19,7 +19,7 @@ Targets (issue 5): demo on torch: prune-structured:0.5 at least 1.8x faster than
 prune-structured:0.5+distill within 1 point of its top-1; encoder on torch: distill:layers=3 about halves the
 latency (here: at least 1.8x); prune-structured:0.5+distill+int8-static runs on onnxruntime.
 
-    .venv/bin/python benchmarks/compression.py [--studies demo,encoder] [--rounds 1] [--threads 2] [--out PATH]
+    .venv/bin/python -m benchmarks.compression [--studies demo,encoder] [--rounds 1] [--threads 2] [--out PATH]
 """
 
 from __future__ import annotations
@@ -32,8 +32,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from any folder
 
 from benchmarks.common import (
     SEQ_LEN,

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -20,10 +19,7 @@ from typing import Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # run as a script from any folder
-
-from benchmarks.common import table, write_json  # noqa: E402
+from benchmarks.common import ROOT, table, write_json
 
 VARIANTS = ["baseline", "int8-dynamic", "int8-static", "fp16", "int8-static:method=entropy"]
 RUNTIMES = ["torch", "torch-compile", "torchscript", "onnxruntime", "openvino"]

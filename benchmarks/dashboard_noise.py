@@ -10,7 +10,7 @@ Rounds alternate closed/open, the order flipped every round.
 Target: median open p50 / median closed p50 <= 1.03. Each run's `machine_load` and `noise` are reported too,
 with the CPU that this script's own dashboard (server, browser, Playwright driver) used during the run.
 
-    .venv/bin/python benchmarks/dashboard_noise.py [--model cnn|demo] [--rounds 3] [--threads N] [--out PATH]
+    .venv/bin/python -m benchmarks.dashboard_noise [--model cnn|demo] [--rounds 3] [--threads N] [--out PATH]
 """
 
 from __future__ import annotations
@@ -29,8 +29,6 @@ import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from any folder
 
 import psutil
 

@@ -6,7 +6,7 @@ In a fresh working directory with no `PARETOSCOPE_DATA_DIR` (the default `./data
 Home page in headless chromium as soon as the server answers and waits there until the page says the demo
 study finished. Target: results within 120 s of the first page on an idle machine.
 
-    .venv/bin/python benchmarks/demo_time.py [--out PATH]
+    .venv/bin/python -m benchmarks.demo_time [--out PATH]
 """
 
 from __future__ import annotations
@@ -21,8 +21,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from any folder
 
 import psutil
 
@@ -47,7 +45,6 @@ def main(argv: list[str] | None = None) -> int:
     user = Path(tempfile.mkdtemp(prefix="paretoscope-user-"))
     shutil.copytree(ROOT / ".streamlit", user / ".streamlit")  # the shipped config, read from the working dir
     env = {k: v for k, v in os.environ.items() if k not in ("PARETOSCOPE_DATA_DIR", "PARETOSCOPE_NO_AUTO_WORKER")}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     server = None
     try:
         start = time.monotonic()

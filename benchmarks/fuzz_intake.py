@@ -17,7 +17,7 @@ the failures `multi-line` (a UserError of several lines), `exception` (any other
 `oom` (an allocation past the limit: a size not checked before allocating), `crash` and `hang`.
 tests/engine/test_fuzz_intake.py draws the same mutations with hypothesis, fewer of them, on every CI run.
 
-    .venv/bin/python benchmarks/fuzz_intake.py [--count 2000] [--formats onnx,hf-zip,...] [--seed 0]
+    .venv/bin/python -m benchmarks.fuzz_intake [--count 2000] [--formats onnx,hf-zip,...] [--seed 0]
         [--timeout 60] [--memory-mb 3072] [--out PATH]
 """
 
@@ -47,9 +47,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from any folder
-
-from benchmarks.common import command_line, load_state, table, write_json
+from benchmarks.common import ROOT, command_line, load_state, table, write_json
 
 # Kinds of input, the file name each is uploaded under, and the spec .npz data is checked against.
 KINDS = {"onnx": "model.onnx", "onnx-zip": "model.zip", "hf-zip": "model.zip", "npz": "data.npz",
@@ -578,8 +576,8 @@ class Worker:
         env = {**os.environ, "PARETOSCOPE_DATA_DIR": str(self.data_dir), "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
         with open(self.log, "ab") as log:
             process = subprocess.Popen(
-                [sys.executable, str(Path(__file__).resolve()), "--serve", "--memory-mb", str(self.memory_mb)],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, env=env, start_new_session=True)
+                [sys.executable, "-m", "benchmarks.fuzz_intake", "--serve", "--memory-mb", str(self.memory_mb)],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, env=env, cwd=ROOT, start_new_session=True)
         if self._reply(process, 300) != "ready":
             raise RuntimeError(f"the fuzz worker did not start; see {self.log}")
         return process

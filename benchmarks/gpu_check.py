@@ -29,8 +29,6 @@ from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from any folder
-
 from benchmarks.common import ENCODER, ROOT, zip_folder
 
 LIMITS = {"baseline": 1e-3, "fp16": 1e-2, "bf16": 2e-2}

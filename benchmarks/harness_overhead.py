@@ -12,14 +12,13 @@ tokenized by the model's own tokenizer, every sequence filling all 128 positions
 comparison, the harness fed a random 0/1 attention mask and random token types, what the tool synthesized
 before (`minilm-random-mask`). Target: harness p50 / bare p50 within 3% for every case but the last.
 
-    .venv/bin/python benchmarks/harness_overhead.py [--rounds 10] [--seconds 0.5] [--threads 2] [--out PATH]
+    .venv/bin/python -m benchmarks.harness_overhead [--rounds 10] [--seconds 0.5] [--threads 2] [--out PATH]
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,8 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from any folder
 
 from benchmarks.common import (
     ENCODER,

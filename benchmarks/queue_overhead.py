@@ -12,16 +12,12 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # run as a script from any folder
-
-from benchmarks.common import table, write_json  # noqa: E402
+from benchmarks.common import table, write_json
 
 
 def _mlp_onnx(folder: Path) -> Path:

@@ -8,20 +8,17 @@ fp32 are compared. Target (issue 13), per cell and overall: the largest speedup 
 the runs' 95% intervals overlap (from the engine's `speedup_ci95`; an engine that reports none is judged on the
 medians alone, and the output says so).
 
-    .venv/bin/python benchmarks/repeatability.py [--runs 3] [--threads 2] [--variants ...] [--out PATH]
+    .venv/bin/python -m benchmarks.repeatability [--runs 3] [--threads 2] [--variants ...] [--out PATH]
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from any folder
 
 from benchmarks.common import (
     PRETRAINED_NAME,

@@ -11,19 +11,16 @@ Target (issue 13): the best cell at least 2.0× faster than torch eager fp32 (p5
 pooled cosine >= 0.98. Where the engine gives speedup intervals, the table shows them. The output names the
 CPU's int8 dot-product instructions (AVX2 only, AVX-VNNI, AVX-512 VNNI, AMX), which decide what int8 can gain.
 
-    .venv/bin/python benchmarks/speedups.py [--threads 2] [--variants ...] [--runtimes ...] [--out PATH]
+    .venv/bin/python -m benchmarks.speedups [--threads 2] [--variants ...] [--runtimes ...] [--out PATH]
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from any folder
 
 from benchmarks.common import (
     PRETRAINED_NAME,

@@ -2,7 +2,7 @@
 
 The payload arrives as JSON on stdin, messages leave as JSON lines on FD.
 
-This is the one boundary that turns any exception into data (STYLE.md, point 8).
+This is the one boundary that turns any exception into data (docs/architecture.md, "Layers").
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""A stored study as the report's input: the results JSON of ARCHITECTURE.md with the raw latency samples."""
+"""A stored study as the report's input: the results JSON (docs/architecture.md) with the raw latency samples."""
 
 from __future__ import annotations
 

@@ -10,7 +10,8 @@ from engine import shared
 from storage.paths import data_dir
 from engine.worker import local_worker_starting
 from pages import common
-from storage import queries as q
+from storage import queue
+from storage import views
 from storage.db import session
 
 # a local icon: a Material icon as page_icon is fetched from a font host, which fails offline
@@ -26,9 +27,9 @@ navigation = common.navigation()
 
 with st.sidebar:
     with session(write=False) as s:
-        workers = q.live_workers(s)
-        busy = q.busy_workers(s)
-        queued = q.has_open_jobs(s)
+        workers = queue.live_workers(s)
+        busy = views.busy_workers(s)
+        queued = queue.has_open_jobs(s)
     if workers:
         st.success(f"{len(workers)} worker(s) alive, {busy} busy", icon=":material/check_circle:")
     elif local_worker_starting():

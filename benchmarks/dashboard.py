@@ -27,7 +27,8 @@ RUNTIMES = ["torch", "torch-compile", "torchscript", "onnxruntime", "openvino"]
 
 def seed(studies: int, cells: int) -> int:
     """Create `studies` studies of `cells` finished cells each; return the last study's id."""
-    from storage import queries as q
+    from storage import catalogue
+    from storage import queue
     from storage.db import session
     from tests.storage.helpers import ARTIFACT
 
@@ -40,15 +41,15 @@ def seed(studies: int, cells: int) -> int:
         spec = [{"index": i, "variant": v, "chain": [], "runtime": r, "batch_size": b, "status": "pending",
                  "reason": None} for i, (v, r, b) in enumerate(grid)]
         with session() as s:
-            model = q.get_or_create_model(s, ARTIFACT, "bench-model.onnx")
-            study = q.create_study(s, name=f"seeded study {n}", model=model, dataset=None, variants=VARIANTS,
+            model = catalogue.get_or_create_model(s, ARTIFACT, "bench-model.onnx")
+            study = queue.create_study(s, name=f"seeded study {n}", model=model, dataset=None, variants=VARIANTS,
                                    runtimes=RUNTIMES, batch_sizes=batches, settings={
                                        "threads": 2, "timeout_s": 600,
                                        "measure": {"warmup": 10, "iterations": 50, "min_seconds": 2.0}},
                                    cells=spec)
             last = study.id
         with session() as s:
-            while (job := q.claim_job(s, "seed", 60, last)) is not None:
+            while (job := queue.claim_job(s, "seed", 60, last)) is not None:
                 p50 = float(rng.uniform(0.1, 20))
                 samples = rng.gamma(20, p50 / 20, size=200).astype(np.float32)
                 result = {
@@ -62,7 +63,7 @@ def seed(studies: int, cells: int) -> int:
                                  "task": {"name": "top1", "value": float(rng.uniform(0.9, 0.99))}},
                     "settings": {"threads": 2}, "notes": [],
                 }
-                q.finish_job(s, job.id, "seed", "ok", result=result, samples=samples)
+                queue.finish_job(s, job.id, "seed", "ok", result=result, samples=samples)
     return last
 
 
@@ -86,12 +87,12 @@ def render_results_page(study_id: int) -> float:
 
 
 def study_list() -> float:
-    from storage import queries as q
+    from storage import views
     from storage.db import session
 
     start = time.perf_counter()
     with session(write=False) as s:
-        frame = q.list_studies(s)
+        frame = views.list_studies(s)
     elapsed = time.perf_counter() - start
     if int(frame["cells"].sum()) < 10_000:
         raise SystemExit("the study list does not cover the seeded results")

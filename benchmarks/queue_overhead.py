@@ -39,7 +39,7 @@ def noop_jobs(n: int) -> list[float]:
     from engine.inspection import check_data_task
     from engine.specs import InputSpec
     from storage.paths import sub_dir
-    from storage import queries as q
+    from storage import queue
     from storage.db import session
     from tests.storage.helpers import make_study
 
@@ -52,13 +52,13 @@ def noop_jobs(n: int) -> list[float]:
     for i in range(n):
         start = time.perf_counter()
         with session() as s:
-            job = q.claim_job(s, "bench", lease_s=60)
+            job = queue.claim_job(s, "bench", lease_s=60)
             assert job is not None
             job_id = job.id
         outcome = run_child(check_data_task, {"path": str(data), "spec": spec.to_json()}, 60,
                             sub_dir("logs") / f"noop-{i}.log")
         with session() as s:
-            q.finish_job(s, job_id, "bench", outcome.status, result={"notes": [], "settings": {}})
+            queue.finish_job(s, job_id, "bench", outcome.status, result={"notes": [], "settings": {}})
         walls.append(time.perf_counter() - start)
     return walls
 
@@ -69,7 +69,8 @@ def cell_jobs(n: int, model: Path, min_seconds: float, iterations: int) -> tuple
     from engine.optimizations import parse_chain
     from engine.plan import StudySettings
     from engine.study import run_study, submit_study
-    from storage import queries as q
+    from engine.report import source
+    from storage import results as stored
     from storage.db import session
 
     artifact = intake(model)
@@ -82,8 +83,8 @@ def cell_jobs(n: int, model: Path, min_seconds: float, iterations: int) -> tuple
     run_study(study_id)
     total = time.perf_counter() - start
     with session(write=False) as s:
-        rows = q.study_results(s, study_id)
-        samples = q.study_samples(s, study_id)
+        rows = source.study_results(s, study_id)
+        samples = stored.study_samples(s, study_id)
     overheads = []
     for row in rows:
         if row["status"] != "ok":

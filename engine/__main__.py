@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from engine.errors import UserError
+from engine.results import FAILED, SKIPPED, CellResult, Status
 from storage.paths import data_dir
 
 EXIT_USAGE = 2
@@ -61,7 +62,7 @@ def cmd_bench(args: argparse.Namespace, out: TextIO) -> int:
     from engine.runtimes import parse_runtime_options
     from engine.study import release_study, run_study, submit_study
     from engine.worker import new_worker_id
-    from storage import queries as q
+    from engine.report import source
     from storage.db import session
 
     data_path = args.data
@@ -116,30 +117,30 @@ def cmd_bench(args: argparse.Namespace, out: TextIO) -> int:
         run_study(study_id, events=view.events(), owner=owner)
         view.close()
         with session(write=False) as s:
-            results = q.results_json(s, study_id)
+            results = source.results_json(s, study_id)
     finally:
         release_study(study_id, owner)  # however bench ends, cells left queued become any worker's work
     # Rows and summary both come from the study's stored rows: every cell is shown and counted exactly once,
     # including any the worker never reported (cancelled from the dashboard, or left by a stop).
-    rows = results["results"]
+    rows = [CellResult.from_json(row) for row in results["results"]]
     for row in rows:
-        if row["cell"] not in view.printed:
+        if row.cell not in view.printed:
             view.print_row(row)
     for summary in dict.fromkeys(_inputs_summary(row) for row in rows):
         if summary:
             print(summary, file=out)  # the same for every cell: said once, not on each row
-    by_cell = {row["cell"]: row for row in rows}
-    timed = {paired["baseline_cell"]: paired["rounds"] for row in rows
-             if (paired := row.get("paired")) and paired.get("rounds")}
+    by_cell = {row.cell: row for row in rows}
+    timed = {row.paired.baseline_cell: row.paired.rounds for row in rows if row.paired and row.paired.rounds}
     for base_cell, count in timed.items():
         base = by_cell.get(base_cell)
         if base is not None:
-            print(f"speedup: against cell {base_cell} ({base['variant']} · {base['runtime']} · b{base['batch_size']}), "
+            print(f"speedup: against cell {base_cell} ({base.variant} · {base.runtime} · b{base.batch_size}), "
                   f"timed alternately in {count} rounds; [95% interval]", file=out)
-    counts = Counter(row["status"] for row in rows)
-    ok, cancelled, left = counts["ok"], counts["cancelled"], counts[q.QUEUED] + counts[q.RUNNING]
-    failed = sum(counts[s] for s in q.FAILED_STATUSES)
-    skipped = sum(counts[s] for s in q.SKIPPED_STATUSES)
+    counts = Counter(row.status for row in rows)
+    ok, cancelled = counts[Status.OK], counts[Status.CANCELLED]
+    left = counts[Status.QUEUED] + counts[Status.RUNNING]
+    failed = sum(counts[s] for s in FAILED)
+    skipped = sum(counts[s] for s in SKIPPED)
     extra = "".join(f", {n} {what}" for n, what in ((cancelled, "cancelled"), (left, "not run")) if n)
     print(f"study {study_id}: {len(rows)} cells ({ok} ok, {failed} failed, {skipped} n/a/unavailable{extra}) "
           f"in {time.monotonic() - started:.1f} s; report: python -m engine report {study_id} --format json "
@@ -154,20 +155,21 @@ def cmd_bench(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
-def empty_row(cell: Any) -> dict[str, Any]:
-    return {"cell": cell.index, "variant": cell.variant, "runtime": cell.runtime, "batch_size": cell.batch_size,
-            "status": cell.status, "error": cell.reason, "notes": []}
+def empty_row(cell: Any) -> CellResult:
+    """The row of a cell that cannot run here (n/a, unavailable), with its reason."""
+    return CellResult(cell=cell.index, variant=cell.variant, runtime=cell.runtime, batch_size=cell.batch_size,
+                      status=Status(cell.status), error=cell.reason)
 
 
 def cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
     """Build the demo and queue its study for a worker (the dashboard's worker runs it)."""
     from engine.study import start_demo
-    from storage import queries as q
+    from storage import queue
     from storage.db import session
 
     if args.if_empty:
         with session(write=False) as s:
-            if q.has_study(s):
+            if queue.has_study(s):
                 print("the database has studies already; no demo queued", file=out)
                 return 0
     print("building the demo: a CNN trained offline on scikit-learn's digits (first time only)...", file=out,
@@ -304,37 +306,34 @@ _COLUMNS = (("#", 3), ("variant", 22), ("runtime", 13), ("batch", 5), ("status",
             ("note", 0))
 
 
-def _speedup(row: dict[str, Any]) -> str:
+def _speedup(row: CellResult) -> str:
     """The cell's speedup over the baseline it was timed against in rounds, with its 95% interval."""
-    paired = row.get("paired") or {}
-    if paired.get("speedup") is None:
+    paired = row.paired
+    if paired is None or paired.speedup is None:
         return "-"
-    ci = paired.get("ci95")
-    text = f"{paired['speedup']:.2f}×"
+    ci = paired.ci95
+    text = f"{paired.speedup:.2f}×"
     return text + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
 
 
-def _inputs_summary(row: dict[str, Any]) -> str | None:
-    made = row.get("inputs")
+def _inputs_summary(row: CellResult) -> str | None:
+    made = row.inputs
     return made.get("summary") if isinstance(made, dict) else None
 
 
-def format_row(row: dict[str, Any]) -> str:
-    lat = row.get("latency_ms") or {}
-    acc = row.get("accuracy") or {}
-    fid = acc.get("fidelity") or {}
-    task = acc.get("task") or {}
+def format_row(row: CellResult) -> str:
+    lat, fid = row.latency_ms, row.fidelity
 
     def num(v: Any, fmt: str) -> str:
         return format(v, fmt) if isinstance(v, (int, float)) else "-"
 
-    noisy = (row.get("noise") or {}).get("message")  # said first: it decides how far to trust the row
-    notes = [n for n in row.get("notes") or [] if n != _inputs_summary(row)]  # printed once after the rows
-    note = row.get("error") or "; ".join([*([noisy] if noisy else []), *notes])
-    values = (str(row["cell"]), row["variant"], row["runtime"], str(row["batch_size"]), row["status"],
-              num(lat.get("p50"), ".3f"), num(lat.get("p99"), ".3f"), num(row.get("throughput_per_s"), ".1f"),
-              _speedup(row), num(row.get("load_s"), ".2f"), num(fid.get("cosine"), ".4f"),
-              num(task.get("value"), ".3f"), note)
+    noisy = (row.noise or {}).get("message")  # said first: it decides how far to trust the row
+    notes = [n for n in row.notes if n != _inputs_summary(row)]  # printed once after the rows
+    note = row.error or "; ".join([*([noisy] if noisy else []), *notes])
+    values = (str(row.cell), row.variant, row.runtime, str(row.batch_size), str(row.status),
+              num(lat.p50 if lat else None, ".3f"), num(lat.p99 if lat else None, ".3f"),
+              num(row.throughput_per_s, ".1f"), _speedup(row), num(row.load_s, ".2f"),
+              num(fid.cosine if fid else None, ".4f"), num(row.task.value if row.task else None, ".3f"), note)
     return "  ".join(v if w == 0 else f"{v:<{w}}"[: max(w, len(v))] for v, (_, w) in zip(values, _COLUMNS, strict=True))
 
 
@@ -356,9 +355,9 @@ class LiveView:
         print(header(), file=out, flush=True)
 
     def events(self) -> Any:
-        from engine.study import StudyEvents
+        from engine.worker import WorkerEvents
 
-        return StudyEvents(self._started, self._progress, self._finished)
+        return WorkerEvents(self._started, self._progress, self._finished)
 
     def _started(self, cell: Any, i: int, n: int) -> None:
         self.cell_started = time.monotonic()
@@ -382,15 +381,16 @@ class LiveView:
         self.out.write("\r\x1b[2K" + line[: columns - 1])
         self.out.flush()
 
-    def _finished(self, cell: Any, row: dict[str, Any], i: int, n: int) -> None:
+    def _finished(self, cell: Any, row: CellResult, i: int, n: int) -> None:
         self.done_s.append(time.monotonic() - self.cell_started)
         self.print_row(row)
 
-    def print_row(self, row: dict[str, Any]) -> None:
+    def print_row(self, row: CellResult) -> None:
         if self.tty:
             self.out.write("\r\x1b[2K")
         print(format_row(row), file=self.out, flush=True)
-        self.printed.add(row["cell"])
+        if row.cell is not None:
+            self.printed.add(row.cell)
 
     def close(self) -> None:
         if self.tty:

@@ -13,6 +13,7 @@ from typing import Any
 from engine.artifacts import Artifact
 from engine.errors import UserError
 from engine.executors.tasks import ProgressFn, Task, task
+from engine.results import Status
 from storage.paths import sub_dir
 from engine.specs import InputSpec
 
@@ -62,17 +63,17 @@ def _in_child(job: Task, payload: dict[str, Any], what: str) -> Any:
 
     limit, timeout_s = inspect_memory_mb(), inspect_timeout_s()
     outcome = run_child(job, {**payload, "memory_limit_mb": limit}, timeout_s, sub_dir("logs") / f"{job.name}.log")
-    if outcome.status == "ok":
+    if outcome.status == Status.OK:
         return outcome.result
-    if outcome.status == "failed" and outcome.error_type == "UserError":
+    if outcome.status == Status.FAILED and outcome.error_type == "UserError":
         raise UserError(str(outcome.error))
-    if outcome.status == "failed" and any(m in str(outcome.error) for m in _DISK_FULL):
+    if outcome.status == Status.FAILED and any(m in str(outcome.error) for m in _DISK_FULL):
         raise UserError(f"{what} stopped: the disk of the data folder is full; free space there (or ask the "
                         "server's admin), then try again")
-    if outcome.status == "oom":
+    if outcome.status == Status.OOM:
         raise UserError(f"{what} passed the inspection's memory limit of {limit:.0f} MB "
                         "(PARETOSCOPE_INSPECT_MEMORY_MB): is the model or the file what you meant to upload?")
-    if outcome.status == "timeout":
+    if outcome.status == Status.TIMEOUT:
         raise UserError(f"{what} took longer than the inspection's limit of {timeout_s:g} s "
                         "(PARETOSCOPE_INSPECT_TIMEOUT_S); a model whose forward never returns cannot be measured")
     detail = f"{outcome.error_type}: {outcome.error}" if outcome.error_type else str(outcome.error)

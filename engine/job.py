@@ -30,6 +30,7 @@ from engine.measure import accuracy, gpu, latency, memory, noise, rounds
 from engine.optimizations.base import Chain
 from engine.optimizations.build import BuildContext, Variant, build_variant
 from engine.plan import Cell, StudySettings
+from engine.results import CellResult, Fidelity, LatencySummary, Rounds, Status, TaskMetric
 from engine.runtimes import Runtime, RuntimeSettings, Session, get
 from engine.runtimes.base import DEFAULT_CUDA_DEVICE
 
@@ -155,7 +156,7 @@ def open_cell(model: Artifact, cell: Cell, settings: StudySettings, data_path: s
 
 
 def run_cell(study_dir: Path, model: Artifact, cell: Cell, settings: StudySettings, data_path: str | None,
-             progress: Progress, baseline: Cell | None = None) -> dict[str, Any]:
+             progress: Progress, baseline: Cell | None = None) -> CellResult:
     """Build the cell's variant, load it, time it and compare its outputs with the reference; then, given the
     study's `baseline` cell, time the two in alternating rounds (engine.measure.rounds) for the speedup."""
     opened = open_cell(model, cell, settings, data_path, progress)
@@ -197,44 +198,48 @@ def run_cell(study_dir: Path, model: Artifact, cell: Cell, settings: StudySettin
     summary = latency.summarize(samples, cell.batch_size)
     verdict = noise.noise_verdict(samples, summary["latency_ms"]["p50_ci95"], machine_load, settings.threads)
     fidelity = accuracy.fidelity(reference, outputs, attention_mask(model.spec, inputs))
+    task_metric = accuracy.task_metric(outputs, labels)
     made = inputs_record(model, opened.dataset, settings)
     notes = [made["summary"], *dict.fromkeys(variant.notes)]
     if variant.cached:
         notes.append("variant taken from the build cache")
-    if paired is not None and paired.get("error"):
+    if paired is not None and paired.error:
         notes.append(f"speedup from separate timings: the interleaved rounds with the baseline failed "
-                     f"({paired['error']})")
-    return {
-        **summary,
-        "load_s": load_s,
-        "first_run_ms": first_run_ms,
-        "peak_host_mb": memory.peak_host_mb(),
-        "peak_device_mb": device["peak_device_mb"] if device else None,
-        "device_metrics": device,
-        "model_size_mb": variant.size_bytes / 2**20,
-        "accuracy": {"fidelity": fidelity, "task": accuracy.task_metric(outputs, labels)},
-        "inputs": made,
-        "settings": {"threads": settings.threads, "device": runtime_cls.device, **applied,
-                     "warmup": settings.measure.warmup, "min_iterations": settings.measure.iterations,
-                     "min_seconds": settings.measure.min_seconds, "rounds": settings.measure.rounds},
-        "notes": notes,
-        "build_s": variant.build_s,
-        "train_s": variant.train_s,
-        "build_details": variant.details or None,
-        "target": runtime_cls.consumes,
-        "variant_path": str(variant.path) if variant.path else None,
-        "samples_ms": samples.astype(np.float32).tolist(),
-        "machine_load": machine_load,
-        "noise": verdict,
-        "paired": paired,
-    }
+                     f"({paired.error})")
+    return CellResult(
+        cell=cell.index, variant=cell.variant, runtime=cell.runtime, batch_size=cell.batch_size, status=Status.OK,
+        latency_ms=LatencySummary.from_json(summary["latency_ms"]),
+        throughput_per_s=summary["throughput_per_s"],
+        load_s=load_s,
+        first_run_ms=first_run_ms,
+        peak_host_mb=memory.peak_host_mb(),
+        peak_device_mb=device["peak_device_mb"] if device else None,
+        device_metrics=device,
+        model_size_mb=variant.size_bytes / 2**20,
+        fidelity=Fidelity.from_json(fidelity),
+        task=TaskMetric.from_json(task_metric),
+        inputs=made,
+        settings={"threads": settings.threads, "device": runtime_cls.device, **applied,
+                  "warmup": settings.measure.warmup, "min_iterations": settings.measure.iterations,
+                  "min_seconds": settings.measure.min_seconds, "rounds": settings.measure.rounds},
+        notes=notes,
+        build_s=variant.build_s,
+        train_s=variant.train_s,
+        build_details=variant.details or None,
+        target=runtime_cls.consumes,
+        variant_path=str(variant.path) if variant.path else None,
+        samples_ms=samples.astype(np.float32).tolist(),
+        machine_load=machine_load,
+        noise=verdict,
+        paired=paired,
+    )
 
 
 def _rounds(session: Session, prepared: Any, samples: np.ndarray, study_dir: Path, model: Artifact, cell: Cell,
             baseline: Cell | None, settings: StudySettings, data_path: str | None,
-            progress: Progress) -> dict[str, Any] | None:
+            progress: Progress) -> Rounds | None:
     """The cell and its baseline in alternating rounds, the baseline loaded in a partner process: the `paired`
-    record, {"error": ...} when the partner failed (the cell keeps its own timings), None when not asked."""
+    record, with only an error when the partner failed (the cell keeps its own timings), None when not asked."""
     rounds_wanted = settings.measure.rounds
     if baseline is None or rounds_wanted < 1 or baseline.index == cell.index:
         return None
@@ -249,8 +254,8 @@ def _rounds(session: Session, prepared: Any, samples: np.ndarray, study_dir: Pat
                 lambda: latency.measure(session, prepared, block), partner.time_block, rounds_wanted,
                 baseline.index, (iterations, partner.iterations), progress, between=rounds.settle)
     except PartnerError as exc:
-        return {"baseline_cell": baseline.index, "error": str(exc)}
-    return paired.to_json()
+        return Rounds(baseline_cell=baseline.index, error=str(exc))
+    return paired.record()
 
 
 @task("reference")
@@ -265,4 +270,4 @@ def cell_task(payload: dict[str, Any], progress: ProgressFn) -> dict[str, Any]:
     """The worker's "cell" job: one cell measured (and timed against its baseline when the payload names one)."""
     baseline = Cell.from_json(payload["baseline"]) if payload.get("baseline") else None
     return run_cell(Path(payload["study_dir"]), Artifact.from_json(payload["model"]), Cell.from_json(payload["cell"]),
-                    StudySettings.from_json(payload["settings"]), payload.get("data"), progress, baseline)
+                    StudySettings.from_json(payload["settings"]), payload.get("data"), progress, baseline).to_json()

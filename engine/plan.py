@@ -8,6 +8,7 @@ from typing import Any
 
 from engine.data import check_padding
 from engine.errors import UserError
+from engine.results import Status
 from engine.measure.latency import MeasureSettings
 from engine.optimizations import parse_chain
 from engine.optimizations.base import Chain, chain_from_json
@@ -161,12 +162,12 @@ def expand(model_format: str, spec: InputSpec, variants: list[Chain], runtimes: 
             for batch in batch_sizes:
                 status, reason = "pending", None
                 if not ok:
-                    status, reason = "unavailable", why
+                    status, reason = Status.UNAVAILABLE, why
                 else:
                     na = not_applicable_reason(model_format, chain, runtime.consumes, runtime.device)
                     if na is None and fixed is not None and batch != fixed:
                         na = f"the model fixes its batch size to {fixed}; re-export it with a dynamic batch axis"
                     if na is not None:
-                        status, reason = "n/a", na
+                        status, reason = Status.NOT_APPLICABLE, na
                 cells.append(Cell(len(cells), chain.name, tuple(chain.to_json()), rid, batch, status, reason))
     return cells

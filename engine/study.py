@@ -2,28 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engine import shared
 from engine.artifacts import Artifact
 from engine.errors import UserError
 from engine.executors.tasks import ProgressFn, task
+from engine.results import Status
 from engine.optimizations.base import Chain
-from storage.paths import sub_dir
+from storage.paths import study_dir, sub_dir
 from engine.plan import Cell, StudySettings, expand
 from engine.runtimes import check_runtime_options
 
-
-@dataclass
-class StudyEvents:
-    """Callbacks for a live view: a cell starts, reports progress, finishes."""
-
-    started: Callable[[Cell, int, int], None] = lambda cell, i, n: None
-    progress: Callable[[Cell, str, float], None] = lambda cell, phase, fraction: None
-    finished: Callable[[Cell, dict[str, Any], int, int], None] = lambda cell, row, i, n: None
+if TYPE_CHECKING:
+    from engine.worker import WorkerEvents
 
 
 # Where each phase of a cell sits in its whole run, so one bar moves forward through every phase.
@@ -34,9 +27,9 @@ _PHASES = [("starting", 0.0, 0.02), ("reference outputs", 0.02, 0.1), ("building
 
 def cell_fraction(status: str, phase: str | None, fraction: float | None) -> float:
     """How far a cell is through its whole run (0 queued, 1 ended), from its current phase and progress in it."""
-    if status == "queued":
+    if status == Status.QUEUED:
         return 0.0
-    if status != "running":
+    if status != Status.RUNNING:
         return 1.0
     name = phase if isinstance(phase, str) and phase else "starting"  # None, or NaN from a frame
     within = 0.0 if fraction is None or fraction != fraction else float(fraction)  # NaN: not reported
@@ -44,11 +37,6 @@ def cell_fraction(status: str, phase: str | None, fraction: float | None) -> flo
         if name.startswith(prefix):
             return low + (high - low) * min(max(within, 0.0), 1.0)
     return 0.0
-
-
-def study_dir(study_id: int) -> Path:
-    """Where a study keeps its reference outputs and logs."""
-    return sub_dir("studies", str(study_id))
 
 
 def submit_study(model: Artifact, variants: list[Chain], runtimes: list[str], batch_sizes: list[int],
@@ -61,7 +49,8 @@ def submit_study(model: Artifact, variants: list[Chain], runtimes: list[str], ba
     `created_by` is the signed-in person on a shared server, who alone (with the admins) may delete it;
     there the server's bounds on settings and on unfinished studies per person are checked here."""
     from storage import blobs
-    from storage import queries as q
+    from storage import catalogue
+    from storage import queue
     from storage.db import session
 
     shared.refuse_code_format(model.format, model.path.name)
@@ -70,14 +59,15 @@ def submit_study(model: Artifact, variants: list[Chain], runtimes: list[str], ba
     shared.check_study(settings, batch_sizes, sum(c.runnable for c in cells))
     with session() as s:
         if shared.enabled():
-            shared.check_open_studies(q.open_studies(s, created_by))
-        model_row = q.get_or_create_model(s, model.to_json(), model_name or model.path.name, created_by=created_by)
+            shared.check_open_studies(queue.open_studies(s, created_by))
+        model_row = catalogue.get_or_create_model(s, model.to_json(), model_name or model.path.name,
+                                                  created_by=created_by)
         dataset = None
         if data_path:
             sha = blobs.put_file(data_path)
-            dataset = q.get_or_create_dataset(s, sha, Path(data_path).name, Path(data_path).stat().st_size,
+            dataset = catalogue.get_or_create_dataset(s, sha, Path(data_path).name, Path(data_path).stat().st_size,
                                               created_by=created_by)
-        study = q.create_study(
+        study = queue.create_study(
             s, name=name or f"{model_row.name} ({', '.join(runtimes)})", model=model_row, dataset=dataset,
             variants=[c.name for c in variants], runtimes=runtimes, batch_sizes=batch_sizes,
             settings=settings.to_json(), cells=[c.to_json() for c in cells], owner=owner, created_by=created_by,
@@ -88,7 +78,7 @@ def submit_study(model: Artifact, variants: list[Chain], runtimes: list[str], ba
     return study_id, cells
 
 
-def run_study(study_id: int, events: StudyEvents | None = None, *, owner: str | None = None) -> None:
+def run_study(study_id: int, events: WorkerEvents | None = None, *, owner: str | None = None) -> None:
     """Run the study's queued jobs here until none is queued or running (or SIGTERM/Ctrl-C stops the worker).
 
     `owner` is the id the study was submitted with: this worker runs it alone. The caller releases it."""
@@ -99,11 +89,11 @@ def run_study(study_id: int, events: StudyEvents | None = None, *, owner: str | 
 
 def release_study(study_id: int, owner: str) -> None:
     """End `owner`'s hold on the study: its cells still queued become work for any worker."""
-    from storage import queries as q
+    from storage import queue
     from storage.db import session
 
     with session() as s:
-        q.release_study(s, study_id, owner)
+        queue.release_study(s, study_id, owner)
 
 
 DEMO_VARIANTS = ("baseline", "int8-static", "fp16")
@@ -130,7 +120,7 @@ def start_demo(created_by: str | None = None) -> tuple[int, dict[str, float]]:
     from engine.executors.local import run_child
 
     outcome = run_child(_build_demo, {}, DEMO_BUILD_TIMEOUT_S, sub_dir("logs") / "demo.log")
-    if outcome.status != "ok" or outcome.result is None:
+    if outcome.status != Status.OK or outcome.result is None:
         raise UserError(f"the demo could not be built ({outcome.status}: {outcome.error}); see "
                         f"{sub_dir('logs') / 'demo.log'}")
     built = outcome.result
@@ -163,22 +153,23 @@ def delete_study(study_id: int, user: str | None = None) -> None:
 
     On a shared server only its creator or an admin (`user`) may."""
     from storage import blobs
-    from storage import queries as q
+    from storage import catalogue
+    from storage import queue
     from storage.db import session
 
     referenced: set[str] = set()
     with session() as s:
-        study = q.get_study(s, study_id)
+        study = queue.get_study(s, study_id)
         if study is None:
             raise UserError(f"there is no study #{study_id} (deleted already?); pick one the Results page lists")
         if not shared.may_change(user, study.created_by):
             raise UserError(f"only {study.created_by or 'its creator'} or an admin may delete study #{study_id}")
-        running = q.has_running_jobs(s, study_id)
+        running = queue.has_running_jobs(s, study_id)
         if running:  # a worker is measuring one of its cells: deleting the rows under it would break that worker
-            q.cancel_study(s, study_id)
+            queue.cancel_study(s, study_id)
         else:
-            q.delete_study(s, study_id)
-            referenced = q.referenced_blobs(s)
+            queue.delete_study(s, study_id)
+            referenced = catalogue.referenced_blobs(s)
     if running:
         raise UserError(f"study #{study_id} was still running: it is cancelled now; delete it once its running "
                         "cell has stopped (a few seconds)")
@@ -189,9 +180,11 @@ def delete_study(study_id: int, user: str | None = None) -> None:
 
 def rerun_noisy_cells(study_id: int) -> int:
     """Queue the study's noisy cells again (their old results go); how many were queued."""
-    from storage import queries as q
+    from engine.report import source
+    from storage import queue
     from storage.db import session
 
     with session() as s:
-        noisy = [row["cell"] for row in q.study_results(s, study_id) if (row.get("noise") or {}).get("noisy")]
-        return q.rerun_cells(s, study_id, noisy)
+        noisy = [row.cell for row in source.study_results(s, study_id)
+                 if row.cell is not None and (row.noise or {}).get("noisy")]
+        return queue.rerun_cells(s, study_id, noisy)

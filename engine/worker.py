@@ -28,13 +28,13 @@ from sqlalchemy.exc import InterfaceError, InternalError, OperationalError, SQLA
 from engine.executors.local import SCRATCH_PREFIX, Outcome, child_env, run_child, stop_process_group
 from engine.executors.tasks import Task
 from engine.job import REFERENCE_TEMP, cell_task, reference_task
-from storage.paths import data_dir, sub_dir
 from engine.plan import Cell
-from engine.study import StudyEvents, study_dir
-from storage import blobs
-from storage import queries as q
+from engine.results import CellResult, Status
+from storage import blobs, catalogue, queue, views
+from storage import results as stored
 from storage.db import session
-from storage.tables import Job, Study
+from storage.paths import data_dir, study_dir, sub_dir
+from storage.tables import Dataset, Job, Study
 
 LEASE_S = float(os.environ.get("PARETOSCOPE_WORKER_LEASE_S", 30.0))
 HEARTBEAT_S = min(5.0, LEASE_S / 3)
@@ -51,6 +51,15 @@ BACKOFF_MAX_S = 30.0
 STALE_S = 3600.0
 
 T = TypeVar("T")
+
+
+@dataclass
+class WorkerEvents:
+    """Callbacks for a live view of the worker: a cell starts, reports progress, finishes (its typed result)."""
+
+    started: Callable[[Cell, int, int], None] = lambda cell, i, n: None
+    progress: Callable[[Cell, str, float], None] = lambda cell, phase, fraction: None
+    finished: Callable[[Cell, CellResult, int, int], None] = lambda cell, row, i, n: None
 
 
 class WorkerStopping(BaseException):
@@ -87,11 +96,11 @@ def new_worker_id() -> str:
 
 class Worker:
     def __init__(self, *, worker_id: str | None = None, study_id: int | None = None,
-                 events: StudyEvents | None = None, lease_s: float = LEASE_S, heartbeat_s: float = HEARTBEAT_S,
+                 events: WorkerEvents | None = None, lease_s: float = LEASE_S, heartbeat_s: float = HEARTBEAT_S,
                  idle_s: float = IDLE_S) -> None:
         self.id = worker_id or new_worker_id()
         self.study_id = study_id
-        self.events = events or StudyEvents()
+        self.events = events or WorkerEvents()
         self.lease_s, self.heartbeat_s, self.idle_s = lease_s, heartbeat_s, idle_s
         self._stop = threading.Event()
         self._current: _Current | None = None
@@ -134,19 +143,19 @@ class Worker:
 
     def _register(self) -> None:
         with session() as s:
-            q.register_worker(s, self.id, socket.gethostname(), os.getpid())
+            queue.register_worker(s, self.id, socket.gethostname(), os.getpid())
 
     def _mark_stopped(self) -> None:
         try:
             with session() as s:
-                q.worker_heartbeat(s, self.id, "stopped", None)
+                queue.worker_heartbeat(s, self.id, "stopped", None)
         except DB_FAULTS as exc:  # the heartbeat's age tells the others soon enough
             self._log(f"could not mark this worker stopped: {_first_line(exc)}")
 
     def _next_job(self) -> int:
         """Requeue the jobs of dead workers, then claim and run one job; 0 when none was queued."""
         with session() as s:
-            q.requeue_expired(s, self.lease_s)
+            queue.requeue_expired(s, self.lease_s)
         return self._run_one()
 
     def _retry(self, what: str, action: Callable[[], T]) -> T:
@@ -192,7 +201,7 @@ class Worker:
     def _queue_empty(self) -> bool:
         """Nothing queued and nothing in flight: a running job may still come back if its worker died."""
         with session(write=False) as s:
-            return not q.has_open_jobs(s, self.study_id, self.id)
+            return not queue.has_open_jobs(s, self.study_id, self.id)
 
     # --- heartbeat ---------------------------------------------------------------------------
 
@@ -207,8 +216,8 @@ class Worker:
         with self._lock:
             current = self._current
         with session() as s:
-            q.worker_heartbeat(s, self.id, "busy" if current else "idle", current.job_id if current else None)
-            keep = q.extend_lease(s, current.job_id, self.id, self.lease_s) if current else True
+            queue.worker_heartbeat(s, self.id, "busy" if current else "idle", current.job_id if current else None)
+            keep = queue.extend_lease(s, current.job_id, self.id, self.lease_s) if current else True
         if current and not keep and not current.cancelled:
             current.cancelled = True  # cancelled study (or lost lease): stop the child now
             if current.pid:
@@ -219,7 +228,7 @@ class Worker:
     def _run_one(self) -> int:
         with measurement_lock():
             with session() as s:
-                job = q.claim_job(s, self.id, self.lease_s, self.study_id)
+                job = queue.claim_job(s, self.id, self.lease_s, self.study_id)
                 if job is None:
                     return 0
                 payload, cell, study_meta = self._payload(s, job)
@@ -237,7 +246,7 @@ class Worker:
 
     def _payload(self, s: Any, job: Job) -> tuple[dict[str, Any], Cell, dict[str, Any]]:
         study: Study = job.study
-        dataset = study.dataset_id and s.get(q.Dataset, study.dataset_id)
+        dataset = study.dataset_id and s.get(Dataset, study.dataset_id)
         cell = Cell(job.cell, job.variant, tuple(job.chain), job.runtime, job.batch_size)
         payload = {
             "model": study.model.artifact,
@@ -247,22 +256,22 @@ class Worker:
             "cell": cell.to_json(),
             "memory_limit_mb": study.settings.get("memory_limit_mb"),
         }
-        base = q.baseline_job(s, study.id, job.batch_size)
+        base = queue.baseline_job(s, study.id, job.batch_size)
         if base is not None and base.cell != job.cell:  # the cell is timed against it in alternating rounds
             payload["baseline"] = Cell(base.cell, base.variant, tuple(base.chain), base.runtime,
                                        base.batch_size).to_json()
-        progress = q.study_progress(s, study.id)
+        progress = views.study_progress(s, study.id)
         meta = {"reference": study.reference, "model_id": study.model_id, "study_id": study.id,
                 "timeout_s": float(study.settings.get("timeout_s", 600)), "total": sum(progress.values()),
-                "position": sum(n for status, n in progress.items() if status in q.FINAL_STATUSES)}
+                "position": sum(n for status, n in progress.items() if Status(status).final)}
         return payload, cell, meta
 
     def _give_back(self, job_id: int) -> None:
         """Requeue the job of a stopping worker; if the database refuses, its lease expires and another requeues it."""
         try:
             with session() as s:
-                q.set_job_process(s, job_id, self.id, None)
-                q.requeue_job(s, job_id, self.id)
+                queue.set_job_process(s, job_id, self.id, None)
+                queue.requeue_job(s, job_id, self.id)
         except DB_FAULTS as exc:
             self._log(f"job {job_id} goes back to the queue when its lease expires: {_first_line(exc)}")
 
@@ -286,7 +295,7 @@ class Worker:
         one can kill what the child started; one try: a full database must not hold the child up."""
         try:
             with session() as s:
-                q.set_job_process(s, job_id, self.id, pgid)
+                queue.set_job_process(s, job_id, self.id, pgid)
         except DB_FAULTS as exc:
             self._log(f"could not note job {job_id}'s process group (a requeue after a crash cannot stop its "
                       f"leftovers): {_first_line(exc)}")
@@ -305,7 +314,7 @@ class Worker:
         """Progress is a hint: while the database fails it is dropped (logged once), and the cell runs on."""
         try:
             with session() as s:
-                q.set_progress(s, job_id, self.id, phase, fraction)
+                queue.set_progress(s, job_id, self.id, phase, fraction)
         except DB_FAULTS as exc:
             if not self._progress_failing:
                 self._log(f"progress is not saved until the database takes writes again: {_first_line(exc)}")
@@ -318,23 +327,23 @@ class Worker:
         folder = Path(payload["study_dir"])
         missing = _missing_model(payload["model"])
         if missing:
-            self._record(job_id, cell, Outcome("failed", error=missing, error_type="ModelFileMissing"), meta)
+            self._record(job_id, cell, Outcome(Status.FAILED, error=missing, error_type="ModelFileMissing"), meta)
             return
         refused = _refused_here(payload["model"])
         if refused:  # a shared server's worker never loads code a visitor wrote, whoever queued it
-            self._record(job_id, cell, Outcome("failed", error=refused, error_type="SharedModeRefused"), meta)
+            self._record(job_id, cell, Outcome(Status.FAILED, error=refused, error_type="SharedModeRefused"), meta)
             return
         reference = meta["reference"] or self._ensure_reference(job_id, meta["study_id"], payload, cell, folder,
                                                                 meta["timeout_s"])
         if reference.get("error"):
-            outcome = Outcome("failed", error=reference["error"], error_type="ReferenceFailed")
+            outcome = Outcome(Status.FAILED, error=reference["error"], error_type="ReferenceFailed")
         else:
             outcome = self._run_child(cell_task, job_id, cell, payload, meta["timeout_s"],
                                       folder / "logs" / f"cell-{cell.index:04d}.log")
         with self._lock:
             cancelled = self._current is not None and self._current.cancelled
-        if cancelled and outcome.status != "ok":
-            outcome = Outcome("cancelled", error="the study was cancelled while this cell ran")
+        if cancelled and outcome.status != Status.OK:
+            outcome = Outcome(Status.CANCELLED, error="the study was cancelled while this cell ran")
         self._record(job_id, cell, outcome, meta)
 
     def _ensure_reference(self, job_id: int, study_id: int, payload: dict[str, Any], cell: Cell, folder: Path,
@@ -348,7 +357,7 @@ class Worker:
                 return reference
             outcome = self._run_child(reference_task, job_id, cell, payload, timeout_s,
                                       folder / "logs" / "reference.log")
-            if outcome.status == "ok" and outcome.result is not None:
+            if outcome.status == Status.OK and outcome.result is not None:
                 reference = outcome.result
             else:
                 reference = {"error": f"the fp32 reference outputs could not be computed "
@@ -358,44 +367,46 @@ class Worker:
 
     def _record(self, job_id: int, cell: Cell, outcome: Outcome, meta: dict[str, Any]) -> None:
         """Store the job's end, retried until the database takes it (the job stays running meanwhile)."""
-        result, samples = _split_samples(outcome)
-        stored, row = self._retry(f"recording the end of job {job_id}",
-                                  lambda: self._store_end(job_id, cell, outcome, result, samples, meta))
-        if stored is not None and stored != q.QUEUED:
+        result = _measured(outcome)
+        ended, row = self._retry(f"recording the end of job {job_id}",
+                                 lambda: self._store_end(job_id, cell, outcome, result, meta))
+        if ended is not None and ended != Status.QUEUED and row is not None:
             self.events.finished(cell, row, meta["position"], meta["total"])
 
-    def _store_end(self, job_id: int, cell: Cell, outcome: Outcome, result: dict[str, Any] | None,
-                   samples: np.ndarray | None, meta: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
+    def _store_end(self, job_id: int, cell: Cell, outcome: Outcome, result: CellResult | None,
+                   meta: dict[str, Any]) -> tuple[str | None, CellResult | None]:
         from engine.measure.environment import collect
 
         with session() as s:
             env_id = variant_id = None
+            samples = None
             if result is not None:
                 if self._environment is None:
                     self._environment = collect()  # the machine and libraries: the same for every job
-                threads = result.get("settings", {}).get("threads")
-                env_id = q.record_environment(s, {**self._environment, "threads": threads})
-                if result.get("variant_path") or cell.variant == "baseline":
-                    variant_id = q.record_variant(s, meta["model_id"], cell.variant,
-                                                  result.get("target", ""),
-                                                  result.get("variant_path"), int(result["model_size_mb"] * 2**20))
-            q.set_job_process(s, job_id, self.id, None)  # a pgid never outlives the run that noted it
-            stored = q.finish_job(s, job_id, self.id, outcome.status, result=result, samples=samples,
-                                  error_type=outcome.error_type, error=outcome.error, traceback=outcome.traceback,
-                                  environment_id=env_id, variant_id=variant_id)
+                threads = (result.settings or {}).get("threads")
+                env_id = catalogue.record_environment(s, {**self._environment, "threads": threads})
+                if (result.variant_path or cell.variant == "baseline") and result.model_size_mb is not None:
+                    variant_id = catalogue.record_variant(s, meta["model_id"], cell.variant, result.target or "",
+                                                          result.variant_path, int(result.model_size_mb * 2**20))
+                # the raw latencies go to their own table, apart from the row
+                samples = np.asarray(result.samples_ms or [], dtype=np.float32)
+                result.samples_ms = None
+            queue.set_job_process(s, job_id, self.id, None)  # a pgid never outlives the run that noted it
+            ended = queue.finish_job(s, job_id, self.id, outcome.status, result=result.to_json() if result else None,
+                                     samples=samples, error_type=outcome.error_type, error=outcome.error,
+                                     traceback=outcome.traceback, environment_id=env_id, variant_id=variant_id)
             job = s.get(Job, job_id, populate_existing=True)
-            row = q.result_dict(job, job.result) if job is not None else {}
-        return stored, row
+            row = CellResult.from_json(stored.result_dict(job, job.result)) if job is not None else None
+        return ended, row
 
 
-def _split_samples(outcome: Outcome) -> tuple[dict[str, Any] | None, np.ndarray | None]:
-    """The result to store and its raw latency samples (kept apart, in their own table)."""
-    result = outcome.result
-    if outcome.status != "ok" or result is None:
-        return result, None
-    result = {**result, "wall_s": outcome.elapsed_s}
-    samples = np.asarray(result.pop("samples_ms"), dtype=np.float32)
-    return result, samples
+def _measured(outcome: Outcome) -> CellResult | None:
+    """What an ok child measured, with the job's whole time in its child."""
+    if outcome.status != Status.OK or outcome.result is None:
+        return None
+    result = CellResult.from_json(outcome.result)
+    result.wall_s = outcome.elapsed_s
+    return result
 
 
 def _stored_reference(study_id: int) -> dict[str, Any] | None:
@@ -451,7 +462,7 @@ def ensure_local_worker() -> int | None:
     with open(folder / "auto-worker.lock", "w") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         with session(write=False) as s:
-            if q.live_workers(s, within_s=max(3 * HEARTBEAT_S, 15.0), general=True):
+            if queue.live_workers(s, within_s=max(3 * HEARTBEAT_S, 15.0), general=True):
                 return None
         pid_file = folder / "auto-worker.pid"
         if pid_file.is_file() and _alive(pid_file.read_text()):

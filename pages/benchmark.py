@@ -10,6 +10,7 @@ import streamlit as st
 from engine import shared
 from engine.artifacts import Artifact
 from engine.errors import UserError
+from engine.results import FAILED, FINAL, SKIPPED
 from engine.measure.latency import MeasureSettings
 from engine.optimizations import REGISTRY, parse_chain
 from engine.plan import StudySettings, default_memory_limit_mb, default_threads, expand
@@ -18,7 +19,8 @@ from engine.runtimes import availability, parse_runtime_options
 from engine.study import cell_fraction, submit_study
 from pages import common
 from storage import blobs
-from storage import queries as q
+from storage import queue
+from storage import views
 from storage.db import session
 
 PRESETS = ["baseline", "int8-dynamic", "int8-static", "int8-static:method=entropy", "fp16"]
@@ -47,17 +49,17 @@ def number_from_url(name: str, default: float) -> float:
 def watch(study_id: int) -> None:
     """Live per-cell progress; once the study ends (or is deleted) the page reruns without this polling fragment."""
     with session(write=False) as s:
-        jobs = q.live_jobs(s, study_id)
-        study = q.get_study(s, study_id)
+        jobs = views.live_jobs(s, study_id)
+        study = queue.get_study(s, study_id)
         finished = study is not None and study.finished_at is not None
     if study is None:
         st.session_state.pop("watch_study", None)
         st.toast(f"Study #{study_id} was deleted.")
         st.rerun(scope="app")
     # n/a and unavailable cells are rows, not work: they count neither as done nor as left to do
-    runnable = jobs[~jobs["status"].isin(q.SKIPPED_STATUSES)]
-    done = int(runnable["status"].isin(q.FINAL_STATUSES).sum())
-    failed = int(runnable["status"].isin(q.FAILED_STATUSES).sum())
+    runnable = jobs[~jobs["status"].isin(SKIPPED)]
+    done = int(runnable["status"].isin(FINAL).sum())
+    failed = int(runnable["status"].isin(FAILED).sum())
     total = len(runnable)
     now = datetime.now(UTC)
     started = runnable["started_at"].dropna()
@@ -99,12 +101,12 @@ if watching is not None:
     st.subheader(f"Study #{watching} is running")
     c1, c2, c3 = st.columns([1, 1, 3])
     with session(write=False) as s:
-        watched = q.get_study(s, int(watching))
+        watched = queue.get_study(s, int(watching))
         owner = watched.created_by if watched is not None else None
     if c1.button("Cancel study", type="secondary", disabled=not common.may_change(owner),
                  help=None if common.may_change(owner) else f"only {owner} or an admin may cancel it"):
         with session() as s:
-            q.cancel_study(s, int(watching))
+            queue.cancel_study(s, int(watching))
         shared.audit("cancel-study", common.current_user(), study_id=int(watching))
         common.clear()
     if c2.button("Set up another study", key="leave_watch"):

@@ -12,7 +12,10 @@ import streamlit as st
 
 from engine import shared
 from storage.paths import sub_dir
-from storage import queries as q
+from engine.report import source
+from storage import catalogue
+from storage import results as stored
+from storage import views
 from storage.db import database_url, session
 
 TTL_S = 2
@@ -103,25 +106,25 @@ def start_page() -> None:
 @st.cache_data(ttl=TTL_S, show_spinner=False)
 def studies(db_url: str) -> pd.DataFrame:
     with session(write=False) as s:
-        return q.list_studies(s)
+        return views.list_studies(s)
 
 
 @st.cache_data(ttl=TTL_S, show_spinner=False)
 def models(db_url: str) -> pd.DataFrame:
     with session(write=False) as s:
-        return q.list_models(s)
+        return views.list_models(s)
 
 
 @st.cache_data(ttl=TTL_S, show_spinner=False)
 def datasets(db_url: str) -> pd.DataFrame:
     with session(write=False) as s:
-        return q.list_datasets(s)
+        return views.list_datasets(s)
 
 
 @st.cache_data(ttl=TTL_S, show_spinner=False)
 def model_artifact(db_url: str, model_id: int) -> dict[str, Any] | None:
     with session(write=False) as s:
-        model = q.get_model(s, model_id)
+        model = catalogue.get_model(s, model_id)
         return dict(model.artifact) if model else None
 
 
@@ -131,7 +134,7 @@ def results(db_url: str, study_id: int) -> tuple[pd.DataFrame, dict[str, Any]]:
     from engine.report import tables
 
     with session(write=False) as s:
-        full = q.results_json(s, study_id)
+        full = source.results_json(s, study_id)
     # a note every cell carries (an exporter's fallback) is said once above the table, not on each row
     frame = tables.results_table(full, without=tables.shared_notes(full))[tables.FRAME_COLUMNS]
     if shared.enabled():  # no server path in what a visitor reads
@@ -150,7 +153,7 @@ def size_report(folder: str) -> Any:
 @st.cache_data(ttl=TTL_S, show_spinner=False)
 def samples(db_url: str, study_id: int) -> dict[int, Any]:
     with session(write=False) as s:
-        return q.study_samples(s, study_id)
+        return stored.study_samples(s, study_id)
 
 
 def clear() -> None:
@@ -173,7 +176,7 @@ def study_label(frame: pd.DataFrame, study_id: int) -> str:
 @st.cache_data(ttl=TTL_S, show_spinner=False)
 def study_errors(db_url: str, study_id: int) -> pd.DataFrame:
     with session(write=False) as s:
-        return q.study_errors(s, study_id)
+        return views.study_errors(s, study_id)
 
 
 def show_state(row: Any) -> None:

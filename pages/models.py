@@ -12,7 +12,7 @@ from engine.inspection import check_data, inspect_model, respec_model
 from engine.specs import range_label
 from pages import common
 from storage import blobs
-from storage import queries as q
+from storage import catalogue
 from storage.db import session
 
 common.start_page()
@@ -33,7 +33,7 @@ user = common.current_user()
 if shared.enabled():
     bounds = shared.limits()
     with session(write=False) as s:
-        used = q.upload_bytes(s, user)
+        used = catalogue.upload_bytes(s, user)
     st.caption(f"Shared server: TorchScript and .pt2 files are refused (loading them runs the uploader's code); "
                f"export to ONNX. Your uploads use {used / 2**20:.1f} of {bounds.upload_quota_mb:g} MB."
                if bounds else "")
@@ -45,7 +45,7 @@ def upload_model(name: str, data: bytes, spec: str | None, seq: int | None) -> N
     staged = None
     try:
         with session(write=False) as s:
-            shared.check_quota(q.upload_bytes(s, user), len(data))
+            shared.check_quota(catalogue.upload_bytes(s, user), len(data))
         staged = common.stage_upload(name, data)
         with st.spinner(f"Inspecting {name}..."):
             # in a child with time and memory limits: a hostile or broken file never touches this process
@@ -58,7 +58,7 @@ def upload_model(name: str, data: bytes, spec: str | None, seq: int | None) -> N
             common.drop_upload(staged)
     if inspected is not None:
         with session() as s:
-            model = q.get_or_create_model(s, inspected.to_json(), name, created_by=user)
+            model = catalogue.get_or_create_model(s, inspected.to_json(), name, created_by=user)
             st.session_state["model_id"] = model.id
             shared.audit("upload-model", user, name=name, bytes=len(data), model_id=model.id,
                          sha256=inspected.sha256, format=inspected.format)
@@ -132,7 +132,8 @@ with st.expander("Adjust the input spec"):
                     st.error(f"error: {exc}")
             if updated is not None:
                 with session() as s:
-                    q.get_or_create_model(s, updated.to_json(), str(models.set_index("id").loc[model_id, "name"]))
+                    catalogue.get_or_create_model(s, updated.to_json(),
+                                                  str(models.set_index("id").loc[model_id, "name"]))
                 common.clear()
                 st.success("Input spec updated.")
                 st.rerun()
@@ -144,13 +145,13 @@ with st.expander("Rename or delete"):
     c1, c2 = st.columns(2)
     if c1.button("Rename", disabled=not allowed):
         with session() as s:
-            q.rename_model(s, int(model_id), new_name)
+            catalogue.rename_model(s, int(model_id), new_name)
         common.clear()
         st.rerun()
     if c2.button("Delete", type="secondary", disabled=not allowed):
         try:
             with session() as s:
-                q.delete_model(s, int(model_id))
+                catalogue.delete_model(s, int(model_id))
         except ValueError as exc:
             st.error(f"error: {exc}")
         else:
@@ -169,7 +170,7 @@ with st.form("data_upload", clear_on_submit=True):
         staged = None
         try:
             with session(write=False) as s:
-                shared.check_quota(q.upload_bytes(s, user), data_file.size)
+                shared.check_quota(catalogue.upload_bytes(s, user), data_file.size)
             staged = common.stage_upload(data_file.name, data_file.getvalue())
             check_data(staged, InputSpec.from_json(spec))  # read in a limited child, never in this process
             try:
@@ -180,7 +181,8 @@ with st.form("data_upload", clear_on_submit=True):
                     raise
                 raise full from exc
             with session() as s:
-                dataset = q.get_or_create_dataset(s, sha, data_file.name, staged.stat().st_size, created_by=user)
+                dataset = catalogue.get_or_create_dataset(s, sha, data_file.name, staged.stat().st_size,
+                                                          created_by=user)
                 shared.audit("upload-data", user, name=data_file.name, bytes=data_file.size, dataset_id=dataset.id)
             common.clear()
             st.success(f"{data_file.name} stored; pick it on the Benchmark page.")

@@ -16,7 +16,8 @@ from engine.measure.environment import cpu_model, library_versions
 from storage.paths import data_dir
 from engine.runtimes import availability
 from pages import common
-from storage import queries as q
+from storage import queue
+from storage import views
 from storage.db import database_url, session
 
 common.start_page()
@@ -46,8 +47,8 @@ st.caption(" · ".join(f"{k} {v}" for k, v in versions.items()))
 
 st.subheader("Workers")
 with session(write=False) as s:
-    workers = q.workers_frame(s)
-    live = {w.id for w in q.live_workers(s)}
+    workers = views.workers_frame(s)
+    live = {w.id for w in queue.live_workers(s)}
 if workers.empty:
     st.caption("No worker has run yet.")
 else:

@@ -26,3 +26,8 @@ def sub_dir(*parts: str) -> Path:
     path = data_dir().joinpath(*parts)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def study_dir(study_id: int) -> Path:
+    """Where a study keeps its reference outputs and logs."""
+    return sub_dir("studies", str(study_id))

@@ -33,6 +33,10 @@ NAMING = {
 QUEUED, RUNNING = "queued", "running"
 FINAL_STATUSES = ("ok", "failed", "timeout", "crashed", "oom", "n/a", "unavailable", "cancelled")
 JOB_STATUSES = (QUEUED, RUNNING, *FINAL_STATUSES)
+# Final statuses that say a cell ran and did not succeed, and those that say it could never run here (a row with
+# its reason, never work). The engine's typed Status (engine/results.py) has the same values: a test holds them equal.
+FAILED_STATUSES = ("failed", "timeout", "crashed", "oom")
+SKIPPED_STATUSES = ("n/a", "unavailable")
 
 
 def utcnow() -> datetime:
@@ -181,6 +185,15 @@ class Job(Base):
     study: Mapped[Study] = relationship(back_populates="jobs")
     result: Mapped[Result | None] = relationship(back_populates="job", cascade="all, delete-orphan",
                                                  passive_deletes=True)
+
+    @property
+    def error_text(self) -> str | None:
+        """The results JSON's `error`: the type and message of a failure, the reason of any other end."""
+        if self.status in ("ok", QUEUED, RUNNING):
+            return None
+        if self.error_type and self.status == "failed":
+            return f"{self.error_type}: {self.error_message}"
+        return self.error_message
 
 
 class Result(Base):

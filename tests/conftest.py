@@ -206,8 +206,8 @@ def shared_build(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-u
 def results_frame(study_id: int) -> Any:
     """A stored study's results as the pages' frame: its results JSON, flattened by the report's tables."""
     from engine.report import tables
-    from storage import queries as q
+    from engine.report import source
     from storage.db import session
 
     with session(write=False) as s:
-        return tables.results_table(q.results_json(s, study_id))[tables.FRAME_COLUMNS]
+        return tables.results_table(source.results_json(s, study_id))[tables.FRAME_COLUMNS]

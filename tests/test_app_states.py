@@ -7,7 +7,7 @@ from pathlib import Path
 from sqlalchemy import select
 from streamlit.testing.v1 import AppTest
 
-from storage import queries as q
+from storage import queue
 from storage.db import session
 from storage.tables import Job
 from tests.storage.helpers import make_study
@@ -28,9 +28,9 @@ def _result(p50: float, noisy: bool) -> dict:  # type: ignore[type-arg]
 def _end(study_id: int, outcomes: list[tuple[str, dict | None, str | None]]) -> None:  # type: ignore[type-arg]
     for status, result, error in outcomes:
         with session() as s:
-            job = q.claim_job(s, "w", lease_s=60, study_id=study_id)
+            job = queue.claim_job(s, "w", lease_s=60, study_id=study_id)
             assert job is not None
-            q.finish_job(s, job.id, "w", status, result=result, error_type="RuntimeError" if error else None,
+            queue.finish_job(s, job.id, "w", status, result=result, error_type="RuntimeError" if error else None,
                          error=error)
 
 

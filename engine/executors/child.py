@@ -59,26 +59,27 @@ def main() -> None:
     from engine.errors import NotApplicable, Unavailable, UserError, is_out_of_memory
     from engine.executors.tasks import resolve
     from engine.plugins import load_plugins
+    from engine.results import Status
 
     try:
         payload = json.loads(sys.stdin.read())
         limit_memory(payload.get("memory_limit_mb"))
         load_plugins()  # the parent's plugins: their runtimes and tasks exist here too
-        send("ok", resolve(name, module)(payload, progress))
+        send(Status.OK, resolve(name, module)(payload, progress))
     except MemoryError as exc:
-        send("oom", f"out of memory: the job passed its memory limit ({exc or 'allocation failed'})")
+        send(Status.OOM, f"out of memory: the job passed its memory limit ({exc or 'allocation failed'})")
     except NotApplicable as exc:
-        send("n/a", str(exc))
+        send(Status.NOT_APPLICABLE, str(exc))
     except Unavailable as exc:
-        send("unavailable", str(exc))
+        send(Status.UNAVAILABLE, str(exc))
     except UserError as exc:
-        send("failed", type(exc).__name__, str(exc), traceback.format_exc())
+        send(Status.FAILED, type(exc).__name__, str(exc), traceback.format_exc())
     except BaseException as exc:  # noqa: BLE001 - the child boundary records every failure as a row
         message = str(exc).strip() or repr(exc)
         if is_out_of_memory(message):
-            send("oom", f"out of memory: {message.splitlines()[0][:300]}")
+            send(Status.OOM, f"out of memory: {message.splitlines()[0][:300]}")
         else:
-            send("failed", type(exc).__name__, message, traceback.format_exc())
+            send(Status.FAILED, type(exc).__name__, message, traceback.format_exc())
     finally:
         channel.close()
 

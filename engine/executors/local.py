@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.executors.tasks import ProgressFn, Task
+from engine.results import Status
 from storage.paths import ENV, data_dir, sub_dir
 
 # Seconds between SIGTERM and SIGKILL when a child must stop.
@@ -32,9 +33,9 @@ SCRATCH_PREFIX = "job-"
 
 @dataclass
 class Outcome:
-    """How a child ended: status is ok, failed, timeout, crashed, oom, n/a or unavailable."""
+    """How a child ended: ok, failed, timeout, crashed, oom, n/a or unavailable (or cancelled, by its worker)."""
 
-    status: str
+    status: Status
     result: dict[str, Any] | None = None
     error: str | None = None
     error_type: str | None = None
@@ -135,7 +136,7 @@ def _follow(process: subprocess.Popen[bytes], fd: int, deadline: float, timeout_
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             _stop_group(process)
-            return Outcome("timeout", error=f"exceeded the time limit of {timeout_s:g} s")
+            return Outcome(Status.TIMEOUT, error=f"exceeded the time limit of {timeout_s:g} s")
         # blocks until a message, the child's exit (EOF on the pipe) or the deadline
         if not wait([fd], timeout=remaining):
             continue
@@ -151,19 +152,19 @@ def _handle(message: list[Any], progress: ProgressFn) -> Outcome | None:
     if kind == "progress":
         progress(message[1], message[2])
         return None
-    if kind == "ok":
-        return Outcome("ok", result=message[1])
-    if kind in ("n/a", "unavailable", "oom"):
-        return Outcome(kind, error=message[1], error_type="MemoryError" if kind == "oom" else None)
-    return Outcome("failed", error_type=message[1], error=message[2], traceback=message[3])
+    if kind == Status.OK:
+        return Outcome(Status.OK, result=message[1])
+    if kind in (Status.NOT_APPLICABLE, Status.UNAVAILABLE, Status.OOM):
+        return Outcome(Status(kind), error=message[1], error_type="MemoryError" if kind == Status.OOM else None)
+    return Outcome(Status.FAILED, error_type=message[1], error=message[2], traceback=message[3])
 
 
 def _ended_without_result(exitcode: int | None) -> Outcome:
     if exitcode is not None and exitcode < 0:
         name = signal.Signals(-exitcode).name
         if name == "SIGKILL":  # we only send SIGKILL after a timeout, handled before this point
-            return Outcome("oom", error="killed by SIGKILL: the kernel's out-of-memory killer (or a manual kill -9)",
-                           error_type=name)
-        return Outcome("crashed", error=f"killed by {name}", error_type=name)
-    return Outcome("crashed", error=f"the process exited with code {exitcode} before reporting a result",
+            return Outcome(Status.OOM, error_type=name,
+                           error="killed by SIGKILL: the kernel's out-of-memory killer (or a manual kill -9)")
+        return Outcome(Status.CRASHED, error=f"killed by {name}", error_type=name)
+    return Outcome(Status.CRASHED, error=f"the process exited with code {exitcode} before reporting a result",
                    error_type="ExitCode")

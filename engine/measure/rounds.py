@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from engine.results import Rounds
+
 # Fewer rounds than this cannot give a 95% interval of a median from order statistics (0.5**5 * 2 > 0.05).
 MIN_ROUNDS_FOR_INTERVAL = 6
 MAX_ROUNDS = 1000
@@ -91,14 +93,14 @@ class Paired:
     def ci95(self) -> tuple[float, float] | None:
         return median_interval(self.ratios)
 
+    def record(self) -> Rounds:
+        """The result's `paired` record."""
+        return Rounds(baseline_cell=self.baseline_cell, rounds=len(self.ratios), speedup=self.speedup, ci95=self.ci95,
+                      ratios=tuple(round(r, 6) for r in self.ratios), cell_p50_ms=self.cell_p50_ms,
+                      baseline_p50_ms=self.baseline_p50_ms, block_iterations=self.iterations)
+
     def to_json(self) -> dict[str, Any]:
-        ci = self.ci95
-        return {
-            "baseline_cell": self.baseline_cell, "rounds": len(self.ratios), "speedup": self.speedup,
-            "ci95": list(ci) if ci else None, "ratios": [round(r, 6) for r in self.ratios],
-            "cell_p50_ms": self.cell_p50_ms, "baseline_p50_ms": self.baseline_p50_ms,
-            "block_iterations": list(self.iterations),
-        }
+        return self.record().to_json()
 
 
 def run_rounds(time_cell: TimeBlock, time_baseline: TimeBlock, rounds: int, baseline_cell: int,

@@ -1,19 +1,40 @@
-"""A stored study as the report's input: the results JSON (docs/architecture.md) with the raw latency samples."""
+"""Stored studies as the engine reads them: typed rows with their speedups, and the results JSON of
+docs/architecture.md (with the raw latency samples for reports)."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from sqlalchemy.orm import Session
+
 from engine.errors import UserError
+from engine.report.speedups import add_speedups
+from engine.results import CellResult
+from storage import results as stored
+
+
+def study_results(s: Session, study_id: int) -> list[CellResult]:
+    """The study's cells in order, as typed results with their speedups."""
+    rows = [CellResult.from_json(row) for row in stored.study_rows(s, study_id)]
+    add_speedups(rows)
+    return rows
+
+
+def results_json(s: Session, study_id: int, with_samples: bool = False) -> dict[str, Any]:
+    """The study's results JSON; KeyError when no study has this id."""
+    data = stored.study_json(s, study_id, with_samples=with_samples)
+    rows = [CellResult.from_json(row) for row in data["results"]]
+    add_speedups(rows)
+    data["results"] = [row.to_json() for row in rows]
+    return data
 
 
 def load_report(study_id: int) -> dict[str, Any]:
     """The study's results JSON with `samples_ms` per cell; UserError when no study has this id."""
-    from storage import queries as q
     from storage.db import session
 
     with session(write=False) as s:
         try:
-            return q.results_json(s, study_id, with_samples=True)
+            return results_json(s, study_id, with_samples=True)
         except KeyError:
             raise UserError(f"no study with id {study_id}; list them in the dashboard") from None

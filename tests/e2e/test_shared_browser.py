@@ -25,7 +25,7 @@ from engine.optimizations import parse_chain
 from engine.plan import StudySettings
 from engine.study import submit_study
 from storage import db
-from storage import queries as q
+from storage import views
 from storage.db import session
 from tests.e2e.test_browser import ROOT, _browser, _free_port, _needs_browser
 
@@ -140,7 +140,7 @@ def test_sign_in_then_delete_only_ones_own_study(shared_dashboard: str, mlp_onnx
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         with session(write=False) as s:
-            remaining = list(q.list_studies(s)["id"])
+            remaining = list(views.list_studies(s)["id"])
         if remaining == [bobs]:
             break
         time.sleep(0.5)

@@ -136,11 +136,11 @@ def test_bench_demo_reaches_the_promised_accuracy(tmp_path: Path) -> None:
     out = io.StringIO()
     assert main(["demo"], out=out) == 0
     study_id = int(out.getvalue().strip().splitlines()[-1])
-    from storage import queries as q
+    from storage import views
     from storage.db import session
 
     with session(write=False) as s:
-        progress = q.study_progress(s, study_id)
+        progress = views.study_progress(s, study_id)
     assert progress["queued"] == 14 and progress["n/a"] == 4  # torch has no int8-static and no CPU fp16
 
 
@@ -341,7 +341,8 @@ def test_bench_runs_and_prints_every_cell_beside_a_dashboard_worker(tmp_path: Pa
 def test_bench_stopped_by_sigterm_gives_its_cells_back_to_the_queue(mlp_onnx: Path, data_dir: Path) -> None:
     from sqlalchemy import select
 
-    from storage import queries as q
+    from storage import queue
+
     from storage.db import session
     from storage.tables import Job, Study
 
@@ -367,18 +368,18 @@ def test_bench_stopped_by_sigterm_gives_its_cells_back_to_the_queue(mlp_onnx: Pa
     with session() as s:
         study = s.scalars(select(Study)).one()
         assert study.owner is None
-        job = q.claim_job(s, "general", lease_s=60)
+        job = queue.claim_job(s, "general", lease_s=60)
         assert job is not None and job.study_id == study.id and job.attempts == 1
 
 
 def test_bench_that_raises_releases_its_study(mlp_onnx: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import engine.study
-    from storage import queries as q
+    from storage import queue
     from storage.db import session
 
     def broken(study_id: int, events: Any = None, *, owner: str | None = None) -> None:
         with session(write=False) as s:
-            study = q.get_study(s, study_id)
+            study = queue.get_study(s, study_id)
             assert study is not None and owner is not None and study.owner == owner
         raise RuntimeError("the worker broke")
 
@@ -386,7 +387,7 @@ def test_bench_that_raises_releases_its_study(mlp_onnx: Path, monkeypatch: pytes
     with pytest.raises(RuntimeError, match="the worker broke"):
         main(["bench", str(mlp_onnx), *FAST, "--variants", "baseline", "--runtimes", "onnxruntime"], out=io.StringIO())
     with session() as s:
-        job = q.claim_job(s, "general", lease_s=60)
+        job = queue.claim_job(s, "general", lease_s=60)
         assert job is not None and job.study.owner is None
 
 

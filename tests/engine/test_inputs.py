@@ -351,12 +351,16 @@ def test_a_model_without_sequences_says_nothing_of_padding() -> None:
 def test_benchmark_page_offers_padding_for_token_models_and_stores_it(encoder_onnx: Path) -> None:
     from streamlit.testing.v1 import AppTest
 
-    from storage import queries as q
+    from storage import catalogue
+
+    from storage import queue
+
+    from storage import views
     from storage.db import session
 
     artifact = intake(encoder_onnx, seq_len=SEQ)
     with session() as s:
-        model_id = q.get_or_create_model(s, artifact.to_json(), "encoder.onnx").id
+        model_id = catalogue.get_or_create_model(s, artifact.to_json(), "encoder.onnx").id
     at = AppTest.from_file(str(Path(__file__).resolve().parents[2] / "app.py"), default_timeout=60)
     at.run()
     at.switch_page("pages/benchmark.py")
@@ -368,8 +372,8 @@ def test_benchmark_page_offers_padding_for_token_models_and_stores_it(encoder_on
     next(b for b in at.button if b.label == "Submit study").click().run()
     assert not at.exception, at.exception
     with session(write=False) as s:
-        study = q.get_study(s, int(q.list_studies(s)["id"].iloc[0]))
+        study = queue.get_study(s, int(views.list_studies(s)["id"].iloc[0]))
         assert study is not None and study.settings["padding"] == 0.25
         study_id = study.id
     with session() as s:
-        q.cancel_study(s, study_id)
+        queue.cancel_study(s, study_id)

@@ -16,7 +16,7 @@ from engine.executors.partner import Partner, PartnerError
 from engine.measure import rounds
 from engine.measure.latency import MeasureSettings
 from engine.plan import Cell, StudySettings
-from storage.queries import add_speedups
+from engine.report.speedups import add_speedups
 
 
 class DriftingMachine:

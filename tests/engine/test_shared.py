@@ -21,7 +21,9 @@ from engine.measure.latency import MeasureSettings
 from engine.optimizations import parse_chain
 from engine.plan import StudySettings
 from engine.study import delete_study, submit_study
-from storage import queries as q
+from engine.report import source
+from storage import catalogue
+from storage import views
 from storage.db import session
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -92,7 +94,7 @@ def test_a_study_past_the_bounds_is_refused_naming_the_bound(mlp_onnx: Path, sha
     with pytest.raises(UserError, match="at most 2 for iterations"):
         submit_study(model, chains, ["onnxruntime"], [1], quick(), created_by="a@example.com")
     with session(write=False) as s:
-        assert q.list_studies(s).empty  # nothing stored for a refused study
+        assert views.list_studies(s).empty  # nothing stored for a refused study
 
 
 def test_unfinished_studies_per_person_are_capped(mlp_onnx: Path, shared_mode: None,
@@ -119,7 +121,7 @@ def test_only_the_creator_or_an_admin_deletes_a_study(mlp_onnx: Path, shared_mod
     delete_study(first, user="Alice@Example.com")  # e-mail addresses compare without case
     delete_study(second, user="root@example.com")  # an admin
     with session(write=False) as s:
-        assert q.list_studies(s).empty
+        assert views.list_studies(s).empty
     actions = [(line["action"], line["user"]) for line in audit_lines(data_dir)]
     assert actions.count(("submit-study", "alice@example.com")) == 2
     assert ("delete-study", "Alice@Example.com") in actions and ("delete-study", "root@example.com") in actions
@@ -137,9 +139,9 @@ def test_the_upload_quota_counts_a_persons_models_and_data(mlp_onnx: Path, share
     monkeypatch.setenv("PARETOSCOPE_SHARED_QUOTA_MB", "1")
     model = inspect_model(mlp_onnx)
     with session() as s:
-        q.get_or_create_model(s, model.to_json(), "mlp", created_by="a@example.com")
-        used = q.upload_bytes(s, "a@example.com")
-        assert used == model.size_bytes and q.upload_bytes(s, "b@example.com") == 0
+        catalogue.get_or_create_model(s, model.to_json(), "mlp", created_by="a@example.com")
+        used = catalogue.upload_bytes(s, "a@example.com")
+        assert used == model.size_bytes and catalogue.upload_bytes(s, "b@example.com") == 0
     shared.check_quota(used, 2**20 - used)  # exactly at the quota
     with pytest.raises(UserError, match="would pass your quota of 1 MB"):
         shared.check_quota(used, 2**20 - used + 1)
@@ -176,6 +178,6 @@ def test_a_shared_worker_refuses_a_code_carrying_study_queued_before(mlp_torchsc
                           text=True, cwd=ROOT, env=env, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr
     with session(write=False) as s:
-        (row,) = q.study_results(s, study_id)
+        (row,) = source.study_results(s, study_id)
     assert row["status"] == "failed" and "shared mode refuses TorchScript" in row["error"], row
     assert not (data_dir / "studies" / str(study_id) / "reference.npz").exists()  # nothing loaded it

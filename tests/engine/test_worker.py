@@ -18,7 +18,9 @@ from engine.artifacts import intake
 from engine.measure.latency import MeasureSettings
 from engine.plan import StudySettings
 from storage import db
-from storage import queries as q
+from engine.report import source
+from storage import queue
+from storage import tables
 from storage.db import session
 from storage.tables import Job
 from tests.storage.helpers import make_study
@@ -88,9 +90,9 @@ def test_crash_hang_and_memory_blowup_become_rows(data_dir: Path, mlp_onnx: Path
     assert fine.status == "ok"
     assert_pids_dead(data_dir)
     with session(write=False) as s:
-        assert s.get(q.Study, study_id).finished_at is not None
-        assert s.get(q.Study, hang_study).finished_at is not None
-        rows = q.study_results(s, study_id)
+        assert s.get(tables.Study, study_id).finished_at is not None
+        assert s.get(tables.Study, hang_study).finished_at is not None
+        rows = source.study_results(s, study_id)
     assert [r["status"] for r in rows] == ["crashed", "oom", "ok"]
     assert rows[2]["latency_ms"]["p50"] > 0
 
@@ -112,7 +114,7 @@ def test_kill_9_of_a_worker_requeues_its_job_once(data_dir: Path, mlp_onnx: Path
     assert (slow.status, slow.attempts) == ("ok", 2)
     assert fine.status == "ok"
     with session(write=False) as s:
-        rows = q.study_results(s, study_id)
+        rows = source.study_results(s, study_id)
     assert len(rows) == 2 and all(r["latency_ms"] is not None for r in rows)
 
 
@@ -137,7 +139,7 @@ def test_cancelling_a_study_stops_its_running_job_and_skips_the_rest(data_dir: P
     proc = worker(data_dir, "--until-idle", lease_s=3)
     wait_for(lambda: jobs(study_id)[0].status == "running", what="the first job to start")
     with session() as s:
-        q.cancel_study(s, study_id)
+        queue.cancel_study(s, study_id)
     _out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     assert [j.status for j in jobs(study_id)] == ["cancelled", "cancelled", "cancelled"]
@@ -154,7 +156,7 @@ def test_queued_jobs_wait_until_a_worker_starts(data_dir: Path, mlp_onnx: Path) 
     assert proc.returncode == 0, err
     assert sorted(j.status for j in jobs(study_id)) == ["ok", "queued"]
     with session(write=False) as s:
-        assert s.get(q.Study, study_id).reference is not None  # computed once, kept for the next cell
+        assert s.get(tables.Study, study_id).reference is not None  # computed once, kept for the next cell
 
 
 def test_dashboard_starts_one_local_worker_when_none_is_alive(data_dir: Path, mlp_onnx: Path,
@@ -170,7 +172,7 @@ def test_dashboard_starts_one_local_worker_when_none_is_alive(data_dir: Path, ml
         assert ensure_local_worker() is None  # still starting: not a second one
         wait_for(lambda: jobs(study_id)[0].status == "ok", what="the auto-started worker to run the job")
         with session(write=False) as s:
-            assert len(q.live_workers(s)) == 1
+            assert len(queue.live_workers(s)) == 1
         assert ensure_local_worker() is None
     finally:
         os.kill(pid, signal.SIGTERM)

@@ -24,7 +24,8 @@ from engine.artifacts import intake
 from engine.plan import StudySettings
 from engine.worker import Worker, remove_stale_scratch
 from storage import db
-from storage import queries as q
+from engine.report import source
+from storage import queue
 from storage.db import session
 from storage.tables import Job, Result, Samples, Study
 from tests.engine.test_worker import jobs, settings, wait_for, worker
@@ -265,7 +266,7 @@ def test_a_requeued_jobs_old_process_group_is_killed_first(data_dir: Path, mlp_o
     (ended,) = jobs(study_id)
     assert (ended.status, ended.attempts, ended.pgid) == ("ok", 2, None)
     with session(write=False) as s:
-        assert len(q.study_results(s, study_id)) == 1
+        assert len(source.study_results(s, study_id)) == 1
 
 
 def test_a_requeue_kills_only_the_process_groups_noted_on_this_host(data_dir: Path) -> None:
@@ -275,15 +276,15 @@ def test_a_requeue_kills_only_the_process_groups_noted_on_this_host(data_dir: Pa
     try:
         study_id = make_study(2)
         with session() as s:
-            q.register_worker(s, "local", socket.gethostname(), 1)
-            q.register_worker(s, "remote", "another-machine", 1)
+            queue.register_worker(s, "local", socket.gethostname(), 1)
+            queue.register_worker(s, "remote", "another-machine", 1)
         for worker_id, process in (("local", here), ("remote", there)):
             with session() as s:
-                claimed = q.claim_job(s, worker_id, lease_s=-1, study_id=study_id)  # a lease already expired
+                claimed = queue.claim_job(s, worker_id, lease_s=-1, study_id=study_id)  # a lease already expired
                 assert claimed is not None
-                q.set_job_process(s, claimed.id, worker_id, process.pid)
+                queue.set_job_process(s, claimed.id, worker_id, process.pid)
         with session() as s:
-            assert q.requeue_expired(s, lease_s=30) == 2
+            assert queue.requeue_expired(s, lease_s=30) == 2
         assert here.wait(60) == -signal.SIGKILL
         assert there.poll() is None
         assert [(j.status, j.pgid) for j in jobs(study_id)] == [("queued", None), ("queued", None)]

@@ -16,7 +16,9 @@ from streamlit.testing.v1 import AppTest
 from engine.measure.devices import cuda_devices
 from engine.report import charts, tables
 from pages import PAGES
-from storage import queries as q
+from engine.report import source
+from storage import queue
+from storage import views
 from storage.db import session
 from tests.conftest import results_frame
 
@@ -51,7 +53,7 @@ def values(data: object) -> list:  # type: ignore[type-arg]
 def test_results_charts_match_the_database(data_dir: Path) -> None:
     at = visit("results.py")
     with session(write=False) as s:
-        study_id = int(q.list_studies(s)["id"].iloc[0])
+        study_id = int(views.list_studies(s)["id"].iloc[0])
         frame = results_frame(study_id)
     ok = frame[frame["status"] == "ok"]
     assert len(ok) == 4
@@ -83,13 +85,13 @@ def test_benchmark_page_previews_and_submits_a_study(data_dir: Path) -> None:
     at = visit("benchmark.py")
     assert any("cells" in m.value for m in at.markdown)
     with session(write=False) as s:
-        before = len(q.list_studies(s))
+        before = len(views.list_studies(s))
     at.button[0].click().run()  # "Submit study": no worker runs in tests, so its jobs stay queued
     assert not at.exception
     with session(write=False) as s:
-        studies = q.list_studies(s)
+        studies = views.list_studies(s)
         assert len(studies) == before + 1
-        progress = q.study_progress(s, int(studies["id"].iloc[0]))
+        progress = views.study_progress(s, int(studies["id"].iloc[0]))
     assert progress.get("queued", 0) > 0
     assert at.session_state["watch_study"] == int(studies["id"].iloc[0])
     # the live view replaces the form (a short page: what one waits for stays in view), until one leaves it
@@ -98,7 +100,7 @@ def test_benchmark_page_previews_and_submits_a_study(data_dir: Path) -> None:
     next(b for b in at.button if b.label == "Set up another study").click().run()
     assert "Submit study" in [b.label for b in at.button]
     with session() as s:
-        q.cancel_study(s, int(studies["id"].iloc[0]))  # leave the seeded data as it was for other tests
+        queue.cancel_study(s, int(studies["id"].iloc[0]))  # leave the seeded data as it was for other tests
 
 
 def test_benchmark_page_takes_runtime_settings_and_refuses_unknown_ones(data_dir: Path) -> None:
@@ -111,17 +113,17 @@ def test_benchmark_page_takes_runtime_settings_and_refuses_unknown_ones(data_dir
     assert not at.error
     at.button[0].click().run()
     with session(write=False) as s:
-        study_id = int(q.list_studies(s)["id"].iloc[0])
-        settings = q.get_study(s, study_id).settings  # type: ignore[union-attr]
+        study_id = int(views.list_studies(s)["id"].iloc[0])
+        settings = queue.get_study(s, study_id).settings  # type: ignore[union-attr]
     assert settings["runtime_options"] == {"onnxruntime": {"graph_optimization_level": "basic"}}
     with session() as s:
-        q.cancel_study(s, study_id)
+        queue.cancel_study(s, study_id)
 
 
 def test_compare_lists_ratios_and_environment(data_dir: Path) -> None:
     at = visit("compare.py")
     with session(write=False) as s:
-        studies = q.list_studies(s).set_index("name")
+        studies = views.list_studies(s).set_index("name")
     at.selectbox[0].set_value(int(studies.loc["first <script>", "id"]))
     at.selectbox[1].set_value(int(studies.loc["second", "id"])).run()
     assert not at.exception
@@ -151,7 +153,7 @@ def intervals(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]
     the engine measured intervals)."""
     import streamlit as st
 
-    original = q.results_json
+    original = source.results_json
 
     def measured_in_rounds(s: Any, study_id: int, with_samples: bool = False) -> dict[str, Any]:
         report = original(s, study_id, with_samples)
@@ -165,7 +167,7 @@ def intervals(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]
                      speedup_rounds=12)
         return report
 
-    monkeypatch.setattr(q, "results_json", measured_in_rounds)
+    monkeypatch.setattr(source, "results_json", measured_in_rounds)
     st.cache_data.clear()  # the pages' reads are cached: read the patched ones, and leave none behind
     yield
     st.cache_data.clear()
@@ -181,7 +183,7 @@ def shown(at: AppTest, index: int = 0) -> pd.DataFrame:
 
 def test_results_page_shows_speedup_intervals_and_a_tie(data_dir: Path, intervals: None) -> None:
     with session(write=False) as s:
-        study_id = int(q.list_studies(s).set_index("name").loc["first <script>", "id"])
+        study_id = int(views.list_studies(s).set_index("name").loc["first <script>", "id"])
     at = AppTest.from_file(APP, default_timeout=60)
     at.run()
     at.session_state["results_study"] = study_id
@@ -189,7 +191,7 @@ def test_results_page_shows_speedup_intervals_and_a_tie(data_dir: Path, interval
     at.number_input[0].set_value(1.0).run()  # any accuracy drop: every cell at batch 1 qualifies, and all are tied
     assert not at.exception, at.exception
     with session(write=False) as s:
-        report = q.results_json(s, study_id)  # patched: as the page read it
+        report = source.results_json(s, study_id)  # patched: as the page read it
     frame = tables.results_table(report)
     expected = {tables.speedup_text(row) for _, row in frame.iterrows()}
     texts = set(shown(at).astype(str).to_numpy().ravel())
@@ -211,7 +213,7 @@ def test_results_page_of_an_older_study_has_no_speedup_chart(data_dir: Path) -> 
 def test_compare_shows_each_studys_speedup_with_its_interval(data_dir: Path, intervals: None) -> None:
     at = visit("compare.py")
     with session(write=False) as s:
-        studies = q.list_studies(s).set_index("name")
+        studies = views.list_studies(s).set_index("name")
     at.selectbox[0].set_value(int(studies.loc["first <script>", "id"]))
     at.selectbox[1].set_value(int(studies.loc["second", "id"])).run()
     assert not at.exception, at.exception

@@ -7,7 +7,7 @@ import json
 import re
 from typing import Any
 
-from storage.queries import add_speedups
+from engine.report.speedups import add_speedups
 
 EXPORTER_NOTE = ("exported to ONNX with the legacy exporter (opset 18): dynamo failed (GuardOnDataDependentSymNode: "
                  "Could not guard on data-dependent expression Eq(u0, 1))")

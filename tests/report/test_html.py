@@ -13,7 +13,7 @@ from engine.__main__ import main
 from engine.report import tables
 from engine.report.html import compare_html, study_html
 from engine.report.pareto import Constraints, accuracy_column, pareto_frontier, recommend
-from storage import queries as q
+from engine.report import source
 from storage.db import session
 from tests.conftest import results_frame
 from tests.report.conftest import HOSTILE_FILE, HOSTILE_STUDY, Seeded
@@ -72,7 +72,7 @@ def test_html_numbers_match_the_database(seeded: Seeded, data_dir: Path, tmp_pat
     assert facts["study"] == f"#{seeded.study_a} {HOSTILE_STUDY}"
     assert facts["model"] == HOSTILE_FILE and facts["settings measure.iterations"] == "5"
     with session(write=False) as s:
-        env = q.results_json(s, seeded.study_a)["environment"]
+        env = source.results_json(s, seeded.study_a)["environment"]
     environment = {r.texts()[0]: r.texts()[1] for r in page.tables["environment-0"]}
     assert environment["hostname"] == env["hostname"] and environment["cores_logical"] == str(env["cores_logical"])
 
@@ -139,7 +139,7 @@ def test_comparison_report_shows_ratios_and_environment(seeded: Seeded, data_dir
     assert 'id="chart-ratios"' in text
     assert "Environment differences" in text
     with session(write=False) as s:
-        envs = [q.results_json(s, study).get("environment") for study in (seeded.study_a, seeded.study_b)]
+        envs = [source.results_json(s, study).get("environment") for study in (seeded.study_a, seeded.study_b)]
     diff = tables.environment_diff(*envs)
     if diff:  # whichever the seeded studies have, the report says exactly that
         assert "environment-diff" in page.tables and len(page.tables["environment-diff"]) == len(diff) + 1

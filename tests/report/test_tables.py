@@ -12,7 +12,7 @@ import pandas as pd
 
 from engine.__main__ import main
 from engine.report import tables
-from storage import queries as q
+from storage import results as stored
 from storage.db import session
 from tests.report.conftest import Seeded
 
@@ -83,9 +83,9 @@ def test_table_columns_are_the_results_pages(seeded: Seeded, data_dir: Path, rep
     pd.testing.assert_frame_equal(table[tables.FRAME_COLUMNS], frame[tables.FRAME_COLUMNS], check_dtype=False)
     samples = tables.samples_by_cell(report_a)
     with session(write=False) as s:
-        stored = q.study_samples(s, seeded.study_a)
-    assert samples.keys() == stored.keys()
-    assert all((samples[c] == stored[c]).all() for c in stored)
+        kept = stored.study_samples(s, seeded.study_a)
+    assert samples.keys() == kept.keys()
+    assert all((samples[c] == kept[c]).all() for c in kept)
 
 
 def test_shareable_leaves_out_local_paths(report_a: dict) -> None:

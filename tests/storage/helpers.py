@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from storage import queries as q
+from storage import catalogue
+
+from storage import queue
 from storage.db import session
 
 ARTIFACT: dict[str, Any] = {
@@ -22,8 +24,8 @@ def make_study(n_jobs: int, runtime: str | list[str] = "onnxruntime", settings: 
     cells = [{"index": i, "variant": "baseline", "chain": [], "runtime": runtimes[i], "batch_size": 1,
               "status": "pending", "reason": None} for i in range(n_jobs)]
     with session() as s:
-        model = q.get_or_create_model(s, artifact or ARTIFACT, "model.onnx")
-        study = q.create_study(s, name=name, model=model, dataset=None, variants=["baseline"],
+        model = catalogue.get_or_create_model(s, artifact or ARTIFACT, "model.onnx")
+        study = queue.create_study(s, name=name, model=model, dataset=None, variants=["baseline"],
                                runtimes=sorted(set(runtimes)), batch_sizes=[1],
                                settings=settings or {"timeout_s": 60}, cells=cells)
         return study.id

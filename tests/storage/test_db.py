@@ -10,7 +10,10 @@ from alembic import command
 from sqlalchemy import inspect, text
 
 from storage import blobs
-from storage import queries as q
+from sqlalchemy import select
+from storage import catalogue
+from storage import queue
+from storage import tables
 from storage.db import alembic_config, get_engine, session
 from storage.tables import Base, Job
 from tests.storage.helpers import make_study
@@ -50,7 +53,7 @@ def test_foreign_keys_are_enforced() -> None:
 def test_timestamps_are_utc_aware() -> None:
     study_id = make_study(1)
     with session(write=False) as s:
-        job = s.scalars(q.select(Job).where(Job.study_id == study_id)).one()
+        job = s.scalars(select(Job).where(Job.study_id == study_id)).one()
         assert job.created_at.tzinfo is not None
         assert abs((datetime.now(UTC) - job.created_at).total_seconds()) < 60
 
@@ -92,14 +95,14 @@ def test_deleting_a_study_keeps_blobs_other_rows_use(tmp_path: Path) -> None:
     sha = blobs.put_file(data)
     first, second = make_study(1, name="one"), make_study(1, name="two")
     with session() as s:
-        dataset = q.get_or_create_dataset(s, sha, "d.npz", 9)
+        dataset = catalogue.get_or_create_dataset(s, sha, "d.npz", 9)
         for sid in (first, second):
-            s.get(q.Study, sid).dataset_id = dataset.id
+            s.get(tables.Study, sid).dataset_id = dataset.id
     with session() as s:
-        q.delete_study(s, first)
+        queue.delete_study(s, first)
     with session(write=False) as s:
-        blobs.collect_garbage(q.referenced_blobs(s))
-        assert s.get(q.Study, first) is None
+        blobs.collect_garbage(catalogue.referenced_blobs(s))
+        assert s.get(tables.Study, first) is None
         assert s.scalar(text("SELECT count(*) FROM jobs WHERE study_id = :i").bindparams(i=first)) == 0
     assert blobs.exists(sha)
 
@@ -115,7 +118,7 @@ def test_delete_study_removes_rows_folder_and_unused_blobs(tmp_path: Path) -> No
     assert not study_dir(study_id).joinpath("logs").exists()
     assert not blobs.exists(orphan)
     with session(write=False) as s:
-        assert s.get(q.Study, study_id) is None
+        assert s.get(tables.Study, study_id) is None
         assert s.scalar(text("SELECT count(*) FROM jobs")) == 0
 
 
@@ -127,15 +130,15 @@ def test_a_running_study_is_cancelled_not_deleted_under_its_worker() -> None:
 
     study_id = make_study(2)
     with session() as s:
-        job = q.claim_job(s, "w", lease_s=60, study_id=study_id)
+        job = queue.claim_job(s, "w", lease_s=60, study_id=study_id)
         assert job is not None
         job_id = job.id
     with pytest.raises(UserError, match="cancelled now; delete it once its running cell has stopped"):
         delete_study(study_id)
     with session(write=False) as s:
-        assert s.get(q.Study, study_id).cancelled
+        assert s.get(tables.Study, study_id).cancelled
     with session() as s:  # the worker notices at its next heartbeat and records the end
-        q.finish_job(s, job_id, "w", "cancelled", error="the study was cancelled while this cell ran")
+        queue.finish_job(s, job_id, "w", "cancelled", error="the study was cancelled while this cell ran")
     delete_study(study_id)
     with session(write=False) as s:
-        assert s.get(q.Study, study_id) is None
+        assert s.get(tables.Study, study_id) is None

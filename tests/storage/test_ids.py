@@ -9,7 +9,8 @@ import pytest
 from sqlalchemy import Connection, func, insert, select, text
 
 from storage import db
-from storage import queries as q
+from storage import queue
+from storage import tables
 from storage.db import session
 from storage.tables import Base, Job, Study
 from tests.storage.helpers import ARTIFACT, make_study
@@ -62,13 +63,13 @@ def test_upgrading_a_populated_database_keeps_every_row(database: str) -> None:
     with session(write=False) as s:
         assert s.scalar(select(func.count()).select_from(Job).where(Job.pgid.is_(None))) == 6
         last_job = s.scalar(select(func.max(Job.id)))
-        assert s.get(q.Worker, "w").current_job_id == last_job
+        assert s.get(tables.Worker, "w").current_job_id == last_job
         if s.get_bind().dialect.name == "sqlite":
             assert s.execute(text("PRAGMA foreign_key_check")).fetchall() == []
             assert s.execute(text("PRAGMA foreign_keys")).scalar() == 1  # back on for the pooled connection
         newest = s.scalar(select(func.max(Study.id)))
     with session() as s:
-        q.delete_study(s, newest)
+        queue.delete_study(s, newest)
     assert make_study(1) > newest
 
 
@@ -77,7 +78,7 @@ def test_a_deleted_rows_id_is_never_given_again(database: str) -> None:
     with session(write=False) as s:
         newest_job = s.scalar(select(func.max(Job.id)))
     with session() as s:
-        q.delete_study(s, newest)
+        queue.delete_study(s, newest)
     again = make_study(2)
     assert again > newest > first
     with session(write=False) as s:

@@ -6,7 +6,9 @@ from datetime import timedelta
 
 from sqlalchemy import update
 
-from storage import queries as q
+from storage import catalogue
+
+from storage import queue
 from storage.db import session
 from storage.tables import Study, Worker, utcnow
 from tests.storage.helpers import ARTIFACT, make_study
@@ -20,8 +22,8 @@ def owned_study(n_jobs: int, owner: str = OWNER) -> int:
     cells = [{"index": i, "variant": "baseline", "chain": [], "runtime": "onnxruntime", "batch_size": 1,
               "status": "pending", "reason": None} for i in range(n_jobs)]
     with session() as s:
-        model = q.get_or_create_model(s, ARTIFACT, "model.onnx")
-        study = q.create_study(s, name="owned", model=model, dataset=None, variants=["baseline"],
+        model = catalogue.get_or_create_model(s, ARTIFACT, "model.onnx")
+        study = queue.create_study(s, name="owned", model=model, dataset=None, variants=["baseline"],
                                runtimes=["onnxruntime"], batch_sizes=[1], settings={"timeout_s": 60}, cells=cells,
                                owner=owner)
         return study.id
@@ -30,7 +32,7 @@ def owned_study(n_jobs: int, owner: str = OWNER) -> int:
 def claim(worker_id: str, study_id: int | None = None) -> tuple[int, int] | None:
     """(study id, job id) of the job the worker claims, or None."""
     with session() as s:
-        job = q.claim_job(s, worker_id, lease_s=60, study_id=study_id)
+        job = queue.claim_job(s, worker_id, lease_s=60, study_id=study_id)
         return (job.study_id, job.id) if job is not None else None
 
 
@@ -57,10 +59,10 @@ def test_released_study_becomes_ordinary_queue_work(database: str) -> None:
     owned = owned_study(2)
     assert claim(OWNER, study_id=owned) is not None
     with session() as s:
-        q.release_study(s, owned, "someone-else")  # only the owner lets go
+        queue.release_study(s, owned, "someone-else")  # only the owner lets go
     assert owner_of(owned) == OWNER
     with session() as s:
-        q.release_study(s, owned, OWNER)
+        queue.release_study(s, owned, OWNER)
     assert owner_of(owned) is None
     picked = claim("general")
     assert picked is not None and picked[0] == owned
@@ -79,7 +81,7 @@ def _worker_row(worker_id: str, heartbeat_age_s: float, status: str = "busy") ->
 
 def _requeue_expired() -> None:
     with session() as s:
-        q.requeue_expired(s, LEASE_S)
+        queue.requeue_expired(s, LEASE_S)
 
 
 def test_owner_killed_before_its_worker_registered_is_released_after_one_lease(database: str) -> None:

@@ -13,7 +13,11 @@ from pathlib import Path
 import numpy as np
 from sqlalchemy import func, select, text, update
 
-from storage import queries as q
+from storage import queue
+
+from storage import tables
+
+from storage import views
 from storage.db import session
 from storage.tables import Job, Result, Samples, utcnow
 from tests.storage.helpers import make_study
@@ -22,18 +26,20 @@ ROOT = Path(__file__).resolve().parents[2]
 
 CLAIMER = """
 import sys
-from storage import queries as q
+from storage import queue
+from storage import tables
+from storage import views
 from storage.db import session
 worker = sys.argv[1]
 claimed = []
 while True:
     with session() as s:
-        job = q.claim_job(s, worker, lease_s=60)
+        job = queue.claim_job(s, worker, lease_s=60)
         if job is None:
             break
         job_id = job.id
     with session() as s:
-        q.finish_job(s, job_id, worker, "ok", result={"latency_ms": {"p50": 1.0}, "notes": [], "settings": {}})
+        queue.finish_job(s, job_id, worker, "ok", result={"latency_ms": {"p50": 1.0}, "notes": [], "settings": {}})
     claimed.append(job_id)
 print(" ".join(map(str, claimed)))
 """
@@ -56,65 +62,67 @@ def test_four_workers_claim_200_jobs_each_exactly_once(database: str) -> None:
     assert len(claimed) == 200
     assert len(set(claimed)) == 200
     with session(write=False) as s:
-        assert q.study_progress(s, study_id) == {"ok": 200}
+        assert views.study_progress(s, study_id) == {"ok": 200}
         assert s.scalar(select(func.count()).select_from(Result)) == 200
         assert s.scalar(select(func.max(Job.attempts))) == 1
-        assert s.get(q.Study, study_id).finished_at is not None
+        assert s.get(tables.Study, study_id).finished_at is not None
 
 
 def test_expired_lease_is_requeued_then_given_up(database: str) -> None:
     study_id = make_study(1)
     for attempt in (1, 2):
         with session() as s:
-            job = q.claim_job(s, f"dead-{attempt}", lease_s=60)
+            job = queue.claim_job(s, f"dead-{attempt}", lease_s=60)
             assert job is not None and job.attempts == attempt
             s.execute(update(Job).values(lease_expires_at=utcnow() - timedelta(seconds=1)))
         with session() as s:
-            q.requeue_expired(s, lease_s=60)
+            queue.requeue_expired(s, lease_s=60)
     with session(write=False) as s:
         job = s.scalars(select(Job).where(Job.study_id == study_id)).one()
         assert job.status == "crashed" and job.error_type == "WorkerLost"
-        assert s.get(q.Study, study_id).finished_at is not None
+        assert s.get(tables.Study, study_id).finished_at is not None
 
 
 def test_crash_is_retried_once_and_a_stale_worker_cannot_overwrite(database: str) -> None:
     make_study(1)
     with session() as s:
-        job_id = q.claim_job(s, "a", lease_s=60).id  # type: ignore[union-attr]
+        job_id = queue.claim_job(s, "a", lease_s=60).id  # type: ignore[union-attr]
     with session() as s:
-        assert q.finish_job(s, job_id, "a", "crashed", error="killed by SIGSEGV") == "queued"
+        assert queue.finish_job(s, job_id, "a", "crashed", error="killed by SIGSEGV") == "queued"
     with session() as s:
-        assert q.claim_job(s, "b", lease_s=60).id == job_id  # type: ignore[union-attr]
+        assert queue.claim_job(s, "b", lease_s=60).id == job_id  # type: ignore[union-attr]
     with session() as s:
-        assert q.finish_job(s, job_id, "a", "ok", result={}) is None  # "a" lost the job
-        assert q.finish_job(s, job_id, "b", "crashed", error="killed by SIGSEGV") == "crashed"
+        assert queue.finish_job(s, job_id, "a", "ok", result={}) is None  # "a" lost the job
+        assert queue.finish_job(s, job_id, "b", "crashed", error="killed by SIGSEGV") == "crashed"
 
 
 def test_cancel_skips_queued_jobs_and_stops_lease_renewal(database: str) -> None:
     study_id = make_study(3)
     with session() as s:
-        running = q.claim_job(s, "w", lease_s=60).id  # type: ignore[union-attr]
+        running = queue.claim_job(s, "w", lease_s=60).id  # type: ignore[union-attr]
     with session() as s:
-        assert q.cancel_study(s, study_id) == 2
+        assert queue.cancel_study(s, study_id) == 2
     with session() as s:
-        assert q.extend_lease(s, running, "w", 60) is False
-        assert q.claim_job(s, "w2", lease_s=60) is None
+        assert queue.extend_lease(s, running, "w", 60) is False
+        assert queue.claim_job(s, "w2", lease_s=60) is None
 
 
 WRITER = """
 import numpy as np
-from storage import queries as q
+from storage import queue
+from storage import tables
+from storage import views
 from storage.db import session
 samples = np.random.default_rng(0).random(200_000).astype(np.float32)
 print("ready", flush=True)
 while True:
     with session() as s:
-        job = q.claim_job(s, "writer", lease_s=60)
+        job = queue.claim_job(s, "writer", lease_s=60)
         if job is None:
             break
         job_id = job.id
     with session() as s:
-        q.finish_job(s, job_id, "writer", "ok", samples=samples,
+        queue.finish_job(s, job_id, "writer", "ok", samples=samples,
                      result={"latency_ms": {"p50": 1.0}, "notes": ["x" * 1000] * 50, "settings": {}})
 """
 

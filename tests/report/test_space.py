@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from engine.__main__ import main
-from engine.report import charts, space, tables
+from engine.report import charts, ship, space, tables
 from tests.conftest import results_frame
 from tests.report.conftest import HOSTILE_STUDY, Seeded
 from tests.report.isolation import site_of_symlinks
@@ -90,7 +90,7 @@ def test_bundle_code_imports_nothing_from_paretoscope(bundle: Path) -> None:
     allowed = set(sys.stdlib_module_names) | {"streamlit", "plotly", "pandas", "numpy", "viewer"}
     sources = sorted(bundle.rglob("*.py"))
     assert {p.relative_to(bundle).as_posix() for p in sources} == {
-        "app.py", "viewer/__init__.py", "viewer/charts.py", "viewer/pareto.py", "viewer/tables.py"}
+        "app.py", "viewer/__init__.py", "viewer/charts.py", "viewer/pareto.py", "viewer/ship.py", "viewer/tables.py"}
     for path in sources:
         for node in ast.walk(ast.parse(path.read_text())):
             names = ([a.name for a in node.names] if isinstance(node, ast.Import)
@@ -103,6 +103,15 @@ def test_bundle_code_imports_nothing_from_paretoscope(bundle: Path) -> None:
     data = json.loads((bundle / "data" / "results.json").read_text())
     assert all(r["samples_ms"] and "variant_path" not in r for r in data["results"])
     assert (bundle / "data" / "results.csv").read_text().count("\n") == 1 + len(data["results"])
+
+
+def test_the_spaces_ship_panel_is_the_modules_file(bundle: Path) -> None:
+    # one panel: the viewer draws engine/report/ship.py, copied with only its imports changed, and has none of its own
+    original = Path(ship.__file__).read_text(encoding="utf-8")
+    copied = (bundle / "viewer" / "ship.py").read_text(encoding="utf-8")
+    assert copied == original.replace("from engine.report.", "from viewer.") == space.viewer_source("ship")
+    app = (bundle / "app.py").read_text(encoding="utf-8")
+    assert "ship_panel(" in app and ship.TITLE not in app and "number_input" not in app
 
 
 def test_zip_holds_the_folder(bundle: Path) -> None:

@@ -8,7 +8,6 @@ import base64
 import io
 import json
 import re
-import subprocess
 import sys
 import zipfile
 from pathlib import Path
@@ -22,7 +21,7 @@ from engine.__main__ import main
 from engine.report import charts, ship, space, tables
 from tests.conftest import results_frame
 from tests.report.conftest import HOSTILE_STUDY, Seeded
-from tests.report.isolation import site_of_symlinks
+from tests.report.spaces import run_viewer
 from tests.report.studies import measured
 
 HEAVY = ("torch", "onnxruntime", "onnxruntime-gpu", "onnx", "onnxscript", "openvino", "tensorrt", "transformers",
@@ -122,53 +121,11 @@ def test_zip_holds_the_folder(bundle: Path) -> None:
         assert zf.read(f"{bundle.name}/app.py") == (bundle / "app.py").read_bytes()
 
 
-PROBE = r'''
-import json, sys
-sys.path.insert(0, sys.argv[1])
-missing = []
-for name in ("torch", "onnxruntime", "openvino", "onnx", "transformers", "sqlalchemy", "engine", "storage"):
-    try:
-        __import__(name)
-    except ImportError:
-        missing.append(name)
-from streamlit.testing.v1 import AppTest
-at = AppTest.from_file(sys.argv[2], default_timeout=60).run()
-import pyarrow as pa
-shown = pa.ipc.open_stream(at.dataframe[0].proto.arrow_data.styler.display_values).read_all().to_pandas()
-out = {"missing": missing, "exception": [str(e.value) for e in at.exception],
-       "charts": [json.loads(c.proto.spec) for c in at.get("plotly_chart")],
-       "themes": [c.proto.theme for c in at.get("plotly_chart")],
-       "rows": len(at.dataframe[0].value), "success": [s.value for s in at.success],
-       "warning": [w.value for w in at.warning],
-       "shown": [str(v) for v in shown.to_numpy().ravel()],
-       "loaded": sorted({m.split(".")[0] for m in sys.modules})}
-at.multiselect[0].set_value([]).run()  # no runtime selected: nothing to chart
-out["filtered_info"] = [i.value for i in at.info]
-out["filtered_exception"] = [str(e.value) for e in at.exception]
-print(json.dumps(out))
-'''
-
-
 def values(data: Any) -> list[Any]:
     """A Plotly trace array: a list, or {"dtype", "bdata"} (base64) as Plotly 6+ writes numpy arrays."""
     if isinstance(data, dict) and "bdata" in data:
         return np.frombuffer(base64.b64decode(data["bdata"]), dtype=np.dtype(data["dtype"])).tolist()
     return list(data)
-
-
-def run_viewer(bundle: Path, tmp_path: Path) -> dict[str, Any]:
-    """The bundle's app under AppTest in a Python that has streamlit, plotly and pandas and nothing else."""
-    site = tmp_path / "site"
-    linked = site_of_symlinks(site)
-    assert {"streamlit", "plotly", "pandas"} <= set(linked) and "torch" not in linked
-    probe = tmp_path / "probe.py"
-    probe.write_text(PROBE)
-    # -I: no PYTHONPATH, no user site, no script folder; -S: not even the virtualenv's site-packages
-    proc = subprocess.run([sys.executable, "-I", "-S", str(probe), str(site), str(bundle / "app.py")],
-                          capture_output=True, text=True, timeout=120, cwd=tmp_path, check=False)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
-    return result
 
 
 def test_viewer_runs_where_only_streamlit_plotly_and_pandas_exist(bundle: Path, seeded: Seeded, data_dir: Path,

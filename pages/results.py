@@ -8,7 +8,8 @@ from pathlib import Path
 import streamlit as st
 
 from engine.report import charts, tables
-from engine.report.pareto import Constraints, accuracy_column, recommend, recommendation_notes
+from engine.report.pareto import Constraints
+from engine.report.ship import ship_panel
 from pages import common
 
 
@@ -107,27 +108,11 @@ if ok.empty:
     st.info("No cell has finished successfully yet.")
     st.stop()
 
-accuracy, accuracy_label = accuracy_column(frame)
-st.subheader("Which variant should I ship?")
-c1, c2, c3 = st.columns(3)
-unit = "top-1 as a fraction, 0.01 = 1 point" if accuracy == "task_metric" else "of cosine"
-drop = c1.number_input(f"Maximum accuracy drop ({unit})", min_value=0.0, value=0.01, step=0.005, format="%.4f")
-budget = c2.number_input("Maximum p99 (ms, 0 = none)", min_value=0.0, value=0.0, step=1.0)
-batches = sorted(ok["batch_size"].unique())
-batch = c3.selectbox("Batch size", batches)
-constraints = Constraints(max_accuracy_drop=drop, max_p99_ms=budget or None, batch_size=int(batch))
-best = recommend(frame, constraints, accuracy)
-download_bar(downloads, int(study_id), constraints)
 baseline = tables.baseline_label(full)  # what the speedups divide by, e.g. "baseline on torch"
-if best is None:
-    st.warning("No cell meets these constraints; loosen them.")
-else:
-    speedup = tables.speedup_phrase(best, baseline)
-    st.success(f"Ship **{best['variant']}** on **{best['runtime']}** (batch {best['batch_size']}): p50 "
-               f"{best['p50_ms']:.3f} ms, p99 {best['p99_ms']:.3f} ms, {accuracy_label} {best[accuracy]:.4f}"
-               + (f", {speedup}" if speedup else ""))
-    for caution in recommendation_notes(best):
-        st.warning(f"This cell was {caution}.", icon=":material/warning:")
+choice = ship_panel(frame, baseline)
+download_bar(downloads, int(study_id), choice.constraints)
+best = choice.best
+if best is not None:
     row = next(r for r in full["results"] if r["cell"] == best["cell"])
     path = row.get("variant_path")
     if path and Path(path).is_file():
@@ -137,10 +122,10 @@ else:
         st.caption("This eager variant is rebuilt in memory from the original model; download the original "
                    "from the Models page and apply the same chain.")
 
-at_batch = frame[frame["batch_size"] == batch]
+at_batch = frame[frame["batch_size"] == choice.constraints.batch_size]
 # theme=None: the figures carry their own template, the same as in the HTML report and the Space
-st.plotly_chart(charts.accuracy_vs_latency(at_batch, accuracy, accuracy_label, best, baseline), key="pareto",
-                theme=None)
+st.plotly_chart(charts.accuracy_vs_latency(at_batch, choice.accuracy, choice.accuracy_label, best, baseline),
+                key="pareto", theme=None)
 st.plotly_chart(charts.latency_bars(frame, baseline), key="latency", theme=None)
 if charts.has_speedup_intervals(frame):  # older studies have point speedups only: the latency hover has them
     st.plotly_chart(charts.speedup_bars(frame, baseline), key="speedup", theme=None)

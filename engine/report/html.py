@@ -15,9 +15,15 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from engine.report import charts, tables
-from engine.report.pareto import Constraints, accuracy_column, pareto_frontier, recommend, recommendation_notes
-
-DEFAULT_MAX_DROP = 0.01  # the Results page's default
+from engine.report.pareto import (
+    DEFAULT_MAX_DROP,
+    Constraints,
+    accuracy_column,
+    accuracy_drop_unit,
+    pareto_frontier,
+    recommend,
+    recommendation_notes,
+)
 
 # Inline scripts and styles only: nothing is fetched, even if some string slipped through unescaped.
 _CSP = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data: blob:; "
@@ -203,9 +209,8 @@ def study_html(report: dict[str, Any], constraints: Constraints | None = None) -
     best = None
     if len(ok):
         best = recommend(frame, constraints, accuracy)
-        unit = "points of top-1" if accuracy == "task_metric" else "of cosine"
         used = {"accuracy measure": accuracy_label,
-                f"maximum accuracy drop ({unit})": constraints.max_accuracy_drop,
+                f"maximum accuracy drop ({accuracy_drop_unit(accuracy)})": constraints.max_accuracy_drop,
                 "maximum p99 (ms)": constraints.max_p99_ms if constraints.max_p99_ms else "none",
                 "batch size": constraints.batch_size if constraints.batch_size is not None else "any"}
         css = "ship" if best is not None else "none"

@@ -8,6 +8,8 @@ import pandas as pd
 
 from engine.report.tables import interval_text, noise_label, noise_spread, speedup_interval, speedup_text
 
+DEFAULT_MAX_DROP = 0.01  # what the Results page, the Space and the HTML report start from
+
 
 @dataclass(frozen=True)
 class Constraints:
@@ -24,6 +26,12 @@ def accuracy_column(frame: pd.DataFrame) -> tuple[str, str]:
     if len(ok) and ok["task_metric"].notna().all():
         return "task_metric", "task metric (top-1)"
     return "cosine", "fidelity (cosine to fp32)"
+
+
+def accuracy_drop_unit(accuracy: str) -> str:
+    """The unit of an accuracy drop on accuracy_column's column, as a number input's label says it."""
+    # top-1 is stored as a fraction (0.75, not 75 %): a drop of 0.01 is one percentage point
+    return "top-1 as a fraction, 0.01 = 1 point" if accuracy == "task_metric" else "of cosine"
 
 
 def pareto_frontier(frame: pd.DataFrame, latency: str = "p50_ms", accuracy: str = "cosine") -> pd.DataFrame:

@@ -1,6 +1,6 @@
 """A study as a Hugging Face Space (Docker SDK): a read-only Streamlit viewer, its results data, and a zip.
 
-The Space holds only its own folder, so the viewer's chart, Pareto and table code is copied from this
+The Space holds only its own folder, so the viewer's chart, Pareto, table and ship-panel code is copied from this
 package's modules (one source), with their imports checked: nothing from Paretoscope, nothing heavy.
 """
 
@@ -23,7 +23,7 @@ from typing import Any
 from engine.errors import UserError
 
 HERE = Path(__file__).resolve().parent
-VIEWER_MODULES = ("pareto", "charts", "tables")
+VIEWER_MODULES = ("pareto", "charts", "tables", "ship")
 APP_TEMPLATE = HERE / "templates" / "space_app.py"
 # The Space installs these and nothing else; its code may import them and the standard library.
 REQUIREMENTS = ("streamlit", "plotly", "pandas")

@@ -14,13 +14,16 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from engine.measure.devices import cuda_devices
-from engine.report import charts, tables
+from engine.report import charts, ship, space, tables
+from engine.report.source import load_report
 from pages import PAGES
 from engine.report import source
 from storage import queue
 from storage import views
 from storage.db import session
 from tests.conftest import results_frame
+from tests.report import apptext
+from tests.report.spaces import run_viewer
 
 ROOT = Path(__file__).resolve().parents[2]
 APP = str(ROOT / "app.py")
@@ -201,6 +204,27 @@ def test_results_page_shows_speedup_intervals_and_a_tie(data_dir: Path, interval
                for w in at.warning), [w.value for w in at.warning]
     titles = [json.loads(e.proto.spec)["layout"]["title"]["text"] for e in at.get("plotly_chart")]
     assert len(titles) == 6 and any(t.startswith("Speedup per cell") for t in titles)
+
+
+def test_results_page_and_space_show_the_same_ship_panel(data_dir: Path, intervals: None, tmp_path: Path) -> None:
+    with session(write=False) as s:
+        study_id = int(q.list_studies(s).set_index("name").loc["first <script>", "id"])
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.run()
+    at.session_state["results_study"] = study_id
+    at.switch_page("pages/results.py").run()
+    assert not at.exception, at.exception
+    on_page = apptext.panel(apptext.shown_elements(at), ship.TITLE)
+    bundle = tmp_path / "space"
+    space.write_space(load_report(study_id), bundle)  # the study as the Results page's Space download has it
+    result = run_viewer(bundle, tmp_path)
+    assert not result["exception"], result["exception"]
+    assert on_page == apptext.panel(result["elements"], ship.TITLE)
+    # the whole panel, with the drop in the unit top-1 is stored in (a fraction)
+    kinds = [element[0] for element in on_page]
+    assert kinds[:5] == ["subheader", "number_input", "number_input", "selectbox", "success"], on_page
+    assert on_page[1][1] == "Maximum accuracy drop (top-1 as a fraction, 0.01 = 1 point)"
+    assert on_page[4][1].startswith("Ship **") and "× [" in on_page[4][1]
 
 
 def test_results_page_of_an_older_study_has_no_speedup_chart(data_dir: Path) -> None:

@@ -8,7 +8,6 @@ import base64
 import io
 import json
 import re
-import subprocess
 import sys
 import zipfile
 from pathlib import Path
@@ -19,10 +18,10 @@ import pytest
 import yaml
 
 from engine.__main__ import main
-from engine.report import charts, space, tables
+from engine.report import charts, ship, space, tables
 from tests.conftest import results_frame
 from tests.report.conftest import HOSTILE_STUDY, Seeded
-from tests.report.isolation import site_of_symlinks
+from tests.report.spaces import run_viewer
 from tests.report.studies import measured
 
 HEAVY = ("torch", "onnxruntime", "onnxruntime-gpu", "onnx", "onnxscript", "openvino", "tensorrt", "transformers",
@@ -90,7 +89,7 @@ def test_bundle_code_imports_nothing_from_paretoscope(bundle: Path) -> None:
     allowed = set(sys.stdlib_module_names) | {"streamlit", "plotly", "pandas", "numpy", "viewer"}
     sources = sorted(bundle.rglob("*.py"))
     assert {p.relative_to(bundle).as_posix() for p in sources} == {
-        "app.py", "viewer/__init__.py", "viewer/charts.py", "viewer/pareto.py", "viewer/tables.py"}
+        "app.py", "viewer/__init__.py", "viewer/charts.py", "viewer/pareto.py", "viewer/ship.py", "viewer/tables.py"}
     for path in sources:
         for node in ast.walk(ast.parse(path.read_text())):
             names = ([a.name for a in node.names] if isinstance(node, ast.Import)
@@ -105,6 +104,15 @@ def test_bundle_code_imports_nothing_from_paretoscope(bundle: Path) -> None:
     assert (bundle / "data" / "results.csv").read_text().count("\n") == 1 + len(data["results"])
 
 
+def test_the_spaces_ship_panel_is_the_modules_file(bundle: Path) -> None:
+    # one panel: the viewer draws engine/report/ship.py, copied with only its imports changed, and has none of its own
+    original = Path(ship.__file__).read_text(encoding="utf-8")
+    copied = (bundle / "viewer" / "ship.py").read_text(encoding="utf-8")
+    assert copied == original.replace("from engine.report.", "from viewer.") == space.viewer_source("ship")
+    app = (bundle / "app.py").read_text(encoding="utf-8")
+    assert "ship_panel(" in app and ship.TITLE not in app and "number_input" not in app
+
+
 def test_zip_holds_the_folder(bundle: Path) -> None:
     archive = bundle.with_name(bundle.name + ".zip")
     files = {p.relative_to(bundle).as_posix() for p in bundle.rglob("*") if p.is_file()}
@@ -113,53 +121,11 @@ def test_zip_holds_the_folder(bundle: Path) -> None:
         assert zf.read(f"{bundle.name}/app.py") == (bundle / "app.py").read_bytes()
 
 
-PROBE = r'''
-import json, sys
-sys.path.insert(0, sys.argv[1])
-missing = []
-for name in ("torch", "onnxruntime", "openvino", "onnx", "transformers", "sqlalchemy", "engine", "storage"):
-    try:
-        __import__(name)
-    except ImportError:
-        missing.append(name)
-from streamlit.testing.v1 import AppTest
-at = AppTest.from_file(sys.argv[2], default_timeout=60).run()
-import pyarrow as pa
-shown = pa.ipc.open_stream(at.dataframe[0].proto.arrow_data.styler.display_values).read_all().to_pandas()
-out = {"missing": missing, "exception": [str(e.value) for e in at.exception],
-       "charts": [json.loads(c.proto.spec) for c in at.get("plotly_chart")],
-       "themes": [c.proto.theme for c in at.get("plotly_chart")],
-       "rows": len(at.dataframe[0].value), "success": [s.value for s in at.success],
-       "warning": [w.value for w in at.warning],
-       "shown": [str(v) for v in shown.to_numpy().ravel()],
-       "loaded": sorted({m.split(".")[0] for m in sys.modules})}
-at.multiselect[0].set_value([]).run()  # no runtime selected: nothing to chart
-out["filtered_info"] = [i.value for i in at.info]
-out["filtered_exception"] = [str(e.value) for e in at.exception]
-print(json.dumps(out))
-'''
-
-
 def values(data: Any) -> list[Any]:
     """A Plotly trace array: a list, or {"dtype", "bdata"} (base64) as Plotly 6+ writes numpy arrays."""
     if isinstance(data, dict) and "bdata" in data:
         return np.frombuffer(base64.b64decode(data["bdata"]), dtype=np.dtype(data["dtype"])).tolist()
     return list(data)
-
-
-def run_viewer(bundle: Path, tmp_path: Path) -> dict[str, Any]:
-    """The bundle's app under AppTest in a Python that has streamlit, plotly and pandas and nothing else."""
-    site = tmp_path / "site"
-    linked = site_of_symlinks(site)
-    assert {"streamlit", "plotly", "pandas"} <= set(linked) and "torch" not in linked
-    probe = tmp_path / "probe.py"
-    probe.write_text(PROBE)
-    # -I: no PYTHONPATH, no user site, no script folder; -S: not even the virtualenv's site-packages
-    proc = subprocess.run([sys.executable, "-I", "-S", str(probe), str(site), str(bundle / "app.py")],
-                          capture_output=True, text=True, timeout=120, cwd=tmp_path, check=False)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
-    return result
 
 
 def test_viewer_runs_where_only_streamlit_plotly_and_pandas_exist(bundle: Path, seeded: Seeded, data_dir: Path,

@@ -1,13 +1,12 @@
 """Read-only viewer of one Paretoscope study: the results table, filters, the Pareto view and the charts.
 
 Written into a Hugging Face Space by Paretoscope. It reads data/results.json beside it and needs only
-streamlit, plotly and pandas; viewer/ holds copies of Paretoscope's chart, Pareto and table code.
+streamlit, plotly and pandas; viewer/ holds copies of Paretoscope's chart, Pareto, table and ship-panel code.
 """
 
 from __future__ import annotations
 
 import json
-import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,13 +18,8 @@ if str(HERE) not in sys.path:  # `streamlit run` puts it there; test runners may
     sys.path.insert(0, str(HERE))
 
 from viewer import charts, tables  # noqa: E402
-from viewer.pareto import (  # noqa: E402
-    Constraints,
-    accuracy_column,
-    pareto_frontier,
-    recommend,
-    recommendation_notes,
-)
+from viewer.pareto import pareto_frontier  # noqa: E402
+from viewer.ship import markdown_text as md, ship_panel  # noqa: E402
 
 DATA = HERE / "data"
 
@@ -33,11 +27,6 @@ DATA = HERE / "data"
 @st.cache_data
 def load() -> dict[str, Any]:
     return json.loads((DATA / "results.json").read_text(encoding="utf-8"))
-
-
-def md(text: Any) -> str:
-    """Names and messages shown as written, never as Markdown or HTML."""
-    return re.sub(r"([\\`*_{}\[\]()#+\-.!|~<>&])", r"\\\1", str(text))
 
 
 report = load()
@@ -84,26 +73,10 @@ if ok.empty:
     st.info("No measured cell matches the filters.")
     st.stop()
 
-accuracy, accuracy_label = accuracy_column(shown)
-st.subheader("Which variant should I ship?")
-c1, c2, c3 = st.columns(3)
-unit = "points of top-1" if accuracy == "task_metric" else "of cosine"
-drop = c1.number_input(f"Maximum accuracy drop ({unit})", min_value=0.0, value=0.01, step=0.005, format="%.4f")
-budget = c2.number_input("Maximum p99 (ms, 0 = none)", min_value=0.0, value=0.0, step=1.0)
-batch = c3.selectbox("Batch size", sorted(int(b) for b in ok["batch_size"].unique()))
-best = recommend(shown, Constraints(max_accuracy_drop=drop, max_p99_ms=budget or None, batch_size=int(batch)),
-                 accuracy)
-if best is None:
-    st.warning("No cell meets these constraints; loosen them.")
-else:
-    speedup = tables.speedup_phrase(best, baseline)
-    st.success(f"Ship **{md(best['variant'])}** on **{md(best['runtime'])}** (batch {best['batch_size']}): p50 "
-               f"{best['p50_ms']:.3f} ms, p99 {best['p99_ms']:.3f} ms, {accuracy_label} {best[accuracy]:.4f}"
-               + (f", {md(speedup)}" if speedup else ""))
-    for note in recommendation_notes(best):
-        st.warning(f"⚠ This cell was {md(note)}.")
+choice = ship_panel(shown, baseline)
+accuracy, accuracy_label, best = choice.accuracy, choice.accuracy_label, choice.best
 
-at_batch = shown[shown["batch_size"] == batch]
+at_batch = shown[shown["batch_size"] == choice.constraints.batch_size]
 # theme=None: the figures carry their own template, the same as in the HTML report and the dashboard
 st.plotly_chart(charts.accuracy_vs_latency(at_batch, accuracy, accuracy_label, best, baseline), key="pareto",
                 theme=None)

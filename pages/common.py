@@ -1,4 +1,4 @@
-"""What the pages share: cached reads through storage.queries, submitting studies, formatting."""
+"""What the pages share: cached reads through storage's views and the engine's results, formatting."""
 
 from __future__ import annotations
 

@@ -208,7 +208,7 @@ def test_results_page_shows_speedup_intervals_and_a_tie(data_dir: Path, interval
 
 def test_results_page_and_space_show_the_same_ship_panel(data_dir: Path, intervals: None, tmp_path: Path) -> None:
     with session(write=False) as s:
-        study_id = int(q.list_studies(s).set_index("name").loc["first <script>", "id"])
+        study_id = int(views.list_studies(s).set_index("name").loc["first <script>", "id"])
     at = AppTest.from_file(APP, default_timeout=60)
     at.run()
     at.session_state["results_study"] = study_id

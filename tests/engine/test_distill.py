@@ -224,11 +224,11 @@ def test_a_cell_records_training_time_and_notes(mlp: tuple[Any, Any], tmp_path: 
     cell = Cell(0, chain.name, tuple(chain.to_json()), "torch", 4)
     phases: list[str] = []
     result = job.run_cell(tmp_path, model, cell, settings, str(data), lambda phase, fraction: phases.append(phase))
-    assert result["train_s"] is not None and result["train_s"] > 0
+    assert result.train_s is not None and result.train_s > 0
     assert any(n.startswith("distill trained") and "96 samples of the train split and its labels" in n
-               for n in result["notes"])
+               for n in result.notes)
     assert "distill epoch 2/2" in phases
-    assert result["accuracy"]["fidelity"]["cosine"] is not None
+    assert result.fidelity is not None and result.fidelity.cosine is not None
 
 
 def test_a_cuda_cell_trains_on_the_cpu_with_a_note_when_the_model_cannot_move(

@@ -17,6 +17,7 @@ from engine.measure import rounds
 from engine.measure.latency import MeasureSettings
 from engine.plan import Cell, StudySettings
 from engine.report.speedups import add_speedups
+from engine.results import CellResult, Status
 
 
 class DriftingMachine:
@@ -66,9 +67,9 @@ def test_rounds_setting_is_zero_or_enough_for_an_interval(value: int) -> None:
         MeasureSettings(rounds=value)
 
 
-def _row(cell: int, variant: str, p50: float, ci: list[float], paired: dict[str, Any] | None = None) -> dict[str, Any]:
-    return {"cell": cell, "variant": variant, "status": "ok", "batch_size": 1, "paired": paired,
-            "latency_ms": {"p50": p50, "p50_ci95": ci}}
+def _row(cell: int, variant: str, p50: float, ci: list[float], paired: dict[str, Any] | None = None) -> CellResult:
+    return CellResult.from_json({"cell": cell, "variant": variant, "runtime": "onnxruntime", "status": "ok",
+                                 "batch_size": 1, "paired": paired, "latency_ms": {"p50": p50, "p50_ci95": ci}})
 
 
 def test_speedups_use_the_rounds_against_the_baseline_they_were_timed_with() -> None:
@@ -76,18 +77,19 @@ def test_speedups_use_the_rounds_against_the_baseline_they_were_timed_with() -> 
         _row(0, "baseline", 10.0, [9.0, 11.0]),
         _row(1, "int8", 4.0, [3.9, 4.1], {"baseline_cell": 0, "speedup": 2.4, "ci95": [2.2, 2.6], "rounds": 10}),
         _row(2, "fp16", 5.0, [4.0, 6.0], {"baseline_cell": 7, "speedup": 9.9, "ci95": [9, 11], "rounds": 10}),
-        {"cell": 3, "variant": "x", "status": "failed", "batch_size": 1, "latency_ms": None},
+        CellResult(cell=3, variant="x", runtime="onnxruntime", status=Status.FAILED, batch_size=1),
     ]
     add_speedups(rows)
     base, paired, other_base, failed = rows
-    assert (base["speedup_vs_baseline"], base["speedup_ci95"], base["speedup_method"]) == (1.0, [1.0, 1.0], "baseline")
-    assert (paired["speedup_vs_baseline"], paired["speedup_ci95"]) == (2.4, [2.2, 2.6])
-    assert (paired["speedup_method"], paired["speedup_rounds"]) == ("interleaved", 10)
+    assert (base.speedup_vs_baseline, base.speedup_ci95, base.speedup_method) == (1.0, (1.0, 1.0), "baseline")
+    assert (paired.speedup_vs_baseline, paired.speedup_ci95) == (2.4, (2.2, 2.6))
+    assert (paired.speedup_method, paired.speedup_rounds) == ("interleaved", 10)
     # timed against another baseline cell (one that failed later): the ratio of the separate p50s
-    assert other_base["speedup_method"] == "separate"
-    assert other_base["speedup_vs_baseline"] == pytest.approx(2.0)
-    assert other_base["speedup_ci95"] == pytest.approx([9.0 / 6.0, 11.0 / 4.0])
-    assert failed["speedup_vs_baseline"] is None and failed["speedup_method"] is None
+    assert other_base.speedup_method == "separate"
+    assert other_base.speedup_vs_baseline == pytest.approx(2.0)
+    assert other_base.speedup_ci95 == pytest.approx((9.0 / 6.0, 11.0 / 4.0))
+    assert failed.speedup_vs_baseline is None and failed.speedup_method is None
+    assert all(row.baseline_cell == (None if row is failed else 0) for row in rows)
 
 
 @pytest.fixture
@@ -108,15 +110,16 @@ def test_a_cell_is_timed_against_its_baseline_in_a_partner_process(study: tuple[
     baseline = _cell(0, "baseline", "onnxruntime")
     result = job.run_cell(folder, model, _cell(1, "baseline", "openvino"), settings, None,
                           lambda phase, fraction: None, baseline)
-    paired = result["paired"]
-    assert "error" not in paired, paired
-    assert paired["baseline_cell"] == 0 and paired["rounds"] == 6 and len(paired["ratios"]) == 6
-    low, high = paired["ci95"]
-    assert low <= paired["speedup"] <= high
-    assert paired["baseline_p50_ms"] > 0 and paired["cell_p50_ms"] > 0
-    assert result["settings"]["rounds"] == 6  # recorded with the cell's other measurement settings
+    paired = result.paired
+    assert paired is not None and paired.error is None, paired
+    assert paired.baseline_cell == 0 and paired.rounds == 6 and len(paired.ratios) == 6
+    assert paired.ci95 is not None and paired.speedup is not None
+    low, high = paired.ci95
+    assert low <= paired.speedup <= high
+    assert paired.baseline_p50_ms and paired.baseline_p50_ms > 0 and paired.cell_p50_ms and paired.cell_p50_ms > 0
+    assert result.settings is not None and result.settings["rounds"] == 6  # recorded with the other settings
     # the baseline itself, or a study without rounds, has no partner
-    assert job.run_cell(folder, model, baseline, settings, None, lambda p, f: None, baseline)["paired"] is None
+    assert job.run_cell(folder, model, baseline, settings, None, lambda p, f: None, baseline).paired is None
 
 
 def test_a_partner_that_cannot_load_leaves_the_cell_its_own_timings(study: tuple[Path, Any, StudySettings]) -> None:
@@ -124,9 +127,9 @@ def test_a_partner_that_cannot_load_leaves_the_cell_its_own_timings(study: tuple
     unavailable = _cell(0, "baseline", "tensorrt")  # no GPU here: the partner reports why and exits
     result = job.run_cell(folder, model, _cell(1, "baseline", "onnxruntime"), settings, None,
                           lambda phase, fraction: None, unavailable)
-    assert result["latency_ms"]["p50"] > 0
-    assert "error" in result["paired"] and "Unavailable" in result["paired"]["error"]
-    assert any(note.startswith("speedup from separate timings") for note in result["notes"])
+    assert result.latency_ms is not None and result.latency_ms.p50 and result.latency_ms.p50 > 0
+    assert result.paired is not None and result.paired.error and "Unavailable" in result.paired.error
+    assert any(note.startswith("speedup from separate timings") for note in result.notes)
 
 
 def test_a_partner_killed_mid_rounds_is_an_error_not_a_hang(study: tuple[Path, Any, StudySettings]) -> None:

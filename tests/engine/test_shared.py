@@ -179,5 +179,5 @@ def test_a_shared_worker_refuses_a_code_carrying_study_queued_before(mlp_torchsc
     assert proc.returncode == 0, proc.stderr
     with session(write=False) as s:
         (row,) = source.study_results(s, study_id)
-    assert row["status"] == "failed" and "shared mode refuses TorchScript" in row["error"], row
+    assert row.status == "failed" and row.error and "shared mode refuses TorchScript" in row.error, row
     assert not (data_dir / "studies" / str(study_id) / "reference.npz").exists()  # nothing loaded it

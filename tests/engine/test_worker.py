@@ -93,8 +93,8 @@ def test_crash_hang_and_memory_blowup_become_rows(data_dir: Path, mlp_onnx: Path
         assert s.get(tables.Study, study_id).finished_at is not None
         assert s.get(tables.Study, hang_study).finished_at is not None
         rows = source.study_results(s, study_id)
-    assert [r["status"] for r in rows] == ["crashed", "oom", "ok"]
-    assert rows[2]["latency_ms"]["p50"] > 0
+    assert [r.status for r in rows] == ["crashed", "oom", "ok"]
+    assert rows[2].latency_ms is not None and rows[2].latency_ms.p50 and rows[2].latency_ms.p50 > 0
 
 
 def test_kill_9_of_a_worker_requeues_its_job_once(data_dir: Path, mlp_onnx: Path) -> None:
@@ -115,7 +115,7 @@ def test_kill_9_of_a_worker_requeues_its_job_once(data_dir: Path, mlp_onnx: Path
     assert fine.status == "ok"
     with session(write=False) as s:
         rows = source.study_results(s, study_id)
-    assert len(rows) == 2 and all(r["latency_ms"] is not None for r in rows)
+    assert len(rows) == 2 and all(r.latency_ms is not None for r in rows)
 
 
 def test_sigterm_stops_the_child_requeues_the_job_and_exits_cleanly(data_dir: Path, mlp_onnx: Path) -> None:

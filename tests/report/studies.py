@@ -8,6 +8,7 @@ import re
 from typing import Any
 
 from engine.report.speedups import add_speedups
+from engine.results import CellResult
 
 EXPORTER_NOTE = ("exported to ONNX with the legacy exporter (opset 18): dynamo failed (GuardOnDataDependentSymNode: "
                  "Could not guard on data-dependent expression Eq(u0, 1))")
@@ -65,13 +66,17 @@ STEADY = {"noisy": False, "spread_pct": 0.8, "cv": 0.05, "other_busy_cores": 0.1
 
 
 def study(rows: list[dict[str, Any]], name: str = "hand-made") -> dict[str, Any]:
-    """A results JSON around the rows, speedups computed by storage as for a stored study.
+    """A results JSON around the rows, speedups computed by the engine as for a stored study.
 
-    The speedup fields a row was built with are kept; any others storage adds are dropped, so a row built without
-    an interval stays one of an older study whatever storage learns to compute.
+    The speedup fields a row was built with are kept; any others the engine adds are dropped, so a row built without
+    an interval stays one of an older study whatever the engine learns to compute.
     """
     given = [{k: r[k] for k in ("speedup_vs_baseline", *INTERVAL_KEYS) if k in r} for r in rows]
-    add_speedups(rows)
+    typed = [CellResult.from_json(r) for r in rows]
+    add_speedups(typed)
+    for row, result in zip(rows, typed, strict=True):
+        computed = result.to_json()
+        row.update({k: computed[k] for k in ("speedup_vs_baseline", "baseline_cell", *INTERVAL_KEYS)})
     for row, kept in zip(rows, given, strict=True):
         for key in INTERVAL_KEYS:
             row.pop(key, None)

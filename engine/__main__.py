@@ -57,12 +57,10 @@ def _add_bench(sub: Any) -> None:
 
 def cmd_bench(args: argparse.Namespace, out: TextIO) -> int:
     from engine import plan, shared
-    from engine.inspection import check_data, inspect_model
-    from engine.measure.latency import MeasureSettings
-    from engine.runtimes import parse_runtime_options
-    from engine.study import release_study, run_study, submit_study
-    from engine.worker import new_worker_id
+    from engine.inspection import inspect_model
     from engine.report import source
+    from engine.study import StudyRequest, release_study, run_study
+    from engine.worker import new_worker_id
     from storage.db import session
 
     data_path = args.data
@@ -77,32 +75,18 @@ def cmd_bench(args: argparse.Namespace, out: TextIO) -> int:
               file=out)
     else:
         model_path = Path(args.model)
-    try:
-        measure = MeasureSettings(args.warmup, args.iterations, args.min_seconds, args.rounds)
-    except ValueError as exc:
-        raise UserError(str(exc).replace("_", "-")) from exc
-    settings = plan.StudySettings(
-        measure=measure, threads=plan.default_threads() if args.threads is None else args.threads,
-        timeout_s=args.timeout,
-        eval_samples=args.eval_samples, runtime_options=parse_runtime_options(args.option),
-        memory_limit_mb=plan.default_memory_limit_mb() if args.memory_limit is None else args.memory_limit,
-        padding=args.padding,
-    )
-    variants = plan.parse_variants(plan.split_variants(args.variants or ",".join(plan.DEFAULT_VARIANTS)))
-    runtimes = plan.parse_runtimes(args.runtimes.split(",") if args.runtimes else None)
-    batch_sizes = plan.parse_batch_sizes(args.batch_sizes)
-    unused = sorted(set(settings.runtime_options) - set(runtimes))
-    if unused:
-        raise UserError(f"--option given for {', '.join(unused)}, which this study does not run; add it to "
-                        "--runtimes or drop the option")
     # the user's files are opened in a child with time and memory limits, never in this process
     model = inspect_model(model_path, input_spec=args.input_spec, seq_len=args.seq_len)
-    if data_path:
-        check_data(data_path, model.spec)  # validate now: a bad file is a usage error, not n failed cells
     # The study is this process's: a dashboard's worker sharing the database must not run (and so hide) its cells.
     owner = None if args.submit else new_worker_id()
-    study_id, cells = submit_study(model, variants, runtimes, batch_sizes, settings, name=args.name,
-                                   model_name=label, data_path=data_path, owner=owner, created_by=shared.cli_user())
+    request = StudyRequest(
+        model, variants=plan.split_variants(args.variants) if args.variants is not None else None,
+        runtimes=args.runtimes.split(",") if args.runtimes else None, batch_sizes=args.batch_sizes,
+        warmup=args.warmup, iterations=args.iterations, min_seconds=args.min_seconds, rounds=args.rounds,
+        threads=args.threads, timeout_s=args.timeout, eval_samples=args.eval_samples, runtime_options=args.option,
+        memory_limit_mb=args.memory_limit, padding=args.padding, data_path=data_path, name=args.name,
+        model_name=label, created_by=shared.cli_user(), owner=owner)
+    study_id, cells = request.submit()
     if owner is None:
         queued = sum(c.runnable for c in cells)
         print(f"queued {queued} of {len(cells)} cells; run them with: python -m engine worker", file=out)
@@ -368,12 +352,14 @@ class LiveView:
         self._status(cell, phase, fraction)
 
     def _status(self, cell: Any, phase: str, fraction: float) -> None:
+        from engine.study import eta_s
+
         if not self.tty:
             return
         i, n = self.position
         elapsed = time.monotonic() - self.started
         remaining_cells = n - i
-        eta = (sum(self.done_s) / len(self.done_s)) * remaining_cells if self.done_s else None
+        eta = eta_s(self.done_s, remaining_cells)
         eta_text = f"ETA {eta:.0f}s" if eta is not None else "ETA -"
         line = (f"[{i + 1}/{n}] {cell.variant} × {cell.runtime} × b{cell.batch_size}: {phase} "
                 f"{fraction * 100:.0f}%  elapsed {elapsed:.0f}s  {eta_text}")

@@ -1,7 +1,13 @@
-"""Studies: plan the cells, store the study and its jobs, and run them with an in-process worker (the CLI)."""
+"""The study service: one request from every front end, validated once, stored with its jobs, run or deleted.
+
+The CLI and the pages only collect a person's input into a StudyRequest and show the one-line errors of its
+validate()/submit(); every rule (defaults, bounds, options for runtimes not picked, duplicate chains, the data
+file) lives here.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -9,11 +15,24 @@ from engine import shared
 from engine.artifacts import Artifact
 from engine.errors import UserError
 from engine.executors.tasks import ProgressFn, task
-from engine.results import Status
+from engine.measure.latency import MeasureSettings
 from engine.optimizations.base import Chain
+from engine.plan import (
+    DEFAULT_EVAL_SAMPLES,
+    DEFAULT_TIMEOUT_S,
+    DEFAULT_VARIANTS,
+    Cell,
+    StudySettings,
+    default_memory_limit_mb,
+    default_threads,
+    expand,
+    parse_batch_sizes,
+    parse_runtimes,
+    parse_variants,
+)
+from engine.results import Status
+from engine.runtimes import check_runtime_options, parse_runtime_options
 from storage.paths import study_dir, sub_dir
-from engine.plan import Cell, StudySettings, expand
-from engine.runtimes import check_runtime_options
 
 if TYPE_CHECKING:
     from engine.worker import WorkerEvents
@@ -39,6 +58,102 @@ def cell_fraction(status: str, phase: str | None, fraction: float | None) -> flo
     return 0.0
 
 
+@dataclass
+class StudyRequest:
+    """A study as a person asks for it, from any front end: the values as given (chain texts, runtime ids, the
+    batch sizes' text, `RUNTIME.KEY=VALUE` lines); None means the default."""
+
+    model: Artifact
+    variants: list[str] | None = None  # chain texts; default DEFAULT_VARIANTS
+    runtimes: list[str] | None = None  # default: every runtime available here
+    batch_sizes: str = "1"  # comma-separated
+    warmup: int = 10
+    iterations: int = 50
+    min_seconds: float = 2.0
+    rounds: int = 10
+    threads: int | None = None  # default: every core
+    timeout_s: float = DEFAULT_TIMEOUT_S
+    eval_samples: int = DEFAULT_EVAL_SAMPLES
+    runtime_options: list[str] = field(default_factory=list)
+    memory_limit_mb: float | None = None  # default: 80% of the machine's memory
+    padding: float = 0.0
+    data_path: str | None = None
+    name: str | None = None
+    model_name: str | None = None
+    created_by: str | None = None
+    owner: str | None = None  # a worker id: only that worker runs the study until release_study
+
+    def validate(self, check_files: bool = True) -> PlannedStudy:
+        """Every rule, in one place: the parsed chains (duplicates dropped), runtimes, batch sizes and settings, and
+        the cells they expand into, each runnable or not and why. UserError with one line on the first problem;
+        `check_files` also reads the data file against the model (in a limited child: seconds)."""
+        chains = parse_variants(list(DEFAULT_VARIANTS) if self.variants is None else self.variants)
+        if self.runtimes is not None and not [r for r in self.runtimes if r.strip()]:
+            raise UserError("no runtime picked; pick at least one (`python -m engine runtimes` lists them)")
+        runtimes = parse_runtimes(self.runtimes)
+        batch_sizes = parse_batch_sizes(self.batch_sizes)
+        options = parse_runtime_options(self.runtime_options)
+        unused = sorted(set(options) - set(runtimes))
+        if unused:
+            raise UserError(f"runtime options for {', '.join(unused)}, which this study does not run; add the runtime "
+                            "to the study or drop its options")
+        try:
+            measure = MeasureSettings(self.warmup, self.iterations, self.min_seconds, self.rounds)
+        except ValueError as exc:  # named as the CLI's flags and the page's fields name them
+            raise UserError(str(exc).replace("_", "-")) from exc
+        settings = StudySettings(
+            measure=measure, threads=default_threads() if self.threads is None else int(self.threads),
+            timeout_s=float(self.timeout_s), eval_samples=int(self.eval_samples), runtime_options=options,
+            memory_limit_mb=default_memory_limit_mb() if self.memory_limit_mb is None else self.memory_limit_mb,
+            padding=float(self.padding))
+        cells = plan_cells(self.model, chains, runtimes, batch_sizes, settings)
+        if check_files and self.data_path:
+            from engine.inspection import check_data
+
+            check_data(self.data_path, self.model.spec)  # a bad file is a usage error, not n failed cells
+        return PlannedStudy(self, chains, runtimes, batch_sizes, settings, cells)
+
+    def submit(self) -> tuple[int, list[Cell]]:
+        """Validate, then store the study and queue its runnable cells: its id and its cells."""
+        planned = self.validate()
+        return submit_study(self.model, planned.chains, planned.runtimes, planned.batch_sizes, planned.settings,
+                            name=self.name, model_name=self.model_name, data_path=self.data_path, owner=self.owner,
+                            created_by=self.created_by)
+
+
+@dataclass(frozen=True)
+class PlannedStudy:
+    """A validated request: what will be stored, and the cells (with why some cannot run) to preview."""
+
+    request: StudyRequest
+    chains: list[Chain]
+    runtimes: list[str]
+    batch_sizes: list[int]
+    settings: StudySettings
+    cells: list[Cell]
+
+    @property
+    def runnable(self) -> int:
+        return sum(c.runnable for c in self.cells)
+
+
+def eta_s(finished_s: list[float], cells_left: float) -> float | None:
+    """Seconds until a study ends: the mean time its finished cells took, for the cells (or parts) left."""
+    if not finished_s or cells_left <= 0:
+        return None
+    return sum(finished_s) / len(finished_s) * cells_left
+
+
+def plan_cells(model: Artifact, chains: list[Chain], runtimes: list[str], batch_sizes: list[int],
+               settings: StudySettings) -> list[Cell]:
+    """The study's cells, once the model's format, the runtime options and a shared server's bounds allow it."""
+    shared.refuse_code_format(model.format, model.path.name)
+    check_runtime_options(settings.runtime_options)
+    cells = expand(model.format, model.spec, chains, runtimes, batch_sizes)
+    shared.check_study(settings, batch_sizes, sum(c.runnable for c in cells))
+    return cells
+
+
 def submit_study(model: Artifact, variants: list[Chain], runtimes: list[str], batch_sizes: list[int],
                  settings: StudySettings, *, name: str | None = None, model_name: str | None = None,
                  data_path: str | None = None, owner: str | None = None,
@@ -53,10 +168,7 @@ def submit_study(model: Artifact, variants: list[Chain], runtimes: list[str], ba
     from storage import queue
     from storage.db import session
 
-    shared.refuse_code_format(model.format, model.path.name)
-    check_runtime_options(settings.runtime_options)
-    cells = expand(model.format, model.spec, variants, runtimes, batch_sizes)
-    shared.check_study(settings, batch_sizes, sum(c.runnable for c in cells))
+    cells = plan_cells(model, variants, runtimes, batch_sizes, settings)
     with session() as s:
         if shared.enabled():
             shared.check_open_studies(queue.open_studies(s, created_by))

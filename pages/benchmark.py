@@ -10,17 +10,14 @@ import streamlit as st
 from engine import shared
 from engine.artifacts import Artifact
 from engine.errors import UserError
+from engine.optimizations import REGISTRY
+from engine.plan import default_threads
 from engine.results import FAILED, FINAL, SKIPPED
-from engine.measure.latency import MeasureSettings
-from engine.optimizations import REGISTRY, parse_chain
-from engine.plan import StudySettings, default_memory_limit_mb, default_threads, expand
+from engine.runtimes import availability
 from engine.specs import ATTENTION_MASK, TOKEN_IDS
-from engine.runtimes import availability, parse_runtime_options
-from engine.study import cell_fraction, submit_study
+from engine.study import StudyRequest, cell_fraction, eta_s
 from pages import common
-from storage import blobs
-from storage import queue
-from storage import views
+from storage import blobs, queue, views
 from storage.db import session
 
 PRESETS = ["baseline", "int8-dynamic", "int8-static", "int8-static:method=entropy", "fp16"]
@@ -68,9 +65,9 @@ def watch(study_id: int) -> None:
                  zip(runnable["status"], runnable["phase"], runnable["fraction"], strict=True)]
     # ETA from the first cell that was built and measured: the mean time a finished cell took, for the rest
     ran = runnable[runnable["finished_at"].notna() & runnable["started_at"].notna()]
-    per_cell = ((ran["finished_at"] - ran["started_at"]).dt.total_seconds().mean()) if len(ran) else None
-    left = total - sum(fractions)
-    eta = f"{per_cell * left:.0f} s" if per_cell and left > 0 else "after the first cell"
+    took = list((ran["finished_at"] - ran["started_at"]).dt.total_seconds()) if len(ran) else []
+    left_s = eta_s(took, total - sum(fractions))
+    eta = f"{left_s:.0f} s" if left_s else "after the first cell"
     text = (f"{done} of {total} cells done" + (f" ({failed} failed)" if failed else "")
             + f" · elapsed {elapsed:.0f} s · ETA {eta}")
     st.progress(sum(fractions) / total if total else 1.0, text=text)
@@ -207,57 +204,32 @@ with st.expander("Runtime settings"):
         if r["id"] in picked and r["options"]:
             st.caption(f"**{r['id']}**: " + "; ".join(f"`{k}` {v}" for k, v in r["options"].items()))
 
+data_path = None if dataset_choice is None else str(
+    blobs.path_of(str(datasets.set_index("id").loc[dataset_choice, "sha256"])))
+request = StudyRequest(
+    artifact, variants=[*chosen, *([custom] if custom.strip() else [])], runtimes=picked, batch_sizes=batches_text,
+    iterations=int(iterations), min_seconds=float(min_seconds), rounds=int(rounds), threads=int(threads),
+    timeout_s=float(timeout), runtime_options=options_text.splitlines(),
+    padding=0.0 if dataset_choice is not None else float(padding), data_path=data_path, name=name or None,
+    model_name=str(models.set_index("id").loc[model_id, "name"]), created_by=common.current_user())
 try:
-    from engine.plan import parse_batch_sizes
-
-    chains = [parse_chain(v) for v in [*chosen, *([custom] if custom.strip() else [])]]
-    unique = list({c.name: c for c in chains}.values())
-    batch_sizes = parse_batch_sizes(batches_text)
-    if not unique or not picked:
-        raise UserError("pick at least one variant and one runtime")
-    runtime_options = parse_runtime_options(options_text.splitlines())
-    unused = sorted(set(runtime_options) - set(picked))
-    if unused:
-        raise UserError(f"runtime settings for {', '.join(unused)}, which the study does not run; pick it or "
-                        "remove its lines")
-    cells = expand(artifact.format, artifact.spec, unique, picked, batch_sizes)
+    planned = request.validate(check_files=False)  # the data file is read (in a child) on submit
 except UserError as exc:
     st.error(f"error: {exc}")
     st.stop()
 
-runnable = sum(c.runnable for c in cells)
-st.markdown(f"**{len(cells)} cells**: {runnable} will run, {len(cells) - runnable} cannot (listed with the reason).")
+cells = planned.cells
+st.markdown(f"**{len(cells)} cells**: {planned.runnable} will run, {len(cells) - planned.runnable} cannot (listed "
+            "with the reason).")
 blocked = [c for c in cells if not c.runnable]
 if blocked:
     st.dataframe(pd.DataFrame([{"variant": c.variant, "runtime": c.runtime, "batch": c.batch_size,
                                 "status": c.status, "reason": c.reason} for c in blocked]), hide_index=True)
 
-if st.button("Submit study", type="primary", disabled=runnable == 0):
-    data_path = None
-    if dataset_choice is not None:
-        from engine.inspection import check_data
-
-        data_path = str(blobs.path_of(str(datasets.set_index("id").loc[dataset_choice, "sha256"])))
-        try:
-            check_data(data_path, artifact.spec)
-        except UserError as exc:
-            st.error(f"error: {exc}")
-            st.stop()
+if st.button("Submit study", type="primary", disabled=planned.runnable == 0):
     try:
-        measure = MeasureSettings(warmup=10, iterations=int(iterations), min_seconds=float(min_seconds),
-                                  rounds=int(rounds))
-    except ValueError as exc:
-        st.error(f"error: {exc}")
-        st.stop()
-    settings = StudySettings(measure=measure,
-                             threads=int(threads), timeout_s=float(timeout), memory_limit_mb=default_memory_limit_mb(),
-                             runtime_options=runtime_options,
-                             padding=0.0 if dataset_choice is not None else float(padding))
-    try:
-        study_id, _ = submit_study(artifact, unique, picked, batch_sizes, settings, name=name or None,
-                                   model_name=str(models.set_index("id").loc[model_id, "name"]), data_path=data_path,
-                                   created_by=common.current_user())
-    except UserError as exc:  # past a shared server's bounds, or its open-study cap
+        study_id, _ = request.submit()
+    except UserError as exc:  # the data file, or a shared server's cap on open studies
         st.error(f"error: {exc}")
         st.stop()
     common.clear()

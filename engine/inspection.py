@@ -6,12 +6,12 @@ hangs, allocates without bound or crashes ends the child, not the caller, and th
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 from engine.artifacts import Artifact
 from engine.errors import UserError
+from engine.executors.limits import inspect_memory_mb, inspect_timeout_s
 from engine.executors.tasks import ProgressFn, Task, task
 from engine.results import Status
 from storage.paths import sub_dir
@@ -19,19 +19,6 @@ from engine.specs import InputSpec
 
 # How an OSError of a full disk or quota reads once it crossed the pipe from the child.
 _DISK_FULL = ("No space left on device", "Disk quota exceeded")
-
-
-def inspect_timeout_s() -> float:
-    """The inspecting child's time limit: `PARETOSCOPE_INSPECT_TIMEOUT_S`, default 600 s."""
-    return float(os.environ.get("PARETOSCOPE_INSPECT_TIMEOUT_S", 600))
-
-
-def inspect_memory_mb() -> float:
-    """The inspecting child's address-space cap: `PARETOSCOPE_INSPECT_MEMORY_MB`, else a cell's default."""
-    from engine.plan import default_memory_limit_mb
-
-    raw = os.environ.get("PARETOSCOPE_INSPECT_MEMORY_MB")
-    return float(raw) if raw else default_memory_limit_mb()
 
 
 @task("intake")

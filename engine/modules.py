@@ -674,7 +674,7 @@ def max_model_params() -> int | None:
 def check_hf_size(folder: Path, config: dict[str, Any], label: str) -> None:
     """Refuse, before transformers allocates anything, a config that describes a model larger than the limits
     or far larger than the weights that came with it (which transformers would fill with random values)."""
-    from engine.inspection import inspect_memory_mb
+    from engine.executors.limits import inspect_memory_mb
 
     estimate = estimate_hf_parameters(config)
     stored, float_bytes = stored_hf_parameters(folder, label)

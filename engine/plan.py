@@ -8,6 +8,7 @@ from typing import Any
 
 from engine.data import check_padding
 from engine.errors import UserError
+from engine.executors.limits import default_memory_limit_mb
 from engine.results import Status
 from engine.measure.latency import MeasureSettings
 from engine.optimizations import parse_chain
@@ -24,13 +25,6 @@ DEFAULT_EVAL_SAMPLES = 256
 
 def default_threads() -> int:
     return max(1, os.cpu_count() or 1)
-
-
-def default_memory_limit_mb() -> float:
-    """80% of the machine's memory: a runaway cell fails alone instead of taking the machine down."""
-    import psutil
-
-    return round(psutil.virtual_memory().total * 0.8 / 2**20)
 
 
 @dataclass(frozen=True)

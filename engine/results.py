@@ -2,7 +2,7 @@
 
 Built once in the cell's child process and read as these types by the worker, the CLI and the reports; the JSON
 form is the results JSON of docs/architecture.md (additions only). Standard library only: the Hugging Face Space
-viewer carries a copy of this file beside the report code.
+viewer carries a copy of this file beside the report code that reads it (engine/report/space.py).
 """
 
 from __future__ import annotations

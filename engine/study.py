@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from engine import shared
 from engine.artifacts import Artifact
 from engine.errors import UserError
+from engine.executors.limits import default_memory_limit_mb
 from engine.executors.tasks import ProgressFn, task
 from engine.measure.latency import MeasureSettings
 from engine.optimizations.base import Chain
@@ -23,7 +24,6 @@ from engine.plan import (
     DEFAULT_VARIANTS,
     Cell,
     StudySettings,
-    default_memory_limit_mb,
     default_threads,
     expand,
     parse_batch_sizes,

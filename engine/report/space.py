@@ -23,7 +23,9 @@ from typing import Any
 from engine.errors import UserError
 
 HERE = Path(__file__).resolve().parent
-VIEWER_MODULES = ("pareto", "charts", "tables", "ship")
+VIEWER_MODULES = ("results", "pareto", "charts", "tables", "ship")
+# where each bundled module's source lives: the report's modules, and the typed results record they read
+_SOURCES = {"results": HERE.parent / "results.py"}
 APP_TEMPLATE = HERE / "templates" / "space_app.py"
 # The Space installs these and nothing else; its code may import them and the standard library.
 REQUIREMENTS = ("streamlit", "plotly", "pandas")
@@ -49,8 +51,10 @@ def _check_imports(source: str, name: str) -> None:
 
 
 def viewer_source(module: str) -> str:
-    """engine/report/<module>.py with its `engine.report` imports pointed at the bundle's `viewer` package."""
-    source = (HERE / f"{module}.py").read_text(encoding="utf-8")
+    """engine/report/<module>.py (or engine/results.py) with its `engine.report` and `engine.results` imports
+    pointed at the bundle's `viewer` package."""
+    source = _SOURCES.get(module, HERE / f"{module}.py").read_text(encoding="utf-8")
+    source = re.sub(r"^(\s*from\s+)engine\.results\b", r"\1viewer.results", source, flags=re.MULTILINE)
     source = re.sub(r"^(\s*from\s+)engine\.report\b", r"\1viewer", source, flags=re.MULTILINE)
     _check_imports(source, f"viewer/{module}.py")
     return source
@@ -153,7 +157,7 @@ def _files(report: dict[str, Any]) -> dict[str, str]:
     _check_imports(app, "app.py")
     files = {
         "README.md": readme(report), "Dockerfile": dockerfile(), "requirements.txt": requirements(), "app.py": app,
-        "viewer/__init__.py": '"""Copies of Paretoscope\'s report code (engine/report) for this viewer."""\n',
+        "viewer/__init__.py": '"""Copies of Paretoscope\'s report code (engine/report, engine/results.py)."""\n',
         "data/results.json": json.dumps(data, indent=1),
         "data/results.csv": tables.csv_text(data),
     }

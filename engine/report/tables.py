@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from engine.results import CellResult, Fidelity, LatencySummary
+
 if TYPE_CHECKING:
     from pandas.io.formats.style import Styler
 
@@ -68,34 +70,32 @@ def flat_row(r: dict[str, Any], without: Collection[str] = ()) -> dict[str, Any]
 
     Notes listed in `without` (e.g. shared_notes, shown once for the study) are left out of `notes`.
     """
-    lat = r.get("latency_ms") or {}
-    acc = r.get("accuracy") or {}
-    fid = acc.get("fidelity") or {}
-    task = acc.get("task") or {}
-    ci = lat.get("p50_ci95") or [None, None]
-    speedup_ci = r.get("speedup_ci95") or [None, None]  # absent in studies measured before speedup intervals
-    noise: dict[str, Any] = r["noise"] if isinstance(r.get("noise"), dict) else {}
+    c = CellResult.from_json(r)
+    lat = c.latency_ms or LatencySummary()
+    fid = c.fidelity or Fidelity()
+    ci = lat.p50_ci95 or (None, None)
+    speedup_ci = c.speedup_ci95 or (None, None)  # none in studies measured before speedup intervals
+    noise: dict[str, Any] = c.noise if isinstance(c.noise, dict) else {}
     row = {
-        "cell": r["cell"], "variant": r["variant"], "runtime": r["runtime"], "batch_size": r["batch_size"],
-        "status": r["status"], "error": r.get("error"), "p50_ms": lat.get("p50"), "p90_ms": lat.get("p90"),
-        "p99_ms": lat.get("p99"), "mean_ms": lat.get("mean"), "throughput_per_s": r.get("throughput_per_s"),
-        "speedup": r.get("speedup_vs_baseline"), "speedup_low": speedup_ci[0], "speedup_high": speedup_ci[1],
-        "speedup_method": r.get("speedup_method"), "load_s": r.get("load_s"), "first_run_ms": r.get("first_run_ms"),
-        "peak_host_mb": r.get("peak_host_mb"), "peak_device_mb": r.get("peak_device_mb"),
-        "model_size_mb": r.get("model_size_mb"), "cosine": fid.get("cosine"),
-        "pooled_cosine": fid.get("pooled_cosine"), "max_abs": fid.get("max_abs"),
-        "top1_agreement": fid.get("top1_agreement"), "task_metric": task.get("value"),
-        "notes": "; ".join(n for n in r.get("notes") or [] if n not in without),
+        "cell": c.cell, "variant": c.variant, "runtime": c.runtime, "batch_size": c.batch_size,
+        "status": str(c.status), "error": c.error, "p50_ms": lat.p50, "p90_ms": lat.p90, "p99_ms": lat.p99,
+        "mean_ms": lat.mean, "throughput_per_s": c.throughput_per_s,
+        "speedup": c.speedup_vs_baseline, "speedup_low": speedup_ci[0], "speedup_high": speedup_ci[1],
+        "speedup_method": c.speedup_method, "load_s": c.load_s, "first_run_ms": c.first_run_ms,
+        "peak_host_mb": c.peak_host_mb, "peak_device_mb": c.peak_device_mb, "model_size_mb": c.model_size_mb,
+        "cosine": fid.cosine, "pooled_cosine": fid.pooled_cosine, "max_abs": fid.max_abs,
+        "top1_agreement": fid.top1_agreement, "task_metric": c.task.value if c.task else None,
+        "notes": "; ".join(n for n in c.notes if n not in without),
         # None, not False, when the cell was measured before noise was recorded: unknown is not steady
         "noisy": bool(noise["noisy"]) if noise.get("noisy") is not None else None,
         "noise_pct": noise.get("spread_pct"),
         "noise_message": noise.get("message"),  # the cell's own verdict: its causes and what to do
-        "p95_ms": lat.get("p95"), "std_ms": lat.get("std"), "min_ms": lat.get("min"), "max_ms": lat.get("max"),
-        "p50_ci95_low": ci[0], "p50_ci95_high": ci[1], "iterations": lat.get("iterations"),
-        "speedup_rounds": r.get("speedup_rounds"),
-        "mean_abs": fid.get("mean_abs"), "task_name": task.get("name"),
-        "samples": len(r["samples_ms"]) if r.get("samples_ms") is not None else None,
-        "settings": _cell(r.get("settings")),
+        "p95_ms": lat.p95, "std_ms": lat.std, "min_ms": lat.min, "max_ms": lat.max,
+        "p50_ci95_low": ci[0], "p50_ci95_high": ci[1], "iterations": lat.iterations,
+        "speedup_rounds": c.speedup_rounds,
+        "mean_abs": fid.mean_abs, "task_name": c.task.name if c.task else None,
+        "samples": len(c.samples_ms) if c.samples_ms is not None else None,
+        "settings": _cell(c.settings),
     }
     for key, value in r.items():
         if key not in _PLACED and key not in row:

@@ -11,7 +11,7 @@ import pytest
 
 from engine.executors import local
 from engine.executors.local import run_child
-from tests.engine.doubles import misbehave
+from tests.engine.task_doubles import misbehave
 
 
 def _run(tmp_path: Path, mode: str, timeout: float = 60.0, **payload):  # type: ignore[no-untyped-def]
@@ -33,7 +33,7 @@ def test_exception_is_failed_row_with_type_message_traceback(tmp_path: Path) -> 
     assert outcome.status == "failed"
     assert outcome.error_type == "RuntimeError"
     assert outcome.error == "runtime exploded on purpose"
-    assert outcome.traceback is not None and "doubles.py" in outcome.traceback
+    assert outcome.traceback is not None and "task_doubles.py" in outcome.traceback
 
 
 def test_segfault_is_crashed_with_signal_name(tmp_path: Path) -> None:

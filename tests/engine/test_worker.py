@@ -42,7 +42,7 @@ def settings(**overrides: Any) -> dict[str, Any]:
 
 
 def worker(data_dir: Path, *args: str, lease_s: float = 30, slow_s: float = 3) -> subprocess.Popen[str]:
-    env = {**os.environ, "PARETOSCOPE_DATA_DIR": str(data_dir), "PARETOSCOPE_PLUGINS": "tests.engine.doubles",
+    env = {**os.environ, "PARETOSCOPE_DATA_DIR": str(data_dir), "PARETOSCOPE_PLUGINS": "tests.engine.runtime_doubles",
            "PARETOSCOPE_WORKER_LEASE_S": str(lease_s), "PARETOSCOPE_TEST_SLOW_S": str(slow_s)}
     return subprocess.Popen([sys.executable, "-m", "engine", "worker", *args], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

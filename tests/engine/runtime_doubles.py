@@ -1,7 +1,8 @@
-"""Test doubles: runtimes that misbehave on purpose and an executor task that ends every way a child can.
+"""Test doubles: runtimes that misbehave on purpose (crash, hang, eat memory, load slowly, leave an orphan).
 
-Registered like any plugin: a test names this module in PARETOSCOPE_PLUGINS for the processes it starts (the
-worker's cells then find the runtimes), or imports it (the executor's tests run its task)."""
+Registered like any plugin, and only in the processes a test starts: it names this module in PARETOSCOPE_PLUGINS
+(the worker and its cells then find the runtimes). Never imported by the test process itself, whose dashboard
+and studies must not see them."""
 
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from engine.executors.tasks import ProgressFn, task
 from engine.runtimes.base import Runtime, Session, register
 from engine.runtimes.onnxruntime import OnnxRuntimeCpu
 
@@ -97,31 +97,3 @@ class OrphanRuntime(OnnxRuntimeCpu):
         _note_pid()
         time.sleep(3600)
         raise AssertionError("unreachable")
-
-
-@task("test")
-def misbehave(payload: dict[str, Any], progress: ProgressFn) -> dict[str, Any]:
-    """ok, raise, segfault, sleep, spawn-and-sleep or exit, as the payload's `mode` says."""
-    mode = payload["mode"]
-    progress("measuring", 0.5)
-    if mode == "ok":
-        return {"value": payload.get("value", 1)}
-    if mode == "raise":
-        raise RuntimeError("runtime exploded on purpose")
-    if mode == "segfault":
-        os.kill(os.getpid(), signal.SIGSEGV)
-    if mode == "sleep":
-        time.sleep(float(payload.get("seconds", 3600)))
-        return {"slept": payload.get("seconds", 3600)}
-    if mode == "spawn-and-sleep":
-        # a grandchild that must not outlive the job
-        pid = os.fork()
-        if pid == 0:
-            time.sleep(3600)
-            os._exit(0)
-        with open(payload["pid_file"], "w") as fh:
-            fh.write(str(pid))
-        time.sleep(3600)
-    if mode == "exit":
-        os._exit(int(payload.get("code", 3)))
-    raise ValueError(f"unknown test mode '{mode}'")

@@ -236,7 +236,7 @@ def _constraints(args: argparse.Namespace, report: dict[str, Any]) -> Any:
 
     frame = results_table(report)
     if args.batch_size is not None:
-        measured = sorted({int(r["batch_size"]) for r in report["results"] if r["status"] == "ok"})
+        measured = sorted({int(r["batch_size"]) for r in report["results"] if r["status"] == Status.OK})
         if args.batch_size not in measured:
             raise UserError(f"--batch-size {args.batch_size} has no measured cell in study {args.study_id}; "
                             f"measured: {', '.join(map(str, measured)) or 'none'}")

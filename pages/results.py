@@ -11,6 +11,7 @@ from engine.report import charts, tables
 from engine.report.pareto import Constraints
 from engine.report.ship import ship_panel
 from pages import common
+from engine.results import Status
 
 
 def download_bar(where: st.delta_generator.DeltaGenerator, study_id: int, constraints: Constraints | None) -> None:
@@ -102,7 +103,7 @@ with st.expander("Delete this study"):
             common.clear()
             st.rerun()
 
-ok = frame[frame["status"] == "ok"]
+ok = frame[frame["status"] == Status.OK]
 if ok.empty:
     download_bar(downloads, int(study_id), None)
     st.info("No cell has finished successfully yet.")

@@ -18,6 +18,7 @@ from plotly.subplots import make_subplots
 
 from engine.report.pareto import pareto_frontier
 from engine.report.tables import SPEEDUP_METHODS, noise_label, speedup_interval, speedup_text
+from engine.results import Status
 
 # Tableau 10 without its red, which marks the recommended cell: distinct on white, also for most colour-blind eyes.
 COLORWAY = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f")
@@ -62,7 +63,7 @@ def cell_label(frame: pd.DataFrame) -> pd.Series:
 
 
 def _ok(frame: pd.DataFrame) -> pd.DataFrame:
-    return frame[(frame["status"] == "ok") & frame["p50_ms"].notna()].copy()
+    return frame[(frame["status"] == Status.OK) & frame["p50_ms"].notna()].copy()
 
 
 def _noise(frame: pd.DataFrame) -> list[str | None]:

@@ -24,6 +24,7 @@ from engine.report.pareto import (
     recommend,
     recommendation_notes,
 )
+from engine.results import Status
 
 # Inline scripts and styles only: nothing is fetched, even if some string slipped through unescaped.
 _CSP = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data: blob:; "
@@ -122,7 +123,7 @@ def default_constraints(frame: pd.DataFrame, max_drop: float | None = DEFAULT_MA
                         max_p99_ms: float | None = None, batch_size: int | None = None) -> Constraints:
     """The Results page's defaults: 0.01 accuracy drop, no p99 budget, the smallest measured batch size."""
     if batch_size is None:
-        ok = frame[frame["status"] == "ok"] if len(frame) else frame
+        ok = frame[frame["status"] == Status.OK] if len(frame) else frame
         batch_size = int(min(ok["batch_size"])) if len(ok) else None
     return Constraints(max_accuracy_drop=max_drop, max_p99_ms=max_p99_ms or None, batch_size=batch_size)
 
@@ -204,7 +205,7 @@ def study_html(report: dict[str, Any], constraints: Constraints | None = None) -
              + " · ".join(f"{e(n)} {e(status)}" for status, n in sorted((study.get("progress") or {}).items()))
              + "</p>"]
 
-    ok = frame[(frame["status"] == "ok") & frame["p50_ms"].notna()] if len(frame) else frame
+    ok = frame[(frame["status"] == Status.OK) & frame["p50_ms"].notna()] if len(frame) else frame
     accuracy, accuracy_label = accuracy_column(frame)
     best = None
     if len(ok):

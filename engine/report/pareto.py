@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from engine.report.tables import interval_text, noise_label, noise_spread, speedup_interval, speedup_text
+from engine.results import Status
 
 DEFAULT_MAX_DROP = 0.01  # what the Results page, the Space and the HTML report start from
 
@@ -22,7 +23,7 @@ class Constraints:
 
 def accuracy_column(frame: pd.DataFrame) -> tuple[str, str]:
     """The task metric when every measured cell has one, else cosine fidelity to the fp32 reference."""
-    ok = frame[frame["status"] == "ok"]
+    ok = frame[frame["status"] == Status.OK]
     if len(ok) and ok["task_metric"].notna().all():
         return "task_metric", "task metric (top-1)"
     return "cosine", "fidelity (cosine to fp32)"
@@ -36,7 +37,7 @@ def accuracy_drop_unit(accuracy: str) -> str:
 
 def pareto_frontier(frame: pd.DataFrame, latency: str = "p50_ms", accuracy: str = "cosine") -> pd.DataFrame:
     """Cells no other cell beats on both latency (lower) and accuracy (higher), fastest first."""
-    ok = frame[(frame["status"] == "ok") & frame[latency].notna() & frame[accuracy].notna()]
+    ok = frame[(frame["status"] == Status.OK) & frame[latency].notna() & frame[accuracy].notna()]
     ordered = ok.sort_values([latency, accuracy], ascending=[True, False])
     keep = []
     best = float("-inf")
@@ -55,7 +56,7 @@ def recommend(frame: pd.DataFrame, constraints: Constraints, accuracy: str = "co
     accurate wins, then the lowest p50; the row then carries `speed_tie`, a sentence naming the others. Without
     intervals (studies measured before them) nothing ties: the fastest cell, as ever.
     """
-    ok = frame[(frame["status"] == "ok") & frame["p50_ms"].notna() & frame[accuracy].notna()]
+    ok = frame[(frame["status"] == Status.OK) & frame["p50_ms"].notna() & frame[accuracy].notna()]
     if constraints.batch_size is not None:
         ok = ok[ok["batch_size"] == constraints.batch_size]
     if ok.empty:

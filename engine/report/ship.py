@@ -22,6 +22,7 @@ from engine.report.pareto import (
     recommendation_notes,
 )
 from engine.report.tables import speedup_phrase
+from engine.results import Status
 
 TITLE = "Which variant should I ship?"
 
@@ -58,7 +59,7 @@ def ship_panel(cells: pd.DataFrame, baseline: str) -> ShipChoice:
 
     `baseline`: what the speedups divide by, tables.baseline_label's "baseline on torch".
     """
-    measured = cells[(cells["status"] == "ok") & cells["p50_ms"].notna()]
+    measured = cells[(cells["status"] == Status.OK) & cells["p50_ms"].notna()]
     accuracy, accuracy_label = accuracy_column(cells)
     st.subheader(TITLE)
     c1, c2, c3 = st.columns(3)

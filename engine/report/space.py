@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import UserError
+from engine.results import Status
 
 HERE = Path(__file__).resolve().parent
 VIEWER_MODULES = ("results", "pareto", "charts", "tables", "ship")
@@ -100,7 +101,7 @@ def readme(report: dict[str, Any]) -> str:
         else:
             lines.append(f"{key}: {yaml_string(value)}")
     study = report["study"]
-    ok = sum(r["status"] == "ok" for r in report["results"])
+    ok = sum(r["status"] == Status.OK for r in report["results"])
     lines += [
         "---", "",
         f"# {_markdown(study['name'])}", "",

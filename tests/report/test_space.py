@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from engine.__main__ import main
+from engine import results
 from engine.report import charts, ship, space, tables
 from tests.conftest import results_frame
 from tests.report.conftest import HOSTILE_STUDY, Seeded
@@ -99,17 +100,27 @@ def test_bundle_code_imports_nothing_from_paretoscope(bundle: Path) -> None:
                 assert name.split(".")[0] in allowed, (path, name)
     # one source: the copies are engine/report's modules with only their imports changed
     original = Path(space.__file__).with_name("charts.py").read_text()
-    assert (bundle / "viewer" / "charts.py").read_text() == original.replace("from engine.report.", "from viewer.")
+    assert (bundle / "viewer" / "charts.py").read_text() == _bundled(original)
     data = json.loads((bundle / "data" / "results.json").read_text())
     assert all(r["samples_ms"] and "variant_path" not in r for r in data["results"])
     assert (bundle / "data" / "results.csv").read_text().count("\n") == 1 + len(data["results"])
+
+
+def _bundled(source: str) -> str:
+    """A module's source with only its imports of the report and of the results record pointed at `viewer`."""
+    return source.replace("from engine.report.", "from viewer.").replace("from engine.results ", "from viewer.results ")
+
+
+def test_the_results_record_is_bundled_as_it_is(bundle: Path) -> None:
+    assert (bundle / "viewer" / "results.py").read_text(encoding="utf-8") == Path(results.__file__).read_text(
+        encoding="utf-8")
 
 
 def test_the_spaces_ship_panel_is_the_modules_file(bundle: Path) -> None:
     # one panel: the viewer draws engine/report/ship.py, copied with only its imports changed, and has none of its own
     original = Path(ship.__file__).read_text(encoding="utf-8")
     copied = (bundle / "viewer" / "ship.py").read_text(encoding="utf-8")
-    assert copied == original.replace("from engine.report.", "from viewer.") == space.viewer_source("ship")
+    assert copied == _bundled(original) == space.viewer_source("ship")
     app = (bundle / "app.py").read_text(encoding="utf-8")
     assert "ship_panel(" in app and ship.TITLE not in app and "number_input" not in app
 

@@ -92,8 +92,9 @@ def check_cell(artifact: Any, runtime_id: str, options: dict[str, Any], variant:
     from engine.job import run_batches
     from engine.measure.latency import MeasureSettings, measure
     from engine.optimizations import parse_chain
-    from engine.optimizations.build import BuildContext, build_variant, not_applicable_reason
+    from engine.optimizations.build import build_variant, not_applicable_reason
     from engine.runtimes import RuntimeSettings, get
+    from engine.variants import BuildContext
 
     runtime_cls = get(runtime_id)
     row: dict[str, Any] = {"runtime": runtime_id, "options": options, "variant": variant, "limit": LIMITS[variant]}
@@ -129,6 +130,7 @@ def synchronization_check() -> dict[str, Any]:
 
     from engine.measure.latency import MeasureSettings, measure
     from engine.runtimes import RuntimeSettings, get
+    from engine.variants import Variant
 
     class Heavy(torch.nn.Module):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -138,13 +140,11 @@ def synchronization_check() -> dict[str, Any]:
 
     x = np.random.default_rng(0).standard_normal((1, 2048, 2048)).astype(np.float32)
 
-    class V:
-        module = Heavy()
-        input_names = ["x"]
+    variant = Variant("heavy", "torch", None, 0, [], 0.0, False, module=Heavy(), input_names=["x"])
 
     checks: dict[str, Any] = {}
     for label, options in (("eager", {}), ("cuda_graph", {"cuda_graph": True})):
-        with get("torch-cuda")(RuntimeSettings(threads=1, options=options)).load(V()) as session:
+        with get("torch-cuda")(RuntimeSettings(threads=1, options=options)).load(variant) as session:
             prepared = session.prepare({"x": x})
             session.run(prepared)
             session.synchronize()

@@ -27,10 +27,11 @@ from engine.data import roles as input_roles
 from engine.errors import Unavailable
 from engine.measure import accuracy, gpu, latency, memory, noise, rounds
 from engine.optimizations.base import Chain
-from engine.optimizations.build import BuildContext, Variant, build_variant
+from engine.optimizations.build import build_variant
 from engine.plan import Cell, StudySettings
 from engine.runtimes import Runtime, RuntimeSettings, Session, get
 from engine.runtimes.base import DEFAULT_CUDA_DEVICE
+from engine.variants import BuildContext, Variant
 
 Progress = Callable[[str, float], None]
 REFERENCE_FILE = "reference.npz"

@@ -12,6 +12,7 @@ import numpy as np
 
 from engine.errors import UserError
 from engine.measure.devices import cuda_index
+from engine.variants import Variant
 
 
 DEFAULT_CUDA_DEVICE = "cuda:0"
@@ -123,8 +124,8 @@ class Runtime(ABC):
         return True, None
 
     @abstractmethod
-    def load(self, variant: Any) -> Session:
-        """Load a built variant (engine.optimizations.build.Variant) into a session."""
+    def load(self, variant: Variant) -> Session:
+        """Load a built variant into a session."""
 
 
 REGISTRY: dict[str, type[Runtime]] = {}

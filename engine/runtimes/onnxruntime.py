@@ -16,6 +16,7 @@ import numpy as np
 from engine.errors import Unavailable
 from engine.measure.devices import cuda_index
 from engine.runtimes.base import Runtime, Session, register
+from engine.variants import Variant
 
 # the shared library of each GPU provider inside the onnxruntime package (Linux names)
 _PROVIDER_LIBRARIES = {"CUDAExecutionProvider": "libonnxruntime_providers_cuda.so",
@@ -247,7 +248,7 @@ class _OrtRuntime(Runtime):
             options["trt_int8_enable"] = True  # explicit QDQ scales: no calibration table
         return options
 
-    def load(self, variant: Any) -> Session:
+    def load(self, variant: Variant) -> Session:
         import onnxruntime as ort
 
         level = str(self.settings.option("graph_optimization_level", "all"))  # checked by RuntimeSettings
@@ -263,7 +264,7 @@ class _OrtRuntime(Runtime):
         session_options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         session_options.log_severity_level = 3
         gpu = self.provider != "CPUExecutionProvider"
-        provider_options = self._provider_options(str(getattr(variant, "name", "") or ""))
+        provider_options = self._provider_options(variant.name)
         providers: list[Any] = [(self.provider, provider_options)]
         preloaded = ""
         if gpu:
@@ -276,7 +277,7 @@ class _OrtRuntime(Runtime):
         try:
             # enable_fallback=0: onnxruntime's Python wrapper would otherwise retry a failing provider on the
             # CPU, at creation and even inside run(), printing a banner: a silent CPU measurement
-            session = ort.InferenceSession(str(variant.path), sess_options=session_options, providers=providers,
+            session = ort.InferenceSession(str(variant.file), sess_options=session_options, providers=providers,
                                            enable_fallback=0)
         except (RuntimeError, ValueError) as exc:
             if not gpu:

@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 
 from engine.runtimes.base import Runtime, Session, register
+from engine.variants import Variant
 
 
 class OpenVinoSession(Session):
@@ -47,11 +48,11 @@ class OpenVinoCpu(Runtime):
     options = ("inference_precision",)
     requires = ("openvino",)
 
-    def load(self, variant: Any) -> Session:
+    def load(self, variant: Variant) -> Session:
         import openvino as ov
 
         core = ov.Core()
-        model = core.read_model(str(variant.path))
+        model = core.read_model(str(variant.file))
         config = {
             "INFERENCE_NUM_THREADS": self.settings.threads,
             "PERFORMANCE_HINT": "LATENCY",

@@ -20,6 +20,7 @@ import numpy as np
 from engine.errors import Unavailable
 from engine.runtimes.base import Runtime, Session, register
 from engine.runtimes.torch_cuda import torch_cuda_available
+from engine.variants import Variant
 
 DEFAULT_WORKSPACE_MB = 4096
 # trt.DataType member names -> torch dtype names (trt.nptype knows no bfloat16 or fp8; torch does)
@@ -195,7 +196,7 @@ class TensorRTRuntime(Runtime):
             return False, "the Python package 'tensorrt' is not installed (requirements-gpu.txt)"
         return torch_cuda_available()
 
-    def load(self, variant: Any) -> Session:
+    def load(self, variant: Variant) -> Session:
         import tensorrt as trt
         import torch
 
@@ -213,12 +214,12 @@ class TensorRTRuntime(Runtime):
         gpu = torch.cuda.get_device_name(torch.device(device))
         capability = torch.cuda.get_device_capability(torch.device(device))
         folder = sub_dir("tensorrt")
-        key = engine_key(Path(variant.path), shapes, trt.__version__, f"{gpu} sm{capability}", workspace_mb, tf32)
+        key = engine_key(variant.file, shapes, trt.__version__, f"{gpu} sm{capability}", workspace_mb, tf32)
         plan_path = folder / "engines" / f"{key}.plan"
         start = time.perf_counter()
         built = not plan_path.is_file()
         if built:
-            plan = build_engine(trt, logger, Path(variant.path), shapes, workspace_mb,
+            plan = build_engine(trt, logger, variant.file, shapes, workspace_mb,
                                 folder / timing_cache_name(trt.__version__, gpu, capability), tf32)
             plan_path.parent.mkdir(parents=True, exist_ok=True)
             _write_atomic(plan_path, plan)

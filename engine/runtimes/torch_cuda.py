@@ -11,6 +11,7 @@ import numpy as np
 from engine.errors import Unavailable
 from engine.runtimes.base import Runtime, Session, register
 from engine.runtimes.torch_eager import set_torch_threads
+from engine.variants import Variant
 
 
 def torch_cuda_available() -> tuple[bool, str | None]:
@@ -122,7 +123,7 @@ class _TorchCudaRuntime(Runtime):
     def _device(self) -> str:
         return self.settings.cuda_device
 
-    def _module(self, variant: Any) -> Any:
+    def _module(self, variant: Variant) -> Any:
         import torch
 
         if not torch.cuda.is_available():
@@ -134,7 +135,7 @@ class _TorchCudaRuntime(Runtime):
         torch.backends.cudnn.allow_tf32 = tf32
         return variant.module.to(self._device())
 
-    def _session(self, module: Any, variant: Any, cuda_graph: bool) -> CudaTorchSession:
+    def _session(self, module: Any, variant: Variant, cuda_graph: bool) -> CudaTorchSession:
         session = CudaTorchSession(module, variant.input_names, self._device(), cuda_graph)
         session.applied["tf32"] = bool(self.settings.option("tf32", False))
         return session
@@ -146,7 +147,7 @@ class TorchCuda(_TorchCudaRuntime):
     summary = "PyTorch eager on a CUDA GPU (CUDA events; optional CUDA graphs)"
     options = ("device", "cuda_graph", "tf32")
 
-    def load(self, variant: Any) -> Session:
+    def load(self, variant: Variant) -> Session:
         return self._session(self._module(variant), variant, bool(self.settings.option("cuda_graph", False)))
 
 
@@ -156,7 +157,7 @@ class TorchCompileCuda(_TorchCudaRuntime):
     summary = "torch.compile (inductor) on a CUDA GPU; compile time is cold start"
     options = ("device", "compile_mode", "tf32")
 
-    def load(self, variant: Any) -> Session:
+    def load(self, variant: Variant) -> Session:
         import torch
 
         mode = self.settings.option("compile_mode", "default")

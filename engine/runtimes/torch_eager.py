@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 
 from engine.runtimes.base import RuntimeSettings, Runtime, Session, register
+from engine.variants import Variant
 
 
 def set_torch_threads(settings: RuntimeSettings) -> None:
@@ -59,7 +60,7 @@ class TorchEager(Runtime):
     summary = "PyTorch eager mode under torch.inference_mode"
     requires = ("torch",)
 
-    def load(self, variant: Any) -> Session:
+    def load(self, variant: Variant) -> Session:
         set_torch_threads(self.settings)
         return TorchSession(variant.module, variant.input_names)
 
@@ -72,7 +73,7 @@ class TorchCompile(Runtime):
     options = ("compile_mode",)
     requires = ("torch",)
 
-    def load(self, variant: Any) -> Session:
+    def load(self, variant: Variant) -> Session:
         import torch
 
         set_torch_threads(self.settings)
@@ -91,11 +92,11 @@ class TorchScriptRuntime(Runtime):
     options = ("freeze",)
     requires = ("torch",)
 
-    def load(self, variant: Any) -> Session:
+    def load(self, variant: Variant) -> Session:
         import torch
 
         set_torch_threads(self.settings)
-        module = torch.jit.load(str(variant.path), map_location="cpu").eval()
+        module = torch.jit.load(str(variant.file), map_location="cpu").eval()
         freeze = bool(self.settings.option("freeze", True))
         if freeze:
             module = torch.jit.freeze(module)

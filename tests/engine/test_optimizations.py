@@ -16,7 +16,8 @@ import pytest
 from engine.errors import NotApplicable, UserError
 from engine.optimizations import REGISTRY, Chain, parse_chain
 from engine.optimizations.base import STAGE_ORDER, OptConfig, Step, chain_from_json
-from engine.optimizations.build import BuildContext, build_variant, not_applicable_reason
+from engine.optimizations.build import build_variant, not_applicable_reason
+from engine.variants import BuildContext
 
 ROOT = Path(__file__).resolve().parents[2]
 EXPECTED_IDS = {"onnx-export", "int8-dynamic", "int8-static", "fp16"}

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from engine.optimizations import parse_chain
-from engine.optimizations.build import BuildContext, build_variant
+from engine.optimizations.build import build_variant
+from engine.variants import BuildContext
 
 # one channel of the damaged layer's input this many times larger than the rest: a per-tensor int8 scale
 # wide enough for it rounds the ordinary channels to a few levels

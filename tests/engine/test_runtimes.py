@@ -11,8 +11,8 @@ import pytest
 
 from engine.errors import Unavailable, UserError
 from engine.measure.devices import cuda_devices
-from engine.optimizations.build import Variant
 from engine.runtimes import REGISTRY, RuntimeSettings, Session, availability, get
+from engine.variants import Variant
 
 CPU_RUNTIMES = [("torch", "torch"), ("torchscript", "torchscript"), ("onnxruntime", "onnx"), ("openvino", "onnx")]
 NO_GPU = not cuda_devices()[0]

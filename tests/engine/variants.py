@@ -8,7 +8,8 @@ from typing import Any
 import numpy as np
 
 from engine.optimizations import parse_chain
-from engine.optimizations.build import BuildContext, build_variant
+from engine.optimizations.build import build_variant
+from engine.variants import BuildContext
 
 
 def build_onnx(path: Path, chain: str) -> Any:

@@ -93,7 +93,7 @@ def check_cell(artifact: Any, runtime_id: str, options: dict[str, Any], variant:
     from engine.measure.latency import MeasureSettings, measure
     from engine.optimizations import parse_chain
     from engine.optimizations.build import build_variant, not_applicable_reason
-    from engine.runtimes import RuntimeSettings, get
+    from engine.runtimes import get
     from engine.variants import BuildContext
 
     runtime_cls = get(runtime_id)
@@ -105,9 +105,9 @@ def check_cell(artifact: Any, runtime_id: str, options: dict[str, Any], variant:
     try:
         built = build_variant(artifact, chain, runtime_cls.consumes,
                               BuildContext(artifact.spec, runtime_cls.device))
-        settings = RuntimeSettings(threads=4, options={"input_shapes": artifact.spec.shapes(batch), **options})
+        runtime = runtime_cls.create(4, options, input_shapes=artifact.spec.shapes(batch))
         start = time.perf_counter()
-        with runtime_cls(settings).load(built) as session:
+        with runtime.load(built) as session:
             row["load_s"] = time.perf_counter() - start
             outputs = run_batches(session, inputs, batch)
             prepared = session.prepare(take_batch(inputs, 0, batch))
@@ -129,7 +129,7 @@ def synchronization_check() -> dict[str, Any]:
     import torch
 
     from engine.measure.latency import MeasureSettings, measure
-    from engine.runtimes import RuntimeSettings, get
+    from engine.runtimes import get
     from engine.variants import Variant
 
     class Heavy(torch.nn.Module):
@@ -144,7 +144,7 @@ def synchronization_check() -> dict[str, Any]:
 
     checks: dict[str, Any] = {}
     for label, options in (("eager", {}), ("cuda_graph", {"cuda_graph": True})):
-        with get("torch-cuda")(RuntimeSettings(threads=1, options=options)).load(variant) as session:
+        with get("torch-cuda").create(1, options).load(variant) as session:
             prepared = session.prepare({"x": x})
             session.run(prepared)
             session.synchronize()

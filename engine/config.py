@@ -128,7 +128,7 @@ def describe(cls: type) -> dict[str, str]:
         if get_origin(hint) is Literal:
             *head, last = map(str, get_args(hint))
             text += f": {', '.join(head)} or {last}" if head else f": {last}"
-        out[f.name] = text if f.default is dataclasses.MISSING else f"{text} (default {to_text(f.default)})"
+        out[f.name] = text if f.default is dataclasses.MISSING else f"{text} (default {to_text(f.default) or 'empty'})"
     return out
 
 

@@ -11,6 +11,7 @@ from engine.runtimes import openvino  # noqa: F401
 from engine.runtimes.base import (
     REGISTRY,
     Runtime,
+    RuntimeOptions,
     RuntimeSettings,
     Session,
     availability,
@@ -22,5 +23,5 @@ from engine.runtimes.base import (
 if os.environ.get("PARETOSCOPE_TEST_RUNTIMES") == "1":
     from engine.runtimes import testing  # noqa: F401  (misbehaving runtimes for the worker's tests)
 
-__all__ = ["REGISTRY", "Runtime", "RuntimeSettings", "Session", "availability", "check_runtime_options", "get",
-           "parse_runtime_options"]
+__all__ = ["REGISTRY", "Runtime", "RuntimeOptions", "RuntimeSettings", "Session", "availability",
+           "check_runtime_options", "get", "parse_runtime_options"]

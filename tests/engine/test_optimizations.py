@@ -262,9 +262,9 @@ def _initializers(path: Path) -> dict[str, np.ndarray]:
 
 
 def _run(variant: Any, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-    from engine.runtimes import RuntimeSettings, get
+    from engine.runtimes import get
 
-    with get("onnxruntime")(RuntimeSettings(threads=1)).load(variant) as session:
+    with get("onnxruntime").create(threads=1).load(variant) as session:
         return session.fetch(session.run(session.prepare(feeds)))
 
 

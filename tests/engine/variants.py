@@ -22,7 +22,7 @@ def build_onnx(path: Path, chain: str) -> Any:
 
 def run_variant(variant: Any, runtime: str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
     """The variant's outputs for `feeds` on `runtime`, one thread."""
-    from engine.runtimes import RuntimeSettings, get
+    from engine.runtimes import get
 
-    with get(runtime)(RuntimeSettings(threads=1)).load(variant) as session:
+    with get(runtime).create(threads=1).load(variant) as session:
         return session.fetch(session.run(session.prepare(feeds)))

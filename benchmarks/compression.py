@@ -77,7 +77,8 @@ def parameter_counts(model_path: Path, variants: list[str], data: Path | None, s
     from engine.artifacts import intake
     from engine.data import load_npz
     from engine.optimizations import Chain, parse_chain
-    from engine.optimizations.build import BuildContext, build_variant
+    from engine.optimizations.build import build_variant
+    from engine.variants import BuildContext
 
     model = intake(model_path, seq_len=seq_len)
     dataset = load_npz(data, model.spec) if data else None

@@ -90,8 +90,9 @@ def check_cell(artifact: Any, runtime_id: str, options: dict[str, Any], variant:
     from engine.job import run_batches
     from engine.measure.latency import MeasureSettings, measure
     from engine.optimizations import parse_chain
-    from engine.optimizations.build import BuildContext, build_variant, not_applicable_reason
-    from engine.runtimes import RuntimeSettings, get
+    from engine.optimizations.build import build_variant, not_applicable_reason
+    from engine.runtimes import get
+    from engine.variants import BuildContext
 
     runtime_cls = get(runtime_id)
     row: dict[str, Any] = {"runtime": runtime_id, "options": options, "variant": variant, "limit": LIMITS[variant]}
@@ -102,9 +103,9 @@ def check_cell(artifact: Any, runtime_id: str, options: dict[str, Any], variant:
     try:
         built = build_variant(artifact, chain, runtime_cls.consumes,
                               BuildContext(artifact.spec, runtime_cls.device))
-        settings = RuntimeSettings(threads=4, options={"input_shapes": artifact.spec.shapes(batch), **options})
+        runtime = runtime_cls.create(4, options, input_shapes=artifact.spec.shapes(batch))
         start = time.perf_counter()
-        with runtime_cls(settings).load(built) as session:
+        with runtime.load(built) as session:
             row["load_s"] = time.perf_counter() - start
             outputs = run_batches(session, inputs, batch)
             prepared = session.prepare(take_batch(inputs, 0, batch))
@@ -126,7 +127,8 @@ def synchronization_check() -> dict[str, Any]:
     import torch
 
     from engine.measure.latency import MeasureSettings, measure
-    from engine.runtimes import RuntimeSettings, get
+    from engine.runtimes import get
+    from engine.variants import Variant
 
     class Heavy(torch.nn.Module):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -136,13 +138,11 @@ def synchronization_check() -> dict[str, Any]:
 
     x = np.random.default_rng(0).standard_normal((1, 2048, 2048)).astype(np.float32)
 
-    class V:
-        module = Heavy()
-        input_names = ["x"]
+    variant = Variant("heavy", "torch", None, 0, [], 0.0, False, module=Heavy(), input_names=["x"])
 
     checks: dict[str, Any] = {}
     for label, options in (("eager", {}), ("cuda_graph", {"cuda_graph": True})):
-        with get("torch-cuda")(RuntimeSettings(threads=1, options=options)).load(V()) as session:
+        with get("torch-cuda").create(1, options).load(variant) as session:
             prepared = session.prepare({"x": x})
             session.run(prepared)
             session.synchronize()

@@ -114,13 +114,14 @@ def load(size: Size, folder: Path, threads: int) -> tuple[Any, Any, Any, dict[st
     from engine.artifacts import intake
     from engine.data import eval_set, synthesis_summary, synthesize, take_batch
     from engine.optimizations import Chain
-    from engine.optimizations.build import BuildContext, build_variant
+    from engine.optimizations.build import build_variant
     from engine.plan import StudySettings
-    from engine.runtimes import RuntimeSettings, get
+    from engine.runtimes import get
+    from engine.variants import BuildContext
 
     model = intake(size.make(folder), seq_len=size.seq_len)
     variant = build_variant(model, Chain(()), "onnx", BuildContext(model.spec))
-    session = get("onnxruntime")(RuntimeSettings(threads)).load(variant)
+    session = get("onnxruntime").create(threads).load(variant)
     if size.inputs == SAME:
         prepared = session.prepare(synthesize(model.spec, size.batch))
         same = synthesis_summary(model.spec)

@@ -28,11 +28,11 @@ from engine.errors import Unavailable
 from engine.executors.tasks import ProgressFn, task
 from engine.measure import accuracy, gpu, latency, memory, noise, rounds
 from engine.optimizations.base import Chain
-from engine.optimizations.build import BuildContext, Variant, build_variant
+from engine.optimizations.build import build_variant
 from engine.plan import Cell, StudySettings
 from engine.results import CellResult, Fidelity, LatencySummary, Rounds, Status, TaskMetric
-from engine.runtimes import Runtime, RuntimeSettings, Session, get
-from engine.runtimes.base import DEFAULT_CUDA_DEVICE
+from engine.runtimes import Runtime, Session, get
+from engine.variants import BuildContext, Variant
 
 Progress = Callable[[str, float], None]
 REFERENCE_FILE = "reference.npz"
@@ -68,7 +68,7 @@ def compute_reference(study_dir: Path, model: Artifact, data_path: str | None, s
     inputs, labels = eval_set(dataset, model.spec, settings.eval_samples, settings.padding)
     runtime_id, options = ("onnxruntime", {"graph_optimization_level": "disable"}) if model.format == ONNX else (
         ("torchscript", {"freeze": False}) if model.format == TORCHSCRIPT else ("torch", {}))
-    runtime = get(runtime_id)(RuntimeSettings(settings.threads, options))
+    runtime = get(runtime_id).create(settings.threads, options)
     ctx = BuildContext(model.spec)
     variant = build_variant(model, Chain(()), runtime.consumes, ctx)
     with runtime.load(variant) as session:
@@ -137,14 +137,14 @@ def open_cell(model: Artifact, cell: Cell, settings: StudySettings, data_path: s
     ok, why = runtime_cls.available()
     if not ok:
         raise Unavailable(why or f"{cell.runtime} is unavailable")
-    options = dict(settings.runtime_options.get(cell.runtime, {}))
-    options.setdefault("input_shapes", model.spec.shapes(cell.batch_size))  # engines built for this cell's shapes
-    runtime = runtime_cls(RuntimeSettings(settings.threads, options))
+    # TensorRT builds its engine for this cell's input shapes
+    runtime = runtime_cls.create(settings.threads, settings.runtime_options.get(cell.runtime),
+                                 input_shapes=model.spec.shapes(cell.batch_size))
     dataset = _dataset(model, data_path)
     calibration_source = "the calib split" if dataset is not None and "calib" in dataset.splits else (
         "the sample data" if dataset is not None else "synthesized inputs")
     # the cell's CUDA device (cuda:N) for GPU runtimes: training, NVML metrics
-    gpu_device = str(options.get("device", DEFAULT_CUDA_DEVICE)) if runtime_cls.device == "cuda" else None
+    gpu_device = runtime.settings.options.cuda_device
     ctx = BuildContext(
         model.spec, runtime_cls.device, gpu=gpu_device,
         calibration_data=lambda n: calib_set(dataset, model.spec, n, settings.padding),

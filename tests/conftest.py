@@ -190,7 +190,8 @@ def shared_build(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-u
     def build(model: Path, chain: str = "baseline", target: str = "onnx"):  # type: ignore[no-untyped-def]
         from engine.artifacts import intake
         from engine.optimizations import parse_chain
-        from engine.optimizations.build import BuildContext, build_variant
+        from engine.optimizations.build import build_variant
+        from engine.variants import BuildContext
 
         key = (str(model), chain, target)
         if key not in memo:

@@ -9,7 +9,8 @@ import pytest
 
 HEAVY = ("torch", "onnxruntime", "openvino", "onnx", "transformers", "tensorrt", "nncf")
 LIGHT_MODULES = ("engine", "engine.artifacts", "engine.data", "engine.plan", "engine.optimizations",
-                 "engine.runtimes", "engine.study", "engine.__main__", "engine.measure.environment")
+                 "engine.runtimes", "engine.study", "engine.__main__", "engine.measure.environment",
+                 "engine.variants")
 
 
 @pytest.mark.parametrize("module", LIGHT_MODULES)

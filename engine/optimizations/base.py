@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal, get_args, get_origin
+from typing import Any, ClassVar, Literal
 
+from engine.config import Config, to_text
 from engine.errors import UserError
 
 # protobuf's limit is 2 GB: above this, ONNX models are written with their weights as external data
@@ -21,40 +20,18 @@ STAGE_ORDER = {"torch": 0, "convert": 1, "format": 2}
 
 
 @dataclass(frozen=True)
-class OptConfig:
-    """Base of every optimization's parameters: frozen, validated, JSON round-tripping."""
-
-    def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> OptConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise UserError(f"unknown parameter(s) {unknown}; known: {sorted(names)}")
-        hints = typing.get_type_hints(cls)
-        # JSON has no tuples: turn lists back into the tuples the fields hold, so equality and names survive
-        values = {k: tuple(v) if isinstance(v, list) and get_origin(hints[k]) is tuple else v for k, v in data.items()}
-        return cls(**values)
+class OptConfig(Config):
+    """Base of every optimization's parameters: frozen, validated, JSON round-tripping (engine.config)."""
 
     def suffix(self) -> str:
         """The non-default parameters as `k=v,...` for the canonical variant name."""
         defaults = type(self)()
         parts = [
-            f"{f.name}={_fmt(getattr(self, f.name))}"
+            f"{f.name}={to_text(getattr(self, f.name))}"
             for f in dataclasses.fields(self)
             if getattr(self, f.name) != getattr(defaults, f.name)
         ]
         return ",".join(parts)
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, tuple):
-        return "|".join(str(v) for v in value)
-    return str(value)
 
 
 @dataclass(frozen=True)
@@ -142,57 +119,24 @@ def parse_step(text: str) -> Step:
     if opt_id not in REGISTRY:
         raise UserError(f"unknown optimization '{opt_id}'; known: {', '.join(sorted(REGISTRY))}")
     opt = REGISTRY[opt_id]
-    fields = [f for f in dataclasses.fields(opt.config)]
-    values: dict[str, Any] = {}
+    names = opt.config.field_names()
+    values: dict[str, str] = {}
     for i, item in enumerate(p for p in params.split(",") if p.strip()):
         key, eq, raw = item.partition("=")
         if not eq:
-            if i > 0 or not fields:
+            if i > 0 or not names:
                 raise UserError(f"'{text}': write parameters as key=value after the first one")
-            key, raw = fields[0].name, item
+            key, raw = names[0], item
         key = key.strip()
-        field = next((f for f in fields if f.name == key), None)
-        if field is None:
-            known = ", ".join(f.name for f in fields) or "none"
+        if key not in names:
+            known = ", ".join(names) or "none"
             raise UserError(f"'{text}': unknown parameter '{key}' for {opt_id} (known: {known})")
-        values[key] = _coerce(opt.config, field, raw.strip(), text)
+        values[key] = raw.strip()
     try:
-        config = opt.config(**values)
-    except (ValueError, TypeError) as exc:
+        config = opt.config.parse(values)
+    except (ValueError, TypeError) as exc:  # a value its type or its config's checks refuse, named
         raise UserError(f"'{text}': {exc}") from exc
     return Step(opt_id, config)
-
-
-def _coerce(owner: type, field: dataclasses.Field[Any], raw: str, text: str) -> Any:
-    hint = typing.get_type_hints(owner)[field.name]
-    origin = get_origin(hint)
-    try:
-        if hint is bool:
-            if raw.lower() in ("1", "true", "yes", "on"):
-                return True
-            if raw.lower() in ("0", "false", "no", "off"):
-                return False
-            raise ValueError
-        if hint is int:
-            return int(raw)
-        if hint is float:
-            return float(raw)
-        if origin is Literal:
-            choices = get_args(hint)
-            match = next((c for c in choices if str(c).lower() == raw.lower()), None)
-            if match is None:
-                raise UserError(f"'{text}': {field.name}={raw} is not one of {', '.join(map(str, choices))}")
-            return match
-        if origin is tuple:
-            return tuple(v for v in raw.split("|") if v)
-        if origin in (types.UnionType, typing.Union) and type(None) in get_args(hint):
-            inner = next(a for a in get_args(hint) if a is not type(None))
-            if raw.lower() in ("none", "null", ""):
-                return None
-            return inner(raw)
-        return raw
-    except ValueError as exc:
-        raise UserError(f"'{text}': {field.name}={raw} is not a valid {getattr(hint, '__name__', hint)}") from exc
 
 
 def parse_chain(text: str) -> Chain:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine.optimizations.base import OptConfig, implementation, register
+from engine.variants import BuildContext
 
 
 @dataclass(frozen=True)
@@ -18,7 +19,7 @@ register("bf16", stage="format", config=Bf16Config, formats=("torch",),
 
 
 @implementation("bf16", "torch")
-def bf16_torch(module: Any, config: Bf16Config, ctx: Any) -> Any:
+def bf16_torch(module: Any, config: Bf16Config, ctx: BuildContext) -> Any:
     import torch
 
     return module.to(torch.bfloat16)

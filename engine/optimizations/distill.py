@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 
 from engine.errors import NotApplicable
 from engine.optimizations.base import OptConfig, implementation, register
+from engine.variants import BuildContext
 
 # Learning rates chosen when lr=0: AdamW on transformers wants a far smaller step than on small conv nets.
 AUTO_LR_TRANSFORMER = 1e-4
@@ -77,7 +78,7 @@ register("distill", stage="torch", config=DistillConfig, formats=("torch",),
 
 
 @implementation("distill", "torch")
-def distill(student: Any, config: DistillConfig, ctx: Any) -> Any:
+def distill(student: Any, config: DistillConfig, ctx: BuildContext) -> Any:
     import torch
 
     from engine.modules import HFWrapper, parameter_count
@@ -168,7 +169,7 @@ def _is_transformer(module: Any) -> bool:
     return False
 
 
-def _keep_layers(student: Any, count: int, ctx: Any) -> None:
+def _keep_layers(student: Any, count: int, ctx: BuildContext) -> None:
     from engine.optimizations import surgery
     from engine.optimizations.encoders import find_encoder
 
@@ -269,7 +270,7 @@ def _run(module: Any, tensors: list[Any], index: Any, device: str = "cpu") -> li
 
 
 def _train(student: Any, teacher: Any, tensors: list[Any], labels: Any, config: DistillConfig, lr: float,
-           masks: list[tuple[Any, Any]], ctx: Any, device: str = "cpu") -> tuple[float, float, bool]:
+           masks: list[tuple[Any, Any]], ctx: BuildContext, device: str = "cpu") -> tuple[float, float, bool]:
     import torch
     import torch.nn.functional as F
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.optimizations.base import LARGE_ONNX_BYTES, OptConfig, implementation, register
+from engine.variants import BuildContext
 
 
 @dataclass(frozen=True)
@@ -21,7 +22,7 @@ register("fp16", stage="format", config=Fp16Config, formats=("onnx", "torch"),
 
 
 @implementation("fp16", "onnx")
-def fp16_onnx(src: Path, dst: Path, config: Fp16Config, ctx: Any) -> None:
+def fp16_onnx(src: Path, dst: Path, config: Fp16Config, ctx: BuildContext) -> None:
     import onnx
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
@@ -33,6 +34,6 @@ def fp16_onnx(src: Path, dst: Path, config: Fp16Config, ctx: Any) -> None:
 
 
 @implementation("fp16", "torch")
-def fp16_torch(module: Any, config: Fp16Config, ctx: Any) -> Any:
+def fp16_torch(module: Any, config: Fp16Config, ctx: BuildContext) -> Any:
     # Only CUDA devices reach here (torch_devices): CPU half kernels are slow or missing.
     return module.half()

@@ -11,6 +11,7 @@ import numpy as np
 
 from engine.errors import NotApplicable, Unavailable, UserError
 from engine.optimizations.base import LARGE_ONNX_BYTES, OptConfig, implementation, register
+from engine.variants import BuildContext
 
 # NNCF's own default SmoothQuant alpha for MatMuls (AdvancedSmoothQuantParameters().matmul in nncf 3.4). On the
 # pretrained all-MiniLM-L6-v2 it gave cosine 0.996 to fp32; SmoothQuant off gave 0.987 (issue #13's research).
@@ -79,7 +80,7 @@ def calibration_items(arrays: dict[str, np.ndarray], fixed_batch: int | None) ->
 
 
 @implementation("int8-nncf", "onnx")
-def int8_nncf_onnx(src: Path, dst: Path, config: Int8NncfConfig, ctx: Any) -> None:
+def int8_nncf_onnx(src: Path, dst: Path, config: Int8NncfConfig, ctx: BuildContext) -> None:
     ok, why = nncf_available()
     if not ok:
         raise Unavailable(why)

@@ -14,6 +14,7 @@ from typing import Any
 
 from engine.errors import NotApplicable
 from engine.optimizations.base import OptConfig, implementation, register
+from engine.variants import BuildContext
 
 _TORCHSCRIPT_STRUCTURED = (
     "prune-structured cannot rewrite a TorchScript archive (compiled code with its shapes baked in); "
@@ -79,7 +80,7 @@ def linear_and_conv_weights(module: Any) -> list[tuple[str, Any]]:
 
 
 @implementation("prune-unstructured", "torch")
-def prune_unstructured(module: Any, config: PruneUnstructuredConfig, ctx: Any) -> Any:
+def prune_unstructured(module: Any, config: PruneUnstructuredConfig, ctx: BuildContext) -> Any:
     import torch
 
     weights = linear_and_conv_weights(module)
@@ -103,7 +104,7 @@ def prune_unstructured(module: Any, config: PruneUnstructuredConfig, ctx: Any) -
 
 
 @implementation("prune-structured", "torch")
-def prune_structured(module: Any, config: PruneStructuredConfig, ctx: Any) -> Any:
+def prune_structured(module: Any, config: PruneStructuredConfig, ctx: BuildContext) -> Any:
     import torch
 
     from engine.modules import HFWrapper, example_tensors, parameter_count
@@ -125,7 +126,7 @@ def prune_structured(module: Any, config: PruneStructuredConfig, ctx: Any) -> An
     return module
 
 
-def _prune_graph(module: Any, config: PruneStructuredConfig, ctx: Any) -> str:
+def _prune_graph(module: Any, config: PruneStructuredConfig, ctx: BuildContext) -> str:
     from engine.optimizations.fx_channels import prune_graph
 
     edits, report = prune_graph(module, config.ratio)
@@ -143,7 +144,7 @@ def _prune_graph(module: Any, config: PruneStructuredConfig, ctx: Any) -> str:
     return f"the channels of {report.pruned} group(s) ({ops}; {report.channels_before} -> {report.channels_after})"
 
 
-def _prune_encoder(module: Any, config: PruneStructuredConfig, ctx: Any) -> str:
+def _prune_encoder(module: Any, config: PruneStructuredConfig, ctx: BuildContext) -> str:
     from engine.optimizations.encoders import find_encoder
 
     encoder = find_encoder(module)

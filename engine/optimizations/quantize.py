@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from engine.errors import NotApplicable
 from engine.optimizations.base import LARGE_ONNX_BYTES, OptConfig, implementation, register
+from engine.variants import BuildContext
 
 # Dynamic quantization rewrites MatMul/Attention only by default: ONNX Runtime's CPU ConvInteger
 # has no int8-weight kernel, and quantizing embeddings (Gather) costs accuracy for little speed.
@@ -157,7 +158,7 @@ def preprocess(src: Path, scratch: Path, notes: list[str]) -> Path:
 
 
 @implementation("int8-dynamic", "onnx")
-def int8_dynamic_onnx(src: Path, dst: Path, config: Int8DynamicConfig, ctx: Any) -> None:
+def int8_dynamic_onnx(src: Path, dst: Path, config: Int8DynamicConfig, ctx: BuildContext) -> None:
     from onnxruntime.quantization import quantize_dynamic
 
     with tempfile.TemporaryDirectory(prefix="quant-", dir=dst.parent) as scratch:
@@ -171,7 +172,7 @@ def int8_dynamic_onnx(src: Path, dst: Path, config: Int8DynamicConfig, ctx: Any)
 
 
 @implementation("int8-dynamic", "torch")
-def int8_dynamic_torch(module: Any, config: Int8DynamicConfig, ctx: Any) -> Any:
+def int8_dynamic_torch(module: Any, config: Int8DynamicConfig, ctx: BuildContext) -> Any:
     import torch
 
     if isinstance(module, torch.jit.ScriptModule):
@@ -217,7 +218,7 @@ def _reader(arrays: dict[str, Any], batch: int) -> Any:
 
 
 @implementation("int8-static", "onnx")
-def int8_static_onnx(src: Path, dst: Path, config: Int8StaticConfig, ctx: Any) -> None:
+def int8_static_onnx(src: Path, dst: Path, config: Int8StaticConfig, ctx: BuildContext) -> None:
     with tempfile.TemporaryDirectory(prefix="quant-", dir=dst.parent) as scratch:
         _int8_static(preprocess(src, Path(scratch), ctx.notes), dst, config, ctx, Path(scratch))
     _count_quantized(dst)
@@ -228,7 +229,7 @@ def int8_static_onnx(src: Path, dst: Path, config: Int8StaticConfig, ctx: Any) -
 Quantize = Callable[[Path, set[str], str | None], None]
 
 
-def _int8_static(pre: Path, dst: Path, config: Int8StaticConfig, ctx: Any, scratch: Path) -> None:
+def _int8_static(pre: Path, dst: Path, config: Int8StaticConfig, ctx: BuildContext, scratch: Path) -> None:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_static
 
     arrays = ctx.calibration(config.calibration_samples)
@@ -334,7 +335,7 @@ def _worst_cosine(fid: dict[str, Any]) -> float:
 
 
 def _keep_sensitive_float(pre: Path, dst: Path, quantize: Quantize, held_out: dict[str, Any],
-                          ops: list[str] | None, config: Int8StaticConfig, ctx: Any, scratch: Path) -> None:
+                          ops: list[str] | None, config: Int8StaticConfig, ctx: BuildContext, scratch: Path) -> None:
     """int8-static:max_drop=D: leave the nodes int8 hurts most in float until the cosine to fp32 on held-out
     samples is at least 1 - D.
 

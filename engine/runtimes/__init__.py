@@ -9,6 +9,7 @@ from engine.runtimes import openvino  # noqa: F401
 from engine.runtimes.base import (
     REGISTRY,
     Runtime,
+    RuntimeOptions,
     RuntimeSettings,
     Session,
     availability,
@@ -21,5 +22,5 @@ from engine.plugins import load_plugins
 
 load_plugins()  # after the built-in runtimes: a plugin's runtime may build on one of them
 
-__all__ = ["REGISTRY", "Runtime", "RuntimeSettings", "Session", "availability", "check_runtime_options", "get",
-           "parse_runtime_options"]
+__all__ = ["REGISTRY", "Runtime", "RuntimeOptions", "RuntimeSettings", "Session", "availability",
+           "check_runtime_options", "get", "parse_runtime_options"]

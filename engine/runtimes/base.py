@@ -4,42 +4,79 @@ from __future__ import annotations
 
 import importlib.util
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, Self, TypeVar, cast
 
 import numpy as np
 
+from engine.config import BadValue, Config, check_types, describe, param, to_text
 from engine.errors import UserError
 from engine.measure.devices import cuda_index
+from engine.variants import Variant
 
 
 DEFAULT_CUDA_DEVICE = "cuda:0"
 
 
 @dataclass(frozen=True)
-class RuntimeSettings:
-    """Settings every runtime honours alike (threads) plus runtime-specific options, all recorded."""
+class RuntimeOptions(Config):
+    """Base of a runtime's options (`--option RUNTIME.KEY=VALUE`): each field has a default and a help text
+    (engine.config.param); a subclass checks its values in __post_init__ after calling this one."""
+
+    def __post_init__(self) -> None:
+        check_types(self)  # stored JSON or code may hand any value
+
+    @property
+    def cuda_device(self) -> str | None:
+        """The CUDA device (cuda:N) a GPU runtime runs on; None for a CPU runtime."""
+        return None
+
+
+def tf32_option() -> Any:
+    """Every GPU runtime's `tf32` option (declared last by each, so that listings end with it)."""
+    return param(False, "allow TF32 math for fp32 matmuls and convolutions; fp32 means fp32 unless asked")
+
+
+@dataclass(frozen=True)
+class CudaOptions(RuntimeOptions):
+    """What every GPU runtime takes: its device (each also declares `tf32: bool = tf32_option()`)."""
+
+    device: str = param(DEFAULT_CUDA_DEVICE, "the CUDA device, e.g. cuda:1")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if cuda_index(self.device) is None:
+            raise BadValue("device", self.device, "cuda or cuda:N")
+
+    @property
+    def cuda_device(self) -> str | None:
+        return self.device
+
+    @property
+    def device_index(self) -> int:
+        """N of cuda:N."""
+        return cuda_index(self.device) or 0  # `or 0` for mypy: __post_init__ checked it
+
+
+OptionsT = TypeVar("OptionsT", bound=RuntimeOptions)
+
+
+@dataclass(frozen=True)
+class RuntimeSettings(Generic[OptionsT]):
+    """Settings every runtime honours alike (threads), its own typed options, and the cell's input shapes."""
 
     threads: int
-    options: dict[str, Any] = field(default_factory=dict)
+    options: OptionsT
+    # set by the engine for each cell (TensorRT builds its engine for these shapes); never a user's option
+    input_shapes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.threads < 1:
             raise UserError(f"--threads must be at least 1, got {self.threads}")
-        for name, value in self.options.items():
-            check_option_value(name, value, f"option {name}={value}")
-
-    def option(self, name: str, default: Any) -> Any:
-        return self.options.get(name, default)
-
-    @property
-    def cuda_device(self) -> str:
-        """The `device` option of GPU runtimes (cuda:N), checked when the settings were made."""
-        return str(self.options.get("device", DEFAULT_CUDA_DEVICE))
 
     def to_json(self) -> dict[str, Any]:
-        return {"threads": self.threads, **self.options}
+        return {"threads": self.threads, **self.options.to_json()}
 
 
 class Session(ABC):
@@ -100,19 +137,52 @@ class Session(ABC):
         """Release native resources; the default drops nothing."""
 
 
-class Runtime(ABC):
-    """A registered runtime: what it consumes, which device it needs, and how to load a variant."""
+class Runtime(ABC, Generic[OptionsT]):
+    """A registered runtime: what it consumes, which device it needs, its options, and how to load a variant."""
 
     id: ClassVar[str]
     consumes: ClassVar[str]  # "torch", "torchscript" or "onnx"
     device: ClassVar[str] = "cpu"
     summary: ClassVar[str] = ""
     requires: ClassVar[tuple[str, ...]] = ()  # importable modules, checked without importing them
-    # the settings a study may give this runtime (`--option RUNTIME.KEY=VALUE`), names from OPTIONS
-    options: ClassVar[tuple[str, ...]] = ()
+    # the options a study may give this runtime (`--option RUNTIME.KEY=VALUE`): the OptionsT of Runtime[OptionsT]
+    Options: ClassVar[type[RuntimeOptions]] = RuntimeOptions
 
-    def __init__(self, settings: RuntimeSettings) -> None:
+    def __init__(self, settings: RuntimeSettings[OptionsT]) -> None:
+        if type(settings.options) is not self.Options:
+            raise TypeError(f"{self.id} takes {self.Options.__name__}, not {type(settings.options).__name__}")
         self.settings = settings
+
+    @classmethod
+    def options_from_json(cls, data: Mapping[str, Any]) -> RuntimeOptions:
+        """The options from their stored form (`{name: typed value}`); a UserError names a bad key or value."""
+        for name in data:
+            cls.check_option_name(name)
+        try:
+            return cls.Options.from_json(data)
+        except (ValueError, TypeError) as exc:
+            raise cls.invalid_option(exc) from exc
+
+    @classmethod
+    def check_option_name(cls, name: str, where: str = "") -> None:
+        if name not in cls.Options.field_names():
+            known = ", ".join(sorted(cls.Options.field_names())) or "none"
+            raise UserError(f"{where}{cls.id} has no option '{name}' (its options: {known})")
+
+    @classmethod
+    def invalid_option(cls, exc: ValueError | TypeError) -> UserError:
+        """A value the Options refused, as one line naming the runtime, the option, the value and what it takes."""
+        if isinstance(exc, BadValue):
+            return UserError(f"runtime option {cls.id}.{exc.name}={to_text(exc.value)} is not valid; "
+                             f"it takes {exc.takes}")
+        return UserError(f"runtime options of {cls.id}: {exc}")
+
+    @classmethod
+    def create(cls, threads: int, options: Mapping[str, Any] | None = None, *,
+               input_shapes: Mapping[str, tuple[int, ...]] | None = None) -> Self:
+        """This runtime with the stored form of its options (`{name: value}`, defaults for the rest)."""
+        typed = cast(OptionsT, cls.options_from_json(options or {}))  # an instance of cls.Options: __init__ checks
+        return cls(RuntimeSettings(threads, typed, dict(input_shapes or {})))
 
     @classmethod
     def available(cls) -> tuple[bool, str | None]:
@@ -123,84 +193,17 @@ class Runtime(ABC):
         return True, None
 
     @abstractmethod
-    def load(self, variant: Any) -> Session:
-        """Load a built variant (engine.optimizations.build.Variant) into a session."""
+    def load(self, variant: Variant) -> Session:
+        """Load a built variant into a session."""
 
 
-REGISTRY: dict[str, type[Runtime]] = {}
-# set by the engine itself for every cell (the cell's input shapes), never by a user
-INTERNAL_OPTIONS = frozenset({"input_shapes"})
-
-
-def parse_option_value(raw: str) -> Any:
-    """`true`/`false` become booleans, integers and decimals numbers; anything else stays text."""
-    text = raw.strip()
-    if text.lower() in ("true", "false"):
-        return text.lower() == "true"
-    for convert in (int, float):
-        try:
-            return convert(text)
-        except ValueError:
-            continue
-    return text
-
-
-def _choice(*allowed: str) -> Callable[[Any], str | None]:
-    def check(value: Any) -> str | None:
-        return None if value in allowed else f"one of {', '.join(allowed)}"
-    return check
-
-
-def _boolean(value: Any) -> str | None:
-    return None if isinstance(value, bool) else "true or false"
-
-
-def _cuda_device(value: Any) -> str | None:
-    return None if cuda_index(str(value)) is not None else "cuda or cuda:N"
-
-
-def _positive_int(value: Any) -> str | None:
-    return None if isinstance(value, int) and not isinstance(value, bool) and value > 0 else "a positive integer"
-
-
-_TF32 = ("allow TF32 math for fp32 matmuls and convolutions (default false: fp32 means fp32)", _boolean)
-_COMPILE_MODE = ("torch.compile's mode (default default)",
-                 _choice("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"))
-# every option a runtime may declare: what it does and what it accepts, the same wherever it is declared
-OPTIONS: dict[str, tuple[str, Callable[[Any], str | None]]] = {
-    "device": ("the CUDA device, e.g. cuda:1 (default cuda:0)", _cuda_device),
-    "tf32": _TF32,
-    "cuda_graph": ("capture once and replay a CUDA graph (default false)", _boolean),
-    "compile_mode": _COMPILE_MODE,
-    "freeze": ("torch.jit.freeze the module before timing (default true)", _boolean),
-    "graph_optimization_level": ("disable, basic, extended or all (default all)",
-                                 _choice("disable", "basic", "extended", "all")),
-    "io_binding": ("inputs and outputs stay on the device, copies outside the timed call (default true)", _boolean),
-    "inference_precision": ("OpenVINO's INFERENCE_PRECISION_HINT: f32 (default), bf16 or f16",
-                            _choice("f32", "bf16", "f16")),
-    "workspace_mb": ("TensorRT's workspace limit in MB (default 4096)", _positive_int),
-}
-
-
-def check_option_value(name: str, value: Any, label: str) -> None:
-    """A known option's value, wherever settings are made (a user's line, stored settings, code)."""
-    if name in OPTIONS:
-        wanted = OPTIONS[name][1](value)
-        if wanted:
-            raise UserError(f"{label} is not valid; it takes {wanted}")
-
-
-def _check_option(cls: type[Runtime], name: str, value: Any, where: str, internal: bool) -> None:
-    if name not in cls.options and not (internal and name in INTERNAL_OPTIONS):
-        known = ", ".join(sorted(cls.options)) or "none"
-        raise UserError(f"{where}{cls.id} has no option '{name}' (its options: {known})")
-    check_option_value(name, value, f"runtime option {cls.id}.{name}={value}")
+REGISTRY: dict[str, type[Runtime[Any]]] = {}
 
 
 def parse_runtime_options(items: list[str]) -> dict[str, dict[str, Any]]:
-    """`RUNTIME.KEY=VALUE` items (the CLI's --option, the dashboard's lines) into per-runtime settings, each
-    checked against the runtime's declared options so that a typo is an error, not a silently ignored setting."""
-    options: dict[str, dict[str, Any]] = {}
+    """`RUNTIME.KEY=VALUE` items (the CLI's --option, the dashboard's lines) into each runtime's stored options
+    (the given keys, typed), read by the runtime's Options so that a typo is an error, not an ignored setting."""
+    texts: dict[str, dict[str, str]] = {}
     for item in (i.strip() for i in items):
         if not item:
             continue
@@ -209,40 +212,44 @@ def parse_runtime_options(items: list[str]) -> dict[str, dict[str, Any]]:
         if not eq or not dot or not runtime or not name or not raw.strip():
             raise UserError(f"runtime option '{item}' must look like RUNTIME.KEY=VALUE, "
                             "e.g. onnxruntime.graph_optimization_level=basic")
-        value = parse_option_value(raw)
-        _check_option(get(runtime), name, value, f"runtime option '{item}': ", internal=False)
-        options.setdefault(runtime, {})[name] = value
+        get(runtime).check_option_name(name, f"runtime option '{item}': ")
+        texts.setdefault(runtime, {})[name] = raw.strip()
+    options: dict[str, dict[str, Any]] = {}
+    for runtime, values in texts.items():
+        cls = get(runtime)
+        try:
+            parsed = cls.Options.parse(values).to_json()
+        except (ValueError, TypeError) as exc:
+            raise cls.invalid_option(exc) from exc
+        options[runtime] = {name: parsed[name] for name in values}
     return options
 
 
-def check_runtime_options(options: dict[str, dict[str, Any]]) -> None:
-    """Stored or programmatic settings: every runtime known, every key declared, every value valid."""
+def check_runtime_options(options: Mapping[str, Mapping[str, Any]]) -> None:
+    """Stored or programmatic settings: every runtime known, every key one of its options, every value valid."""
     for runtime, values in options.items():
-        cls = get(runtime)
-        for name, value in values.items():
-            _check_option(cls, name, value, "", internal=True)
+        get(runtime).options_from_json(values)
 
 
-def register(cls: type[Runtime]) -> type[Runtime]:
+def register(cls: type[Runtime[Any]]) -> type[Runtime[Any]]:
     if cls.id in REGISTRY:
         raise ValueError(f"runtime '{cls.id}' is registered twice")
     REGISTRY[cls.id] = cls
     return cls
 
 
-def get(runtime_id: str) -> type[Runtime]:
+def get(runtime_id: str) -> type[Runtime[Any]]:
     if runtime_id not in REGISTRY:
         raise UserError(f"unknown runtime '{runtime_id}'; known: {', '.join(REGISTRY)}")
     return REGISTRY[runtime_id]
 
 
 def availability() -> list[dict[str, Any]]:
-    """Every registered runtime with `id`, `available`, `reason`, what it consumes and its device."""
+    """Every registered runtime with `id`, `available`, `reason`, what it consumes, its device and its options
+    (name: help text)."""
     rows = []
     for cls in REGISTRY.values():
         ok, reason = cls.available()
         rows.append({"id": cls.id, "available": ok, "reason": reason, "consumes": cls.consumes,
-                     "device": cls.device, "summary": cls.summary,
-                     "options": {name: OPTIONS[name][0] for name in cls.options}})
+                     "device": cls.device, "summary": cls.summary, "options": describe(cls.Options)})
     return rows
-

@@ -8,14 +8,16 @@ import functools
 import importlib.util
 import io
 import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 import numpy as np
 
+from engine.config import param
 from engine.errors import Unavailable
-from engine.measure.devices import cuda_index
-from engine.runtimes.base import Runtime, Session, register
+from engine.runtimes.base import CudaOptions, Runtime, RuntimeOptions, Session, register, tf32_option
+from engine.variants import Variant
 
 # the shared library of each GPU provider inside the onnxruntime package (Linux names)
 _PROVIDER_LIBRARIES = {"CUDAExecutionProvider": "libonnxruntime_providers_cuda.so",
@@ -189,7 +191,22 @@ class OrtBoundSession(OrtSession):
         return super()._fetch(outputs.copy_outputs_to_cpu())
 
 
-class _OrtRuntime(Runtime):
+@dataclass(frozen=True)
+class OrtOptions(RuntimeOptions):
+    graph_optimization_level: Literal["disable", "basic", "extended", "all"] = param(
+        "all", "ONNX Runtime's graph optimizations")
+
+
+@dataclass(frozen=True)
+class OrtGpuOptions(CudaOptions, OrtOptions):  # fields: graph_optimization_level, device, io_binding, tf32
+    io_binding: bool = param(True, "inputs and outputs stay on the device, copies outside the timed call")
+    tf32: bool = tf32_option()
+
+
+_OrtOptionsT = TypeVar("_OrtOptionsT", bound=OrtOptions)
+
+
+class _OrtRuntime(Runtime[_OrtOptionsT]):
     consumes = "onnx"
     requires = ("onnxruntime",)
     provider: ClassVar[str]
@@ -214,10 +231,16 @@ class _OrtRuntime(Runtime):
             return False, mismatch
         return True, None
 
+    def _gpu_options(self) -> OrtGpuOptions:
+        options = self.settings.options
+        if not isinstance(options, OrtGpuOptions):
+            raise TypeError(f"{self.id} runs {self.provider}: its options must be OrtGpuOptions")
+        return options
+
     def _cuda_options(self) -> dict[str, Any]:
         """The CUDA provider's options: the device, and TF32 off unless asked (its default is on)."""
-        index = cuda_index(self.settings.cuda_device) or 0  # `or 0` for mypy: RuntimeSettings checked it
-        return {"device_id": index, "use_tf32": int(bool(self.settings.option("tf32", False)))}
+        gpu = self._gpu_options()
+        return {"device_id": gpu.device_index, "use_tf32": int(gpu.tf32)}
 
     def _provider_options(self, variant_name: str) -> dict[str, Any]:
         if self.provider == "CPUExecutionProvider":
@@ -247,10 +270,10 @@ class _OrtRuntime(Runtime):
             options["trt_int8_enable"] = True  # explicit QDQ scales: no calibration table
         return options
 
-    def load(self, variant: Any) -> Session:
+    def load(self, variant: Variant) -> Session:
         import onnxruntime as ort
 
-        level = str(self.settings.option("graph_optimization_level", "all"))  # checked by RuntimeSettings
+        level = self.settings.options.graph_optimization_level
         session_options = ort.SessionOptions()
         session_options.graph_optimization_level = {
             "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -263,7 +286,7 @@ class _OrtRuntime(Runtime):
         session_options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         session_options.log_severity_level = 3
         gpu = self.provider != "CPUExecutionProvider"
-        provider_options = self._provider_options(str(getattr(variant, "name", "") or ""))
+        provider_options = self._provider_options(variant.name)
         providers: list[Any] = [(self.provider, provider_options)]
         preloaded = ""
         if gpu:
@@ -276,7 +299,7 @@ class _OrtRuntime(Runtime):
         try:
             # enable_fallback=0: onnxruntime's Python wrapper would otherwise retry a failing provider on the
             # CPU, at creation and even inside run(), printing a banner: a silent CPU measurement
-            session = ort.InferenceSession(str(variant.path), sess_options=session_options, providers=providers,
+            session = ort.InferenceSession(str(variant.file), sess_options=session_options, providers=providers,
                                            enable_fallback=0)
         except (RuntimeError, ValueError) as exc:
             if not gpu:
@@ -286,7 +309,7 @@ class _OrtRuntime(Runtime):
         if not active or active[0] != self.provider:
             # onnxruntime drops a provider whose library cannot load, with a warning: never measure that
             raise Unavailable(why_provider_inactive(self.provider, active, preloaded))
-        io_binding = gpu and bool(self.settings.option("io_binding", True))
+        io_binding = gpu and self._gpu_options().io_binding
         device_id = provider_options.get("device_id", 0)
         wrapped = OrtBoundSession(session, device_id) if io_binding else OrtSession(session)
         applied = session.get_session_options()  # read back what the session took, not what was asked
@@ -295,7 +318,7 @@ class _OrtRuntime(Runtime):
                                 "inter_op_threads": applied.inter_op_num_threads, "onnxruntime": ort.__version__})
         if gpu:
             wrapped.applied.update({"io_binding": io_binding, "host_device_copies_timed": not io_binding,
-                                    "device": f"cuda:{device_id}", "tf32": bool(self.settings.option("tf32", False))})
+                                    "device": f"cuda:{device_id}", "tf32": self._gpu_options().tf32})
             wrapped.applied.update({k: v for k, v in provider_options.items()
                                     if k in ("trt_fp16_enable", "trt_int8_enable")})
             if self.provider == "TensorrtExecutionProvider":
@@ -304,26 +327,26 @@ class _OrtRuntime(Runtime):
 
 
 @register
-class OnnxRuntimeCpu(_OrtRuntime):
+class OnnxRuntimeCpu(_OrtRuntime[OrtOptions]):
     id = "onnxruntime"
     provider = "CPUExecutionProvider"
     summary = "ONNX Runtime, CPU execution provider"
-    options = ("graph_optimization_level",)
+    Options = OrtOptions
 
 
 @register
-class OnnxRuntimeCuda(_OrtRuntime):
+class OnnxRuntimeCuda(_OrtRuntime[OrtGpuOptions]):
     id = "onnxruntime-cuda"
     device = "cuda"
     provider = "CUDAExecutionProvider"
     summary = "ONNX Runtime, CUDA execution provider"
-    options = ("graph_optimization_level", "device", "io_binding", "tf32")
+    Options = OrtGpuOptions
 
 
 @register
-class OnnxRuntimeTensorRT(_OrtRuntime):
+class OnnxRuntimeTensorRT(_OrtRuntime[OrtGpuOptions]):
     id = "onnxruntime-tensorrt"
     device = "cuda"
     provider = "TensorrtExecutionProvider"
     summary = "ONNX Runtime, TensorRT execution provider"
-    options = ("graph_optimization_level", "device", "io_binding", "tf32")
+    Options = OrtGpuOptions

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
 
-from engine.runtimes.base import Runtime, Session, register
+from engine.config import param
+from engine.runtimes.base import Runtime, RuntimeOptions, Session, register
+from engine.variants import Variant
 
 
 class OpenVinoSession(Session):
@@ -39,27 +42,32 @@ class OpenVinoSession(Session):
         return [a.astype(np.float32) if a.dtype.kind == "f" else a for a in arrays]
 
 
+@dataclass(frozen=True)
+class OpenVinoOptions(RuntimeOptions):
+    # f32 unless asked: on CPUs with bf16 units the plugin would otherwise run the fp32 baseline in bf16, so its
+    # speed and accuracy would not be the variant's (inference_precision=bf16 opts in)
+    inference_precision: Literal["f32", "bf16", "f16"] = param("f32", "OpenVINO's INFERENCE_PRECISION_HINT")
+
+
 @register
-class OpenVinoCpu(Runtime):
+class OpenVinoCpu(Runtime[OpenVinoOptions]):
     id = "openvino"
     consumes = "onnx"
     summary = "OpenVINO, CPU plugin (latency hint, one stream)"
-    options = ("inference_precision",)
+    Options = OpenVinoOptions
     requires = ("openvino",)
 
-    def load(self, variant: Any) -> Session:
+    def load(self, variant: Variant) -> Session:
         import openvino as ov
 
         core = ov.Core()
-        model = core.read_model(str(variant.path))
+        model = core.read_model(str(variant.file))
         config = {
             "INFERENCE_NUM_THREADS": self.settings.threads,
             "PERFORMANCE_HINT": "LATENCY",
             "NUM_STREAMS": 1,
         }
-        # f32 unless asked: on CPUs with bf16 units the plugin would otherwise run the fp32 baseline in
-        # bf16, so its speed and accuracy would not be the variant's (inference_precision=bf16 opts in).
-        config["INFERENCE_PRECISION_HINT"] = str(self.settings.option("inference_precision", "f32"))
+        config["INFERENCE_PRECISION_HINT"] = self.settings.options.inference_precision
         compiled = core.compile_model(model, "CPU", config)
         session = OpenVinoSession(compiled, variant.input_names)
         precision = compiled.get_property("INFERENCE_PRECISION_HINT")

@@ -12,16 +12,18 @@ import importlib.util
 import os
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from engine.config import BadValue, param
 from engine.errors import Unavailable
-from engine.runtimes.base import Runtime, Session, register
+from engine.runtimes.base import CudaOptions, Runtime, Session, register, tf32_option
 from engine.runtimes.torch_cuda import torch_cuda_available
+from engine.variants import Variant
 
-DEFAULT_WORKSPACE_MB = 4096
 # trt.DataType member names -> torch dtype names (trt.nptype knows no bfloat16 or fp8; torch does)
 _TORCH_DTYPES = {"FLOAT": "float32", "HALF": "float16", "BF16": "bfloat16", "INT8": "int8", "INT32": "int32",
                  "INT64": "int64", "BOOL": "bool", "UINT8": "uint8", "FP8": "float8_e4m3fn"}
@@ -180,13 +182,24 @@ class TensorRTSession(Session):
         return float(self._torch.cuda.max_memory_allocated(self._device)) / 2**20
 
 
+@dataclass(frozen=True)
+class TensorRTOptions(CudaOptions):
+    workspace_mb: int = param(4096, "TensorRT's workspace limit in MB")
+    tf32: bool = tf32_option()
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.workspace_mb < 1:
+            raise BadValue("workspace_mb", self.workspace_mb, "a positive integer")
+
+
 @register
-class TensorRTRuntime(Runtime):
+class TensorRTRuntime(Runtime[TensorRTOptions]):
     id = "tensorrt"
     consumes = "onnx"
     device = "cuda"
     summary = "TensorRT engine built from the ONNX variant (strongly typed; CUDA events)"
-    options = ("device", "workspace_mb", "tf32")
+    Options = TensorRTOptions
     requires = ("tensorrt",)
 
     @classmethod
@@ -195,7 +208,7 @@ class TensorRTRuntime(Runtime):
             return False, "the Python package 'tensorrt' is not installed (requirements-gpu.txt)"
         return torch_cuda_available()
 
-    def load(self, variant: Any) -> Session:
+    def load(self, variant: Variant) -> Session:
         import tensorrt as trt
         import torch
 
@@ -203,22 +216,22 @@ class TensorRTRuntime(Runtime):
 
         if not torch.cuda.is_available():
             raise Unavailable("torch.cuda.is_available() is False: TensorRT needs a CUDA device")
-        device = self.settings.cuda_device
-        workspace_mb = int(self.settings.option("workspace_mb", DEFAULT_WORKSPACE_MB))
-        tf32 = bool(self.settings.option("tf32", False))
-        shapes = {k: tuple(v) for k, v in self.settings.option("input_shapes", {}).items()}
+        device = self.settings.options.device
+        workspace_mb = self.settings.options.workspace_mb
+        tf32 = self.settings.options.tf32
+        shapes = {k: tuple(v) for k, v in self.settings.input_shapes.items()}
         if not shapes:
             raise ValueError("the TensorRT runtime needs the cell's input shapes (settings.input_shapes)")
         logger = trt.Logger(trt.Logger.WARNING)
         gpu = torch.cuda.get_device_name(torch.device(device))
         capability = torch.cuda.get_device_capability(torch.device(device))
         folder = sub_dir("tensorrt")
-        key = engine_key(Path(variant.path), shapes, trt.__version__, f"{gpu} sm{capability}", workspace_mb, tf32)
+        key = engine_key(variant.file, shapes, trt.__version__, f"{gpu} sm{capability}", workspace_mb, tf32)
         plan_path = folder / "engines" / f"{key}.plan"
         start = time.perf_counter()
         built = not plan_path.is_file()
         if built:
-            plan = build_engine(trt, logger, Path(variant.path), shapes, workspace_mb,
+            plan = build_engine(trt, logger, variant.file, shapes, workspace_mb,
                                 folder / timing_cache_name(trt.__version__, gpu, capability), tf32)
             plan_path.parent.mkdir(parents=True, exist_ok=True)
             _write_atomic(plan_path, plan)

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import numpy as np
 
+from engine.config import param
 from engine.errors import Unavailable
-from engine.runtimes.base import Runtime, Session, register
-from engine.runtimes.torch_eager import set_torch_threads
+from engine.runtimes.base import CudaOptions, Runtime, Session, register, tf32_option
+from engine.runtimes.torch_eager import CompileOptions, set_torch_threads
+from engine.variants import Variant
 
 
 def torch_cuda_available() -> tuple[bool, str | None]:
@@ -110,7 +113,21 @@ class CudaTorchSession(Session):
         return float(self._torch.cuda.max_memory_allocated(self.device)) / 2**20
 
 
-class _TorchCudaRuntime(Runtime):
+@dataclass(frozen=True)
+class TorchCudaOptions(CudaOptions):
+    cuda_graph: bool = param(False, "capture once and replay a CUDA graph")
+    tf32: bool = tf32_option()
+
+
+@dataclass(frozen=True)
+class CompileCudaOptions(CompileOptions, CudaOptions):  # fields: device, compile_mode, tf32
+    tf32: bool = tf32_option()
+
+
+_CudaOptionsT = TypeVar("_CudaOptionsT", bound=TorchCudaOptions | CompileCudaOptions)
+
+
+class _TorchCudaRuntime(Runtime[_CudaOptionsT]):
     consumes = "torch"
     device = "cuda"
     requires = ("torch",)
@@ -120,46 +137,46 @@ class _TorchCudaRuntime(Runtime):
         return torch_cuda_available()
 
     def _device(self) -> str:
-        return self.settings.cuda_device
+        return self.settings.options.device
 
-    def _module(self, variant: Any) -> Any:
+    def _module(self, variant: Variant) -> Any:
         import torch
 
         if not torch.cuda.is_available():
             raise Unavailable("torch.cuda.is_available() is False: no usable CUDA device for torch")
         set_torch_threads(self.settings)
         # cuDNN convolutions default to TF32 on Ampere and newer: fp32 means fp32 unless `tf32` is asked for
-        tf32 = bool(self.settings.option("tf32", False))
+        tf32 = self.settings.options.tf32
         torch.backends.cuda.matmul.allow_tf32 = tf32
         torch.backends.cudnn.allow_tf32 = tf32
         return variant.module.to(self._device())
 
-    def _session(self, module: Any, variant: Any, cuda_graph: bool) -> CudaTorchSession:
+    def _session(self, module: Any, variant: Variant, cuda_graph: bool) -> CudaTorchSession:
         session = CudaTorchSession(module, variant.input_names, self._device(), cuda_graph)
-        session.applied["tf32"] = bool(self.settings.option("tf32", False))
+        session.applied["tf32"] = self.settings.options.tf32
         return session
 
 
 @register
-class TorchCuda(_TorchCudaRuntime):
+class TorchCuda(_TorchCudaRuntime[TorchCudaOptions]):
     id = "torch-cuda"
     summary = "PyTorch eager on a CUDA GPU (CUDA events; optional CUDA graphs)"
-    options = ("device", "cuda_graph", "tf32")
+    Options = TorchCudaOptions
 
-    def load(self, variant: Any) -> Session:
-        return self._session(self._module(variant), variant, bool(self.settings.option("cuda_graph", False)))
+    def load(self, variant: Variant) -> Session:
+        return self._session(self._module(variant), variant, self.settings.options.cuda_graph)
 
 
 @register
-class TorchCompileCuda(_TorchCudaRuntime):
+class TorchCompileCuda(_TorchCudaRuntime[CompileCudaOptions]):
     id = "torch-compile-cuda"
     summary = "torch.compile (inductor) on a CUDA GPU; compile time is cold start"
-    options = ("device", "compile_mode", "tf32")
+    Options = CompileCudaOptions
 
-    def load(self, variant: Any) -> Session:
+    def load(self, variant: Variant) -> Session:
         import torch
 
-        mode = self.settings.option("compile_mode", "default")
+        mode = self.settings.options.compile_mode
         compiled = torch.compile(self._module(variant), backend="inductor", mode=mode, dynamic=False)
         session = self._session(compiled, variant, cuda_graph=False)
         session.applied.update({"backend": "inductor", "compile_mode": mode})

@@ -2,14 +2,27 @@
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
 
-from engine.runtimes.base import RuntimeSettings, Runtime, Session, register
+from engine.config import param
+from engine.runtimes.base import Runtime, RuntimeOptions, RuntimeSettings, Session, register
+from engine.variants import Variant
+
+@dataclass(frozen=True)
+class CompileOptions(RuntimeOptions):
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = param(
+        "default", "torch.compile's mode")
 
 
-def set_torch_threads(settings: RuntimeSettings) -> None:
+@dataclass(frozen=True)
+class TorchScriptOptions(RuntimeOptions):
+    freeze: bool = param(True, "torch.jit.freeze the module before timing")
+
+
+def set_torch_threads(settings: RuntimeSettings[Any]) -> None:
     import torch
 
     torch.set_num_threads(settings.threads)
@@ -53,30 +66,30 @@ class TorchSession(Session):
 
 
 @register
-class TorchEager(Runtime):
+class TorchEager(Runtime[RuntimeOptions]):
     id = "torch"
     consumes = "torch"
     summary = "PyTorch eager mode under torch.inference_mode"
     requires = ("torch",)
 
-    def load(self, variant: Any) -> Session:
+    def load(self, variant: Variant) -> Session:
         set_torch_threads(self.settings)
         return TorchSession(variant.module, variant.input_names)
 
 
 @register
-class TorchCompile(Runtime):
+class TorchCompile(Runtime[CompileOptions]):
     id = "torch-compile"
     consumes = "torch"
     summary = "torch.compile with the inductor backend (compile time is cold start)"
-    options = ("compile_mode",)
+    Options = CompileOptions
     requires = ("torch",)
 
-    def load(self, variant: Any) -> Session:
+    def load(self, variant: Variant) -> Session:
         import torch
 
         set_torch_threads(self.settings)
-        mode = self.settings.option("compile_mode", "default")
+        mode = self.settings.options.compile_mode
         compiled = torch.compile(variant.module, backend="inductor", mode=mode, dynamic=False)
         session = TorchSession(compiled, variant.input_names)
         session.applied.update({"backend": "inductor", "compile_mode": mode})
@@ -84,19 +97,19 @@ class TorchCompile(Runtime):
 
 
 @register
-class TorchScriptRuntime(Runtime):
+class TorchScriptRuntime(Runtime[TorchScriptOptions]):
     id = "torchscript"
     consumes = "torchscript"
     summary = "TorchScript archive (torch.jit.load, frozen for inference)"
-    options = ("freeze",)
+    Options = TorchScriptOptions
     requires = ("torch",)
 
-    def load(self, variant: Any) -> Session:
+    def load(self, variant: Variant) -> Session:
         import torch
 
         set_torch_threads(self.settings)
-        module = torch.jit.load(str(variant.path), map_location="cpu").eval()
-        freeze = bool(self.settings.option("freeze", True))
+        module = torch.jit.load(str(variant.file), map_location="cpu").eval()
+        freeze = self.settings.options.freeze
         if freeze:
             module = torch.jit.freeze(module)
         session = TorchSession(module, variant.input_names)

@@ -11,7 +11,8 @@ import pytest
 from engine.artifacts import intake
 from engine.errors import NotApplicable
 from engine.optimizations import parse_chain
-from engine.optimizations.build import BuildContext, Variant, build_variant
+from engine.optimizations.build import build_variant
+from engine.variants import BuildContext, Variant
 from storage.paths import sub_dir
 
 

@@ -12,7 +12,8 @@ from engine.artifacts import intake
 from engine.data import Dataset, synthesize
 from engine.errors import NotApplicable, UserError
 from engine.optimizations import distill, parse_chain
-from engine.optimizations.build import BuildContext, build_variant, not_applicable_reason
+from engine.optimizations.build import build_variant, not_applicable_reason
+from engine.variants import BuildContext
 
 
 def _inputs(model: Any, n: int, seed: int) -> dict[str, np.ndarray]:

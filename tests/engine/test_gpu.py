@@ -19,7 +19,7 @@ from engine.measure.devices import cuda_devices
 from engine.measure.latency import MeasureSettings, measure
 from engine.plan import expand
 from engine.optimizations import parse_chain
-from engine.runtimes import REGISTRY, RuntimeSettings
+from engine.runtimes import REGISTRY
 from engine.runtimes import tensorrt as trt_runtime
 from engine.specs import InputSpec
 
@@ -52,7 +52,7 @@ def test_bf16_and_fp16_torch_variants_need_cuda() -> None:
 
 
 def test_torch_cuda_load_without_cuda_is_unavailable() -> None:
-    runtime = REGISTRY["torch-cuda"](RuntimeSettings(threads=1))
+    runtime = REGISTRY["torch-cuda"].create(threads=1)
     variant = SimpleNamespace(module=None, input_names=["x"])
     import torch
 
@@ -317,7 +317,7 @@ def test_torch_cuda_matches_cpu_reference() -> None:
     with torch.no_grad():
         reference = model(torch.from_numpy(x)).numpy()
     variant = SimpleNamespace(module=model, input_names=["x"])
-    with get("torch-cuda")(RuntimeSettings(threads=1)).load(variant) as session:
+    with get("torch-cuda").create(threads=1).load(variant) as session:
         prepared = session.prepare({"x": x})
         out = session.fetch(session.run(prepared))[0]
         assert session.device_timer(prepared) > 0  # type: ignore[attr-defined]
@@ -382,7 +382,7 @@ def test_when_the_provider_library_loads_the_preload_failures_are_the_reason(tmp
 def test_tensorrt_provider_precision_flags_follow_the_variant(data_dir: Path) -> None:
     from engine.runtimes import onnxruntime as ort_runtime
 
-    runtime = ort_runtime.OnnxRuntimeTensorRT(RuntimeSettings(threads=1))
+    runtime = ort_runtime.OnnxRuntimeTensorRT.create(threads=1)
     baseline = runtime._provider_options("baseline")
     assert "trt_fp16_enable" not in baseline and "trt_int8_enable" not in baseline  # fp32 stays fp32
     assert runtime._provider_options("prune-structured:0.5+fp16")["trt_fp16_enable"] is True
@@ -390,9 +390,9 @@ def test_tensorrt_provider_precision_flags_follow_the_variant(data_dir: Path) ->
     assert runtime._provider_options("int8-nncf:smooth_quant=-1.0")["trt_int8_enable"] is True
     cache = Path(baseline["trt_engine_cache_path"])
     assert cache.is_dir() and data_dir in cache.parents and "-ort" in cache.name  # per GPU and ORT version
-    assert ort_runtime.OnnxRuntimeCuda(RuntimeSettings(threads=1))._provider_options("fp16") == {
+    assert ort_runtime.OnnxRuntimeCuda.create(threads=1)._provider_options("fp16") == {
         "device_id": 0, "use_tf32": 0}  # fp32 means fp32 unless tf32 is asked for
-    tf32 = ort_runtime.OnnxRuntimeCuda(RuntimeSettings(threads=1, options={"tf32": True}))
+    tf32 = ort_runtime.OnnxRuntimeCuda.create(1, {"tf32": True})
     assert tf32._provider_options("baseline")["use_tf32"] == 1
 
 
@@ -420,8 +420,10 @@ def test_every_gpu_runtime_takes_its_device_as_cuda_n() -> None:
     from engine.runtimes import onnxruntime as ort_runtime
 
     for runtime_id in GPU_RUNTIMES:
-        assert "device" in REGISTRY[runtime_id].options
-    cuda = ort_runtime.OnnxRuntimeCuda(RuntimeSettings(threads=1, options={"device": "cuda:1"}))
+        assert REGISTRY[runtime_id].Options.field_names()[-1] == "tf32"  # and each says whether fp32 may be TF32
+        assert "device" in REGISTRY[runtime_id].Options.field_names()
+        assert REGISTRY[runtime_id].create(1, {"device": "cuda:2"}).settings.options.cuda_device == "cuda:2"
+        with pytest.raises(UserError, match=r"device=cpu is not valid; it takes cuda or cuda:N"):
+            REGISTRY[runtime_id].create(1, {"device": "cpu"})  # checked where settings are made, for every runtime
+    cuda = ort_runtime.OnnxRuntimeCuda.create(1, {"device": "cuda:1"})
     assert cuda._provider_options("baseline")["device_id"] == 1
-    with pytest.raises(UserError, match=r"device=cpu is not valid; it takes cuda or cuda:N"):
-        RuntimeSettings(threads=1, options={"device": "cpu"})  # checked where settings are made, for every runtime

@@ -108,10 +108,10 @@ def test_measure_settings_validate(kwargs: dict[str, Any], named: str) -> None:
 
 
 def test_measuring_a_real_onnxruntime_session(shared_build, mlp_onnx: Path) -> None:
-    from engine.runtimes import RuntimeSettings, get
+    from engine.runtimes import get
 
     _, variant = shared_build(mlp_onnx)
-    with get("onnxruntime")(RuntimeSettings(threads=1)).load(variant) as session:
+    with get("onnxruntime").create(threads=1).load(variant) as session:
         prepared = session.prepare({"x": np.zeros((1, 16), np.float32)})
         samples = latency.measure(session, prepared, MeasureSettings(warmup=2, iterations=20, min_seconds=0.02))
     assert samples.size >= 20 and (samples > 0).all() and np.median(samples) < 50

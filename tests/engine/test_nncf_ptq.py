@@ -11,7 +11,7 @@ import pytest
 
 from engine.errors import Unavailable, UserError
 from engine.optimizations import REGISTRY, parse_chain
-from engine.optimizations.build import BuildContext
+from engine.variants import BuildContext
 from tests.engine.variants import build_onnx, run_variant
 from engine.optimizations.nncf_ptq import (
     NNCF_SMOOTH_QUANT,

@@ -16,7 +16,8 @@ import pytest
 from engine.errors import NotApplicable, UserError
 from engine.optimizations import REGISTRY, Chain, parse_chain
 from engine.optimizations.base import STAGE_ORDER, OptConfig, Step, chain_from_json
-from engine.optimizations.build import BuildContext, build_variant, not_applicable_reason
+from engine.optimizations.build import build_variant, not_applicable_reason
+from engine.variants import BuildContext
 
 ROOT = Path(__file__).resolve().parents[2]
 EXPECTED_IDS = {"onnx-export", "int8-dynamic", "int8-static", "fp16"}
@@ -261,9 +262,9 @@ def _initializers(path: Path) -> dict[str, np.ndarray]:
 
 
 def _run(variant: Any, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-    from engine.runtimes import RuntimeSettings, get
+    from engine.runtimes import get
 
-    with get("onnxruntime")(RuntimeSettings(threads=1)).load(variant) as session:
+    with get("onnxruntime").create(threads=1).load(variant) as session:
         return session.fetch(session.run(session.prepare(feeds)))
 
 

@@ -13,7 +13,8 @@ import pytest
 from engine.artifacts import intake
 from engine.errors import NotApplicable, UserError
 from engine.optimizations import parse_chain
-from engine.optimizations.build import BuildContext, build_variant, not_applicable_reason
+from engine.optimizations.build import build_variant, not_applicable_reason
+from engine.variants import BuildContext
 
 ROOT = Path(__file__).resolve().parents[2]
 

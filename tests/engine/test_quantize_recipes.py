@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from engine.optimizations import parse_chain
-from engine.optimizations.build import BuildContext, build_variant
+from engine.optimizations.build import build_variant
+from engine.variants import BuildContext
 from tests.engine.variants import build_onnx, run_variant
 
 OUTLIER = 200.0  # the size of all-MiniLM-L6-v2's residual outliers; the other channels stay within a few units

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from engine.optimizations import parse_chain
-from engine.optimizations.build import BuildContext, build_variant
+from engine.optimizations.build import build_variant
+from engine.variants import BuildContext
 
 # one channel of the damaged layer's input this many times larger than the rest: a per-tensor int8 scale
 # wide enough for it rounds the ordinary channels to a few levels
@@ -73,12 +74,12 @@ def _build(path: Path, chain: str) -> Any:
 def _cosine(path: Path, variant: Any) -> float:
     """Cosine to the fp32 model on inputs neither the calibration nor the held-out check saw."""
     from engine.measure.accuracy import fidelity
-    from engine.runtimes import RuntimeSettings, get
+    from engine.runtimes import get
 
     feeds = {"x": np.random.default_rng(7).standard_normal((64, 16)).astype(np.float32)}
     outputs = []
     for built in (_build(path, "baseline"), variant):
-        with get("onnxruntime")(RuntimeSettings(threads=1)).load(built) as session:
+        with get("onnxruntime").create(threads=1).load(built) as session:
             outputs.append(session.fetch(session.run(session.prepare(feeds))))
     return float(fidelity(outputs[0], outputs[1])["cosine"])
 

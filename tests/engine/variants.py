@@ -8,7 +8,8 @@ from typing import Any
 import numpy as np
 
 from engine.optimizations import parse_chain
-from engine.optimizations.build import BuildContext, build_variant
+from engine.optimizations.build import build_variant
+from engine.variants import BuildContext
 
 
 def build_onnx(path: Path, chain: str) -> Any:
@@ -21,7 +22,7 @@ def build_onnx(path: Path, chain: str) -> Any:
 
 def run_variant(variant: Any, runtime: str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
     """The variant's outputs for `feeds` on `runtime`, one thread."""
-    from engine.runtimes import RuntimeSettings, get
+    from engine.runtimes import get
 
-    with get(runtime)(RuntimeSettings(threads=1)).load(variant) as session:
+    with get(runtime).create(threads=1).load(variant) as session:
         return session.fetch(session.run(session.prepare(feeds)))

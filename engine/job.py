@@ -6,7 +6,6 @@ import os
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,34 +15,29 @@ from engine.artifacts import ONNX, TORCHSCRIPT, Artifact
 from engine.data import (
     Dataset,
     attention_mask,
-    calib_set,
     eval_from_data,
     eval_set,
-    load_npz,
     synthesis_summary,
     take_batch,
 )
 from engine.data import roles as input_roles
-from engine.errors import Unavailable
+from engine.executors.partner import Partner, PartnerError
 from engine.executors.tasks import ProgressFn, task
 from engine.measure import accuracy, gpu, latency, memory, noise, rounds
 from engine.optimizations.base import Chain
 from engine.optimizations.build import build_variant
 from engine.plan import Cell, StudySettings
+from engine.prepare import REFERENCE_FILE, dataset_of, load_reference, open_cell
+
 from engine.results import CellResult, Fidelity, LatencySummary, Rounds, Status, TaskMetric
-from engine.runtimes import Runtime, Session, get
-from engine.variants import BuildContext, Variant
+from engine.runtimes import Session, get
+from engine.variants import BuildContext
 
 Progress = Callable[[str, float], None]
-REFERENCE_FILE = "reference.npz"
 # Prefix of the reference's temp file while it is written, in the study's folder.
 REFERENCE_TEMP = ".reference-"
 # Batch used to compute the reference outputs when the model does not fix one.
 REFERENCE_BATCH = 8
-
-
-def _dataset(model: Artifact, data_path: str | None) -> Dataset | None:
-    return load_npz(data_path, model.spec) if data_path else None
 
 
 def run_batches(session: Session, inputs: dict[str, np.ndarray], batch_size: int) -> list[np.ndarray]:
@@ -64,7 +58,7 @@ def compute_reference(study_dir: Path, model: Artifact, data_path: str | None, s
                       progress: Progress) -> dict[str, Any]:
     """fp32 outputs of the original model on the evaluation inputs, saved once for the whole study."""
     progress("reference outputs", 0.0)
-    dataset = _dataset(model, data_path)
+    dataset = dataset_of(model, data_path)
     inputs, labels = eval_set(dataset, model.spec, settings.eval_samples, settings.padding)
     runtime_id, options = ("onnxruntime", {"graph_optimization_level": "disable"}) if model.format == ONNX else (
         ("torchscript", {"freeze": False}) if model.format == TORCHSCRIPT else ("torch", {}))
@@ -97,15 +91,6 @@ def _write_reference(study_dir: Path, arrays: dict[str, np.ndarray]) -> None:
         Path(tmp_name).unlink(missing_ok=True)
 
 
-def load_reference(study_dir: Path) -> tuple[dict[str, np.ndarray], list[np.ndarray], np.ndarray | None]:
-    with np.load(study_dir / REFERENCE_FILE, allow_pickle=False) as npz:
-        inputs = {k.split("/", 1)[1]: npz[k] for k in npz.files if k.startswith("input/")}
-        count = sum(1 for k in npz.files if k.startswith("output/"))
-        outputs = [npz[f"output/{i}"] for i in range(count)]
-        labels = npz["labels"] if "labels" in npz.files else None
-    return inputs, outputs, labels
-
-
 def inputs_record(model: Artifact, dataset: Dataset | None, settings: StudySettings) -> dict[str, Any]:
     """How the cell's timed and evaluation inputs were made (the results JSON's `inputs`), with a one-line
     summary for its notes: every cell of a study shares it, so the results show it once above the table."""
@@ -117,42 +102,6 @@ def inputs_record(model: Artifact, dataset: Dataset | None, settings: StudySetti
         return {"source": "data", "roles": roles, "padding": None, "summary": summary}
     return {"source": "synthesized", "roles": roles, "padding": settings.padding,
             "summary": synthesis_summary(model.spec, settings.padding)}
-
-
-@dataclass
-class Opened:
-    """A cell's variant built and its runtime made, ready to load: what a cell and a rounds partner share."""
-
-    runtime_cls: type[Runtime]
-    runtime: Runtime
-    variant: Variant
-    dataset: Dataset | None
-    gpu_device: str | None
-
-
-def open_cell(model: Artifact, cell: Cell, settings: StudySettings, data_path: str | None,
-              progress: Progress) -> Opened:
-    """Check the cell's runtime, make it with the study's settings and build the cell's variant."""
-    runtime_cls = get(cell.runtime)
-    ok, why = runtime_cls.available()
-    if not ok:
-        raise Unavailable(why or f"{cell.runtime} is unavailable")
-    # TensorRT builds its engine for this cell's input shapes
-    runtime = runtime_cls.create(settings.threads, settings.runtime_options.get(cell.runtime),
-                                 input_shapes=model.spec.shapes(cell.batch_size))
-    dataset = _dataset(model, data_path)
-    calibration_source = "the calib split" if dataset is not None and "calib" in dataset.splits else (
-        "the sample data" if dataset is not None else "synthesized inputs")
-    # the cell's CUDA device (cuda:N) for GPU runtimes: training, NVML metrics
-    gpu_device = runtime.settings.options.cuda_device
-    ctx = BuildContext(
-        model.spec, runtime_cls.device, gpu=gpu_device,
-        calibration_data=lambda n: calib_set(dataset, model.spec, n, settings.padding),
-        calibration_source=calibration_source, progress=progress, dataset=dataset,
-    )
-    progress("building variant", 0.0)
-    variant = build_variant(model, cell.parsed_chain(), runtime_cls.consumes, ctx)
-    return Opened(runtime_cls, runtime, variant, dataset, gpu_device)
 
 
 def run_cell(study_dir: Path, model: Artifact, cell: Cell, settings: StudySettings, data_path: str | None,
@@ -243,8 +192,6 @@ def _rounds(session: Session, prepared: Any, samples: np.ndarray, study_dir: Pat
     rounds_wanted = settings.measure.rounds
     if baseline is None or rounds_wanted < 1 or baseline.index == cell.index:
         return None
-    from engine.executors.partner import Partner, PartnerError
-
     seconds = rounds.block_seconds(settings.measure.min_seconds)
     iterations = rounds.block_iterations(float(np.median(samples)), seconds)
     block = latency.MeasureSettings(warmup=rounds.BLOCK_WARMUP, iterations=iterations, min_seconds=0.0)

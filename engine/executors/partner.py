@@ -135,15 +135,15 @@ class Partner:
 
 def serve(payload: dict[str, Any], commands: Iterable[str], reply: Callable[[dict[str, Any]], None]) -> None:
     """The partner's loop: load the baseline cell of `payload`, then time one block per command line."""
-    from engine import job
+    from engine import prepare
     from engine.data import take_batch
     from engine.measure import latency, rounds
 
     model = Artifact.from_json(payload["model"])
     cell = Cell.from_json(payload["cell"])
     settings = StudySettings.from_json(payload["settings"])
-    opened = job.open_cell(model, cell, settings, payload.get("data"), lambda phase, fraction: None)
-    inputs, _, _ = job.load_reference(Path(payload["study_dir"]))
+    opened = prepare.open_cell(model, cell, settings, payload.get("data"), lambda phase, fraction: None)
+    inputs, _, _ = prepare.load_reference(Path(payload["study_dir"]))
     with opened.runtime.load(opened.variant) as session:
         prepared = session.prepare(take_batch(inputs, 0, cell.batch_size))
         warm = latency.MeasureSettings(warmup=settings.measure.warmup, iterations=MIN_ESTIMATE, min_seconds=0.0)

@@ -197,7 +197,7 @@ def test_a_read_only_database_is_waited_out_and_a_stop_leaves_the_job_to_its_lea
 
 def test_reference_outputs_are_written_whole_or_not_at_all(tmp_path: Path, mlp_onnx: Path,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    from engine import job
+    from engine import job, prepare
 
     artifact = intake(mlp_onnx)
     study_settings = StudySettings.from_json(settings())
@@ -222,8 +222,8 @@ def test_reference_outputs_are_written_whole_or_not_at_all(tmp_path: Path, mlp_o
                 compute()
         assert list(folder.iterdir()) == [], f"a crash in {name} left a file a cell would read"
     compute()
-    assert [p.name for p in folder.iterdir()] == [job.REFERENCE_FILE]
-    inputs, outputs, _labels = job.load_reference(folder)
+    assert [p.name for p in folder.iterdir()] == [prepare.REFERENCE_FILE]
+    inputs, outputs, _labels = prepare.load_reference(folder)
     assert outputs[0].shape[0] == next(iter(inputs.values())).shape[0]
 
 

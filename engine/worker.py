@@ -367,19 +367,18 @@ class Worker:
 
     def _record(self, job_id: int, cell: Cell, outcome: Outcome, meta: dict[str, Any]) -> None:
         """Store the job's end, retried until the database takes it (the job stays running meanwhile)."""
-        result = _measured(outcome)
+        result, samples = _measured(outcome)
         ended, row = self._retry(f"recording the end of job {job_id}",
-                                 lambda: self._store_end(job_id, cell, outcome, result, meta))
+                                 lambda: self._store_end(job_id, cell, outcome, result, samples, meta))
         if ended is not None and ended != Status.QUEUED and row is not None:
             self.events.finished(cell, row, meta["position"], meta["total"])
 
     def _store_end(self, job_id: int, cell: Cell, outcome: Outcome, result: CellResult | None,
-                   meta: dict[str, Any]) -> tuple[str | None, CellResult | None]:
+                   samples: np.ndarray | None, meta: dict[str, Any]) -> tuple[str | None, CellResult | None]:
         from engine.measure.environment import collect
 
         with session() as s:
             env_id = variant_id = None
-            samples = None
             if result is not None:
                 if self._environment is None:
                     self._environment = collect()  # the machine and libraries: the same for every job
@@ -388,9 +387,6 @@ class Worker:
                 if (result.variant_path or cell.variant == "baseline") and result.model_size_mb is not None:
                     variant_id = catalogue.record_variant(s, meta["model_id"], cell.variant, result.target or "",
                                                           result.variant_path, int(result.model_size_mb * 2**20))
-                # the raw latencies go to their own table, apart from the row
-                samples = np.asarray(result.samples_ms or [], dtype=np.float32)
-                result.samples_ms = None
             queue.set_job_process(s, job_id, self.id, None)  # a pgid never outlives the run that noted it
             ended = queue.finish_job(s, job_id, self.id, outcome.status, result=result.to_json() if result else None,
                                      samples=samples, error_type=outcome.error_type, error=outcome.error,
@@ -400,13 +396,16 @@ class Worker:
         return ended, row
 
 
-def _measured(outcome: Outcome) -> CellResult | None:
-    """What an ok child measured, with the job's whole time in its child."""
+def _measured(outcome: Outcome) -> tuple[CellResult | None, np.ndarray | None]:
+    """What an ok child measured, with the job's whole time in its child, and its raw latency samples apart (they
+    go to their own table, not the row)."""
     if outcome.status != Status.OK or outcome.result is None:
-        return None
+        return None, None
     result = CellResult.from_json(outcome.result)
     result.wall_s = outcome.elapsed_s
-    return result
+    samples = np.asarray(result.samples_ms or [], dtype=np.float32)
+    result.samples_ms = None
+    return result, samples
 
 
 def _stored_reference(study_id: int) -> dict[str, Any] | None:

@@ -393,9 +393,11 @@ def test_bench_that_raises_releases_its_study(mlp_onnx: Path, monkeypatch: pytes
 
 def test_a_noisy_row_says_so_first() -> None:
     from engine.__main__ import format_row
+    from engine.results import CellResult
 
     row = {"cell": 0, "variant": "baseline", "runtime": "onnxruntime", "batch_size": 1, "status": "ok",
            "latency_ms": {"p50": 1.0, "p99": 2.0}, "notes": ["a note"],
            "noise": {"noisy": True, "message": "noisy: ±12% — rerun on an idle machine"}}
-    assert format_row(row).endswith("noisy: ±12% — rerun on an idle machine; a note")
-    assert format_row({**row, "noise": {"noisy": False, "message": None}}).endswith("  a note")
+    assert format_row(CellResult.from_json(row)).endswith("noisy: ±12% — rerun on an idle machine; a note")
+    steady = CellResult.from_json({**row, "noise": {"noisy": False, "message": None}})
+    assert format_row(steady).endswith("  a note")

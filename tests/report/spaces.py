@@ -12,8 +12,10 @@ from tests.report import apptext
 from tests.report.isolation import site_of_symlinks
 
 PROBE = r'''
-import json, runpy, sys
+import json, os, runpy, sys
 sys.path.insert(0, sys.argv[1])
+# as `streamlit run app.py` does in the Space: the app's folder (its `viewer` package) is importable
+sys.path.insert(0, os.path.dirname(os.path.abspath(sys.argv[2])))
 missing = []
 for name in ("torch", "onnxruntime", "openvino", "onnx", "transformers", "sqlalchemy", "engine", "storage"):
     try:

@@ -7,20 +7,16 @@ streamlit, plotly and pandas; viewer/ holds copies of Paretoscope's chart, Paret
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 import streamlit as st
 
+from viewer import charts, tables  # `streamlit run app.py` puts this folder on the path
+from viewer.pareto import pareto_frontier
+from viewer.ship import markdown_text as md, ship_panel
+
 HERE = Path(__file__).resolve().parent
-if str(HERE) not in sys.path:  # `streamlit run` puts it there; test runners may not
-    sys.path.insert(0, str(HERE))
-
-from viewer import charts, tables  # noqa: E402
-from viewer.pareto import pareto_frontier  # noqa: E402
-from viewer.ship import markdown_text as md, ship_panel  # noqa: E402
-
 DATA = HERE / "data"
 
 

@@ -184,13 +184,19 @@ def shown(at: AppTest, index: int = 0) -> pd.DataFrame:
     return pa.ipc.open_stream(data).read_all().to_pandas()
 
 
-def test_results_page_shows_speedup_intervals_and_a_tie(data_dir: Path, intervals: None) -> None:
+def _results_page_of(name: str) -> tuple[AppTest, int]:
+    """The Results page opened on the seeded study called `name`, and that study's id."""
     with session(write=False) as s:
-        study_id = int(views.list_studies(s).set_index("name").loc["first <script>", "id"])
+        study_id = int(views.list_studies(s).set_index("name").loc[name, "id"])
     at = AppTest.from_file(APP, default_timeout=60)
     at.run()
     at.session_state["results_study"] = study_id
     at.switch_page("pages/results.py").run()
+    return at, study_id
+
+
+def test_results_page_shows_speedup_intervals_and_a_tie(data_dir: Path, intervals: None) -> None:
+    at, study_id = _results_page_of("first <script>")
     at.number_input[0].set_value(1.0).run()  # any accuracy drop: every cell at batch 1 qualifies, and all are tied
     assert not at.exception, at.exception
     with session(write=False) as s:
@@ -207,12 +213,7 @@ def test_results_page_shows_speedup_intervals_and_a_tie(data_dir: Path, interval
 
 
 def test_results_page_and_space_show_the_same_ship_panel(data_dir: Path, intervals: None, tmp_path: Path) -> None:
-    with session(write=False) as s:
-        study_id = int(views.list_studies(s).set_index("name").loc["first <script>", "id"])
-    at = AppTest.from_file(APP, default_timeout=60)
-    at.run()
-    at.session_state["results_study"] = study_id
-    at.switch_page("pages/results.py").run()
+    at, study_id = _results_page_of("first <script>")
     assert not at.exception, at.exception
     on_page = apptext.panel(apptext.shown_elements(at), ship.TITLE)
     bundle = tmp_path / "space"

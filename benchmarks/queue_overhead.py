@@ -1,7 +1,7 @@
 """Per-job overhead of the queue and the worker: claim, spawn, imports, result writes.
 
 Two cases, median of 20 jobs each, in a fresh data folder:
-  no-op      claim a job, run a child that only reads a one-sample .npz, record its end (target <= 1.5 s)
+  minimal    claim a job, run a child that only reads a one-sample .npz, record its end (target <= 1.5 s)
   1 ms cell  a real cell (an MLP of ~1 ms on ONNX Runtime) run by the worker; overhead is the job's wall
              time beyond its measuring time (warm-up + timed iterations) (target <= 3 s)
 Prints a table and writes JSON (default benchmarks/results/queue_overhead.json).
@@ -87,10 +87,10 @@ def cell_jobs(n: int, model: Path, min_seconds: float, iterations: int) -> tuple
         samples = stored.study_samples(s, study_id)
     overheads = []
     for row in rows:
-        if row["status"] != "ok":
-            raise SystemExit(f"cell {row['cell']} ended {row['status']}: {row['error']}")
-        measured_s = (samples[row["cell"]].sum() + settings.measure.warmup * row["latency_ms"]["p50"]) / 1000
-        overheads.append(row["wall_s"] - measured_s)
+        if not row.ok or row.cell is None or row.latency_ms is None or row.wall_s is None:
+            raise SystemExit(f"cell {row.cell} ended {row.status}: {row.error}")
+        measured_s = (samples[row.cell].sum() + settings.measure.warmup * (row.latency_ms.p50 or 0.0)) / 1000
+        overheads.append(row.wall_s - measured_s)
     return overheads, total
 
 
@@ -107,7 +107,7 @@ def main() -> None:
         cells, total = cell_jobs(args.jobs, model, args.min_seconds, 50)
     extra = {"jobs": args.jobs, "cell_study_wall_s": total}
     rows: list[dict[str, Any]] = [
-        {"case": "no-op job", "median_s": statistics.median(noop), "max_s": max(noop), "target_s": 1.5},
+        {"case": "minimal job (1-sample .npz)", "median_s": statistics.median(noop), "max_s": max(noop), "target_s": 1.5},
         {"case": "1 ms model cell (beyond measuring)", "median_s": statistics.median(cells), "max_s": max(cells),
          "target_s": 3.0},
     ]

@@ -3,7 +3,7 @@
 Seeds a fresh data folder with 20 studies of 500 cells each (10,000 results with raw samples; the values are
 synthetic, the rows and code paths are the real ones), then measures
   results page   AppTest render of the Results page for one 500-result study, median of 5 (target <= 2 s)
-  study list     storage.queries.list_studies over the 10,000 results, median of 20 (target <= 200 ms)
+  study list     storage.views.list_studies over the 10,000 results, median of 20 (target <= 200 ms)
 Prints a table and writes JSON (default benchmarks/results/dashboard.json).
 """
 

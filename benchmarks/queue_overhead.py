@@ -107,7 +107,8 @@ def main() -> None:
         cells, total = cell_jobs(args.jobs, model, args.min_seconds, 50)
     extra = {"jobs": args.jobs, "cell_study_wall_s": total}
     rows: list[dict[str, Any]] = [
-        {"case": "minimal job (1-sample .npz)", "median_s": statistics.median(noop), "max_s": max(noop), "target_s": 1.5},
+        {"case": "minimal job (1-sample .npz)", "median_s": statistics.median(noop), "max_s": max(noop),
+         "target_s": 1.5},
         {"case": "1 ms model cell (beyond measuring)", "median_s": statistics.median(cells), "max_s": max(cells),
          "target_s": 3.0},
     ]

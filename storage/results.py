@@ -20,15 +20,22 @@ from storage.tables import (
 from storage.views import study_progress
 
 
+# Keys of a results JSON row that the job's own columns answer (which cell, how it ended): never a result's to set.
+JOB_KEYS = frozenset({"cell", "job_id", "variant", "runtime", "batch_size", "status", "error", "attempts"})
+# Keys with columns of their own in the results table, and the raw samples, which have a table of their own.
+_COLUMN_KEYS = frozenset({"latency_ms", "throughput_per_s", "load_s", "first_run_ms", "peak_host_mb",
+                          "peak_device_mb", "model_size_mb", "accuracy", "settings", "notes", "samples_ms"})
+
+
 def result_row(job: Job, r: dict[str, Any], environment_id: int | None, variant_id: int | None,
-                samples: np.ndarray | None) -> Result:
+               samples: np.ndarray | None) -> Result:
+    """A results JSON row's measurements as a Result of `job`: columns where the table has them, the rest (not null:
+    a missing key reads back as null) in `extra`."""
     lat = r.get("latency_ms") or {}
     acc = r.get("accuracy") or {}
     fid = acc.get("fidelity") or {}
     task = acc.get("task") or {}
-    known = {"latency_ms", "throughput_per_s", "load_s", "first_run_ms", "peak_host_mb", "peak_device_mb",
-             "model_size_mb", "accuracy", "settings", "notes", "samples_ms"}
-    extra = {k: v for k, v in r.items() if k not in known}
+    extra = {k: v for k, v in r.items() if k not in _COLUMN_KEYS and k not in JOB_KEYS and v is not None}
     extra.update({k: lat[k] for k in ("p50_ci95", "iterations") if k in lat})
     if fid.get("pooled_cosine") is not None:  # encoders only: no column of its own
         extra["pooled_cosine"] = fid["pooled_cosine"]
@@ -67,7 +74,7 @@ def result_dict(job: Job, result: Result | None) -> dict[str, Any]:
     }
     if result is None:
         return row
-    extra = dict(result.extra or {})
+    extra = {k: v for k, v in (result.extra or {}).items() if k not in JOB_KEYS}
     row.update({
         "latency_ms": {"p50": result.p50_ms, "p90": result.p90_ms, "p95": result.p95_ms, "p99": result.p99_ms,
                        "mean": result.mean_ms, "std": result.std_ms, "min": result.min_ms, "max": result.max_ms,

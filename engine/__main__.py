@@ -75,17 +75,18 @@ def cmd_bench(args: argparse.Namespace, out: TextIO) -> int:
               file=out)
     else:
         model_path = Path(args.model)
-    # the user's files are opened in a child with time and memory limits, never in this process
-    model = inspect_model(model_path, input_spec=args.input_spec, seq_len=args.seq_len)
     # The study is this process's: a dashboard's worker sharing the database must not run (and so hide) its cells.
     owner = None if args.submit else new_worker_id()
     request = StudyRequest(
-        model, variants=plan.split_variants(args.variants) if args.variants is not None else None,
+        None, variants=plan.split_variants(args.variants) if args.variants else None,
         runtimes=args.runtimes.split(",") if args.runtimes else None, batch_sizes=args.batch_sizes,
         warmup=args.warmup, iterations=args.iterations, min_seconds=args.min_seconds, rounds=args.rounds,
         threads=args.threads, timeout_s=args.timeout, eval_samples=args.eval_samples, runtime_options=args.option,
         memory_limit_mb=args.memory_limit, padding=args.padding, data_path=data_path, name=args.name,
         model_name=label, created_by=shared.cli_user(), owner=owner)
+    request.check_arguments()  # a mistyped flag is said at once, before the model is opened
+    # the user's files are opened in a child with time and memory limits, never in this process
+    request.model = inspect_model(model_path, input_spec=args.input_spec, seq_len=args.seq_len)
     study_id, cells = request.submit()
     if owner is None:
         queued = sum(c.runnable for c in cells)

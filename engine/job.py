@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +32,6 @@ from engine.results import CellResult, Fidelity, LatencySummary, Rounds, Status,
 from engine.runtimes import Session, get
 from engine.variants import BuildContext
 
-Progress = Callable[[str, float], None]
 # Prefix of the reference's temp file while it is written, in the study's folder.
 REFERENCE_TEMP = ".reference-"
 # Batch used to compute the reference outputs when the model does not fix one.
@@ -55,7 +53,7 @@ def run_batches(session: Session, inputs: dict[str, np.ndarray], batch_size: int
 
 
 def compute_reference(study_dir: Path, model: Artifact, data_path: str | None, settings: StudySettings,
-                      progress: Progress) -> dict[str, Any]:
+                      progress: ProgressFn) -> dict[str, Any]:
     """fp32 outputs of the original model on the evaluation inputs, saved once for the whole study."""
     progress("reference outputs", 0.0)
     dataset = dataset_of(model, data_path)
@@ -105,7 +103,7 @@ def inputs_record(model: Artifact, dataset: Dataset | None, settings: StudySetti
 
 
 def run_cell(study_dir: Path, model: Artifact, cell: Cell, settings: StudySettings, data_path: str | None,
-             progress: Progress, baseline: Cell | None = None) -> CellResult:
+             progress: ProgressFn, baseline: Cell | None = None) -> CellResult:
     """Build the cell's variant, load it, time it and compare its outputs with the reference; then, given the
     study's `baseline` cell, time the two in alternating rounds (engine.measure.rounds) for the speedup."""
     opened = open_cell(model, cell, settings, data_path, progress)
@@ -186,7 +184,7 @@ def run_cell(study_dir: Path, model: Artifact, cell: Cell, settings: StudySettin
 
 def _rounds(session: Session, prepared: Any, samples: np.ndarray, study_dir: Path, model: Artifact, cell: Cell,
             baseline: Cell | None, settings: StudySettings, data_path: str | None,
-            progress: Progress) -> Rounds | None:
+            progress: ProgressFn) -> Rounds | None:
     """The cell and its baseline in alternating rounds, the baseline loaded in a partner process: the `paired`
     record, with only an error when the partner failed (the cell keeps its own timings), None when not asked."""
     rounds_wanted = settings.measure.rounds

@@ -5,7 +5,6 @@ What a cell's process (engine/job.py) and its rounds partner (engine/executors/p
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,12 +13,12 @@ import numpy as np
 from engine.artifacts import Artifact
 from engine.data import Dataset, calib_set, load_npz
 from engine.errors import Unavailable
+from engine.executors.tasks import ProgressFn
 from engine.optimizations.build import build_variant
 from engine.plan import Cell, StudySettings
 from engine.runtimes import Runtime, get
 from engine.variants import BuildContext, Variant
 
-Progress = Callable[[str, float], None]
 # The study's fp32 reference outputs (and the inputs they were computed on), in the study's folder.
 REFERENCE_FILE = "reference.npz"
 
@@ -50,7 +49,7 @@ class Opened:
 
 
 def open_cell(model: Artifact, cell: Cell, settings: StudySettings, data_path: str | None,
-              progress: Progress) -> Opened:
+              progress: ProgressFn) -> Opened:
     """Check the cell's runtime, make it with the study's settings and build the cell's variant."""
     runtime_cls = get(cell.runtime)
     ok, why = runtime_cls.available()

@@ -30,17 +30,9 @@ class Status(StrEnum):
     def final(self) -> bool:
         return self not in (Status.QUEUED, Status.RUNNING)
 
-    @property
-    def failed(self) -> bool:
-        """Ran and did not succeed."""
-        return self in FAILED
 
-    @property
-    def skipped(self) -> bool:
-        """Could never run here: the cell is a row with its reason, never work."""
-        return self in SKIPPED
-
-
+# Final statuses of a cell that ran and did not succeed, and of one that could never run here (a row with its
+# reason, never work).
 FAILED = (Status.FAILED, Status.TIMEOUT, Status.CRASHED, Status.OOM)
 SKIPPED = (Status.NOT_APPLICABLE, Status.UNAVAILABLE)
 FINAL = tuple(s for s in Status if s.final)
@@ -161,10 +153,6 @@ class Rounds:
                    error=data.get("error"))
 
 
-# How a speedup was obtained: alternating rounds, two separate timings, or the baseline itself (1.0).
-SPEEDUP_METHODS = ("interleaved", "separate", "baseline")
-
-
 @dataclass
 class CellResult:
     """One cell of a study: which variant on which runtime at which batch size, how it ended, what it measured.
@@ -206,7 +194,7 @@ class CellResult:
     # from the study's baseline cells, computed where reports are (engine.report.speedups)
     speedup_vs_baseline: float | None = None
     speedup_ci95: tuple[float, float] | None = None
-    speedup_method: str | None = None
+    speedup_method: str | None = None  # "interleaved" (rounds), "separate" (two timings) or "baseline" (1.0)
     speedup_rounds: int | None = None
     baseline_cell: int | None = None
     samples_ms: list[float] | None = None  # raw per-call latencies, only where asked for

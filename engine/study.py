@@ -63,7 +63,7 @@ class StudyRequest:
     """A study as a person asks for it, from any front end: the values as given (chain texts, runtime ids, the
     batch sizes' text, `RUNTIME.KEY=VALUE` lines); None means the default."""
 
-    model: Artifact
+    model: Artifact | None  # None until the model is inspected: check_arguments() needs none
     variants: list[str] | None = None  # chain texts; default DEFAULT_VARIANTS
     runtimes: list[str] | None = None  # default: every runtime available here
     batch_sizes: str = "1"  # comma-separated
@@ -76,20 +76,21 @@ class StudyRequest:
     eval_samples: int = DEFAULT_EVAL_SAMPLES
     runtime_options: list[str] = field(default_factory=list)
     memory_limit_mb: float | None = None  # default: 80% of the machine's memory
-    padding: float = 0.0
+    padding: float = 0.0  # kept with a data file too: the results then say it applied to synthesized inputs only
     data_path: str | None = None
     name: str | None = None
     model_name: str | None = None
     created_by: str | None = None
     owner: str | None = None  # a worker id: only that worker runs the study until release_study
 
-    def validate(self, check_files: bool = True) -> PlannedStudy:
-        """Every rule, in one place: the parsed chains (duplicates dropped), runtimes, batch sizes and settings, and
-        the cells they expand into, each runnable or not and why. UserError with one line on the first problem;
-        `check_files` also reads the data file against the model (in a limited child: seconds)."""
+    def check_arguments(self) -> tuple[list[Chain], list[str], list[int], StudySettings]:
+        """The rules that need no model, checked before a model is opened (that takes a limited child, seconds):
+        the parsed chains (duplicates dropped), runtimes, batch sizes and settings. UserError with one line."""
+        if self.variants is not None and not [v for v in self.variants if v.strip()]:
+            raise UserError("no variant given: give at least one, e.g. baseline or int8-dynamic")
         chains = parse_variants(list(DEFAULT_VARIANTS) if self.variants is None else self.variants)
         if self.runtimes is not None and not [r for r in self.runtimes if r.strip()]:
-            raise UserError("no runtime picked; pick at least one (`python -m engine runtimes` lists them)")
+            raise UserError("no runtime given: give at least one of those available here")
         runtimes = parse_runtimes(self.runtimes)
         batch_sizes = parse_batch_sizes(self.batch_sizes)
         options = parse_runtime_options(self.runtime_options)
@@ -106,26 +107,34 @@ class StudyRequest:
             timeout_s=float(self.timeout_s), eval_samples=int(self.eval_samples), runtime_options=options,
             memory_limit_mb=default_memory_limit_mb() if self.memory_limit_mb is None else self.memory_limit_mb,
             padding=float(self.padding))
+        return chains, runtimes, batch_sizes, settings
+
+    def validate(self, check_files: bool = True) -> PlannedStudy:
+        """Every rule, in one place: check_arguments(), then the cells the model expands into, each runnable or not
+        and why; `check_files` also reads the data file against the model (in a limited child: seconds)."""
+        if self.model is None:
+            raise UserError("no model given: upload one (Models page) or name its file")
+        chains, runtimes, batch_sizes, settings = self.check_arguments()
         cells = plan_cells(self.model, chains, runtimes, batch_sizes, settings)
         if check_files and self.data_path:
             from engine.inspection import check_data
 
             check_data(self.data_path, self.model.spec)  # a bad file is a usage error, not n failed cells
-        return PlannedStudy(self, chains, runtimes, batch_sizes, settings, cells)
+        return PlannedStudy(self.model, chains, runtimes, batch_sizes, settings, cells)
 
     def submit(self) -> tuple[int, list[Cell]]:
         """Validate, then store the study and queue its runnable cells: its id and its cells."""
         planned = self.validate()
-        return submit_study(self.model, planned.chains, planned.runtimes, planned.batch_sizes, planned.settings,
-                            name=self.name, model_name=self.model_name, data_path=self.data_path, owner=self.owner,
-                            created_by=self.created_by)
+        study_id = store_study(planned, name=self.name, model_name=self.model_name, data_path=self.data_path,
+                               owner=self.owner, created_by=self.created_by)
+        return study_id, planned.cells
 
 
 @dataclass(frozen=True)
 class PlannedStudy:
     """A validated request: what will be stored, and the cells (with why some cannot run) to preview."""
 
-    request: StudyRequest
+    model: Artifact
     chains: list[Chain]
     runtimes: list[str]
     batch_sizes: list[int]
@@ -158,17 +167,25 @@ def submit_study(model: Artifact, variants: list[Chain], runtimes: list[str], ba
                  settings: StudySettings, *, name: str | None = None, model_name: str | None = None,
                  data_path: str | None = None, owner: str | None = None,
                  created_by: str | None = None) -> tuple[int, list[Cell]]:
+    """Plan and store a study made in code (the demo, benchmarks) whose arguments are parsed already; front ends
+    go through StudyRequest. Its id and its cells."""
+    cells = plan_cells(model, variants, runtimes, batch_sizes, settings)
+    planned = PlannedStudy(model, variants, runtimes, batch_sizes, settings, cells)
+    return store_study(planned, name=name, model_name=model_name, data_path=data_path, owner=owner,
+                       created_by=created_by), cells
+
+
+def store_study(planned: PlannedStudy, *, name: str | None = None, model_name: str | None = None,
+                data_path: str | None = None, owner: str | None = None, created_by: str | None = None) -> int:
     """Store the study and queue its runnable cells; n/a and unavailable cells are final rows at once.
 
     With an `owner` (a worker id) only the worker of that id runs the cells until release_study.
     `created_by` is the signed-in person on a shared server, who alone (with the admins) may delete it;
-    there the server's bounds on settings and on unfinished studies per person are checked here."""
-    from storage import blobs
-    from storage import catalogue
-    from storage import queue
+    there the server's cap on unfinished studies per person is checked here."""
+    from storage import blobs, catalogue, queue
     from storage.db import session
 
-    cells = plan_cells(model, variants, runtimes, batch_sizes, settings)
+    model, cells = planned.model, planned.cells
     with session() as s:
         if shared.enabled():
             shared.check_open_studies(queue.open_studies(s, created_by))
@@ -178,16 +195,17 @@ def submit_study(model: Artifact, variants: list[Chain], runtimes: list[str], ba
         if data_path:
             sha = blobs.put_file(data_path)
             dataset = catalogue.get_or_create_dataset(s, sha, Path(data_path).name, Path(data_path).stat().st_size,
-                                              created_by=created_by)
+                                                      created_by=created_by)
         study = queue.create_study(
-            s, name=name or f"{model_row.name} ({', '.join(runtimes)})", model=model_row, dataset=dataset,
-            variants=[c.name for c in variants], runtimes=runtimes, batch_sizes=batch_sizes,
-            settings=settings.to_json(), cells=[c.to_json() for c in cells], owner=owner, created_by=created_by,
+            s, name=name or f"{model_row.name} ({', '.join(planned.runtimes)})", model=model_row, dataset=dataset,
+            variants=[c.name for c in planned.chains], runtimes=planned.runtimes, batch_sizes=planned.batch_sizes,
+            settings=planned.settings.to_json(), cells=[c.to_json() for c in cells], owner=owner,
+            created_by=created_by,
         )
         study_id = study.id
     shared.audit("submit-study", created_by, study_id=study_id, model_id=model_row.id, cells=len(cells),
                  runnable=sum(c.runnable for c in cells))
-    return study_id, cells
+    return study_id
 
 
 def run_study(study_id: int, events: WorkerEvents | None = None, *, owner: str | None = None) -> None:
@@ -233,8 +251,8 @@ def start_demo(created_by: str | None = None) -> tuple[int, dict[str, float]]:
 
     outcome = run_child(_build_demo, {}, DEMO_BUILD_TIMEOUT_S, sub_dir("logs") / "demo.log")
     if outcome.status != Status.OK or outcome.result is None:
-        raise UserError(f"the demo could not be built ({outcome.status}: {outcome.error}); see "
-                        f"{sub_dir('logs') / 'demo.log'}")
+        where = "" if shared.enabled() else f"; see {sub_dir('logs') / 'demo.log'}"  # no server paths to visitors
+        raise UserError(f"the demo could not be built ({outcome.status}: {outcome.error}){where}")
     built = outcome.result
     study_id = submit_demo_study(Artifact.from_json(built["artifact"]), built["data"], created_by=created_by)
     return study_id, built["report"]

@@ -210,7 +210,7 @@ request = StudyRequest(
     artifact, variants=[*chosen, *([custom] if custom.strip() else [])], runtimes=picked, batch_sizes=batches_text,
     iterations=int(iterations), min_seconds=float(min_seconds), rounds=int(rounds), threads=int(threads),
     timeout_s=float(timeout), runtime_options=options_text.splitlines(),
-    padding=0.0 if dataset_choice is not None else float(padding), data_path=data_path, name=name or None,
+    padding=float(padding), data_path=data_path, name=name or None,
     model_name=str(models.set_index("id").loc[model_id, "name"]), created_by=common.current_user())
 try:
     planned = request.validate(check_files=False)  # the data file is read (in a child) on submit

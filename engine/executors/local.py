@@ -120,6 +120,27 @@ def run_child(task: Task, payload: dict[str, Any], timeout_s: float, log_path: P
         _kill_group(process.pid)  # nothing of the job may outlive it
         shutil.rmtree(scratch, ignore_errors=True)
     outcome.elapsed_s = time.monotonic() - start
+    return _explained(outcome, log_path)
+
+
+# What a child's log says when the interpreter cannot import the project: it runs outside the checkout.
+_NOT_INSTALLED = ("No module named 'engine'", "No module named 'storage'")
+
+
+def _explained(outcome: Outcome, log_path: Path) -> Outcome:
+    """A child that exited before its first message because the project is not installed says so, and what to do."""
+    if outcome.status != Status.CRASHED or outcome.error_type != "ExitCode":
+        return outcome
+    try:
+        with open(log_path, "rb") as log:
+            log.seek(max(0, log.seek(0, os.SEEK_END) - 4096))
+            tail = log.read().decode(errors="replace")
+    except OSError:
+        return outcome
+    if any(marker in tail for marker in _NOT_INSTALLED):
+        outcome.error = (f"the child process cannot import Paretoscope ({sys.executable}): install the project into "
+                         "this Python (`make install`, or `pip install -e .` in the checkout)")
+        outcome.error_type = "NotInstalled"
     return outcome
 
 

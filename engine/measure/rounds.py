@@ -14,7 +14,6 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
@@ -98,9 +97,6 @@ class Paired:
         return Rounds(baseline_cell=self.baseline_cell, rounds=len(self.ratios), speedup=self.speedup, ci95=self.ci95,
                       ratios=tuple(round(r, 6) for r in self.ratios), cell_p50_ms=self.cell_p50_ms,
                       baseline_p50_ms=self.baseline_p50_ms, block_iterations=self.iterations)
-
-    def to_json(self) -> dict[str, Any]:
-        return self.record().to_json()
 
 
 def run_rounds(time_cell: TimeBlock, time_baseline: TimeBlock, rounds: int, baseline_cell: int,

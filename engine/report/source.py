@@ -26,6 +26,9 @@ def results_json(s: Session, study_id: int, with_samples: bool = False) -> dict[
     rows = [CellResult.from_json(row) for row in data["results"]]
     add_speedups(rows)
     data["results"] = [row.to_json() for row in rows]
+    if with_samples:  # asked for: null where a cell has none, never a missing key
+        for row_json in data["results"]:
+            row_json.setdefault("samples_ms", None)
     return data
 
 

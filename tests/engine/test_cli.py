@@ -201,6 +201,10 @@ def _bad_inputs(tmp: Path, mlp_onnx: Path) -> dict[str, tuple[list[str], str]]:
         "spec mismatch": ([str(mlp_onnx), "--input-spec", "x:float32[B,3,8]"], "rank"),
         "bad variant": ([str(mlp_onnx), "--variants", "prune-magic:2"], "unknown optimization"),
         "missing file": ([str(tmp / "nope.onnx")], "no such file"),
+        # flags are checked before the model is opened (a limited child, seconds): a missing file does not hide them
+        "bad flag before the model": ([str(tmp / "nope.onnx"), "--batch-sizes", "x"], "--batch-sizes 'x'"),
+        "bad variant before the model": ([str(tmp / "nope.onnx"), "--variants", "prune-magic:2"],
+                                        "unknown optimization"),
         "misspelt option": ([str(mlp_onnx), "--option", "onnxruntime.graph_level=basic"],
                             "onnxruntime has no option 'graph_level'"),
         "option for a runtime not run": ([str(mlp_onnx), "--runtimes", "onnxruntime", "--option",

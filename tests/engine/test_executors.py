@@ -88,3 +88,17 @@ def test_child_output_goes_to_log_not_terminal(tmp_path: Path, capfd: pytest.Cap
     captured = capfd.readouterr()
     assert "exploded" not in captured.out
     assert (tmp_path / "logs" / "raise.log").exists()
+
+
+def test_a_python_without_the_project_says_to_install_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An interpreter that cannot import the engine (isolated mode: no site-packages, no path of ours) is what a
+    checkout without `make install` gives every child: the outcome says what to do, not only an exit code."""
+    import sys
+
+    wrapper = tmp_path / "python-without-the-project"
+    wrapper.write_text(f'#!/bin/sh\nexec "{sys.executable}" -I -S "$@"\n')
+    wrapper.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(wrapper))
+    outcome = run_child(misbehave, {"mode": "ok"}, 60.0, tmp_path / "logs" / "bare.log")
+    assert (outcome.status, outcome.error_type) == ("crashed", "NotInstalled")
+    assert outcome.error is not None and "make install" in outcome.error

@@ -147,24 +147,24 @@ def text_npz(path: Path, calib: int, evaluate: int, seq_len: int = SEQ_LEN) -> P
 def int8_isa() -> dict[str, Any]:
     """The CPU's int8 dot-product instructions, from /proc/cpuinfo's flags: which kernels int8 can use here.
     `best` is the strongest flag present, `label` its name for people (AMX, AVX-512 VNNI, AVX-VNNI, AVX2 only)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
+    from engine.measure.hardware import cpu_flags
+
+    flags = cpu_flags()
+    if flags is None:
         return {"flags": None, "best": "unknown (no /proc/cpuinfo)", "label": "unknown (no /proc/cpuinfo)"}
-    line = next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
-    return isa_from_flags(set(line.partition(":")[2].split()))
+    return isa_from_flags(set(flags))
+
+
+# The flag behind each int8 path engine.measure.hardware names (the label is the engine's own).
+_INT8_FLAG = {"AMX": "amx_int8", "AVX-512 VNNI": "avx512_vnni", "AVX-VNNI": "avx_vnni", "AVX2 only": "avx2"}
 
 
 def isa_from_flags(flags: set[str]) -> dict[str, Any]:
-    # strongest first: AMX tiles (amx_int8 needs amx_tile), AVX-512 VNNI, AVX-VNNI (256-bit), plain AVX2
-    # (u8s8 products go through 16-bit intermediates that can saturate)
-    known = ("amx_int8", "amx_tile", "avx512_vnni", "avx_vnni", "avx2")
-    present = [f for f in known if f in flags]
-    labels = (("amx_int8", "AMX"), ("avx512_vnni", "AVX-512 VNNI"), ("avx_vnni", "AVX-VNNI"), ("avx2", "AVX2 only"))
-    best = next(((flag, label) for flag, label in labels if flag in flags
-                 and (flag != "amx_int8" or "amx_tile" in flags)), None)
-    return {"flags": present, "best": best[0] if best else "none (no AVX2)",
-            "label": best[1] if best else "no AVX2"}
+    from engine.measure.hardware import cpu_capabilities
+
+    label = cpu_capabilities(flags)["int8"]
+    present = [f for f in ("amx_int8", "amx_tile", "avx512_vnni", "avx_vnni", "avx2") if f in flags]
+    return {"flags": present, "best": _INT8_FLAG.get(label, "none (no AVX2)"), "label": label}
 
 
 def zip_folder(folder: Path, dest: Path) -> Path:

@@ -180,6 +180,54 @@ def cmd_worker(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def cmd_explain(args: argparse.Namespace, out: TextIO) -> int:
+    """What the stored diagnostics of one cell say, in plain lines (or JSON)."""
+    from engine.report.source import load_report
+
+    report = load_report(args.study_id)
+    rows = {row["cell"]: CellResult.from_json(row) for row in report["results"]}
+    row = rows.get(args.cell)
+    if row is None:
+        raise UserError(f"study {args.study_id} has cells {min(rows)}-{max(rows)}; pick one with --cell"
+                        if rows else f"study {args.study_id} has no cells")
+    if args.json:
+        print(json.dumps({"cell": row.cell, "status": str(row.status), "diagnostics": row.diagnostics}, indent=1),
+              file=out)
+        return 0
+    for line in explain_lines(row, report.get("environment")):
+        print(line, file=out)
+    return 0
+
+
+def explain_lines(row: CellResult, environment: Any) -> list[str]:
+    """A cell's diagnostics for people: what it is, how it ended, the hardware's verdict, quantization's coverage."""
+    lines = [f"cell {row.cell}: {row.variant} · {row.runtime} · batch {row.batch_size} — {row.status}"]
+    if not row.ok:
+        return [*lines, f"  {row.error or 'no reason recorded'}"]
+    if row.latency_ms is not None and row.latency_ms.p50 is not None:
+        speed = f"  p50 {row.latency_ms.p50:.3f} ms"
+        if row.speedup_vs_baseline is not None:
+            speed += f", {row.speedup_vs_baseline:.2f}× vs cell {row.baseline_cell} ({row.speedup_method})"
+        lines.append(speed)
+    cpu = (environment or {}).get("cpu_capabilities") if isinstance(environment, dict) else None
+    if cpu:
+        lines.append(f"  machine: int8 via {cpu.get('int8')}; fp16 {cpu.get('fp16')}; bf16 {cpu.get('bf16')}")
+    if row.diagnostics is None:
+        return [*lines, "  no diagnostics: measured before Paretoscope recorded them; rerun the cell to get them"]
+    lines.append(f"  hardware: {row.diagnostics.get('hardware') or 'fp32: nothing to say about number formats'}")
+    coverage = row.diagnostics.get("quantization")
+    if coverage:
+        quantized, left = coverage.get("quantized") or {}, coverage.get("float") or {}
+        parts = [f"{op} {quantized.get(op, 0)} of {quantized.get(op, 0) + left.get(op, 0)} int8" for op in quantized]
+        lines.append("  quantization: " + ("; ".join(parts) or "no compute op found"))
+        if coverage.get("float_nodes"):
+            lines.append("  left in float: " + ", ".join(coverage["float_nodes"]))
+        if coverage.get("quantize_nodes") is not None:
+            lines.append(f"  quantize / dequantize nodes: {coverage['quantize_nodes']} / "
+                         f"{coverage['dequantize_nodes']}")
+    return lines
+
+
 def cmd_report(args: argparse.Namespace, out: TextIO) -> int:
     from engine.report.source import load_report
 
@@ -429,9 +477,13 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
     p.add_argument("--push", metavar="REPO_ID",
                    help="with --format space: upload the folder to the Hugging Face Space OWNER/NAME "
                         "(needs huggingface_hub and a token: hf auth login, or HF_TOKEN)")
+    p = sub.add_parser("explain", help="why a cell measured what it did: quantization coverage, the hardware's verdict")
+    p.add_argument("study_id", type=int, help="the study's id (the last line of `bench`, or the dashboard)")
+    p.add_argument("--cell", type=int, required=True, help="the cell's number (the # column)")
+    p.add_argument("--json", action="store_true", help="print the cell's diagnostics as JSON")
     args = parser.parse_args(argv)
     commands = {"bench": cmd_bench, "runtimes": cmd_runtimes, "demo": cmd_demo, "worker": cmd_worker,
-                "report": cmd_report}
+                "report": cmd_report, "explain": cmd_explain}
     try:
         return commands[args.command](args, out)
     except UserError as exc:

@@ -20,6 +20,7 @@ from engine.data import (
     take_batch,
 )
 from engine.data import roles as input_roles
+from engine.diagnostics import cell_diagnostics
 from engine.executors.partner import Partner, PartnerError
 from engine.executors.tasks import ProgressFn, task
 from engine.measure import accuracy, gpu, latency, memory, noise, rounds
@@ -142,6 +143,9 @@ def run_cell(study_dir: Path, model: Artifact, cell: Cell, settings: StudySettin
         applied = dict(session.applied)
         paired = _rounds(session, prepared, samples, study_dir, model, cell, baseline, settings, data_path,
                          progress)
+    # after every timed call: reading the graph and the machine never runs beside the timing
+    diagnostics = cell_diagnostics(variant, [step.id for step in cell.parsed_chain().steps], runtime_cls.device,
+                                   gpu_device)
     summary = latency.summarize(samples, cell.batch_size)
     verdict = noise.noise_verdict(samples, summary["latency_ms"]["p50_ci95"], machine_load, settings.threads)
     fidelity = accuracy.fidelity(reference, outputs, attention_mask(model.spec, inputs))
@@ -179,6 +183,7 @@ def run_cell(study_dir: Path, model: Artifact, cell: Cell, settings: StudySettin
         machine_load=machine_load,
         noise=verdict,
         paired=paired,
+        diagnostics=diagnostics,
     )
 
 

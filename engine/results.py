@@ -190,6 +190,8 @@ class CellResult:
     machine_load: dict[str, Any] | None = None
     noise: dict[str, Any] | None = None
     paired: Rounds | None = None
+    # why it measured what it did: {"quantization": coverage of the int8 chain or None, "hardware": a verdict or None}
+    diagnostics: dict[str, Any] | None = None
     wall_s: float | None = None  # the job's whole time in its child: build, load, time, check
     # from the study's baseline cells, computed where reports are (engine.report.speedups)
     speedup_vs_baseline: float | None = None
@@ -222,7 +224,8 @@ class CellResult:
             "inputs": self.inputs, "device_metrics": self.device_metrics, "build_s": self.build_s,
             "train_s": self.train_s, "build_details": self.build_details, "target": self.target,
             "variant_path": self.variant_path, "machine_load": self.machine_load, "noise": self.noise,
-            "paired": self.paired.to_json() if self.paired else None, "wall_s": self.wall_s,
+            "paired": self.paired.to_json() if self.paired else None, "diagnostics": self.diagnostics,
+            "wall_s": self.wall_s,
             "speedup_vs_baseline": self.speedup_vs_baseline,
             "speedup_ci95": list(self.speedup_ci95) if self.speedup_ci95 else None,
             "speedup_method": self.speedup_method, "speedup_rounds": self.speedup_rounds,
@@ -252,7 +255,8 @@ class CellResult:
             device_metrics=data.get("device_metrics"), build_s=_float(data.get("build_s")),
             train_s=_float(data.get("train_s")), build_details=data.get("build_details"), target=data.get("target"),
             variant_path=data.get("variant_path"), machine_load=data.get("machine_load"), noise=data.get("noise"),
-            paired=Rounds.from_json(data.get("paired")), wall_s=_float(data.get("wall_s")),
+            paired=Rounds.from_json(data.get("paired")), diagnostics=data.get("diagnostics"),
+            wall_s=_float(data.get("wall_s")),
             speedup_vs_baseline=_float(data.get("speedup_vs_baseline")), speedup_ci95=_pair(data.get("speedup_ci95")),
             speedup_method=data.get("speedup_method"), speedup_rounds=_int(data.get("speedup_rounds")),
             baseline_cell=_int(data.get("baseline_cell")),

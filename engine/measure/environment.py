@@ -13,6 +13,7 @@ import psutil
 
 from engine import __version__
 from engine.measure.devices import cuda_devices
+from engine.measure.hardware import cpu_capabilities, gpu_precisions
 
 _LIBRARIES = ("torch", "onnxruntime", "onnxruntime-gpu", "onnx", "openvino", "nncf", "tensorrt", "transformers",
               "numpy")
@@ -59,7 +60,8 @@ def collect(threads: int | None = None) -> dict[str, Any]:
         "cores_physical": psutil.cpu_count(logical=False),
         "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
         "threads": threads,
-        "gpus": list(gpus),
+        "cpu_capabilities": cpu_capabilities(),
+        "gpus": [{**gpu, "precisions": gpu_precisions(gpu["compute_capability"])} for gpu in gpus],
         "gpu_reason": gpu_reason,
         "libraries": library_versions(),
         "paretoscope": __version__,

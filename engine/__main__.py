@@ -215,6 +215,15 @@ def explain_lines(row: CellResult, environment: Any) -> list[str]:
     if row.diagnostics is None:
         return [*lines, "  no diagnostics: measured before Paretoscope recorded them; rerun the cell to get them"]
     lines.append(f"  hardware: {row.diagnostics.get('hardware') or 'fp32: nothing to say about number formats'}")
+    op_types = row.diagnostics.get("op_types")
+    if op_types:
+        shares = ", ".join(f"{op} {share:.0%}" for op, share in list(op_types.items())[:6])
+        lines.append(f"  time by op type: {shares} (profiled after the timing, "
+                     f"{row.diagnostics.get('profile_overhead_ms', 0):.0f} ms)")
+        for op in row.diagnostics.get("top_ops") or []:
+            lines.append(f"    {op['share']:>4.0%}  {op['ms']:.4f} ms  {op['op_type']} on {op['where']}: {op['name']}")
+    elif row.diagnostics.get("profile_error"):
+        lines.append(f"  no per-op times: {row.diagnostics['profile_error']}")
     coverage = row.diagnostics.get("quantization")
     if coverage:
         quantized, left = coverage.get("quantized") or {}, coverage.get("float") or {}

@@ -23,15 +23,16 @@ from engine.data import roles as input_roles
 from engine.diagnostics import cell_diagnostics
 from engine.executors.partner import Partner, PartnerError
 from engine.executors.tasks import ProgressFn, task
-from engine.measure import accuracy, gpu, latency, memory, noise, rounds
+from engine.measure import accuracy, gpu, latency, memory, noise, profile, rounds
 from engine.optimizations.base import Chain
 from engine.optimizations.build import build_variant
 from engine.plan import Cell, StudySettings
 from engine.prepare import REFERENCE_FILE, dataset_of, load_reference, open_cell
 
 from engine.results import CellResult, Fidelity, LatencySummary, Rounds, Status, TaskMetric
-from engine.runtimes import Session, get
-from engine.variants import BuildContext
+from engine.errors import Unavailable
+from engine.runtimes import Runtime, Session, get
+from engine.variants import BuildContext, Variant
 
 # Prefix of the reference's temp file while it is written, in the study's folder.
 REFERENCE_TEMP = ".reference-"
@@ -143,9 +144,13 @@ def run_cell(study_dir: Path, model: Artifact, cell: Cell, settings: StudySettin
         applied = dict(session.applied)
         paired = _rounds(session, prepared, samples, study_dir, model, cell, baseline, settings, data_path,
                          progress)
-    # after every timed call: reading the graph and the machine never runs beside the timing
-    diagnostics = cell_diagnostics(variant, [step.id for step in cell.parsed_chain().steps], runtime_cls.device,
-                                   gpu_device)
+        # after every timed call: profiling, reading the graph and the machine never run beside the timing
+        progress("profiling", 0.0)
+        profiled = _profile(opened.runtime, session, variant, feeds, float(np.median(samples)))
+    diagnostics = {**cell_diagnostics(variant, [step.id for step in cell.parsed_chain().steps], runtime_cls.device,
+                                      gpu_device), **profiled}
+    if diagnostics.get("quantization") and diagnostics.get("op_types"):
+        diagnostics["quantization"]["qdq_share"] = profile.qdq_share(diagnostics["op_types"])
     summary = latency.summarize(samples, cell.batch_size)
     verdict = noise.noise_verdict(samples, summary["latency_ms"]["p50_ci95"], machine_load, settings.threads)
     fidelity = accuracy.fidelity(reference, outputs, attention_mask(model.spec, inputs))
@@ -185,6 +190,19 @@ def run_cell(study_dir: Path, model: Artifact, cell: Cell, settings: StudySettin
         paired=paired,
         diagnostics=diagnostics,
     )
+
+
+def _profile(runtime: Runtime, session: Session, variant: Variant, feeds: dict[str, np.ndarray],
+             p50_ms: float) -> dict[str, Any]:
+    """The diagnostics' `top_ops`, `op_types` and `profile_overhead_ms` from the runtime's own profiler (after the
+    timing, so the timed samples never carry its cost); `profile_error` instead when it cannot say."""
+    runs = profile.profile_runs(p50_ms)
+    start = time.perf_counter()
+    try:
+        summary: dict[str, Any] = profile.summarize(runtime.profile(session, variant, feeds, runs), runs)
+    except (Unavailable, RuntimeError, ValueError, OSError) as exc:  # a profiler's failure is a note, not the cell's
+        summary = {"top_ops": None, "op_types": None, "profile_error": f"{type(exc).__name__}: {exc}"[:300]}
+    return {**summary, "profile_runs": runs, "profile_overhead_ms": (time.perf_counter() - start) * 1e3}
 
 
 def _rounds(session: Session, prepared: Any, samples: np.ndarray, study_dir: Path, model: Artifact, cell: Cell,

@@ -41,7 +41,8 @@ if TYPE_CHECKING:
 # Where each phase of a cell sits in its whole run, so one bar moves forward through every phase.
 _PHASES = [("starting", 0.0, 0.02), ("reference outputs", 0.02, 0.1), ("building", 0.1, 0.4),
            ("exporting", 0.1, 0.4), ("distill", 0.1, 0.4), ("loading the cached", 0.1, 0.4),
-           ("loading", 0.4, 0.5), ("warming up", 0.5, 0.55), ("measuring", 0.55, 0.95), ("accuracy", 0.95, 1.0)]
+           ("loading", 0.4, 0.5), ("warming up", 0.5, 0.55), ("measuring", 0.55, 0.85), ("accuracy", 0.85, 0.88),
+           ("interleaved rounds", 0.88, 0.97), ("profiling", 0.97, 1.0)]
 
 
 def cell_fraction(status: str, phase: str | None, fraction: float | None) -> float:

@@ -11,8 +11,9 @@ from typing import Any, ClassVar, Generic, Self, TypeVar, cast
 import numpy as np
 
 from engine.config import BadValue, Config, check_types, describe, param, to_text
-from engine.errors import UserError
+from engine.errors import Unavailable, UserError
 from engine.measure.devices import cuda_index
+from engine.measure.profile import OpTime
 from engine.variants import Variant
 
 
@@ -136,6 +137,10 @@ class Session(ABC):
     def _close(self) -> None:
         """Release native resources; the default drops nothing."""
 
+    def profile_ops(self, prepared: Any, runs: int) -> list[OpTime]:
+        """Per-op times of `runs` calls on `prepared`, from the framework's profiler, after the timing."""
+        raise Unavailable("this runtime has no per-op profiler")
+
 
 class Runtime(ABC, Generic[OptionsT]):
     """A registered runtime: what it consumes, which device it needs, its options, and how to load a variant."""
@@ -195,6 +200,11 @@ class Runtime(ABC, Generic[OptionsT]):
     @abstractmethod
     def load(self, variant: Variant) -> Session:
         """Load a built variant into a session."""
+
+    def profile(self, session: Session, variant: Variant, feeds: dict[str, np.ndarray], runs: int) -> list[OpTime]:
+        """Per-op times of `runs` calls on `feeds` from this runtime's own profiler, after the cell's timing. The
+        default profiles the loaded session; a runtime whose profiler is switched on at load opens another."""
+        return session.profile_ops(session.prepare(feeds), runs)
 
 
 REGISTRY: dict[str, type[Runtime[Any]]] = {}

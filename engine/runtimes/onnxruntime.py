@@ -16,6 +16,7 @@ import numpy as np
 
 from engine.config import param
 from engine.errors import Unavailable
+from engine.measure.profile import OpTime
 from engine.runtimes.base import CudaOptions, Runtime, RuntimeOptions, Session, register, tf32_option
 from engine.variants import Variant
 
@@ -162,6 +163,26 @@ class OrtSession(Session):
     def _fetch(self, outputs: Any) -> list[np.ndarray]:
         return [np.asarray(o, dtype=np.float32) if np.asarray(o).dtype.kind == "f" else np.asarray(o) for o in outputs]
 
+    def end_profiling(self) -> str:
+        """Stop a profiling session's profiler; the path of its JSON trace."""
+        return str(self._session.end_profiling())
+
+
+def ort_op_times(trace: Path) -> list[OpTime]:
+    """Each node's kernel time in an ONNX Runtime profile trace (Chrome trace JSON): name, op type, provider."""
+    import json
+
+    found = []
+    for event in json.loads(trace.read_text()):
+        name = str(event.get("name", ""))
+        if event.get("cat") != "Node" or not name.endswith("_kernel_time"):
+            continue
+        args = event.get("args") or {}
+        found.append(OpTime(name.removesuffix("_kernel_time"), str(args.get("op_name", "?")),
+                            str(args.get("provider", "?")).removesuffix("ExecutionProvider"),
+                            float(event.get("dur", 0)) / 1e3))
+    return found
+
 
 class OrtBoundSession(OrtSession):
     """GPU providers with I/O binding: inputs live on the device before the timed call, outputs stay there."""
@@ -271,10 +292,33 @@ class _OrtRuntime(Runtime[_OrtOptionsT]):
         return options
 
     def load(self, variant: Variant) -> Session:
+        return self._open(variant)
+
+    def profile(self, session: Session, variant: Variant, feeds: dict[str, np.ndarray], runs: int) -> list[OpTime]:
+        """ONNX Runtime's own profiler on a second session of the same settings: each node's kernel time and the
+        execution provider that ran it (the timed session never had profiling on)."""
+        import tempfile
+
+        from storage.paths import sub_dir
+
+        with tempfile.TemporaryDirectory(prefix="ort-profile-", dir=sub_dir("tmp")) as folder:
+            profiled = self._open(variant, profile_prefix=str(Path(folder) / "ort"))
+            with profiled:
+                prepared = profiled.prepare(feeds)
+                for _ in range(runs):
+                    profiled.run(prepared)
+                    profiled.synchronize()
+                trace = Path(profiled.end_profiling())
+            return ort_op_times(trace)
+
+    def _open(self, variant: Variant, profile_prefix: str | None = None) -> OrtSession:
         import onnxruntime as ort
 
         level = self.settings.options.graph_optimization_level
         session_options = ort.SessionOptions()
+        if profile_prefix is not None:
+            session_options.enable_profiling = True
+            session_options.profile_file_prefix = profile_prefix
         session_options.graph_optimization_level = {
             "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
             "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,

@@ -8,6 +8,7 @@ from typing import Any, Literal
 import numpy as np
 
 from engine.config import param
+from engine.measure.profile import OpTime
 from engine.runtimes.base import Runtime, RuntimeOptions, Session, register
 from engine.variants import Variant
 
@@ -58,16 +59,33 @@ class OpenVinoCpu(Runtime[OpenVinoOptions]):
     requires = ("openvino",)
 
     def load(self, variant: Variant) -> Session:
+        return self._open(variant)
+
+    def profile(self, session: Session, variant: Variant, feeds: dict[str, np.ndarray], runs: int) -> list[OpTime]:
+        """OpenVINO's performance counters on a second compilation with PERF_COUNT on: each executed layer's
+        time and the kernel the plugin chose for it (e.g. brgemm_avx512_amx_I8 or a ref_ fallback)."""
+        with self._open(variant, perf_count=True) as profiled:
+            prepared = profiled.prepare(feeds)
+            found = []
+            for _ in range(runs):
+                request = profiled.run(prepared)
+                found += [OpTime(info.node_name, info.node_type, info.exec_type, info.real_time.total_seconds() * 1e3)
+                          for info in request.get_profiling_info() if str(info.status).endswith("EXECUTED")]
+        return found
+
+    def _open(self, variant: Variant, perf_count: bool = False) -> OpenVinoSession:
         import openvino as ov
 
         core = ov.Core()
         model = core.read_model(str(variant.file))
-        config = {
+        config: dict[str, Any] = {
             "INFERENCE_NUM_THREADS": self.settings.threads,
             "PERFORMANCE_HINT": "LATENCY",
             "NUM_STREAMS": 1,
         }
         config["INFERENCE_PRECISION_HINT"] = self.settings.options.inference_precision
+        if perf_count:
+            config["PERF_COUNT"] = True
         compiled = core.compile_model(model, "CPU", config)
         session = OpenVinoSession(compiled, variant.input_names)
         precision = compiled.get_property("INFERENCE_PRECISION_HINT")

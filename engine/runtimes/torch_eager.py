@@ -8,6 +8,7 @@ from typing import Any, Literal
 import numpy as np
 
 from engine.config import param
+from engine.measure.profile import OpTime
 from engine.runtimes.base import Runtime, RuntimeOptions, RuntimeSettings, Session, register
 from engine.variants import Variant
 
@@ -63,6 +64,26 @@ class TorchSession(Session):
     def _fetch(self, outputs: Any) -> list[np.ndarray]:
         items = outputs if isinstance(outputs, (tuple, list)) else (outputs,)
         return [o.detach().float().numpy() if o.dtype.is_floating_point else o.numpy() for o in items]
+
+    def profile_ops(self, prepared: Any, runs: int) -> list[OpTime]:
+        """torch.profiler's self time per operator (aten::addmm, ...), device time where the op ran on a GPU."""
+        from torch.profiler import ProfilerActivity, profile
+
+        activities = [ProfilerActivity.CPU]
+        if self._torch.cuda.is_available():
+            activities.append(ProfilerActivity.CUDA)
+        with profile(activities=activities) as prof:
+            for _ in range(runs):
+                self.run(prepared)
+                self.synchronize()
+        found = []
+        for event in prof.key_averages():
+            device_us = float(getattr(event, "self_device_time_total", 0.0) or 0.0)
+            cpu_us = float(event.self_cpu_time_total)
+            where, us = ("cuda", device_us) if device_us > 0 else ("cpu", cpu_us)
+            if us > 0:
+                found.append(OpTime(event.key, event.key, where, us / 1e3))
+        return found
 
 
 @register

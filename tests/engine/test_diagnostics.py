@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -85,6 +86,69 @@ def test_a_cells_result_carries_its_diagnostics(tmp_path: Path, mlp_onnx: Path) 
     assert result.diagnostics is not None
     assert result.diagnostics["quantization"]["quantized"] == {"Gemm": 2}
     assert result.diagnostics["hardware"] == hardware.verdict(["int8-static"], "cpu")
+    # where the time goes: ONNX Runtime's profiler, per node, after the timing
+    top = result.diagnostics["top_ops"]
+    assert top and {op["op_type"] for op in top} >= {"QGemm"} and all(op["where"] == "CPU" for op in top)
+    assert sum(result.diagnostics["op_types"].values()) == pytest.approx(1.0)
+    assert result.diagnostics["profile_overhead_ms"] > 0 and result.diagnostics["profile_runs"] >= 3
+    assert 0 < result.diagnostics["quantization"]["qdq_share"] < 1  # the input's QuantizeLinear, not fused
+
+
+@pytest.fixture
+def measured(tmp_path: Path, mlp_onnx: Path) -> Any:
+    model = intake(mlp_onnx)
+    settings = StudySettings(measure=MeasureSettings(warmup=1, iterations=5, min_seconds=0.0, rounds=0), threads=1)
+    job.compute_reference(tmp_path, model, None, settings, lambda phase, fraction: None)
+
+    def run(chain_text: str, runtime: str) -> Any:
+        chain = parse_chain(chain_text)
+        return job.run_cell(tmp_path, model, Cell(0, chain.name, tuple(chain.to_json()), runtime, 1), settings, None,
+                            lambda phase, fraction: None)
+
+    return run
+
+
+def test_the_profile_runs_after_the_timing_and_adds_no_sample(measured: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from engine.measure import latency
+    from engine.runtimes.onnxruntime import OnnxRuntimeCpu
+
+    events: list[tuple[str, int]] = []
+    timed, profiled = latency.measure, OnnxRuntimeCpu.profile
+
+    def measure(*args: Any, **kwargs: Any) -> Any:
+        samples = timed(*args, **kwargs)
+        events.append(("timed", len(samples)))
+        return samples
+
+    def profile(self: Any, *args: Any) -> Any:
+        events.append(("profiled", args[-1]))
+        return profiled(self, *args)
+
+    monkeypatch.setattr(latency, "measure", measure)
+    monkeypatch.setattr(OnnxRuntimeCpu, "profile", profile)
+    result = measured("baseline", "onnxruntime")
+    assert [kind for kind, _ in events] == ["timed", "profiled"]
+    assert len(result.samples_ms) == events[0][1]  # the profiled calls are none of the timed samples
+
+
+def test_openvino_names_the_kernel_each_layer_ran(measured: Any) -> None:
+    result = measured("int8-static", "openvino")
+    top = result.diagnostics["top_ops"]
+    assert top and all(op["where"] and op["op_type"] for op in top)
+    assert any(op["op_type"].startswith("FullyConnected") for op in top)
+
+
+def test_a_profiler_that_fails_is_a_note_not_a_failed_cell(measured: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from engine.errors import Unavailable
+    from engine.runtimes.onnxruntime import OnnxRuntimeCpu
+
+    def fails(self: Any, *args: Any) -> Any:
+        raise Unavailable("no profiler here")
+
+    monkeypatch.setattr(OnnxRuntimeCpu, "profile", fails)
+    result = measured("baseline", "onnxruntime")
+    assert result.ok and result.diagnostics["top_ops"] is None
+    assert result.diagnostics["profile_error"] == "Unavailable: no profiler here"
 
 
 @pytest.mark.slow
@@ -98,7 +162,9 @@ def test_explain_prints_a_cells_diagnostics(tmp_path: Path, mlp_onnx: Path) -> N
     text = explained.getvalue()
     assert "cell 1: int8-static:exclude=/0/Gemm · onnxruntime" in text
     assert "quantization: Gemm 1 of 2 int8" in text and "left in float: /0/Gemm" in text
+    assert "time by op type: " in text and " on CPU: " in text
     as_json = io.StringIO()
     assert main(["explain", str(study_id), "--cell", "0", "--json"], out=as_json) == 0
-    assert json.loads(as_json.getvalue())["diagnostics"] == {"quantization": None, "hardware": None}
+    baseline = json.loads(as_json.getvalue())["diagnostics"]
+    assert (baseline["quantization"], baseline["hardware"]) == (None, None) and baseline["top_ops"]
     assert main(["explain", str(study_id), "--cell", "9"], out=io.StringIO()) == 2  # one line: pick a cell

@@ -211,6 +211,7 @@ def test_a_cells_progress_moves_forward_through_its_phases() -> None:
             cell_fraction("running", "exporting to ONNX", 0.5), cell_fraction("running", "loading", 0.0),
             cell_fraction("running", "warming up", 0.0), cell_fraction("running", "measuring", 0.5),
             cell_fraction("running", "measuring", 1.0), cell_fraction("running", "accuracy", 0.0),
+            cell_fraction("running", "interleaved rounds", 0.5), cell_fraction("running", "profiling", 0.0),
             cell_fraction("ok", None, None)]
     assert seen == sorted(seen) and seen[0] == 0.0 and seen[-1] == 1.0
 

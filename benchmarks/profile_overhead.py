@@ -10,9 +10,7 @@ the least the cell does. Target: at most 20% per cell. Prints a table and writes
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from pathlib import Path
 from typing import Any
 
 from benchmarks.common import command_line, data_folder, run_study, table, write_json

@@ -194,47 +194,11 @@ def cmd_explain(args: argparse.Namespace, out: TextIO) -> int:
         print(json.dumps({"cell": row.cell, "status": str(row.status), "diagnostics": row.diagnostics}, indent=1),
               file=out)
         return 0
+    from engine.report.why import explain_lines
+
     for line in explain_lines(row, report.get("environment")):
         print(line, file=out)
     return 0
-
-
-def explain_lines(row: CellResult, environment: Any) -> list[str]:
-    """A cell's diagnostics for people: what it is, how it ended, the hardware's verdict, quantization's coverage."""
-    lines = [f"cell {row.cell}: {row.variant} · {row.runtime} · batch {row.batch_size} — {row.status}"]
-    if not row.ok:
-        return [*lines, f"  {row.error or 'no reason recorded'}"]
-    if row.latency_ms is not None and row.latency_ms.p50 is not None:
-        speed = f"  p50 {row.latency_ms.p50:.3f} ms"
-        if row.speedup_vs_baseline is not None:
-            speed += f", {row.speedup_vs_baseline:.2f}× vs cell {row.baseline_cell} ({row.speedup_method})"
-        lines.append(speed)
-    cpu = (environment or {}).get("cpu_capabilities") if isinstance(environment, dict) else None
-    if cpu:
-        lines.append(f"  machine: int8 via {cpu.get('int8')}; fp16 {cpu.get('fp16')}; bf16 {cpu.get('bf16')}")
-    if row.diagnostics is None:
-        return [*lines, "  no diagnostics: measured before Paretoscope recorded them; rerun the cell to get them"]
-    lines.append(f"  hardware: {row.diagnostics.get('hardware') or 'fp32: nothing to say about number formats'}")
-    op_types = row.diagnostics.get("op_types")
-    if op_types:
-        shares = ", ".join(f"{op} {share:.0%}" for op, share in list(op_types.items())[:6])
-        lines.append(f"  time by op type: {shares} (profiled after the timing, "
-                     f"{row.diagnostics.get('profile_overhead_ms', 0):.0f} ms)")
-        for op in row.diagnostics.get("top_ops") or []:
-            lines.append(f"    {op['share']:>4.0%}  {op['ms']:.4f} ms  {op['op_type']} on {op['where']}: {op['name']}")
-    elif row.diagnostics.get("profile_error"):
-        lines.append(f"  no per-op times: {row.diagnostics['profile_error']}")
-    coverage = row.diagnostics.get("quantization")
-    if coverage:
-        quantized, left = coverage.get("quantized") or {}, coverage.get("float") or {}
-        parts = [f"{op} {quantized.get(op, 0)} of {quantized.get(op, 0) + left.get(op, 0)} int8" for op in quantized]
-        lines.append("  quantization: " + ("; ".join(parts) or "no compute op found"))
-        if coverage.get("float_nodes"):
-            lines.append("  left in float: " + ", ".join(coverage["float_nodes"]))
-        if coverage.get("quantize_nodes") is not None:
-            lines.append(f"  quantize / dequantize nodes: {coverage['quantize_nodes']} / "
-                         f"{coverage['dequantize_nodes']}")
-    return lines
 
 
 def cmd_report(args: argparse.Namespace, out: TextIO) -> int:

@@ -10,8 +10,9 @@ import streamlit as st
 from engine.report import charts, tables
 from engine.report.pareto import Constraints
 from engine.report.ship import ship_panel
+from engine.report.why import why_panel
 from pages import common
-from engine.results import Status
+from engine.results import CellResult, Status
 
 
 def download_bar(where: st.delta_generator.DeltaGenerator, study_id: int, constraints: Constraints | None) -> None:
@@ -136,6 +137,15 @@ st.plotly_chart(charts.memory_and_size(frame), key="memory", theme=None)  # full
 st.plotly_chart(charts.throughput_vs_batch(frame), key="throughput", theme=None)
 
 env = full["environment"]
+st.subheader("Why? One cell explained")
+measured = [CellResult.from_json(r) for r in full["results"] if r["status"] == Status.OK]
+explained = st.selectbox("Cell", [r.cell for r in measured],
+                         index=next((i for i, r in enumerate(measured) if best is not None and r.cell == best["cell"]),
+                                    0),
+                         format_func=lambda c: next(f"#{r.cell} {r.variant} · {r.runtime} · batch {r.batch_size}"
+                                                    for r in measured if r.cell == c))
+why_panel(next(r for r in measured if r.cell == explained), env)
+
 if isinstance(env, dict):
     with st.expander("Environment"):
         st.json(env)

@@ -247,3 +247,22 @@ def test_compare_shows_each_studys_speedup_with_its_interval(data_dir: Path, int
     assert joined["speedup_a"].notna().any()  # numbers underneath, sortable
     texts = shown(at)
     assert any("× [" in str(v) for v in texts["speedup_a"]) and any("× [" in str(v) for v in texts["speedup_b"])
+
+
+def test_results_page_explains_a_cell(data_dir: Path) -> None:
+    at, study_id = _results_page_of("first <script>")
+    assert any(h.value == "Why? One cell explained" for h in at.subheader)
+    picker = next(s for s in at.selectbox if s.label == "Cell")
+    with session(write=False) as s:
+        rows = {r["cell"]: r for r in source.results_json(s, study_id)["results"]}
+    int8 = next(c for c, r in rows.items() if r["variant"] == "int8-dynamic" and r["runtime"] == "onnxruntime")
+    picker.set_value(int8).run()
+    assert not at.exception, at.exception
+    diagnostics = rows[int8]["diagnostics"]
+    # the hardware's verdict on int8 here, the time by op type and the quantization coverage of the variant
+    assert [i.value for i in at.info if i.value.startswith("int8 on")] == [diagnostics["hardware"]]
+    markdown = [m.value for m in at.markdown]
+    assert any(m.startswith("**Where the time goes**") for m in markdown)
+    assert "**What quantization covered**" in markdown
+    op_types = next(d.value for d in at.dataframe if "op type" in d.value.columns)
+    assert list(op_types["op type"]) == list(diagnostics["op_types"])

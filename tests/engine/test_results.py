@@ -48,8 +48,9 @@ def test_an_older_row_reads_with_nulls_and_a_newer_rows_keys_survive() -> None:
     record = CellResult.from_json(older)
     assert record.latency_ms == LatencySummary(p50=2.0) and record.latency_ms.p50_ci95 is None
     assert record.fidelity == Fidelity(cosine=1.0) and record.paired is None and record.speedup_ci95 is None
-    newer = {**older, "diagnostics": {"top_ops": [{"name": "MatMul_0", "ms": 0.4}]}}
-    assert CellResult.from_json(newer).to_json()["diagnostics"] == newer["diagnostics"]
+    newer = {**older, "generation": {"ttft_ms": {"p50": 12.0}}}  # a key this version does not know
+    kept = CellResult.from_json(newer)
+    assert kept.extra == {"generation": newer["generation"]} and kept.to_json()["generation"] == newer["generation"]
 
 
 def test_a_failed_rounds_record_keeps_only_its_error() -> None:

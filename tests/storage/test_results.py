@@ -27,7 +27,8 @@ def test_a_result_comes_back_as_it_was_stored_with_the_jobs_identity() -> None:
     measured.variant, measured.batch_size = "baseline", 1
     samples = np.asarray(measured.samples_ms, dtype=np.float32)
     measured.samples_ms = None
-    measured.extra = {"diagnostics": {"top_ops": []}}  # a newer producer's addition
+    measured.diagnostics = {"quantization": None, "hardware": None, "top_ops": [], "op_types": {}}
+    measured.extra = {"generation": {"ttft_ms": {"p50": 12.0}}}  # a newer producer's addition
     with session() as s:
         assert queue.finish_job(s, job_id, "w", Status.OK, result=measured.to_json(), samples=samples) == "ok"
     with session(write=False) as s:
@@ -38,8 +39,8 @@ def test_a_result_comes_back_as_it_was_stored_with_the_jobs_identity() -> None:
     assert not {"cell", "job_id", "attempts", "status"} & set(extra) and None not in extra.values()
     back = CellResult.from_json(row)
     for field in ("latency_ms", "fidelity", "task", "paired", "inputs", "noise", "settings", "notes", "wall_s",
-                  "model_size_mb", "target"):
+                  "model_size_mb", "target", "diagnostics"):
         assert getattr(back, field) == getattr(measured, field), field
-    assert back.extra == {"diagnostics": {"top_ops": []}}
+    assert back.extra == {"generation": {"ttft_ms": {"p50": 12.0}}}
     # speedups are the engine's, computed when read: this baseline is its own
     assert (typed.speedup_vs_baseline, typed.speedup_method, typed.baseline_cell) == (1.0, "baseline", 0)

@@ -144,6 +144,8 @@ def run_cell(study_dir: Path, model: Artifact, cell: Cell, settings: StudySettin
         applied = dict(session.applied)
         paired = _rounds(session, prepared, samples, study_dir, model, cell, baseline, settings, data_path,
                          progress)
+        # the cell's own peak: the profile below opens a second session (ONNX Runtime, OpenVINO) that is not the cell's
+        peak_host_mb = memory.peak_host_mb()
         # after every timed call: profiling, reading the graph and the machine never run beside the timing
         progress("profiling", 0.0)
         profiled = _profile(opened.runtime, session, variant, feeds, float(np.median(samples)))
@@ -168,7 +170,7 @@ def run_cell(study_dir: Path, model: Artifact, cell: Cell, settings: StudySettin
         throughput_per_s=summary["throughput_per_s"],
         load_s=load_s,
         first_run_ms=first_run_ms,
-        peak_host_mb=memory.peak_host_mb(),
+        peak_host_mb=peak_host_mb,
         peak_device_mb=device["peak_device_mb"] if device else None,
         device_metrics=device,
         model_size_mb=variant.size_bytes / 2**20,

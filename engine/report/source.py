@@ -13,19 +13,22 @@ from engine.results import CellResult
 from storage import results as stored
 
 
+def with_speedups(rows: list[dict[str, Any]]) -> list[CellResult]:
+    """Results JSON rows as typed results, each with its speedup over its batch size's baseline."""
+    typed = [CellResult.from_json(row) for row in rows]
+    add_speedups(typed)
+    return typed
+
+
 def study_results(s: Session, study_id: int) -> list[CellResult]:
     """The study's cells in order, as typed results with their speedups."""
-    rows = [CellResult.from_json(row) for row in stored.study_rows(s, study_id)]
-    add_speedups(rows)
-    return rows
+    return with_speedups(stored.study_rows(s, study_id))
 
 
 def results_json(s: Session, study_id: int, with_samples: bool = False) -> dict[str, Any]:
     """The study's results JSON; KeyError when no study has this id."""
     data = stored.study_json(s, study_id, with_samples=with_samples)
-    rows = [CellResult.from_json(row) for row in data["results"]]
-    add_speedups(rows)
-    data["results"] = [row.to_json() for row in rows]
+    data["results"] = [row.to_json() for row in with_speedups(data["results"])]
     if with_samples:  # asked for: null where a cell has none, never a missing key
         for row_json in data["results"]:
             row_json.setdefault("samples_ms", None)

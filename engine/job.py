@@ -20,7 +20,7 @@ from engine.data import (
     take_batch,
 )
 from engine.data import roles as input_roles
-from engine.diagnostics import cell_diagnostics
+from engine.diagnostics import cell_diagnostics, layer_errors
 from engine.executors.partner import Partner, PartnerError
 from engine.executors.tasks import ProgressFn, task
 from engine.measure import accuracy, gpu, latency, memory, noise, profile, rounds
@@ -30,7 +30,6 @@ from engine.plan import Cell, StudySettings
 from engine.prepare import REFERENCE_FILE, dataset_of, load_reference, open_cell
 
 from engine.results import CellResult, Fidelity, LatencySummary, Rounds, Status, TaskMetric
-from engine.errors import Unavailable
 from engine.runtimes import Runtime, Session, get
 from engine.variants import BuildContext, Variant
 
@@ -149,10 +148,13 @@ def run_cell(study_dir: Path, model: Artifact, cell: Cell, settings: StudySettin
         # after every timed call: profiling, reading the graph and the machine never run beside the timing
         progress("profiling", 0.0)
         profiled = _profile(opened.runtime, session, variant, feeds, float(np.median(samples)))
-    diagnostics = {**cell_diagnostics(variant, [step.id for step in cell.parsed_chain().steps], runtime_cls.device,
-                                      gpu_device), **profiled}
+    steps = [step.id for step in cell.parsed_chain().steps]
+    progress("layer errors", 0.0)
+    diagnostics = {**cell_diagnostics(variant, steps, runtime_cls.device, gpu_device), **profiled,
+                   **_layer_errors(model, variant, steps, opened.edits, inputs, settings.threads)}
     if diagnostics.get("quantization") and diagnostics.get("op_types"):
         diagnostics["quantization"]["qdq_share"] = profile.qdq_share(diagnostics["op_types"])
+        diagnostics["quantization"]["unfused_qdq_nodes"] = diagnostics.get("unfused_qdq_nodes")
     summary = latency.summarize(samples, cell.batch_size)
     verdict = noise.noise_verdict(samples, summary["latency_ms"]["p50_ci95"], machine_load, settings.threads)
     fidelity = accuracy.fidelity(reference, outputs, attention_mask(model.spec, inputs))
@@ -202,9 +204,19 @@ def _profile(runtime: Runtime, session: Session, variant: Variant, feeds: dict[s
     start = time.perf_counter()
     try:
         summary: dict[str, Any] = profile.summarize(runtime.profile(session, variant, feeds, runs), runs)
-    except (Unavailable, RuntimeError, ValueError, OSError) as exc:  # a profiler's failure is a note, not the cell's
+    except Exception as exc:  # noqa: BLE001 - ONNX Runtime's errors are bare Exceptions; a note, not the cell's failure
         summary = {"top_ops": None, "op_types": None, "profile_error": f"{type(exc).__name__}: {exc}"[:300]}
     return {**summary, "profile_runs": runs, "profile_overhead_ms": (time.perf_counter() - start) * 1e3}
+
+
+def _layer_errors(model: Artifact, variant: Variant, steps: list[str], edits: list[dict[str, Any]],
+                  inputs: dict[str, np.ndarray], threads: int) -> dict[str, Any]:
+    """The diagnostics' per-layer errors against the fp32 reference (engine.diagnostics.layer_errors), after every
+    timed call; `layer_errors_error` instead when they cannot be computed (a note, not the cell's failure)."""
+    try:
+        return layer_errors(model, variant, steps, edits, inputs, threads)
+    except Exception as exc:  # noqa: BLE001 - ONNX Runtime's errors are bare Exceptions; a note, not the cell's failure
+        return {"layer_errors": None, "layer_errors_error": f"{type(exc).__name__}: {exc}"[:300]}
 
 
 def _rounds(session: Session, prepared: Any, samples: np.ndarray, study_dir: Path, model: Artifact, cell: Cell,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -46,6 +47,8 @@ class Opened:
     variant: Variant
     dataset: Dataset | None
     gpu_device: str | None
+    # the structural edits of the variant's torch-level passes (a distilled student's kept layers)
+    edits: list[dict[str, Any]]
 
 
 def open_cell(model: Artifact, cell: Cell, settings: StudySettings, data_path: str | None,
@@ -70,4 +73,4 @@ def open_cell(model: Artifact, cell: Cell, settings: StudySettings, data_path: s
     )
     progress("building variant", 0.0)
     variant = build_variant(model, cell.parsed_chain(), runtime_cls.consumes, ctx)
-    return Opened(runtime_cls, runtime, variant, dataset, gpu_device)
+    return Opened(runtime_cls, runtime, variant, dataset, gpu_device, list(ctx.edits))

@@ -64,11 +64,14 @@ class Int8DynamicConfig(OptConfig):
     reduce_range: bool = False
     ops: tuple[str, ...] = DEFAULT_DYNAMIC_OPS
     weight_type: Literal["int8", "uint8"] = "int8"
+    # layers kept in float, joined with '|' on the command line: ONNX node names, or torch module names
+    exclude: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.ops:
             raise ValueError("ops must name at least one ONNX op type, e.g. ops=MatMul")
         _check_names("ops", self.ops)
+        _check_names("exclude", self.exclude)
         if self.weight_type not in ("int8", "uint8"):
             raise ValueError(f"weight_type={self.weight_type} is not int8 or uint8")
 
@@ -163,10 +166,11 @@ def int8_dynamic_onnx(src: Path, dst: Path, config: Int8DynamicConfig, ctx: Buil
 
     with tempfile.TemporaryDirectory(prefix="quant-", dir=dst.parent) as scratch:
         pre = preprocess(src, Path(scratch), ctx.notes)
+        _check_excluded(pre, config.exclude, ctx.notes)
         quantize_dynamic(
             str(pre), str(dst), op_types_to_quantize=list(config.ops), per_channel=config.per_channel,
             reduce_range=config.reduce_range, weight_type=_quant_type(config.weight_type),
-            use_external_data_format=is_large(pre),
+            nodes_to_exclude=list(config.exclude) or None, use_external_data_format=is_large(pre),
         )
     _count_quantized(dst)
 
@@ -191,10 +195,18 @@ def int8_dynamic_torch(module: Any, config: Int8DynamicConfig, ctx: BuildContext
     # one scale per output row: per-tensor weights lose a pretrained encoder's small rows (all-MiniLM-L6-v2:
     # cosine 0.91 per tensor, 0.96 per channel); torch's x86 kernel reduces activations to 7 bits either way
     qconfig = per_channel_dynamic_qconfig if config.per_channel else default_dynamic_qconfig
-    quantized = torch.ao.quantization.quantize_dynamic(module, {torch.nn.Linear: qconfig}, dtype=torch.qint8,
-                                                       inplace=False)
+    names = [name for name, m in module.named_modules() if isinstance(m, torch.nn.Linear)]
+    unknown = [name for name in config.exclude if name not in names]
+    if unknown:
+        raise NotApplicable(f"int8-dynamic exclude={'|'.join(unknown)}: no Linear layer of that name (the names "
+                            f"are module names, e.g. {names[0]})")
+    spec: dict[Any, Any] = ({name: qconfig for name in names if name not in config.exclude} if config.exclude
+                            else {torch.nn.Linear: qconfig})
+    quantized = torch.ao.quantization.quantize_dynamic(module, spec, dtype=torch.qint8, inplace=False)
     scheme = "per-channel" if config.per_channel else "per-tensor"
-    ctx.notes.append(f"int8-dynamic quantized {len(linears)} Linear layers (torch), {scheme} int8 weights")
+    kept = f", {len(config.exclude)} kept in float ({_names(list(config.exclude))})" if config.exclude else ""
+    ctx.notes.append(f"int8-dynamic quantized {len(names) - len(config.exclude)} Linear layers (torch), {scheme} "
+                     f"int8 weights{kept}")
     return quantized
 
 
@@ -229,9 +241,24 @@ def int8_static_onnx(src: Path, dst: Path, config: Int8StaticConfig, ctx: BuildC
 Quantize = Callable[[Path, set[str], str | None], None]
 
 
+def _check_excluded(pre: Path, exclude: tuple[str, ...], notes: list[str]) -> None:
+    """Refuse `exclude` names that no node of the graph has: quantizing as if they were not given would hide it."""
+    if not exclude:
+        return
+    import onnx
+
+    names = {node.name for node in onnx.load(str(pre), load_external_data=False).graph.node}
+    unknown = [name for name in exclude if name not in names]
+    if unknown:
+        raise NotApplicable(f"exclude={'|'.join(unknown)}: no node of the graph has that name (`python -m engine "
+                            "explain` lists the layers' names)")
+    notes.append(f"{len(exclude)} node(s) kept in float by exclude ({_names(list(exclude))})")
+
+
 def _int8_static(pre: Path, dst: Path, config: Int8StaticConfig, ctx: BuildContext, scratch: Path) -> None:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_static
 
+    _check_excluded(pre, config.exclude, ctx.notes)
     arrays = ctx.calibration(config.calibration_samples)
     held_out = None
     if config.max_drop:

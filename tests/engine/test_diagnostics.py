@@ -169,6 +169,8 @@ def test_explain_prints_a_cells_diagnostics(tmp_path: Path, mlp_onnx: Path) -> N
     assert "cell 1: int8-static:exclude=/0/Gemm · onnxruntime" in text
     assert "quantization: Gemm 1 of 2 int8" in text and "left in float: /0/Gemm" in text
     assert "time by op type: " in text and " on CPU: " in text
+    assert "layer errors against fp32 (8 samples, 2 layers" in text
+    assert "reaching   0.0%  Gemm /0/Gemm" in text  # the layer kept in float adds nothing
     as_json = io.StringIO()
     assert main(["explain", str(study_id), "--cell", "0", "--json"], out=as_json) == 0
     baseline = json.loads(as_json.getvalue())["diagnostics"]

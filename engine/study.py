@@ -319,3 +319,40 @@ def rerun_noisy_cells(study_id: int) -> int:
         noisy = [row.cell for row in source.study_results(s, study_id)
                  if row.cell is not None and (row.noise or {}).get("noisy")]
         return queue.rerun_cells(s, study_id, noisy)
+
+
+def rebuild_with_float_layers(study_id: int, cell: int, layers: list[str], user: str | None = None) -> tuple[int, str]:
+    """Queue, in the same study, cell `cell`'s variant rebuilt with these layers kept in float by its int8 step
+    (same runtime and batch size): the new cell's index and its variant's name. On a shared server only the
+    study's creator or an admin may."""
+    from engine.diagnostics import with_float_layers
+    from engine.optimizations.base import chain_from_json
+    from engine.plan import Cell
+    from storage import queue
+    from storage.db import session
+    from storage.results import study_jobs
+
+    if not layers:
+        raise UserError("pick at least one layer to keep in float")
+    with session() as s:
+        study = queue.get_study(s, study_id)
+        if study is None:
+            raise UserError(f"there is no study #{study_id} (deleted already?); pick one the Results page lists")
+        if not shared.may_change(user, study.created_by):
+            raise UserError(f"only {study.created_by or 'its creator'} or an admin may add cells to study #{study_id}")
+        jobs = {job.cell: job for job, _ in study_jobs(s, study_id)}
+        if cell not in jobs:
+            raise UserError(f"study #{study_id} has no cell {cell}; `python -m engine explain {study_id}` lists them")
+        source = jobs[cell]
+        chain = with_float_layers(chain_from_json(list(source.chain)), layers)
+        if chain is None:
+            raise UserError(f"cell {cell} ({source.variant}) has no int8-static or int8-dynamic step to keep layers "
+                            "in float; pick a cell quantized by one of them")
+        same = next((job.cell for job in jobs.values() if job.variant == chain.name and job.runtime == source.runtime
+                     and job.batch_size == source.batch_size), None)
+        if same is not None:
+            raise UserError(f"cell {same} of this study is that variant already ({chain.name})")
+        new = Cell(0, chain.name, tuple(chain.to_json()), source.runtime, source.batch_size)
+        [index] = queue.add_cells(s, study_id, [new.to_json()])
+    shared.audit("rebuild-float", user, study_id=study_id, cell=cell, new_cell=index, layers=layers)
+    return index, chain.name

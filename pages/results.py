@@ -144,7 +144,30 @@ explained = st.selectbox("Cell", [r.cell for r in measured],
                                     0),
                          format_func=lambda c: next(f"#{r.cell} {r.variant} · {r.runtime} · batch {r.batch_size}"
                                                     for r in measured if r.cell == c))
-why_panel(next(r for r in measured if r.cell == explained), env)
+explained_row = next(r for r in measured if r.cell == explained)
+why_panel(explained_row, env)
+worst = [e["layer"] for e in (explained_row.diagnostics or {}).get("layer_errors") or []]
+chain_steps = explained_row.variant.split("+")
+if worst and any(step.split(":")[0] in ("int8-static", "int8-dynamic") for step in chain_steps):
+    with st.form("float_rebuild"):
+        keep = st.multiselect("Keep these layers in float", worst, default=worst[:3],
+                              help="The same variant rebuilt with these layers left in float by its int8 step "
+                                   "(its exclude=), measured as a new cell of this study on the same runtime")
+        rebuild = st.form_submit_button("Rebuild with these layers in float", disabled=not allowed)
+    if rebuild:
+        from engine.errors import UserError
+        from engine.study import rebuild_with_float_layers
+
+        try:
+            new_cell, name = rebuild_with_float_layers(int(study_id), explained_row.cell, keep,
+                                                       user=common.current_user())
+        except UserError as exc:
+            st.warning(str(exc))
+        else:
+            common.clear()
+            st.session_state["watch_study"] = int(study_id)
+            st.toast(f"cell {new_cell} queued: {name}")
+            st.switch_page("pages/benchmark.py")
 
 if isinstance(env, dict):
     with st.expander("Environment"):

@@ -9,6 +9,9 @@ import pandas as pd
 
 from engine.results import CellResult
 
+# Layers listed by `explain` (the result keeps up to engine.diagnostics.MAX_LAYER_ERRORS).
+LISTED_LAYERS = 10
+
 
 def explain_lines(row: CellResult, environment: Any) -> list[str]:
     """A cell's diagnostics for people: what it is, how it ended, the hardware's verdict, quantization's coverage."""
@@ -45,7 +48,25 @@ def explain_lines(row: CellResult, environment: Any) -> list[str]:
         if coverage.get("quantize_nodes") is not None:
             lines.append(f"  quantize / dequantize nodes: {coverage['quantize_nodes']} / "
                          f"{coverage['dequantize_nodes']}")
+        if coverage.get("unfused_qdq_nodes") is not None:
+            lines.append(f"  quantize / dequantize nodes left unfused after the runtime's fusions: "
+                         f"{coverage['unfused_qdq_nodes']}")
+    errors = row.diagnostics.get("layer_errors")
+    if errors:
+        compare = row.diagnostics.get("layer_compare") or {}
+        lines.append(f"  layer errors against fp32 ({compare.get('samples')} samples, {compare.get('compared')} "
+                     "layers; own = what the layer adds, reaching = every earlier error included), worst first:")
+        for error in errors[:LISTED_LAYERS]:
+            lines.append(f"    own {_share(error['own'])}  reaching {_share(error['error'])}  "
+                         f"{error['op_type']} {error['layer']}")
+        lines.extend(f"  {note}" for note in compare.get("notes") or [])
+    elif row.diagnostics.get("layer_errors_error"):
+        lines.append(f"  no layer errors: {row.diagnostics['layer_errors_error']}")
     return lines
+
+
+def _share(value: float | None) -> str:
+    return "    -" if value is None else f"{value:>6.1%}"
 
 
 def why_panel(row: CellResult, environment: Any) -> None:
@@ -84,5 +105,27 @@ def why_panel(row: CellResult, environment: Any) -> None:
         if coverage.get("float_nodes"):
             st.caption("Left in float: " + ", ".join(coverage["float_nodes"]))
         if coverage.get("qdq_share") is not None:
-            st.caption(f"Quantize / dequantize nodes the runtime did not fuse: {coverage['qdq_share']:.0%} of "
-                       "the time.")
+            unfused = coverage.get("unfused_qdq_nodes")
+            count = f" ({unfused})" if unfused is not None else ""
+            st.caption(f"Quantize / dequantize nodes the runtime did not fuse{count}: {coverage['qdq_share']:.0%} "
+                       "of the time.")
+    layer_table(diagnostics)
+
+
+def layer_table(diagnostics: dict[str, Any]) -> None:
+    """The layers that lost accuracy, worst first (the diagnostics' `layer_errors`)."""
+    import streamlit as st
+
+    errors = diagnostics.get("layer_errors")
+    if not errors:
+        if diagnostics.get("layer_errors_error"):
+            st.caption(f"No layer errors: {diagnostics['layer_errors_error']}")
+        return
+    compare = diagnostics.get("layer_compare") or {}
+    st.markdown(f"**Which layers lost accuracy** (against fp32 on {compare.get('samples')} evaluation samples, "
+                f"{compare.get('compared')} layers compared, {compare.get('ms', 0):.0f} ms)")
+    percent = st.column_config.NumberColumn(format="percent")
+    st.dataframe(pd.DataFrame(errors).rename(columns={"op_type": "op", "own": "own error", "error": "reaching it"}),
+                 hide_index=True, column_config={"own error": percent, "reaching it": percent})
+    st.caption("Own error: what the layer adds itself. Reaching it: its output's error with every earlier "
+               "layer's included. " + " ".join(compare.get("notes") or []))

@@ -266,3 +266,36 @@ def test_results_page_explains_a_cell(data_dir: Path) -> None:
     assert "**What quantization covered**" in markdown
     op_types = next(d.value for d in at.dataframe if "op type" in d.value.columns)
     assert list(op_types["op type"]) == list(diagnostics["op_types"])
+
+
+def test_results_page_rebuilds_a_variant_with_its_worst_layers_in_float(seeded: Path, tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    copy = tmp_path / "data"
+    shutil.copytree(seeded, copy)  # a cell is added: the other tests keep the seeded study as it was
+    monkeypatch.setenv("PARETOSCOPE_DATA_DIR", str(copy))
+    monkeypatch.setenv("PARETOSCOPE_NO_AUTO_WORKER", "1")
+    at, study_id = _results_page_of("first <script>")
+    with session(write=False) as s:
+        rows = {r["cell"]: r for r in source.results_json(s, study_id)["results"]}
+    int8 = next(c for c, r in rows.items() if r["variant"] == "int8-dynamic" and r["runtime"] == "onnxruntime"
+                and r["batch_size"] == 4)
+    next(s for s in at.selectbox if s.label == "Cell").set_value(int8).run()
+    assert not at.exception, at.exception
+    errors = rows[int8]["diagnostics"]["layer_errors"]
+    assert any(m.value.startswith("**Which layers lost accuracy**") for m in at.markdown)
+    table = next(d.value for d in at.dataframe if "own error" in d.value.columns)
+    assert list(table["layer"]) == [e["layer"] for e in errors]
+    picker = next(m for m in at.multiselect if m.label == "Keep these layers in float")
+    assert picker.value == [e["layer"] for e in errors[:3]]
+    picker.set_value([errors[0]["layer"]])
+    next(b for b in at.button if b.label == "Rebuild with these layers in float").click().run()
+    assert not at.exception, at.exception
+    with session(write=False) as s:
+        after = {r["cell"]: r for r in source.results_json(s, study_id)["results"]}
+        progress = views.study_progress(s, study_id)
+    [new] = set(after) - set(rows)
+    assert after[new]["variant"] == f"int8-dynamic:exclude={errors[0]['layer']}"
+    assert (after[new]["runtime"], after[new]["batch_size"], after[new]["status"]) == ("onnxruntime", 4, "queued")
+    assert progress.get("queued") == 1 and at.session_state["watch_study"] == study_id

@@ -184,7 +184,11 @@ def study_check(model: Path, runtimes: list[str], variants: str, gpu: bool, fold
                "peak_device_mb": result.get("peak_device_mb"), "power_w": metrics.get("power_w"),
                "energy_mj_per_inference": metrics.get("energy_mj_per_inference"),
                "device_memory": metrics.get("device_memory"),
-               "training": [n for n in result.get("notes") or [] if n.startswith("distill")]}
+               "training": [n for n in result.get("notes") or [] if n.startswith("distill")],
+               # where the time goes, from the runtime's own profiler (TensorRT: IProfiler + engine inspector)
+               "top_ops": [(op["op_type"], op["where"], round(op["share"], 3))
+                           for op in ((result.get("diagnostics") or {}).get("top_ops") or [])[:3]],
+               "profile_error": (result.get("diagnostics") or {}).get("profile_error")}
         if result["status"] == "ok" and gpu and row["peak_device_mb"] is None:
             row["status"], row["reason"] = "FAILED", "an ok GPU result without device memory"
         rows.append(row)
@@ -319,6 +323,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['reason'] or ''}")
         for note in r["training"]:
             print(f"    {note}")
+        if r.get("top_ops") or r.get("profile_error"):
+            print(f"    top ops: {r['top_ops'] or r['profile_error']}")
     report.extra["study"] = study
     report.save()
     print(f"written {args.out}")

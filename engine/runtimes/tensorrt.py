@@ -20,6 +20,7 @@ import numpy as np
 
 from engine.config import BadValue, param
 from engine.errors import Unavailable
+from engine.measure.profile import OpTime
 from engine.runtimes.base import CudaOptions, Runtime, Session, register, tf32_option
 from engine.runtimes.torch_cuda import torch_cuda_available
 from engine.variants import Variant
@@ -27,6 +28,25 @@ from engine.variants import Variant
 # trt.DataType member names -> torch dtype names (trt.nptype knows no bfloat16 or fp8; torch does)
 _TORCH_DTYPES = {"FLOAT": "float32", "HALF": "float16", "BF16": "bfloat16", "INT8": "int8", "INT32": "int32",
                  "INT64": "int64", "BOOL": "bool", "UINT8": "uint8", "FP8": "float8_e4m3fn"}
+
+
+# Bumped when the engines' build settings change (2: detailed profiling verbosity, for the engine inspector).
+ENGINE_LAYOUT = 2
+
+
+def inspector_layers(info: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    """Each engine layer's type and where it ran (precision of its first output, tactic), from the engine
+    inspector's JSON; an engine built without detailed verbosity lists names only."""
+    found: dict[str, tuple[str, str]] = {}
+    for layer in info.get("Layers") or []:
+        if isinstance(layer, str):
+            found[layer] = ("?", "GPU")
+            continue
+        outputs = layer.get("Outputs") or []
+        precision = outputs[0].get("Format/Datatype") if outputs and isinstance(outputs[0], dict) else None
+        where = " · ".join(str(part) for part in ("GPU", precision, layer.get("TacticName")) if part)
+        found[str(layer.get("Name"))] = (str(layer.get("LayerType") or layer.get("ParameterType") or "?"), where)
+    return found
 
 
 class TensorRTBuildError(RuntimeError):
@@ -69,7 +89,7 @@ def engine_key(onnx_path: Path, shapes: dict[str, tuple[int, ...]], trt_version:
     with open(onnx_path, "rb") as fh:
         while chunk := fh.read(1 << 20):
             digest.update(chunk)
-    digest.update(repr((sorted(shapes.items()), trt_version, gpu, workspace_mb, tf32)).encode())
+    digest.update(repr((sorted(shapes.items()), trt_version, gpu, workspace_mb, tf32, ENGINE_LAYOUT)).encode())
     return digest.hexdigest()[:32]
 
 
@@ -110,6 +130,9 @@ def build_engine(trt: Any, logger: Any, onnx_path: Path, shapes: dict[str, tuple
         shape = shapes[tensor.name]
         profile.set_shape(tensor.name, shape, shape, shape)
     config.add_optimization_profile(profile)
+    verbosity = getattr(trt, "ProfilingVerbosity", None)
+    if verbosity is not None:  # the engine inspector's layer types, precisions and tactics (no run-time cost)
+        config.profiling_verbosity = verbosity.DETAILED
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise TensorRTBuildError("TensorRT could not build an engine for this network (see the cell's log)")
@@ -180,6 +203,42 @@ class TensorRTSession(Session):
 
     def peak_allocated_mb(self) -> float:
         return float(self._torch.cuda.max_memory_allocated(self._device)) / 2**20
+
+    def profile_ops(self, prepared: Any, runs: int) -> list[OpTime]:
+        """TensorRT's per-layer times (an IProfiler on a second execution context, synchronous execute_v2 calls,
+        as trtexec --dumpProfile), each layer named with its type, precision and tactic by the engine inspector."""
+        import json
+
+        trt, engine = self._trt, self._engine
+        layers = inspector_layers(json.loads(
+            engine.create_engine_inspector().get_engine_information(trt.LayerInformationFormat.JSON)))
+        times: list[tuple[str, float]] = []
+
+        class LayerTimes(trt.IProfiler):  # type: ignore[misc, name-defined]
+            def __init__(self) -> None:
+                trt.IProfiler.__init__(self)
+
+            def report_layer_time(self, layer_name: str, ms: float) -> None:
+                times.append((layer_name, ms))
+
+        context = engine.create_execution_context()
+        if context is None:
+            raise RuntimeError("TensorRT could not create a second execution context for the profile")
+        profiler = LayerTimes()
+        context.profiler = profiler
+        inputs = dict(zip(self.input_names, prepared, strict=True))
+        outputs = dict(zip(self._outputs, self._out_buffers, strict=True))
+        bindings = []
+        for i in range(engine.num_io_tensors):
+            name = engine.get_tensor_name(i)
+            if name in inputs:
+                context.set_input_shape(name, tuple(inputs[name].shape))
+            tensor = inputs[name] if name in inputs else outputs[name]
+            bindings.append(tensor.data_ptr())
+        for _ in range(runs):
+            if not context.execute_v2(bindings):
+                raise RuntimeError("TensorRT execute_v2 failed during the profile")
+        return [OpTime(name, *layers.get(name, ("?", "GPU")), ms) for name, ms in times]
 
 
 @dataclass(frozen=True)

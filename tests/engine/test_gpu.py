@@ -77,6 +77,9 @@ class FakeTrt:
     class BuilderFlag:
         TF32 = "tf32"
 
+    class ProfilingVerbosity:
+        DETAILED = "detailed"
+
     def __init__(self, version: str, parse_ok: bool = True, build_ok: bool = True) -> None:
         self.__version__ = version
         self.parse_ok, self.build_ok = parse_ok, build_ok
@@ -106,6 +109,7 @@ class FakeTrt:
                     set_flag=lambda flag: fake.calls.__setitem__("precision_flag", flag),
                     clear_flag=lambda flag: fake.calls.__setitem__("cleared", flag),
                 )
+                fake.calls["config"] = config
                 return config
 
             def create_optimization_profile(self) -> Any:
@@ -148,6 +152,8 @@ def test_build_engine_fixes_shapes_sets_no_precision_flag_and_persists_the_timin
     assert "precision_flag" not in fake.calls  # precision comes from the ONNX
     assert fake.calls["cleared"] == "tf32"  # fp32 layers run in fp32, not TensorRT's default TF32
     assert cache.read_bytes() == b"timing-cache-v2"
+    # the engine inspector gets each layer's type, precision and tactic (the profile's "where")
+    assert fake.calls["config"].profiling_verbosity == "detailed"
     trt_runtime.build_engine(fake, None, onnx_path, {"x": (8, 16)}, 512, cache)
     assert fake.calls["cache_in"] == b"timing-cache-v2"  # the second build starts from the saved cache
     assert fake.calls["ignore_mismatch"] is False  # a cache from another GPU or TensorRT is never trusted
@@ -427,3 +433,18 @@ def test_every_gpu_runtime_takes_its_device_as_cuda_n() -> None:
             REGISTRY[runtime_id].create(1, {"device": "cpu"})  # checked where settings are made, for every runtime
     cuda = ort_runtime.OnnxRuntimeCuda.create(1, {"device": "cuda:1"})
     assert cuda._provider_options("baseline")["device_id"] == 1
+
+
+def test_the_engine_inspectors_layers_name_their_type_precision_and_tactic() -> None:
+    info = {"Layers": [
+        {"Name": "/0/Gemm", "LayerType": "CaskGemmMatrixMultiply", "TacticName": "sm90_xmma_gemm_f16",
+         "Outputs": [{"Name": "y", "Format/Datatype": "Row major linear FP16 format"}]},
+        {"Name": "Reformatting CopyNode for Input Tensor 0", "LayerType": "Reformat", "Outputs": []},
+    ], "Bindings": ["x", "y"]}
+    assert trt_runtime.inspector_layers(info) == {
+        "/0/Gemm": ("CaskGemmMatrixMultiply", "GPU · Row major linear FP16 format · sm90_xmma_gemm_f16"),
+        "Reformatting CopyNode for Input Tensor 0": ("Reformat", "GPU"),
+    }
+    # an engine built without detailed verbosity lists its layers' names only
+    assert trt_runtime.inspector_layers({"Layers": ["conv1", "relu1"]}) == {"conv1": ("?", "GPU"),
+                                                                             "relu1": ("?", "GPU")}

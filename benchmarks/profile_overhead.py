@@ -1,5 +1,7 @@
 """What the per-op profile adds to a cell's wall time: the profiled run after the timing (a second session for
-ONNX Runtime and OpenVINO, torch.profiler on the loaded module), against the cell's whole run without it.
+ONNX Runtime and OpenVINO, torch.profiler on the loaded module), against the cell's whole run without it; and,
+beside it, what the per-layer errors against fp32 add (the reference built or read from the cache, both models run
+on 8 samples with their layers' outputs compared a slice at a time).
 
 The bundled demo CNN (baseline, int8-static, fp16 on torch, ONNX Runtime and OpenVINO, batch 1 and 32) with the
 dashboard's default measuring settings (min 50 iterations, 2 s) and rounds off, so the profile is compared with
@@ -38,15 +40,21 @@ def main() -> int:
         if r["status"] != "ok" or not r.get("wall_s"):
             continue
         profile_ms = float(diagnostics.get("profile_overhead_ms") or 0.0)
-        without_ms = r["wall_s"] * 1e3 - profile_ms
+        layers_ms = float((diagnostics.get("layer_compare") or {}).get("ms") or 0.0)
+        without_ms = r["wall_s"] * 1e3 - profile_ms - layers_ms
         rows.append({"variant": r["variant"], "runtime": r["runtime"], "batch_size": r["batch_size"],
-                     "wall_ms_without_profile": without_ms, "profile_ms": profile_ms,
+                     "wall_ms_without_diagnostics": without_ms, "profile_ms": profile_ms,
                      "overhead_pct": 100.0 * profile_ms / without_ms, "profile_runs": diagnostics.get("profile_runs"),
-                     "profiled": bool(diagnostics.get("top_ops")), "profile_error": diagnostics.get("profile_error")})
-    print(table(["variant", "runtime", "batch", "cell ms", "profile ms", "overhead", "runs", "verdict"],
-                [[r["variant"], r["runtime"], r["batch_size"], f"{r['wall_ms_without_profile']:.0f}",
+                     "profiled": bool(diagnostics.get("top_ops")), "profile_error": diagnostics.get("profile_error"),
+                     "layer_errors_ms": layers_ms, "layer_errors_pct": 100.0 * layers_ms / without_ms,
+                     "layers_compared": (diagnostics.get("layer_compare") or {}).get("compared"),
+                     "layer_errors_error": diagnostics.get("layer_errors_error")})
+    print(table(["variant", "runtime", "batch", "cell ms", "profile ms", "overhead", "runs", "verdict", "layers ms",
+                 "layers"],
+                [[r["variant"], r["runtime"], r["batch_size"], f"{r['wall_ms_without_diagnostics']:.0f}",
                   f"{r['profile_ms']:.0f}", f"{r['overhead_pct']:.1f}%", r["profile_runs"],
-                  "ok" if r["overhead_pct"] <= TARGET_PCT and r["profiled"] else "MISSED"] for r in rows]))
+                  "ok" if r["overhead_pct"] <= TARGET_PCT and r["profiled"] else "MISSED",
+                  f"{r['layer_errors_ms']:.0f}", f"{r['layer_errors_pct']:.1f}%"] for r in rows]))
     worst = max((r["overhead_pct"] for r in rows), default=0.0)
     print(f"worst overhead {worst:.1f}% (target <= {TARGET_PCT:.0f}%); {sum(r['profiled'] for r in rows)} of "
           f"{len(rows)} cells profiled")

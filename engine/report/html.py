@@ -24,7 +24,8 @@ from engine.report.pareto import (
     recommend,
     recommendation_notes,
 )
-from engine.results import Status
+from engine.report.why import explain_lines
+from engine.results import CellResult, Status
 
 # Inline scripts and styles only: nothing is fetched, even if some string slipped through unescaped.
 _CSP = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data: blob:; "
@@ -190,6 +191,23 @@ def _shared_notes(report: dict[str, Any], notes: list[str]) -> str:
     return f'<h3>Notes for the whole study</h3><ul id="shared-notes">{items}</ul>'
 
 
+def _why_section(report: dict[str, Any], shipped: int | None) -> list[str]:
+    """"Why?" for every measured cell: what `python -m engine explain` prints, the recommended cell open."""
+    rows = [CellResult.from_json(r) for r in report.get("results") or [] if r.get("status") == Status.OK]
+    explained = [row for row in rows if row.diagnostics]
+    if not explained:
+        return []
+    parts = ["<h2>Why? Each cell explained</h2>",
+             "<p>Where the time goes (the runtime's profiler, after the timing), what quantization covered, which "
+             "layers lost accuracy against fp32, and what this machine's hardware lets each number format do.</p>"]
+    for row in explained:
+        lines = explain_lines(row, report.get("environment"))
+        opened = " open" if row.cell == shipped else ""
+        parts.append(f'<details id="why-{e(row.cell)}"{opened}><summary>{e(lines[0])}</summary>'
+                     f"<pre>{e(chr(10).join(line[2:] for line in lines[1:]))}</pre></details>")
+    return parts
+
+
 def study_html(report: dict[str, Any], constraints: Constraints | None = None) -> str:
     """The Results page of one study as a standalone HTML document."""
     study = report["study"]
@@ -248,6 +266,7 @@ def study_html(report: dict[str, Any], constraints: Constraints | None = None) -
             parts += [f"<h3>Batch size {e(int(batch))}</h3>",
                       _table(front, front_columns, table_id=f"pareto-b{int(batch)}",
                              highlight=int(best["cell"]) if best is not None else None)]
+    parts += _why_section(report, int(best["cell"]) if best is not None else None)
     parts += ["<h2>Study settings</h2>", _pairs(_study_facts(study), "settings"),
               "<h2>Environment</h2>", _environments(report.get("environment"), "environment")]
     compact = tables.shareable(report, samples=False)

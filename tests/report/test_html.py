@@ -185,3 +185,24 @@ def test_a_study_without_measured_cells_still_reports(report_a: dict) -> None:
     assert len([r for r in parse(text).tables["results"] if r.cell is not None]) == 4
     empty = {**bad, "results": []}
     assert "No environment was recorded" in study_html(empty)
+
+
+def test_html_report_explains_every_cell(seeded: Seeded, data_dir: Path, tmp_path: Path) -> None:
+    from engine.report.why import explain_lines
+    from engine.results import CellResult
+
+    html = report_file(tmp_path, str(seeded.study_a))
+    assert "<h2>Why? Each cell explained</h2>" in html
+    with session(write=False) as s:
+        report = source.results_json(s, seeded.study_a)
+    frame = frame_of(seeded.study_a)
+    best = recommend(frame, Constraints(max_accuracy_drop=0.01, batch_size=1), accuracy_column(frame)[0])
+    assert best is not None
+    for row in report["results"]:
+        lines = explain_lines(CellResult.from_json(row), report["environment"])
+        opened = " open" if row["cell"] == best["cell"] else ""
+        found = re.search(rf'<details id="why-{row["cell"]}"{opened}><summary>(.*?)</summary><pre>(.*?)</pre>', html,
+                          re.S)
+        assert found is not None, row["cell"]
+        assert found.group(1) == lines[0].replace("<", "&lt;").replace(">", "&gt;")  # the CLI's words, escaped
+        assert "time by op type:" in found.group(2)

@@ -201,6 +201,22 @@ def cmd_explain(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def cmd_deploy(args: argparse.Namespace, out: TextIO) -> int:
+    """A measured cell as a bundle to serve elsewhere: FastAPI, Triton or Hugging Face Inference Endpoints."""
+    from engine.deploy import load_deploy_cell, write_bundle
+    from engine.deploy.write import check_target
+
+    check_target(args.target)
+    deployed = load_deploy_cell(args.study_id, args.cell)
+    notes = write_bundle(deployed, args.target, Path(args.out))
+    which = "the recommended " if deployed.recommended else ""
+    print(f"{args.target} bundle of {which}{deployed.label} of study {args.study_id} written to {args.out}",
+          file=out)
+    for note in notes:
+        print(f"note: {note}", file=out)
+    return 0
+
+
 def cmd_report(args: argparse.Namespace, out: TextIO) -> int:
     from engine.report.source import load_report
 
@@ -454,9 +470,16 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
     p.add_argument("study_id", type=int, help="the study's id (the last line of `bench`, or the dashboard)")
     p.add_argument("--cell", type=int, required=True, help="the cell's number (the # column)")
     p.add_argument("--json", action="store_true", help="print the cell's diagnostics as JSON")
+    p = sub.add_parser("deploy", help="write a measured cell as a bundle to serve: FastAPI, Triton or a Hugging Face "
+                                      "Inference Endpoints handler")
+    p.add_argument("study_id", type=int, help="the study's id (the last line of `bench`, or the dashboard)")
+    p.add_argument("--cell", type=int, default=None,
+                   help="the cell's number (the # column; default: the recommended cell, as the Results page picks it)")
+    p.add_argument("--target", required=True, help="fastapi, triton or hf-endpoint")
+    p.add_argument("--out", required=True, help="the bundle's folder: new, empty, or a previous bundle to replace")
     args = parser.parse_args(argv)
     commands = {"bench": cmd_bench, "runtimes": cmd_runtimes, "demo": cmd_demo, "worker": cmd_worker,
-                "report": cmd_report, "explain": cmd_explain}
+                "report": cmd_report, "explain": cmd_explain, "deploy": cmd_deploy}
     try:
         return commands[args.command](args, out)
     except UserError as exc:

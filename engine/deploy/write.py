@@ -1,0 +1,83 @@
+"""Write a bundle: the target's folder (new, empty or a previous bundle, replaced whole) or its zip."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import tempfile
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
+from engine.deploy import fastapi_bundle, hf_endpoint, triton
+from engine.deploy.bundle import MANIFEST, TARGETS, DeployCell, load_deploy_cell
+from engine.errors import UserError
+
+Writer = Callable[[DeployCell, Path], list[str]]  # lays out the bundle in an empty folder; returns notes to print
+
+
+WRITERS: dict[str, Writer] = {"fastapi": fastapi_bundle.write, "triton": triton.write, "hf-endpoint": hf_endpoint.write}
+
+
+def check_target(target: str) -> None:
+    if target not in TARGETS:
+        raise UserError(f"unknown deploy target '{target}'; use one of {', '.join(TARGETS)}")
+
+
+def _check_out(out: Path) -> None:
+    """An absent or empty folder, or a previous bundle (its bundle.json says so), which is replaced."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out} is a file; give --out a new or empty folder")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    try:
+        previous = json.loads((out / MANIFEST).read_text(encoding="utf-8")).get("paretoscope_bundle")
+    except (OSError, ValueError, AttributeError):
+        previous = None
+    if previous is None:
+        raise UserError(f"{out} is not empty and holds no Paretoscope bundle; give --out a new or empty folder")
+
+
+def write_bundle(deployed: DeployCell, target: str, out: Path) -> list[str]:
+    """Lay the bundle out in `out` (new, empty, or a previous bundle, which it replaces); returns notes to show."""
+    check_target(target)
+    out = Path(out)
+    _check_out(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".bundle-", dir=out.parent))
+    try:
+        notes = WRITERS[target](deployed, staging)
+        if out.exists():
+            shutil.rmtree(out)
+        staging.rename(out)
+    except OSError as exc:
+        raise UserError(f"cannot write the bundle to {out}: {exc.strerror or exc}") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return notes
+
+
+def bundle_zip(study_id: int, cell: int | None, target: str) -> bytes:
+    """The bundle of a stored study's cell (None: the recommended one) as zip bytes, for a download button."""
+    check_target(target)
+    deployed = load_deploy_cell(study_id, cell)
+    with tempfile.TemporaryDirectory(prefix="paretoscope-bundle-") as tmp:
+        folder = Path(tmp) / "bundle"
+        folder.mkdir()
+        WRITERS[target](deployed, folder)
+        return zip_folder(folder, bundle_name(deployed, target))
+
+
+def bundle_name(deployed: DeployCell, target: str) -> str:
+    """paretoscope-study-3-cell-5-fastapi: the folder name inside a bundle's zip."""
+    return f"paretoscope-study-{deployed.study_id}-cell-{deployed.cell.cell}-{target}"
+
+
+def zip_folder(folder: Path, root: str) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for path in sorted(folder.rglob("*")):
+            if path.is_file():
+                archive.write(path, f"{root}/{path.relative_to(folder).as_posix()}")
+    return buffer.getvalue()

@@ -1,0 +1,39 @@
+"""A data folder seeded once with a real study: the TorchScript MLP on torchscript and onnxruntime at batch 1."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from engine.__main__ import main
+from tests.conftest import shared_data_dir
+
+FAST = ["--iterations", "5", "--min-seconds", "0.05", "--warmup", "1", "--threads", "1", "--rounds", "0"]
+
+
+@dataclass(frozen=True)
+class Seeded:
+    folder: Path
+    study: int  # cells: 0 baseline on torchscript, 1 baseline on onnxruntime, 2 baseline on torch (n/a)
+
+
+@pytest.fixture(scope="package")
+def seeded(tmp_path_factory: pytest.TempPathFactory, mlp_torchscript: Path) -> Iterator[Seeded]:
+    folder = tmp_path_factory.mktemp("deploy") / "data"
+    with shared_data_dir(folder):
+        out = io.StringIO()
+        assert main(["bench", str(mlp_torchscript), *FAST, "--variants", "baseline", "--runtimes",
+                     "torchscript,onnxruntime,torch", "--batch-sizes", "1"], out=out) == 0, out.getvalue()
+        yield Seeded(folder, int(out.getvalue().split("study ")[-1].split(":")[0]))
+
+
+@pytest.fixture
+def data_dir(seeded: Seeded, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Overrides the per-test empty data folder: deploy tests read the seeded one."""
+    monkeypatch.setenv("PARETOSCOPE_DATA_DIR", str(seeded.folder))
+    monkeypatch.setenv("PARETOSCOPE_NO_AUTO_WORKER", "1")
+    return seeded.folder

@@ -15,6 +15,9 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	# torch first and pinned: the CPU wheel is on the machines' disk; an unpinned torch pulls CUDA
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -r requirements.txt -r requirements-dev.txt
+	# Triton's own model-config protobuf checks the deploy tests' config.pbtxt: its wheel is downloaded, not
+	# installed (tritonclient pins ml-dtypes<=0.5.4 and its grpc extra an older protobuf than onnx's)
+	$(BIN)/pip download --quiet --no-deps --dest $(VENV)/wheels tritonclient==2.73.0
 	# the project itself, editable: `python -m engine`, the `paretoscope` command and every child process import it
 	$(BIN)/pip install --quiet --no-deps -e .
 	touch $(STAMP)

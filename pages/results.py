@@ -9,6 +9,7 @@ import streamlit as st
 
 from engine.report import charts, tables
 from engine.report.pareto import Constraints
+from engine.report.deploy_panel import deploy_panel
 from engine.report.ship import ship_panel
 from engine.report.why import why_panel
 from pages import common
@@ -123,6 +124,7 @@ if best is not None:
     elif best["runtime"] in ("torch", "torch-compile"):
         st.caption("This eager variant is rebuilt in memory from the original model; download the original "
                    "from the Models page and apply the same chain.")
+    deploy_panel(int(study_id), int(best["cell"]))  # the recommended cell as a FastAPI, Triton or HF bundle
 
 at_batch = frame[frame["batch_size"] == choice.constraints.batch_size]
 # theme=None: the figures carry their own template, the same as in the HTML report and the Space

@@ -6,6 +6,7 @@ import io
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -37,3 +38,27 @@ def data_dir(seeded: Seeded, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("PARETOSCOPE_DATA_DIR", str(seeded.folder))
     monkeypatch.setenv("PARETOSCOPE_NO_AUTO_WORKER", "1")
     return seeded.folder
+
+
+# Triton's model-config protobuf, as tritonclient ships it; `make install` downloads the wheel (not installed: its
+# pins would downgrade ml-dtypes and protobuf), the tests import that one module from it
+TRITON_WHEEL = "tritonclient-2.73.0-*.whl"
+TRITON_MODULE = "tritonclient/grpc/model_config_pb2.py"
+
+
+def triton_model_config() -> Any:
+    """Triton's own `model_config_pb2`, read from the downloaded tritonclient wheel."""
+    import importlib.util
+    import sys
+    import zipfile
+
+    wheels = sorted((Path(sys.prefix) / "wheels").glob(TRITON_WHEEL))
+    if not wheels:
+        pytest.fail(f"no {TRITON_WHEEL} in {Path(sys.prefix) / 'wheels'}: `make install` downloads it")
+    with zipfile.ZipFile(wheels[-1]) as wheel:
+        source = wheel.read(TRITON_MODULE).decode()
+    spec = importlib.util.spec_from_loader("model_config_pb2", loader=None)
+    assert spec is not None
+    module = importlib.util.module_from_spec(spec)
+    exec(compile(source, f"{wheels[-1].name}/{TRITON_MODULE}", "exec"), module.__dict__)  # Triton's own file
+    return module

@@ -27,8 +27,7 @@ from engine.deploy.write import bundle_zip, write_bundle
 from engine.errors import UserError
 from engine.results import CellResult
 from engine.specs import InputSpec
-from tests.deploy import triton_model_config_pb2 as model_config
-from tests.deploy.conftest import Seeded
+from tests.deploy.conftest import Seeded, triton_model_config
 from tests.report.studies import result
 
 # Generous: CI runs on two busy cores, and a server's start imports FastAPI and ONNX Runtime.
@@ -207,13 +206,14 @@ def test_hf_endpoint_handler_runs_in_process(seeded: Seeded, data_dir: Path, tmp
 
 
 def _parse(folder: Path) -> Any:
-    config = model_config.ModelConfig()
+    config = triton_model_config().ModelConfig()
     text_format.Parse((folder / "config.pbtxt").read_text(), config)
     return config
 
 
 def test_triton_configs_parse_with_tritons_own_protobuf(seeded: Seeded, data_dir: Path, tmp_path: Path,
                                                          mlp_onnx_fixed: Path) -> None:
+    model_config = triton_model_config()
     onnx = load_deploy_cell(seeded.study, cell_of(seeded.study, "onnxruntime"))
     write_bundle(onnx, "triton", tmp_path / "onnx")
     config = _parse(tmp_path / "onnx" / "model_repository" / "mlp")

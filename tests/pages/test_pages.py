@@ -299,3 +299,22 @@ def test_results_page_rebuilds_a_variant_with_its_worst_layers_in_float(seeded: 
     assert after[new]["variant"] == f"int8-dynamic:exclude={errors[0]['layer']}"
     assert (after[new]["runtime"], after[new]["batch_size"], after[new]["status"]) == ("onnxruntime", 4, "queued")
     assert progress.get("queued") == 1 and at.session_state["watch_study"] == study_id
+
+
+def test_results_page_ships_the_recommended_cell_as_a_bundle(data_dir: Path) -> None:
+    import io
+    import zipfile
+
+    from engine.deploy.write import bundle_zip
+
+    at, study_id = _results_page_of("first <script>")
+    assert not at.exception, at.exception
+    assert any(h.value == "Ship it" for h in at.subheader)
+    target = next(r for r in at.radio if r.label == "Target")
+    assert target.options == ["FastAPI server (Docker)", "Triton model repository", "Hugging Face Inference Endpoint"]
+    shipped = next(s.value for s in at.success if "Ship" in s.value)
+    caption = next(c.value for c in at.caption if c.value.startswith("cell "))
+    cell = int(caption.split()[1].rstrip(":"))
+    assert f"#{cell}" in shipped or str(cell) in shipped
+    names = zipfile.ZipFile(io.BytesIO(bundle_zip(study_id, cell, "fastapi"))).namelist()
+    assert any(n.endswith("serve.py") for n in names) and any(n.endswith("Dockerfile") for n in names)

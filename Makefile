@@ -4,10 +4,13 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PORT ?= 8501
+# TF=1: also the TensorFlow extra (requirements-tf.txt: SavedModel and Keras models, the tensorflow runtime)
+TF ?=
+TF_STAMP := $(VENV)/.installed-tf
 
 .PHONY: install run run-shared dev test lint typecheck bench-overhead bench-speedups bench-repeat clean
 
-install: $(STAMP)
+install: $(STAMP) $(if $(TF),$(TF_STAMP))
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,6 +24,10 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	# the project itself, editable: `python -m engine`, the `paretoscope` command and every child process import it
 	$(BIN)/pip install --quiet --no-deps -e .
 	touch $(STAMP)
+
+$(TF_STAMP): $(STAMP) requirements-tf.txt
+	$(BIN)/pip install --quiet -r requirements-tf.txt
+	touch $(TF_STAMP)
 
 run: install
 	# on an empty database, queue the bundled demo: the dashboard's worker runs it while you look around

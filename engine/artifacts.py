@@ -13,6 +13,7 @@ from typing import Any
 
 from engine import safezip, shared
 from engine.errors import UserError
+from engine.tf_models import KERAS, SAVEDMODEL
 from storage.paths import sub_dir
 from engine.specs import (
     BATCH_AXIS,
@@ -26,9 +27,12 @@ from engine.specs import (
 )
 
 # Model formats as stored; the "working" representation used by optimizations and runtimes is
-# "onnx" for ONNX models and "torch" (an nn.Module) for the other three.
+# "onnx" for ONNX models, "torch" (an nn.Module) for the torch three and "tensorflow" for the TensorFlow two.
 ONNX, TORCHSCRIPT, EXPORTED, HF = "onnx", "torchscript", "pt2", "hf"
-_FILE_NAMES = {ONNX: "model.onnx", TORCHSCRIPT: "model.pt", EXPORTED: "model.pt2"}
+# TensorFlow (the optional extra, requirements-tf.txt): a zipped SavedModel folder, a Keras 3 `.keras` file
+TF_FORMATS = frozenset({SAVEDMODEL, KERAS})
+_FILE_NAMES = {ONNX: "model.onnx", TORCHSCRIPT: "model.pt", EXPORTED: "model.pt2", KERAS: "model.keras"}
+_HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 _ARTIFACT_JSON = "artifact.json"
 
 
@@ -108,6 +112,11 @@ def _detect(path: Path, max_unpacked: int | None = None) -> tuple[str, _ZipLayou
         with safezip.open_zip(path, label) as archive:
             layout = _classify_zip(archive, label, max_unpacked)
         return layout.format, layout
+    if head == _HDF5_MAGIC:
+        raise UserError(
+            f"{label}: a legacy Keras .h5 file is not accepted: it can carry pickled Python (Lambda layers); "
+            "save the model with model.save('model.keras') or model.export('saved_model') and zip that folder"
+        )
     if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
         raise UserError(
             f"{label}: a Python pickle (torch.save) is not accepted, it could run code; "
@@ -119,7 +128,8 @@ def _detect(path: Path, max_unpacked: int | None = None) -> tuple[str, _ZipLayou
         return ONNX, None
     raise UserError(
         f"{label}: unknown model format; upload ONNX (.onnx or a zip with its external data), "
-        "TorchScript (.pt), torch.export (.pt2) or a zipped Hugging Face folder"
+        "TorchScript (.pt), torch.export (.pt2), a zipped Hugging Face folder, a zipped TensorFlow SavedModel "
+        "folder or a Keras .keras file"
     )
 
 
@@ -140,6 +150,15 @@ def _classify_zip(archive: zipfile.ZipFile, label: str, max_unpacked: int | None
                 f"{label}: a torch.save checkpoint (a pickle) is not accepted, it could run code; "
                 "save the model with torch.jit.save, torch.export.save or as ONNX"
             )
+    # a Keras 3 .keras file is a zip of config.json, metadata.json and model.weights.h5 at its root
+    if "config.json" in names and "model.weights.h5" in names:
+        return _ZipLayout(KERAS, "")
+    saved = [n for n in names if PurePosixPath(n).name == "saved_model.pb"]
+    if len(saved) > 1:
+        raise UserError(f"{label}: the zip holds {len(saved)} saved_model.pb files; zip one SavedModel folder")
+    if saved:
+        root = str(PurePosixPath(saved[0]).parent)
+        return _ZipLayout(SAVEDMODEL, "" if root == "." else root + "/")
     onnx_files = [n for n in names if n.lower().endswith(".onnx")]
     configs = [n for n in names if PurePosixPath(n).name == "config.json"]
     if len(onnx_files) == 1:
@@ -166,7 +185,7 @@ def _classify_zip(archive: zipfile.ZipFile, label: str, max_unpacked: int | None
         )
     raise UserError(
         f"{label}: the zip holds no model; zip one .onnx file (with its external data) or a Hugging Face "
-        "folder with config.json and *.safetensors"
+        "folder with config.json and *.safetensors, or a TensorFlow SavedModel folder (saved_model.pb, variables/)"
     )
 
 
@@ -257,16 +276,16 @@ def _store(src: Path, fmt: str, layout: _ZipLayout | None, staging: Path, max_un
         return target
     with safezip.open_zip(src, label) as archive:
         members = safezip.checked_members(archive, label, max_unpacked)
-        if fmt in (TORCHSCRIPT, EXPORTED):
-            # torch reads these archives itself; decompress once to enforce the size cap
+        if fmt in (TORCHSCRIPT, EXPORTED, KERAS):
+            # torch and Keras read these archives themselves; decompress once to enforce the size cap
             safezip.stream_check(archive, members, label, max_unpacked)
             target = staging / _FILE_NAMES[fmt]
             shutil.copyfile(src, target)
             return target
-        folder = staging / ("hf" if fmt == HF else "onnx")
+        folder = staging / {HF: "hf", SAVEDMODEL: "savedmodel"}.get(fmt, "onnx")
         folder.mkdir()
         safezip.safe_extract(archive, members, folder, label, max_unpacked, strip_prefix=layout.root)
-    if fmt == HF:
+    if fmt in (HF, SAVEDMODEL):
         return folder
     assert layout.onnx_member is not None
     return folder / PurePosixPath(layout.onnx_member).name
@@ -279,6 +298,10 @@ def _inspect(model_path: Path, fmt: str, label: str, input_spec: str | None,
     module: Any = None
     if fmt == ONNX:
         found, info = inspect_onnx(model_path, label)
+    elif fmt in TF_FORMATS:
+        from engine import tf_models
+
+        found, info = tf_models.inspect(model_path, fmt, label)
     else:
         from engine import modules
 
@@ -323,9 +346,9 @@ def _seq_len(info: dict[str, Any], seq_len: int | None, label: str) -> int | Non
 def _check_explicit(explicit: InputSpec, found: InputSpec, fmt: str, label: str) -> None:
     """An explicit spec must agree with what the model declares: count, rank and fixed dims.
 
-    ONNX graphs and .pt2 programs also fix dtypes, and a fixed dimension there may not be made
-    dynamic; ONNX Runtime feeds by name, so ONNX names must match too. TorchScript and Hugging Face
-    models take positional tensors, and the trial run in _inspect checks the rest.
+    ONNX graphs, TensorFlow signatures and .pt2 programs also fix dtypes, and a fixed dimension there may not be
+    made dynamic; ONNX Runtime and TensorFlow signatures feed by name, so their names must match too. TorchScript
+    and Hugging Face models take positional tensors, and the trial run in _inspect checks the rest.
     """
     fix = "; fix --input-spec or leave it out"
     if len(explicit.inputs) != len(found.inputs):
@@ -334,7 +357,7 @@ def _check_explicit(explicit: InputSpec, found: InputSpec, fmt: str, label: str)
             f"{len(found.inputs)} ({found.describe()}){fix}"
         )
     pairs = list(zip(explicit.inputs, found.inputs, strict=True))
-    if fmt == ONNX:
+    if fmt == ONNX or fmt in TF_FORMATS:
         if sorted(explicit.names) != sorted(found.names):
             raise UserError(
                 f"{label}: --input-spec names inputs {', '.join(explicit.names)} but the model's inputs are "
@@ -342,7 +365,7 @@ def _check_explicit(explicit: InputSpec, found: InputSpec, fmt: str, label: str)
             )
         by_name = {t.name: t for t in found.inputs}
         pairs = [(t, by_name[t.name]) for t in explicit.inputs]
-    strict = fmt in (ONNX, EXPORTED)
+    strict = fmt in (ONNX, EXPORTED) or fmt in TF_FORMATS
     for mine, theirs in pairs:
         if len(mine.shape) != len(theirs.shape):
             raise UserError(

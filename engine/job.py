@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.artifacts import ONNX, TORCHSCRIPT, Artifact
+from engine.artifacts import ONNX, TF_FORMATS, TORCHSCRIPT, Artifact
 from engine.data import (
     Dataset,
     attention_mask,
@@ -61,6 +61,8 @@ def compute_reference(study_dir: Path, model: Artifact, data_path: str | None, s
     inputs, labels = eval_set(dataset, model.spec, settings.eval_samples, settings.padding)
     runtime_id, options = ("onnxruntime", {"graph_optimization_level": "disable"}) if model.format == ONNX else (
         ("torchscript", {"freeze": False}) if model.format == TORCHSCRIPT else ("torch", {}))
+    if model.format in TF_FORMATS:  # TensorFlow's own call of the model, as uploaded
+        runtime_id, options = "tensorflow", {}
     runtime = get(runtime_id).create(settings.threads, options)
     ctx = BuildContext(model.spec)
     variant = build_variant(model, Chain(()), runtime.consumes, ctx)

@@ -20,8 +20,11 @@ from engine.errors import UserError
 from storage.paths import sub_dir
 
 ENV = "PARETOSCOPE_SHARED"
-# Formats whose loading runs code the uploader wrote (TorchScript methods, `.pt2` graph modules and pickles).
-CODE_FORMATS = {"torchscript": "TorchScript", "pt2": "torch.export (.pt2)"}
+# Formats whose loading runs code the uploader wrote (TorchScript methods, `.pt2` graph modules and pickles, a
+# SavedModel's graph, whose TensorFlow ops include reading and writing files).
+CODE_FORMATS = {"torchscript": "TorchScript", "pt2": "torch.export (.pt2)", "savedmodel": "TensorFlow SavedModel"}
+# How to turn each into a format a shared server takes
+_INSTEAD = {"savedmodel": "convert it to ONNX (tf2onnx) and upload the .onnx, or upload the Keras .keras file"}
 
 
 def enabled() -> bool:
@@ -32,8 +35,9 @@ def enabled() -> bool:
 def refuse_code_format(fmt: str, label: str) -> None:
     """In shared mode, a format that carries code is refused before anything loads it."""
     if enabled() and fmt in CODE_FORMATS:
+        instead = _INSTEAD.get(fmt, "export it to ONNX (torch.onnx.export) and upload the .onnx")
         raise UserError(f"{label}: shared mode refuses {CODE_FORMATS[fmt]} models, whose loading runs code written "
-                        "by the uploader; export it to ONNX (torch.onnx.export) and upload the .onnx")
+                        f"by the uploader; {instead}")
 
 
 def _env_number(name: str, default: float) -> float:

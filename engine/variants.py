@@ -85,6 +85,9 @@ class Variant:
     input_names: list[str] = field(default_factory=list)
     train_s: float | None = None  # training time of the chain's torch-level passes, when one trains
     details: dict[str, Any] = field(default_factory=dict)  # the passes' structured records (BuildContext.details)
+    # the uploaded model this file was converted from, where a runtime may read it itself instead (OpenVINO's
+    # TensorFlow frontend reads a SavedModel folder); None otherwise
+    source: Path | None = None
 
     @property
     def file(self) -> Path:

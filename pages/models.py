@@ -17,8 +17,9 @@ from storage.db import session
 
 common.start_page()
 st.title("Models")
-st.caption("ONNX (.onnx, or a zip with its external data), TorchScript (.pt), torch.export (.pt2), or a zipped "
-           "Hugging Face folder (config.json + *.safetensors). Files are checked by their bytes; pickles are refused.")
+st.caption("ONNX (.onnx, or a zip with its external data), TorchScript (.pt), torch.export (.pt2), a zipped "
+           "Hugging Face folder (config.json + *.safetensors), or with the TensorFlow extra a zipped SavedModel or a "
+           "Keras .keras file. Files are checked by their bytes; pickles and legacy .h5 files are refused.")
 
 
 with st.form("upload", clear_on_submit=True):

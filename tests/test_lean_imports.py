@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-HEAVY = ("torch", "onnxruntime", "openvino", "onnx", "transformers", "tensorrt", "nncf")
+HEAVY = ("torch", "onnxruntime", "openvino", "onnx", "transformers", "tensorrt", "nncf", "tensorflow", "keras",
+         "tf2onnx")
 LIGHT_MODULES = ("engine", "engine.artifacts", "engine.data", "engine.plan", "engine.optimizations",
                  "engine.runtimes", "engine.study", "engine.__main__", "engine.measure.environment",
                  "engine.variants")

@@ -19,21 +19,23 @@ from typing import Any
 import numpy as np
 
 from engine import __version__
-from engine.artifacts import ONNX, TORCHSCRIPT, Artifact, folder_size
+from engine.artifacts import ONNX, SAVEDMODEL, TF_FORMATS, TORCHSCRIPT, Artifact, folder_size
 from engine.errors import NotApplicable
 from engine.optimizations.base import Chain, Step
 from engine.optimizations.export import OnnxExportConfig, to_onnx, to_torchscript
 from engine.variants import BuildContext, Variant
 from storage.paths import sub_dir
 
-# What a runtime consumes: an eager module, a TorchScript archive, or an ONNX file.
-TARGET_LABELS = {"torch": "PyTorch eager", "torchscript": "TorchScript", "onnx": "ONNX"}
+# What a runtime consumes: an eager module, a TorchScript archive, an ONNX file, or a TensorFlow model as uploaded.
+TARGET_LABELS = {"torch": "PyTorch eager", "torchscript": "TorchScript", "onnx": "ONNX", "tensorflow": "TensorFlow"}
 _VARIANT_JSON = "variant.json"
 _WEIGHTS = "weights.safetensors"
 
 
 def not_applicable_reason(model_format: str, chain: Chain, target: str, device: str) -> str | None:
     """Why this chain cannot be built for this target, from declared capabilities only (no imports)."""
+    if model_format in TF_FORMATS or target == "tensorflow":
+        return _tensorflow_reason(model_format, chain, target)
     for step in chain.stage("torch"):
         if model_format == ONNX:
             return f"{step.id} is a torch-level pass and needs a torch model; this model is ONNX"
@@ -59,6 +61,24 @@ def not_applicable_reason(model_format: str, chain: Chain, target: str, device: 
         if work == "torch" and step.opt.torch_devices and device not in step.opt.torch_devices:
             needs = "/".join(sorted(step.opt.torch_devices)).upper()
             return f"{step.id} in torch needs a {needs} device (CPU half-precision kernels are slow emulation)"
+    return None
+
+
+def _tensorflow_reason(model_format: str, chain: Chain, target: str) -> str | None:
+    """A TensorFlow model runs as uploaded on the tensorflow runtime, and converted (tf2onnx) on ONNX runtimes,
+    where every ONNX pass applies; nothing else runs on the tensorflow runtime."""
+    if model_format not in TF_FORMATS:
+        return "the tensorflow runtime runs TensorFlow models (a SavedModel or a .keras file) only"
+    for step in chain.stage("torch"):
+        return f"{step.id} is a torch-level pass and needs a torch model; this model is TensorFlow"
+    if target not in ("tensorflow", "onnx"):
+        return f"a TensorFlow model runs on TensorFlow and, converted with tf2onnx, on ONNX runtimes, not on " \
+               f"{TARGET_LABELS[target]}"
+    if target == "tensorflow" and chain.steps:
+        return f"{chain.steps[0].id} has no TensorFlow implementation; its variants run on the ONNX runtimes"
+    for step in chain.stage("format"):
+        if "onnx" not in step.opt.formats:
+            return f"{step.id} has no ONNX implementation"
     return None
 
 
@@ -142,8 +162,10 @@ def build_variant(model: Artifact, chain: Chain, target: str, ctx: BuildContext)
     path, cached = _build_file(model, chain, target, ctx)
     meta = path.parent / _VARIANT_JSON
     size = folder_size(path.parent) - meta.stat().st_size if meta.is_file() else model.size_bytes
+    # the ONNX of a SavedModel as uploaded: a runtime with its own TensorFlow reader may read the folder instead
+    source = model.path if model.format == SAVEDMODEL and target == "onnx" and not chain.stage("format") else None
     return Variant(chain.name, target, path, size, ctx.notes, time.perf_counter() - start, cached,
-                   input_names=model.spec.names, train_s=ctx.train_s, details=ctx.details)
+                   input_names=model.spec.names, train_s=ctx.train_s, details=ctx.details, source=source)
 
 
 def _torch_module(model: Artifact, chain: Chain, ctx: BuildContext) -> tuple[Any, bool]:
@@ -210,7 +232,7 @@ def _state_size(module: Any) -> int:
 
 
 def _build_file(model: Artifact, chain: Chain, target: str, ctx: BuildContext) -> tuple[Path, bool]:
-    if target == model.format and target in (ONNX, TORCHSCRIPT) and not chain.steps:
+    if ((target == model.format and target in (ONNX, TORCHSCRIPT)) or target == "tensorflow") and not chain.steps:
         return model.path, False  # the uploaded file itself
     steps = list(chain.steps)
     # the longest cached prefix wins; every built step is cached for the next chain that shares it
@@ -237,6 +259,14 @@ def _build_file(model: Artifact, chain: Chain, target: str, ctx: BuildContext) -
     export_cfg = last.config if last is not None and last.id == "onnx-export" else OnnxExportConfig()
     assert isinstance(export_cfg, OnnxExportConfig)
     ctx.progress("exporting to ONNX", 0.0)
+    if model.format in TF_FORMATS:
+        from engine import tf_models
+
+        path = _store(key, lambda dst: tf_models.to_onnx(model.path, model.format, ctx.spec, dst, export_cfg.opset,
+                                                         ctx.notes, ctx.details), "model.onnx",
+                      {"chain": chain.name, "target": target, "notes": ctx.notes, "train_s": ctx.train_s,
+                       "details": ctx.details})
+        return path, False
     module, _ = _torch_module(model, Chain(chain.stage("torch")), ctx)
     path = _store(key, lambda dst: to_onnx(module, ctx.spec, dst, export_cfg, ctx.notes), "model.onnx",
                   {"chain": chain.name, "target": target, "notes": ctx.notes, "train_s": ctx.train_s,

@@ -37,8 +37,9 @@ class OnnxExportConfig(OptConfig):
             raise ValueError(f"exporter={self.exporter} is not auto, dynamo or legacy")
 
 
-register("onnx-export", stage="convert", config=OnnxExportConfig, formats=("torch",),
-         summary="torch.onnx.export with dynamic batch/sequence axes (automatic for ONNX runtimes)")
+register("onnx-export", stage="convert", config=OnnxExportConfig, formats=("torch", "tensorflow"),
+         summary="torch.onnx.export with dynamic batch/sequence axes, tf2onnx for TensorFlow models (automatic for "
+                 "ONNX runtimes)")
 
 
 def _output_names(module: Any, args: tuple[Any, ...], spec: InputSpec) -> list[str]:

@@ -146,7 +146,7 @@ class Runtime(ABC, Generic[OptionsT]):
     """A registered runtime: what it consumes, which device it needs, its options, and how to load a variant."""
 
     id: ClassVar[str]
-    consumes: ClassVar[str]  # "torch", "torchscript" or "onnx"
+    consumes: ClassVar[str]  # "torch", "torchscript", "onnx" or "tensorflow"
     device: ClassVar[str] = "cpu"
     summary: ClassVar[str] = ""
     requires: ClassVar[tuple[str, ...]] = ()  # importable modules, checked without importing them

@@ -55,7 +55,8 @@ def test_registry_declares_consumes_and_device() -> None:
     rows = {row["id"]: row for row in availability()}
     assert rows.keys() == REGISTRY.keys()
     for rid, cls in REGISTRY.items():
-        assert cls.id == rid and cls.consumes in ("torch", "torchscript", "onnx") and cls.device in ("cpu", "cuda")
+        assert cls.id == rid and cls.device in ("cpu", "cuda")
+        assert cls.consumes in ("torch", "torchscript", "onnx", "tensorflow")
         assert rows[rid]["available"] == (rows[rid]["reason"] is None)
     for rid, _ in CPU_RUNTIMES:
         assert rows[rid]["available"], rows[rid]["reason"]

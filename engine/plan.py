@@ -143,6 +143,16 @@ def parse_runtimes(items: list[str] | None) -> list[str]:
     return list(dict.fromkeys(ids))
 
 
+def runtimes_for(model_format: str, runtime_ids: list[str]) -> list[str]:
+    """Those of the runtimes that run a model of this format at all (its baseline is not n/a there): the default
+    when none are named, so that a default study has no row per runtime of another framework. All of them when
+    none does (the cells then say why)."""
+    fitting = [rid for rid in runtime_ids
+               if not_applicable_reason(model_format, Chain(()), get_runtime(rid).consumes,
+                                        get_runtime(rid).device) is None]
+    return fitting or runtime_ids
+
+
 def expand(model_format: str, spec: InputSpec, variants: list[Chain], runtimes: list[str],
            batch_sizes: list[int]) -> list[Cell]:
     """Every variant × runtime × batch size, with the reason a cell cannot run where it cannot."""

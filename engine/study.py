@@ -29,6 +29,7 @@ from engine.plan import (
     parse_batch_sizes,
     parse_runtimes,
     parse_variants,
+    runtimes_for,
 )
 from engine.results import Status
 from engine.runtimes import check_runtime_options, parse_runtime_options
@@ -116,6 +117,8 @@ class StudyRequest:
         if self.model is None:
             raise UserError("no model given: upload one (Models page) or name its file")
         chains, runtimes, batch_sizes, settings = self.check_arguments()
+        if self.runtimes is None:  # every available runtime that runs this model's format
+            runtimes = runtimes_for(self.model.format, runtimes)
         cells = plan_cells(self.model, chains, runtimes, batch_sizes, settings)
         if check_files and self.data_path:
             from engine.inspection import check_data

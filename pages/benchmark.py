@@ -11,7 +11,7 @@ from engine import shared
 from engine.artifacts import Artifact
 from engine.errors import UserError
 from engine.optimizations import REGISTRY
-from engine.plan import default_threads
+from engine.plan import default_threads, runtimes_for
 from engine.results import FAILED, FINAL, SKIPPED
 from engine.runtimes import availability
 from engine.specs import ATTENTION_MASK, TOKEN_IDS
@@ -153,7 +153,8 @@ with right:
     usable = [r["id"] for r in runtimes if r["available"]]
     # pills wrap onto new lines: every runtime's whole name stays visible however many are picked
     picked = st.pills("Runtimes", usable, selection_mode="multi",
-                      default=[r for r in from_url("runtimes", usable) if r in usable]) or []
+                      default=[r for r in from_url("runtimes", runtimes_for(artifact.format, usable))
+                               if r in usable]) or []
     for r in runtimes:
         if not r["available"]:
             st.caption(f"~~{r['id']}~~ unavailable: {r['reason']}")

@@ -130,7 +130,7 @@ def cmd_bench(args: argparse.Namespace, out: TextIO) -> int:
     for summary in dict.fromkeys(_inputs_summary(row) for row in rows):
         if summary:
             print(summary, file=out)  # the same for every cell: said once, not on each row
-    if any(row.generation for row in rows):
+    if any(row.extra.get("generation") for row in rows):
         from engine.generation.table import generation_lines
 
         for line in generation_lines(rows, results["study"]["settings"]):

@@ -200,8 +200,6 @@ class CellResult:
     speedup_rounds: int | None = None
     baseline_cell: int | None = None
     samples_ms: list[float] | None = None  # raw per-call latencies, only where asked for
-    # the generation scenario's measurements (ttft_ms, tpot_ms, itl_ms, tokens/s, perplexity): engine/generation/
-    generation: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -231,7 +229,7 @@ class CellResult:
             "speedup_vs_baseline": self.speedup_vs_baseline,
             "speedup_ci95": list(self.speedup_ci95) if self.speedup_ci95 else None,
             "speedup_method": self.speedup_method, "speedup_rounds": self.speedup_rounds,
-            "baseline_cell": self.baseline_cell, "generation": self.generation,
+            "baseline_cell": self.baseline_cell,
         }
         if self.samples_ms is not None:
             data["samples_ms"] = list(self.samples_ms)
@@ -263,7 +261,6 @@ class CellResult:
             speedup_method=data.get("speedup_method"), speedup_rounds=_int(data.get("speedup_rounds")),
             baseline_cell=_int(data.get("baseline_cell")),
             samples_ms=[float(v) for v in samples] if samples is not None else None,
-            generation=data.get("generation"),
             extra={k: v for k, v in data.items() if k not in _KEYS},
         )
 

@@ -152,7 +152,9 @@ def run_cell(study_dir: Path, model: Artifact, cell: Cell, settings: StudySettin
         notes=notes, build_s=opened.variant.build_s, train_s=opened.variant.train_s,
         build_details=opened.variant.details or None, target="torch",
         variant_path=str(opened.variant.path) if opened.variant.path else None,
-        samples_ms=[t.e2e_ms for t in timings], generation=record,
+        samples_ms=[t.e2e_ms for t in timings],
+        # the results JSON's `generation` (docs/architecture.md); CellResult keeps keys it has no field for in extra
+        extra={"generation": record},
     )
 
 

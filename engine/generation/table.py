@@ -20,7 +20,7 @@ def generation_lines(rows: list[CellResult], settings: dict[str, Any] | None = N
     lines = ["generation (greedy, EOS ignored; TTFT = prompt + first token, TPOT = per token after it):",
              "  ".join(f"{name:<{width}}" for name, width in _COLUMNS)]
     for row in rows:
-        g = row.generation
+        g = row.extra.get("generation")
         if not g:
             continue
         values = (str(row.cell), row.variant, row.runtime, str(row.batch_size), str(g.get("prompt_len")),

@@ -158,3 +158,22 @@ def test_generation_study_through_the_cli(tiny_llama: Path, tmp_path: Path) -> N
     assert rows["baseline"]["generation"]["next_token_agreement"] == 1.0
     assert rows["int8-dynamic"]["generation"]["reference_perplexity"] == rows["baseline"]["generation"]["perplexity"]
     assert "decode tok/s" in out.getvalue()
+
+
+def test_generation_charts_and_frontier() -> None:
+    from engine.generation.charts import frontier, generation_figures, generation_frame
+
+    def row(cell: int, variant: str, batch: int, decode: float, increase: float) -> dict[str, Any]:
+        g = {"prompt_len": 32, "ttft_ms": {"p50": 5.0}, "tpot_ms": {"p50": batch * 1000 / decode},
+             "decode_tokens_per_s": decode, "perplexity": 10 * (1 + increase), "perplexity_increase": increase,
+             "next_token_agreement": 1 - increase}
+        return {"cell": cell, "variant": variant, "runtime": "torch", "batch_size": batch, "status": "ok",
+                "generation": g}
+
+    results = [row(0, "baseline", 1, 100.0, 0.0), row(1, "int8-dynamic", 1, 150.0, 0.02),
+               row(2, "slow-and-worse", 1, 90.0, 0.05),
+               {"cell": 3, "variant": "fp16", "runtime": "torch", "batch_size": 1, "status": "unavailable"}]
+    frame = generation_frame(results)
+    assert list(frame["cell"]) == [0, 1, 2]
+    assert list(frontier(frame)["cell"]) == [1, 0]
+    assert [key for key, _ in generation_figures(results)] == ["gen-ttft", "gen-decode", "gen-perplexity"]

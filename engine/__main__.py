@@ -22,7 +22,8 @@ EXIT_USAGE = 2
 
 def _add_bench(sub: Any) -> None:
     p = sub.add_parser("bench", help="build variants of a model and measure every runtime and batch size")
-    p.add_argument("model", help="a model file (ONNX, TorchScript .pt, torch.export .pt2, zipped HF folder) or 'demo'")
+    p.add_argument("model", help="a model file (ONNX, TorchScript .pt, torch.export .pt2, zipped HF folder), 'demo' "
+                                  "or 'demo-generate' (the demo decoder, with --scenario generate)")
     p.add_argument("--name", help="a name for the study")
     p.add_argument("--variants", default=None,
                    help="comma-separated chains, e.g. baseline,int8-dynamic,prune-structured:0.5+int8-static "
@@ -50,6 +51,12 @@ def _add_bench(sub: Any) -> None:
                         "`python -m engine runtimes --options` lists them)")
     p.add_argument("--memory-limit", type=float, default=None, metavar="MB",
                    help="address-space limit per cell in MB (default: 80%% of the machine's memory)")
+    p.add_argument("--scenario", choices=["latency", "generate"], default="latency",
+                   help="latency: time one forward call (default); generate: a decoder-only model's greedy "
+                        "generation, timed token by token (TTFT, TPOT, tokens/s) with perplexity")
+    p.add_argument("--prompt-lens", default="32,256", help="generate: comma-separated prompt lengths (default 32,256)")
+    p.add_argument("--new-tokens", type=int, default=64, help="generate: tokens each generation makes (default 64)")
+    p.add_argument("--generations", type=int, default=10, help="generate: timed generations per cell (default 10)")
     p.add_argument("--json", dest="json_out", help="write the results JSON to this file")
     p.add_argument("--submit", action="store_true",
                    help="only queue the study for a worker (`python -m engine worker`); prints its id last")
@@ -65,7 +72,14 @@ def cmd_bench(args: argparse.Namespace, out: TextIO) -> int:
 
     data_path = args.data
     label = Path(args.model).name
-    if args.model == "demo":
+    if args.model == "demo-generate":
+        from engine.generation.demo import build_generation_demo
+
+        model_path, report = build_generation_demo()
+        label = "demo decoder"
+        print(f"demo: a {report['parameters']:,}-parameter Llama-style decoder trained offline, eval perplexity "
+              f"{report['eval_perplexity']:.1f}", file=out)
+    elif args.model == "demo":
         from engine.demo import build_demo
 
         model_path, demo_data, report = build_demo()
@@ -83,7 +97,9 @@ def cmd_bench(args: argparse.Namespace, out: TextIO) -> int:
         warmup=args.warmup, iterations=args.iterations, min_seconds=args.min_seconds, rounds=args.rounds,
         threads=args.threads, timeout_s=args.timeout, eval_samples=args.eval_samples, runtime_options=args.option,
         memory_limit_mb=args.memory_limit, padding=args.padding, data_path=data_path, name=args.name,
-        model_name=label, created_by=shared.cli_user(), owner=owner)
+        model_name=label, created_by=shared.cli_user(), owner=owner,
+        scenario="generate" if args.model == "demo-generate" else args.scenario,
+        prompt_lens=args.prompt_lens, new_tokens=args.new_tokens, generations=args.generations)
     request.check_arguments()  # a mistyped flag is said at once, before the model is opened
     # the user's files are opened in a child with time and memory limits, never in this process
     request.model = inspect_model(model_path, input_spec=args.input_spec, seq_len=args.seq_len)
@@ -114,6 +130,11 @@ def cmd_bench(args: argparse.Namespace, out: TextIO) -> int:
     for summary in dict.fromkeys(_inputs_summary(row) for row in rows):
         if summary:
             print(summary, file=out)  # the same for every cell: said once, not on each row
+    if any(row.extra.get("generation") for row in rows):
+        from engine.generation.table import generation_lines
+
+        for line in generation_lines(rows, results["study"]["settings"]):
+            print(line, file=out)
     by_cell = {row.cell: row for row in rows}
     timed = {row.paired.baseline_cell: row.paired.rounds for row in rows if row.paired and row.paired.rounds}
     for base_cell, count in timed.items():
@@ -157,6 +178,16 @@ def cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
             if queue.has_study(s):
                 print("the database has studies already; no demo queued", file=out)
                 return 0
+    if args.generate:
+        from engine.generation.demo import start_generation_demo
+
+        print("building the generation demo: a small decoder trained offline (first time only)...", file=out,
+              flush=True)
+        study_id, report = start_generation_demo()
+        print(f"demo decoder eval perplexity {report['eval_perplexity']:.1f}; study {study_id} queued for the worker",
+              file=out)
+        print(study_id, file=out)
+        return 0
     print("building the demo: a CNN trained offline on scikit-learn's digits (first time only)...", file=out,
           flush=True)
     study_id, report = start_demo()
@@ -441,6 +472,9 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
     p.add_argument("--options", action="store_true", help="also list each runtime's --option settings")
     p = sub.add_parser("demo", help="build the bundled demo and queue its study")
     p.add_argument("--if-empty", action="store_true", help="only when the database has no study yet")
+    p.add_argument("--generate", action="store_true",
+                   help="the generation demo instead: a small Llama-style decoder trained here (about a minute), "
+                        "measured with --scenario generate")
     p = sub.add_parser("worker", help="run queued jobs from the database")
     p.add_argument("--until-idle", action="store_true", help="exit when no job is queued")
     p.add_argument("--max-jobs", type=int, default=None, help="exit after this many jobs")

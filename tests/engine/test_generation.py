@@ -1,0 +1,179 @@
+"""The generation scenario on a tiny random-weight Llama with a byte-level BPE tokenizer trained in the fixture:
+intake, the plan's rows with reasons, the token clock, and one study through the CLI (reference + two cells)."""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from engine.errors import UserError
+
+NEW_TOKENS = 4
+
+
+def _write_zip(folder: Path, archive: Path) -> Path:
+    with zipfile.ZipFile(archive, "w") as out:
+        for path in sorted(folder.iterdir()):
+            out.write(path, f"{folder.name}/{path.name}")
+    return archive
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer Llama (hidden 32, GQA 4/2 heads) saved with safetensors and its tokenizer, zipped."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from engine.generation.prompts import PROMPT_TEXT, bundled_text
+
+    root = tmp_path_factory.mktemp("llama")
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator([bundled_text(PROMPT_TEXT)], trainers.BpeTrainer(
+        vocab_size=320, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>")
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64, eos_token_id=0,
+                         bos_token_id=0, architectures=["LlamaForCausalLM"])
+    torch.manual_seed(0)
+    folder = root / "tiny-llama"
+    LlamaForCausalLM(config).eval().save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    return _write_zip(folder, root / "tiny-llama.zip")
+
+
+@pytest.fixture(scope="module")
+def llama_artifact(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    import os
+
+    from engine.artifacts import intake
+
+    saved = os.environ.get("PARETOSCOPE_DATA_DIR")
+    os.environ["PARETOSCOPE_DATA_DIR"] = str(tmp_path_factory.mktemp("gen-data"))
+    try:
+        return intake(tiny_llama)
+    finally:
+        if saved is not None:
+            os.environ["PARETOSCOPE_DATA_DIR"] = saved
+
+
+def test_intake_recognises_a_generative_model(llama_artifact: Any) -> None:
+    assert llama_artifact.format == "hf"
+    assert llama_artifact.info["task"] == "text-generation"
+    assert llama_artifact.info["tokenizer"] is True
+    assert llama_artifact.info["architecture"] == "LlamaForCausalLM"
+
+
+def test_intake_refuses_remote_code_and_pickles(tiny_llama: Path, tmp_path: Path) -> None:
+    from engine.artifacts import intake
+
+    with zipfile.ZipFile(tiny_llama) as archive:
+        files = {Path(n).name: archive.read(n) for n in archive.namelist()}
+    custom = tmp_path / "custom"
+    custom.mkdir()
+    config = json.loads(files["config.json"])
+    config.update(model_type="my-llama", auto_map={"AutoModelForCausalLM": "modeling_my.MyLlama"})
+    (custom / "config.json").write_text(json.dumps(config))
+    (custom / "modeling_my.py").write_text("import os\n")
+    (custom / "model.safetensors").write_bytes(files["model.safetensors"])
+    with pytest.raises(UserError) as refused:
+        intake(_write_zip(custom, tmp_path / "custom.zip"))
+    assert "never runs" in str(refused.value) and "\n" not in str(refused.value)
+
+    pickled = tmp_path / "pickled"
+    pickled.mkdir()
+    (pickled / "config.json").write_bytes(files["config.json"])
+    (pickled / "pytorch_model.bin").write_bytes(b"\x80\x04not loaded")
+    with pytest.raises(UserError) as refused:
+        intake(_write_zip(pickled, tmp_path / "pickled.zip"))
+    assert "pickled" in str(refused.value) and "\n" not in str(refused.value)
+
+
+def test_plan_rows_say_why(llama_artifact: Any) -> None:
+    from engine.generation.plan import expand
+    from engine.generation.settings import GenerationSettings
+    from engine.optimizations import parse_chain
+
+    chains = [parse_chain(c) for c in ("baseline", "fp16", "int8-weight-only", "distill:layers=1")]
+    cells, settings = expand(llama_artifact, chains, ["torch", "onnxruntime"], [1, 2],
+                             GenerationSettings(prompt_lens=(8, 61), new_tokens=NEW_TOKENS))
+    rows = {(c.variant, c.runtime): c for c in cells if not c.runnable}
+    assert "CUDA" in (rows[("fp16", "torch")].reason or "")
+    assert rows[("fp16", "torch")].status == "unavailable"
+    assert "onnxruntime-genai" in (rows[("baseline", "onnxruntime")].reason or "")
+    assert "decoder" in (rows[("distill:layers=1", "torch")].reason or "")
+    runnable = [c for c in cells if c.runnable]
+    assert {settings.prompt_len_of(c.index) for c in runnable} == {8}  # 61 + 4 > 64 positions: a row saying so
+    too_long = [c for c in cells if c.variant == "baseline" and c.runtime == "torch" and not c.runnable]
+    assert too_long and all("max_position_embeddings" in (c.reason or "") for c in too_long)
+
+
+def test_token_clock_counts_new_tokens(llama_artifact: Any) -> None:
+    import torch
+
+    from engine.generation.cell import causal_lm
+    from engine.measure.generation import summarize, timed_generation
+    from engine.modules import load_module
+
+    lm = causal_lm(load_module(llama_artifact.path, "hf", llama_artifact.spec))
+    ids = torch.randint(1, 300, (2, 8))
+    timings = [timed_generation(lm, ids, torch.ones_like(ids), 6, 0, "cpu") for _ in range(3)]
+    assert all(len(t.token_ms) == 6 for t in timings)
+    assert all(0 < t.ttft_ms < t.e2e_ms for t in timings)
+    summary = summarize(timings, 2, 8)
+    assert len([g for t in timings for g in t.gaps_ms]) == 3 * 5
+    assert summary["decode_tokens_per_s"] == pytest.approx(2 * 1000 / summary["tpot_ms"]["p50"], rel=0.1)
+
+
+@pytest.mark.slow
+def test_generation_study_through_the_cli(tiny_llama: Path, tmp_path: Path) -> None:
+    from engine.__main__ import main
+
+    out_json = tmp_path / "gen.json"
+    out = io.StringIO()
+    code = main(["bench", str(tiny_llama), "--scenario", "generate", "--prompt-lens", "8", "--new-tokens",
+                 str(NEW_TOKENS), "--generations", "2", "--batch-sizes", "2", "--runtimes", "torch",
+                 "--variants", "baseline,int8-dynamic,fp16", "--json", str(out_json)], out=out)
+    assert code == 0, out.getvalue()
+    rows = {r["variant"]: r for r in json.loads(out_json.read_text())["results"]}
+    assert rows["fp16"]["status"] == "unavailable" and "CUDA" in rows["fp16"]["error"]
+    for variant in ("baseline", "int8-dynamic"):
+        row = rows[variant]
+        assert row["status"] == "ok", row["error"]
+        g = row["generation"]
+        assert g["prompt_len"] == 8 and g["tokens_stamped"] == [NEW_TOKENS] * 2
+        assert g["ttft_ms"]["p50"] < g["e2e_ms"]["p50"]
+        assert g["decode_tokens_per_s"] == pytest.approx(2 * 1000 / g["tpot_ms"]["p50"], rel=0.1)
+        assert g["kv_cache_bytes_per_token"] == 2 * 2 * 2 * 8 * 4  # 2 (k, v) x layers x kv heads x head dim x fp32
+        assert g["perplexity"] > 1 and g["reference_perplexity"] > 1
+        assert 0 <= g["next_token_agreement"] <= 1
+    assert rows["baseline"]["generation"]["next_token_agreement"] == 1.0
+    assert rows["int8-dynamic"]["generation"]["reference_perplexity"] == rows["baseline"]["generation"]["perplexity"]
+    assert "decode tok/s" in out.getvalue()
+
+
+def test_generation_charts_and_frontier() -> None:
+    from engine.generation.charts import frontier, generation_figures, generation_frame
+
+    def row(cell: int, variant: str, batch: int, decode: float, increase: float) -> dict[str, Any]:
+        g = {"prompt_len": 32, "ttft_ms": {"p50": 5.0}, "tpot_ms": {"p50": batch * 1000 / decode},
+             "decode_tokens_per_s": decode, "perplexity": 10 * (1 + increase), "perplexity_increase": increase,
+             "next_token_agreement": 1 - increase}
+        return {"cell": cell, "variant": variant, "runtime": "torch", "batch_size": batch, "status": "ok",
+                "generation": g}
+
+    results = [row(0, "baseline", 1, 100.0, 0.0), row(1, "int8-dynamic", 1, 150.0, 0.02),
+               row(2, "slow-and-worse", 1, 90.0, 0.05),
+               {"cell": 3, "variant": "fp16", "runtime": "torch", "batch_size": 1, "status": "unavailable"}]
+    frame = generation_frame(results)
+    assert list(frame["cell"]) == [0, 1, 2]
+    assert list(frontier(frame)["cell"]) == [1, 0]
+    assert [key for key, _ in generation_figures(results)] == ["gen-ttft", "gen-decode", "gen-perplexity"]

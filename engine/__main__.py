@@ -54,6 +54,9 @@ def _add_bench(sub: Any) -> None:
     p.add_argument("--json", dest="json_out", help="write the results JSON to this file")
     p.add_argument("--submit", action="store_true",
                    help="only queue the study for a worker (`python -m engine worker`); prints its id last")
+    p.add_argument("--machines", default=None, metavar="KINDS",
+                   help="with --submit, for a Ray cluster: every cell once per machine kind, e.g. cpu-avx512,gpu-h100 "
+                        "(cpu-FLAG, gpu-MODEL, node-NAME), run by `python -m engine worker --ray ADDRESS`")
 
 
 def cmd_bench(args: argparse.Namespace, out: TextIO) -> int:
@@ -76,6 +79,9 @@ def cmd_bench(args: argparse.Namespace, out: TextIO) -> int:
               file=out)
     else:
         model_path = Path(args.model)
+    if args.machines and not args.submit:
+        raise UserError("--machines places cells on a Ray cluster's machines: add --submit, and run the study with "
+                        "python -m engine worker --ray ADDRESS")
     # The study is this process's: a dashboard's worker sharing the database must not run (and so hide) its cells.
     owner = None if args.submit else new_worker_id()
     request = StudyRequest(
@@ -84,7 +90,8 @@ def cmd_bench(args: argparse.Namespace, out: TextIO) -> int:
         warmup=args.warmup, iterations=args.iterations, min_seconds=args.min_seconds, rounds=args.rounds,
         threads=args.threads, timeout_s=args.timeout, eval_samples=args.eval_samples, runtime_options=args.option,
         memory_limit_mb=args.memory_limit, padding=args.padding, data_path=data_path, name=args.name,
-        model_name=label, created_by=shared.cli_user(), owner=owner)
+        model_name=label, created_by=shared.cli_user(), owner=owner,
+        machines=args.machines.split(",") if args.machines else None)
     request.check_arguments()  # a mistyped flag is said at once, before the model is opened
     # the user's files are opened in a child with time and memory limits, never in this process
     request.model = inspect_model(model_path, input_spec=args.input_spec, seq_len=args.seq_len)

@@ -146,7 +146,7 @@ class RayDispatcher(Worker):
                 if job is None:
                     return
                 payload, cell, meta = self._payload(s, job)
-                machine = getattr(job, "machine", None)
+                machine = job.machine
             flight = _Flight(job.id, cell, meta, cell_needs(cell.runtime, machine), payload)
             with self._lock:
                 self._flights[job.id] = flight  # heartbeated from now on

@@ -7,7 +7,7 @@ file) lives here.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -83,6 +83,8 @@ class StudyRequest:
     model_name: str | None = None
     created_by: str | None = None
     owner: str | None = None  # a worker id: only that worker runs the study until release_study
+    # machine kinds of a Ray cluster (cpu-avx512, gpu-h100): each cell once per kind, placed by the Ray dispatcher
+    machines: list[str] | None = None
 
     def check_arguments(self) -> tuple[list[Chain], list[str], list[int], StudySettings]:
         """The rules that need no model, checked before a model is opened (that takes a limited child, seconds):
@@ -117,6 +119,8 @@ class StudyRequest:
             raise UserError("no model given: upload one (Models page) or name its file")
         chains, runtimes, batch_sizes, settings = self.check_arguments()
         cells = plan_cells(self.model, chains, runtimes, batch_sizes, settings)
+        if self.machines:
+            cells = per_machine(cells, self.machines)
         if check_files and self.data_path:
             from engine.inspection import check_data
 
@@ -162,6 +166,26 @@ def plan_cells(model: Artifact, chains: list[Chain], runtimes: list[str], batch_
     cells = expand(model.format, model.spec, chains, runtimes, batch_sizes)
     shared.check_study(settings, batch_sizes, sum(c.runnable for c in cells))
     return cells
+
+
+def per_machine(cells: list[Cell], machines: list[str]) -> list[Cell]:
+    """Each cell once per machine kind, numbered anew. A runtime unavailable on this machine may be installed on the
+    cluster's: such cells are queued, and the dispatcher says `unavailable: no node with ...` if none has it."""
+    from engine.executors.ray_node import machine_resource
+
+    kinds = list(dict.fromkeys(m.strip().lower() for m in machines if m.strip()))
+    for kind in kinds:
+        try:
+            machine_resource(kind)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+    out: list[Cell] = []
+    for cell in cells:
+        here_only = cell.status == Status.UNAVAILABLE
+        for kind in kinds:
+            out.append(replace(cell, index=len(out), machine=kind, status="pending" if here_only else cell.status,
+                               reason=None if here_only else cell.reason))
+    return out
 
 
 def submit_study(model: Artifact, variants: list[Chain], runtimes: list[str], batch_sizes: list[int],

@@ -88,7 +88,7 @@ def cluster() -> Iterator[RayCluster]:
     try:
         made = RayCluster(base)
         made.add("ort", "onnxruntime", cpu__avx2=1.0)
-        made.add("ov", "openvino")
+        made.add("ov", "openvino", "onnxruntime")
         with made._node_env():
             ray.init(address=made.cluster.address, logging_level="WARNING")
         yield made
@@ -159,15 +159,44 @@ def test_engine_imports_no_ray() -> None:
     assert proc.stdout.strip() == "False"
 
 
+def _study_with_machines(cells: list[tuple[str, str | None]], artifact: dict[str, Any]) -> int:
+    """A study of baseline cells, each (runtime, machine kind or None)."""
+    from storage import catalogue
+
+    rows = [{"index": i, "variant": "baseline", "chain": [], "runtime": runtime, "batch_size": 1,
+             "status": "pending", "reason": None, "machine": machine} for i, (runtime, machine) in enumerate(cells)]
+    with session() as s:
+        model = catalogue.get_or_create_model(s, artifact, "model.onnx")
+        return queue.create_study(s, name="machines", model=model, dataset=None, variants=["baseline"],
+                                  runtimes=sorted({r for r, _ in cells}), batch_sizes=[1], settings=settings(),
+                                  cells=rows).id
+
+
+def test_per_machine_queues_each_cell_once_per_kind() -> None:
+    from engine.plan import Cell
+    from engine.study import per_machine
+
+    planned = [Cell(0, "baseline", (), "onnxruntime", 1),
+               Cell(1, "baseline", (), "tensorrt", 1, "unavailable", "no CUDA device")]
+    cells = per_machine(planned, ["cpu-avx512", "gpu-h100"])
+    assert [(c.index, c.runtime, c.machine, c.status) for c in cells] == [
+        (0, "onnxruntime", "cpu-avx512", "pending"), (1, "onnxruntime", "gpu-h100", "pending"),
+        (2, "tensorrt", "cpu-avx512", "pending"), (3, "tensorrt", "gpu-h100", "pending")]
+
+
 def test_cells_run_on_the_node_that_has_their_needs_with_artifacts_shipped(cluster: RayCluster, data_dir: Path,
                                                                           mlp_onnx: Path, mlp_npz: Path) -> None:
     from engine.artifacts import intake
+    from engine.report.machines import per_machine
+    from engine.report.source import load_report
     from engine.worker import Worker
     from storage import blobs, catalogue
 
     artifact = intake(_fresh_model(mlp_onnx, data_dir.parent)).to_json()
-    study_id = make_study(3, ["onnxruntime", "openvino", "onnxruntime"], settings=settings(), artifact=artifact)
-    local_id = make_study(1, ["onnxruntime"], settings=settings(), artifact=artifact)
+    # by runtime (only ov has openvino), by CPU flag (only ort advertises avx2), by node name
+    study_id = _study_with_machines([("onnxruntime", "node-ort"), ("openvino", None), ("onnxruntime", "cpu-avx2"),
+                                     ("onnxruntime", "node-ov")], artifact)
+    local_id = make_study(1, ["openvino"], settings=settings(), artifact=artifact)
     sha = blobs.put_file(mlp_npz)
     with session() as s:  # a data file, shipped as a blob
         dataset = catalogue.get_or_create_dataset(s, sha, "mlp.npz", mlp_npz.stat().st_size)
@@ -177,26 +206,30 @@ def test_cells_run_on_the_node_that_has_their_needs_with_artifacts_shipped(clust
     thread.join(timeout=400)
     assert not thread.is_alive()
     rows = _rows(study_id)
-    assert [r["status"] for r in rows] == ["ok"] * 3, [r["error"] for r in rows]
-    assert [r["node"]["name"] for r in rows] == ["ort", "ov", "ort"]
+    assert [r["status"] for r in rows] == ["ok"] * 4, [r["error"] for r in rows]
+    assert [r["node"]["name"] for r in rows] == ["ort", "ov", "ort", "ov"]
     assert all(r["node"]["host"] and r["node"]["fingerprint"] for r in rows)
     # each node fetched the model and the data once, whatever number of its cells used them
     model_key, counts = artifact["sha256"], {}
     for node, key in dispatcher.fetches:
         counts[node, key] = counts.get((node, key), 0) + 1
     assert counts[("ort", model_key)] == 1 and counts[("ov", model_key)] == 1
-    assert counts[("ort", sha)] == 1
+    assert counts[("ort", sha)] == 1 and counts[("ov", sha)] == 1
     for node in ("ort", "ov"):  # a data folder of the node's own, not the dispatcher's
         folder = cluster.folder(node)
         assert (folder / "models" / model_key).is_dir() and (folder / "blobs" / sha[:2] / sha).is_file()
         assert not folder.is_relative_to(data_dir)
     log = (data_dir / "studies" / str(study_id) / "logs" / "cell-0001.log").read_text()
     assert "on Ray node ov" in log
+    # this variant on each machine
+    table = per_machine(load_report(study_id))
+    assert table is not None and len(table) == 2
+    assert {"p50 ms · node-ort", "p50 ms · cpu-avx2", "p50 ms · node-ov", "p50 ms · ov"} <= set(table.columns)
     # the same result's shape as the local queue's
     Worker(study_id=local_id).run(until_idle=True)
     local = _rows(local_id)[0]
-    assert local["status"] == "ok" and set(local) == set(rows[0])
-    assert set(local["node"]) <= set(rows[0]["node"])
+    assert local["status"] == "ok" and set(local) == set(rows[1])
+    assert set(local["node"]) <= set(rows[1]["node"])
 
 
 def test_a_cell_no_node_can_take_is_unavailable_after_the_wait(cluster: RayCluster, mlp_onnx: Path,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import signal
 import sys
@@ -60,6 +61,9 @@ def _add_bench(sub: Any) -> None:
     p.add_argument("--json", dest="json_out", help="write the results JSON to this file")
     p.add_argument("--submit", action="store_true",
                    help="only queue the study for a worker (`python -m engine worker`); prints its id last")
+    p.add_argument("--machines", default=None, metavar="KINDS",
+                   help="with --submit, for a Ray cluster: every cell once per machine kind, e.g. cpu-avx512,gpu-h100 "
+                        "(cpu-FLAG, gpu-MODEL, node-NAME), run by `python -m engine worker --ray ADDRESS`")
 
 
 def cmd_bench(args: argparse.Namespace, out: TextIO) -> int:
@@ -89,6 +93,9 @@ def cmd_bench(args: argparse.Namespace, out: TextIO) -> int:
               file=out)
     else:
         model_path = Path(args.model)
+    if args.machines and not args.submit:
+        raise UserError("--machines places cells on a Ray cluster's machines: add --submit, and run the study with "
+                        "python -m engine worker --ray ADDRESS")
     # The study is this process's: a dashboard's worker sharing the database must not run (and so hide) its cells.
     owner = None if args.submit else new_worker_id()
     request = StudyRequest(
@@ -99,7 +106,8 @@ def cmd_bench(args: argparse.Namespace, out: TextIO) -> int:
         memory_limit_mb=args.memory_limit, padding=args.padding, data_path=data_path, name=args.name,
         model_name=label, created_by=shared.cli_user(), owner=owner,
         scenario="generate" if args.model == "demo-generate" else args.scenario,
-        prompt_lens=args.prompt_lens, new_tokens=args.new_tokens, generations=args.generations)
+        prompt_lens=args.prompt_lens, new_tokens=args.new_tokens, generations=args.generations,
+        machines=args.machines.split(",") if args.machines else None)
     request.check_arguments()  # a mistyped flag is said at once, before the model is opened
     # the user's files are opened in a child with time and memory limits, never in this process
     request.model = inspect_model(model_path, input_spec=args.input_spec, seq_len=args.seq_len)
@@ -204,11 +212,37 @@ def cmd_worker(args: argparse.Namespace, out: TextIO) -> int:
         print(f"worker started in the background (pid {pid}); log: {data_dir() / 'logs' / 'worker.log'}"
               if pid else "a worker is already alive (or PARETOSCOPE_NO_AUTO_WORKER=1)", file=out)
         return 0
-    worker = Worker()
-    print(f"worker {worker.id} started; data folder {data_dir()}", file=out, flush=True)
+    address = args.ray or os.environ.get("PARETOSCOPE_RAY_ADDRESS")
+    worker: Worker
+    if address:
+        from engine.ray_dispatch import RayDispatcher
+
+        worker = RayDispatcher(address)
+    else:
+        worker = Worker()
+    print(f"worker {worker.id} started; data folder {data_dir()}" + (f"; cells run on Ray ({address})" if address
+                                                                      else ""), file=out, flush=True)
     done = worker.run(until_idle=args.until_idle, max_jobs=args.max_jobs)
     print(f"worker {worker.id} stopped after {done} job(s)", file=out)
     return 0
+
+
+def cmd_worker_node(args: argparse.Namespace, out: TextIO) -> int:
+    """This machine's `ray start` line with the resources its hardware and runtimes give (and, with --start, run it)."""
+    import subprocess
+
+    from engine.executors.ray_node import node_resources, shell_line, start_command
+
+    address = args.address or os.environ.get("PARETOSCOPE_RAY_ADDRESS")
+    if not args.head and not address:
+        raise UserError("give the head's address (--address HOST:6379, or PARETOSCOPE_RAY_ADDRESS), or --head")
+    command = start_command(address, node_resources(args.name), head=args.head)
+    print(shell_line(command), file=out, flush=True)
+    if not args.start:
+        return 0
+    if shutil.which("ray") is None:
+        raise UserError("the `ray` command is not installed: pip install -r requirements-ray.txt")
+    return subprocess.run(command, check=False).returncode
 
 
 def cmd_explain(args: argparse.Namespace, out: TextIO) -> int:
@@ -481,6 +515,15 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
     p.add_argument("--background", action="store_true",
                    help="start one worker in the background unless one is alive (what `make run` and the "
                         "dashboard do), then return")
+    p.add_argument("--ray", metavar="ADDRESS",
+                   help="dispatch cells to a Ray cluster (HOST:6379, or 'local' for a Ray instance on this machine) "
+                        "instead of running them here (default: PARETOSCOPE_RAY_ADDRESS)")
+    p = sub.add_parser("worker-node", help="print (or run, with --start) the `ray start` that joins this machine to a "
+                                           "Ray cluster with the resources of its hardware and runtimes")
+    p.add_argument("--address", help="the head's HOST:PORT (default: PARETOSCOPE_RAY_ADDRESS)")
+    p.add_argument("--head", action="store_true", help="start the cluster's head on this machine")
+    p.add_argument("--name", help="this node's name in paretoscope.node.NAME (default: the host name)")
+    p.add_argument("--start", action="store_true", help="run the command instead of only printing it")
     p = sub.add_parser("report", help="write a study's results: HTML, CSV, JSON, or a Hugging Face Space")
     p.add_argument("study_id", type=int)
     p.add_argument("--format", choices=["html", "csv", "json", "space"], default="json",
@@ -513,7 +556,8 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
     p.add_argument("--out", required=True, help="the bundle's folder: new, empty, or a previous bundle to replace")
     args = parser.parse_args(argv)
     commands = {"bench": cmd_bench, "runtimes": cmd_runtimes, "demo": cmd_demo, "worker": cmd_worker,
-                "report": cmd_report, "explain": cmd_explain, "deploy": cmd_deploy}
+                "report": cmd_report, "explain": cmd_explain, "deploy": cmd_deploy,
+                "worker-node": cmd_worker_node}
     try:
         return commands[args.command](args, out)
     except UserError as exc:

@@ -85,6 +85,7 @@ class Cell:
     batch_size: int
     status: str = "pending"
     reason: str | None = None
+    machine: str | None = None  # the machine kind it targets on a Ray cluster (cpu-avx512, gpu-h100)
 
     @property
     def runnable(self) -> bool:

@@ -91,6 +91,8 @@ class StudyRequest:
     prompt_lens: str = "32,256"
     new_tokens: int = 64
     generations: int = 10
+    # machine kinds of a Ray cluster (cpu-avx512, gpu-h100): each cell once per kind, placed by the Ray dispatcher
+    machines: list[str] | None = None
 
     def check_arguments(self) -> tuple[list[Chain], list[str], list[int], StudySettings]:
         """The rules that need no model, checked before a model is opened (that takes a limited child, seconds):
@@ -129,6 +131,10 @@ class StudyRequest:
         if self.runtimes is None:  # every available runtime that runs this model's format
             runtimes = runtimes_for(self.model.format, runtimes)
         cells, settings = plan_study(self.model, chains, runtimes, batch_sizes, settings)
+        if self.machines:
+            if settings.generation is not None:  # its cells' prompt lengths are kept by cell index
+                raise UserError("--machines does not take a generation study yet: submit one study per machine kind")
+            cells = per_machine(cells, self.machines)
         if check_files and self.data_path:
             from engine.inspection import check_data
 
@@ -186,6 +192,26 @@ def plan_study(model: Artifact, chains: list[Chain], runtimes: list[str], batch_
         cells = expand(model.format, model.spec, chains, runtimes, batch_sizes)
     shared.check_study(settings, batch_sizes, sum(c.runnable for c in cells))
     return cells, settings
+
+
+def per_machine(cells: list[Cell], machines: list[str]) -> list[Cell]:
+    """Each cell once per machine kind, numbered anew. A runtime unavailable on this machine may be installed on the
+    cluster's: such cells are queued, and the dispatcher says `unavailable: no node with ...` if none has it."""
+    from engine.executors.ray_node import machine_resource
+
+    kinds = list(dict.fromkeys(m.strip().lower() for m in machines if m.strip()))
+    for kind in kinds:
+        try:
+            machine_resource(kind)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+    out: list[Cell] = []
+    for cell in cells:
+        here_only = cell.status == Status.UNAVAILABLE
+        for kind in kinds:
+            out.append(replace(cell, index=len(out), machine=kind, status="pending" if here_only else cell.status,
+                               reason=None if here_only else cell.reason))
+    return out
 
 
 def submit_study(model: Artifact, variants: list[Chain], runtimes: list[str], batch_sizes: list[int],

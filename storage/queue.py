@@ -45,7 +45,7 @@ def create_study(s: Session, *, name: str, model: Model, dataset: Dataset | None
     for cell in cells:
         final = cell["status"] != "pending"
         s.add(Job(study_id=study.id, cell=cell["index"], variant=cell["variant"], chain=list(cell["chain"]),
-                  runtime=cell["runtime"], batch_size=cell["batch_size"],
+                  runtime=cell["runtime"], batch_size=cell["batch_size"], machine=cell.get("machine"),
                   status=cell["status"] if final else QUEUED, error_message=cell.get("reason"),
                   finished_at=now if final else None))
     s.flush()

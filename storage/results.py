@@ -21,7 +21,8 @@ from storage.views import study_progress
 
 
 # Keys of a results JSON row that the job's own columns answer (which cell, how it ended): never a result's to set.
-JOB_KEYS = frozenset({"cell", "job_id", "variant", "runtime", "batch_size", "status", "error", "attempts"})
+JOB_KEYS = frozenset({"cell", "job_id", "variant", "runtime", "batch_size", "status", "error", "attempts",
+                      "machine"})
 # Keys with columns of their own in the results table, and the raw samples, which have a table of their own.
 _COLUMN_KEYS = frozenset({"latency_ms", "throughput_per_s", "load_s", "first_run_ms", "peak_host_mb",
                           "peak_device_mb", "model_size_mb", "accuracy", "settings", "notes", "samples_ms"})
@@ -72,6 +73,8 @@ def result_dict(job: Job, result: Result | None) -> dict[str, Any]:
         "settings": None, "notes": [job.error_message] if job.status in ("n/a", "unavailable") and
         job.error_message else [], "attempts": job.attempts,
     }
+    if job.machine:  # a study that targets machine kinds (Ray): which kind this cell was for
+        row["machine"] = job.machine
     if result is None:
         return row
     extra = {k: v for k, v in (result.extra or {}).items() if k not in JOB_KEYS}

@@ -42,7 +42,7 @@ def chain_reason(model: Artifact, chain: Chain, runtime_id: str) -> tuple[str, s
             return Status.UNAVAILABLE, f"{step.id} generates on a {'/'.join(sorted(needs)).upper()} device (torch-cuda)"
         if step.id == "int8-dynamic" and runtime.device != "cpu":
             return Status.NOT_APPLICABLE, "int8-dynamic's quantized Linear layers run on the CPU only (torch)"
-        if step.id == "int8-weight-only" and (why := missing_reason()):
+        if step.id in ("int8-weight-only", "int4-weight-only") and (why := missing_reason(step.id)):
             return Status.UNAVAILABLE, why
         if step.id == "distill" and int(getattr(step.config, "layers", 0) or 0):
             return Status.NOT_APPLICABLE, (

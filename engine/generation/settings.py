@@ -19,8 +19,8 @@ DEFAULT_NEW_TOKENS = 64
 DEFAULT_GENERATIONS = 10
 DEFAULT_WARMUP = 2
 # Variants of a generation study when none are named: what runs on a CPU, then what runs on a GPU (a row with
-# its reason elsewhere) and weight-only int8 (a row with its reason while torchao is missing).
-DEFAULT_VARIANTS = ("baseline", "int8-dynamic", "int8-weight-only", "bf16", "fp16")
+# its reason elsewhere): weight-only int8 runs on both (torchao), weight-only int4, bf16 and fp16 on CUDA.
+DEFAULT_VARIANTS = ("baseline", "int8-dynamic", "int8-weight-only", "int4-weight-only", "bf16", "fp16")
 # Runtimes that generate: transformers' generate() on an eager torch module. Other runtimes are rows saying why.
 GENERATING_RUNTIMES = ("torch", "torch-cuda")
 MAX_NEW_TOKENS = 4096

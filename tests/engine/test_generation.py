@@ -116,6 +116,31 @@ def test_plan_rows_say_why(llama_artifact: Any) -> None:
     assert too_long and all("max_position_embeddings" in (c.reason or "") for c in too_long)
 
 
+def test_weight_only_int8_generates_close_to_fp32_and_int4_says_it_needs_cuda(llama_artifact: Any) -> None:
+    import torch
+
+    from engine.generation.cell import causal_lm
+    from engine.generation.plan import chain_reason
+    from engine.modules import load_module
+    from engine.optimizations import parse_chain
+    from engine.optimizations.build import build_variant
+    from engine.variants import BuildContext
+
+    assert chain_reason(llama_artifact, parse_chain("int8-weight-only"), "torch") is None  # torchao: requirements
+    status, reason = chain_reason(llama_artifact, parse_chain("int4-weight-only"), "torch") or ("", "")
+    assert status == "unavailable" and "CUDA" in reason
+    ctx = BuildContext(llama_artifact.spec)
+    quantized = causal_lm(build_variant(llama_artifact, parse_chain("int8-weight-only"), "torch", ctx).module)
+    assert any("int8-weight-only quantized" in note for note in ctx.notes)
+    fp32 = causal_lm(load_module(llama_artifact.path, "hf", llama_artifact.spec))
+    ids = torch.randint(1, 300, (2, 8))
+    with torch.inference_mode():
+        want, got = fp32(ids).logits, quantized(ids).logits
+        tokens = quantized.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=4, min_new_tokens=4,
+                                    do_sample=False)
+    assert float((got - want).norm() / want.norm()) < 0.05 and tokens.shape == (2, 12)
+
+
 def test_token_clock_counts_new_tokens(llama_artifact: Any) -> None:
     import torch
 

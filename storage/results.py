@@ -86,7 +86,8 @@ def result_dict(job: Job, result: Result | None) -> dict[str, Any]:
         "peak_host_mb": result.peak_host_mb, "peak_device_mb": result.peak_device_mb,
         "model_size_mb": result.model_size_mb,
         "accuracy": {
-            "fidelity": None if result.fidelity_cosine is None else {
+            # a generation cell's fidelity is its next-token agreement alone: no cosine, still a fidelity
+            "fidelity": None if result.fidelity_cosine is None and result.top1_agreement is None else {
                 "max_abs": result.fidelity_max_abs, "mean_abs": result.fidelity_mean_abs,
                 "cosine": result.fidelity_cosine, "top1_agreement": result.top1_agreement,
                 "pooled_cosine": extra.pop("pooled_cosine", None)},

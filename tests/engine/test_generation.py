@@ -181,6 +181,9 @@ def test_generation_study_through_the_cli(tiny_llama: Path, tmp_path: Path) -> N
         assert g["perplexity"] > 1 and g["reference_perplexity"] > 1
         assert 0 <= g["next_token_agreement"] <= 1
     assert rows["baseline"]["generation"]["next_token_agreement"] == 1.0
+    # the stored fidelity is the agreement (no cosine for generated tokens), read back from the database
+    assert rows["int8-dynamic"]["accuracy"]["fidelity"]["top1_agreement"] == (
+        rows["int8-dynamic"]["generation"]["next_token_agreement"])
     assert rows["int8-dynamic"]["generation"]["reference_perplexity"] == rows["baseline"]["generation"]["perplexity"]
     assert "decode tok/s" in out.getvalue()
 

@@ -136,6 +136,25 @@ def _feeders(graph: Any, compared: set[str]) -> dict[str, set[str]]:
     return found
 
 
+# Ops a runtime's optimizer folds into the compute layer before them (their output then takes the layer's place;
+# the exporter folds BatchNormalization into a Conv already, quantization's pre-processing and ONNX Runtime fold more).
+FUSED_AFTER = ("BatchNormalization", "Relu", "Clip", "LeakyRelu", "Add", "Mul", "Sigmoid", "HardSigmoid")
+# How many such ops after a layer are followed, at most.
+FUSED_DEPTH = 3
+
+
+def _fused_outputs(tensor: str, consumers: dict[str, list[Any]]) -> list[str]:
+    """The layer's output, then the outputs of the ops an optimizer may fold into it (each the only reader of the
+    one before), nearest first."""
+    found = [tensor]
+    for _ in range(FUSED_DEPTH):
+        readers = consumers.get(found[-1], [])
+        if len(readers) != 1 or readers[0].op_type not in FUSED_AFTER or not readers[0].output:
+            break
+        found.append(readers[0].output[0])
+    return found
+
+
 def _with_outputs(model: Any, tensors: list[str]) -> Any:
     """A copy of the model whose graph also outputs these intermediate tensors."""
     import onnx
@@ -161,6 +180,13 @@ class _OnnxRunner:
         self.optimize, self.threads = optimize, threads
         self.tensors = {out for node in self.model.graph.node for out in node.output if out}
         self.inputs = [i.name for i in self.model.graph.input]
+        # what readers of a quantized tensor read: its QuantizeLinear -> DequantizeLinear round trip (where the
+        # quantizer also dropped a ReLU the unsigned range clamps, the tensor itself is the unclamped value)
+        quantized = {node.input[0]: node.output[0] for node in self.model.graph.node
+                     if node.op_type == "QuantizeLinear" and node.input and node.output}
+        dequantized = {node.input[0]: node.output[0] for node in self.model.graph.node
+                       if node.op_type == "DequantizeLinear" and node.input and node.output}
+        self.read_as = {tensor: dequantized[q] for tensor, q in quantized.items() if q in dequantized}
 
     def run(self, tensors: list[str], feeds: Iterator[dict[str, np.ndarray]]) -> Iterator[dict[str, np.ndarray]]:
         import onnxruntime as ort
@@ -190,10 +216,18 @@ def onnx_layer_errors(reference: Path, variant: Path, inputs: dict[str, np.ndarr
     on the layers that could not be compared."""
     ref, var = _OnnxRunner(reference, False, threads), _OnnxRunner(variant, True, threads)
     layers = []
+    consumers: dict[str, list[Any]] = {}
+    for node in ref.model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
     for tensor, name, op_type in _onnx_layers(ref.model.graph):
-        mapped = renames(tensor) if renames else tensor
-        if mapped is not None and mapped in var.tensors:
-            layers.append((tensor, mapped, name, op_type))
+        # a layer whose output the variant's optimizer fused away (Conv + BatchNormalization: the fused Conv
+        # outputs the normalization's tensor) is compared at the first tensor after it the variant still has
+        for candidate in _fused_outputs(tensor, consumers):
+            mapped = renames(candidate) if renames else candidate
+            if mapped is not None and mapped in var.tensors:
+                layers.append((candidate, var.read_as.get(mapped, mapped), name, op_type))
+                break
     notes = []
     if not layers:
         return [], ["no layer of the reference has a counterpart in the variant (no matching tensor names)"]

@@ -177,3 +177,24 @@ def test_a_torchscript_variant_says_where_its_layer_errors_are(outlier_onnx: Pat
     got = diagnostics.layer_errors(model, Variant("x", "torchscript", Path("m.pt"), 1, [], 0.0, False), ["fp16"],
                                    [], _inputs(), 1)
     assert got["layer_errors"] is None and "no forward hooks in TorchScript" in got["layer_errors_error"]
+
+
+def test_a_conv_whose_relu_the_quantizer_dropped_is_compared_where_its_readers_read(tmp_path: Path) -> None:
+    import onnx
+    import torch
+
+    from tests.conftest import _cnn
+
+    path = tmp_path / "cnn.onnx"
+    torch.onnx.export(_cnn(), (torch.randn(2, 3, 16, 16),), str(path), dynamo=False, input_names=["x"],
+                      output_names=["y"], dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}})
+    reference, variant = build_onnx(path, "baseline"), build_onnx(path, "int8-static")
+    conv_out = next(n.output[0] for n in onnx.load(str(reference.file)).graph.node if n.op_type == "Conv")
+    variant_tensors = {o for n in onnx.load(str(variant.file)).graph.node for o in n.output}
+    # the exporter folded the BatchNormalization into the Conv, and the quantizer dropped the ReLU (unsigned int8
+    # clamps it): the variant's Conv writes the ReLU's tensor unclamped, its readers read its Q/DQ round trip
+    assert conv_out not in variant_tensors and "/2/Relu_output_0" in variant_tensors
+    images = {"x": np.random.default_rng(0).standard_normal((4, 3, 16, 16)).astype(np.float32)}
+    found, notes = layers.onnx_layer_errors(reference.file, variant.file, images, 2, 1)
+    assert notes == [] and {(e.op_type, e.layer.split("/")[-1]) for e in found} == {("Conv", "Conv"), ("Gemm", "Gemm")}
+    assert all(0 < e.error < 0.2 for e in found), found

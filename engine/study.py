@@ -399,10 +399,11 @@ def rebuild_with_float_layers(study_id: int, cell: int, layers: list[str], user:
             raise UserError(f"cell {cell} ({source.variant}) has no int8-static or int8-dynamic step to keep layers "
                             "in float; pick a cell quantized by one of them")
         same = next((job.cell for job in jobs.values() if job.variant == chain.name and job.runtime == source.runtime
-                     and job.batch_size == source.batch_size), None)
+                     and job.batch_size == source.batch_size and job.machine == source.machine), None)
         if same is not None:
             raise UserError(f"cell {same} of this study is that variant already ({chain.name})")
-        new = Cell(0, chain.name, tuple(chain.to_json()), source.runtime, source.batch_size)
+        # on the same runtime, batch size and machine kind (a Ray study's cell stays on its kind of machine)
+        new = Cell(0, chain.name, tuple(chain.to_json()), source.runtime, source.batch_size, machine=source.machine)
         [index] = queue.add_cells(s, study_id, [new.to_json()])
     shared.audit("rebuild-float", user, study_id=study_id, cell=cell, new_cell=index, layers=layers)
     return index, chain.name

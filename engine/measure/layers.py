@@ -34,13 +34,18 @@ Renames = Callable[[str], str | None]
 
 @dataclass(frozen=True)
 class LayerError:
+    """One layer's errors. `layer` is its name in the variant (what the int8 step's `exclude=` names);
+    `reference` the fp32 model's name for it when that differs (a distilled student numbers its layers anew)."""
+
     layer: str
     op_type: str
     error: float
     own: float | None
+    reference: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"layer": self.layer, "op_type": self.op_type, "error": self.error, "own": self.own}
+        found = {"layer": self.layer, "op_type": self.op_type, "error": self.error, "own": self.own}
+        return {**found, "reference": self.reference} if self.reference else found
 
 
 @dataclass
@@ -254,7 +259,10 @@ def onnx_layer_errors(reference: Path, variant: Path, inputs: dict[str, np.ndarr
             continue
         error = sums[tensor].error
         upstream = [sums[t].error for t in feeders[tensor]]
-        errors.append(LayerError(name, op_type, error, max(0.0, error - max(upstream, default=0.0))))
+        own = max(0.0, error - max(upstream, default=0.0))
+        # ONNX node names carry the same scope as their tensors' (/encoder/layer.4/...): renamed alike
+        in_variant = (renames(name) if renames else None) or name
+        errors.append(LayerError(in_variant, op_type, error, own, name if in_variant != name else None))
     return ranked(errors), notes
 
 
@@ -351,6 +359,7 @@ def torch_layer_errors(reference: Any, variant: Any, call: Callable[[Any, dict[s
     if mismatched:
         notes.append(f"{len(mismatched)} layer(s) not compared: their output's shape differs in the variant "
                      "(pruned channels)")
-    errors = [LayerError(name, type(ref_layers[name]).__name__, sums[name].error, sums[name].own)
-              for name, _ in pairs if name not in mismatched and (sums[name].ref or sums[name].diff)]
+    errors = [LayerError(mapped, type(ref_layers[name]).__name__, sums[name].error, sums[name].own,
+                         name if mapped != name else None)
+              for name, mapped in pairs if name not in mismatched and (sums[name].ref or sums[name].diff)]
     return ranked(errors), notes

@@ -66,8 +66,12 @@ def compute_reference(study_dir: Path, model: Artifact, settings: StudySettings,
     progress("reference outputs", 0.0)
     torch.set_num_threads(settings.threads)
     lm = causal_lm(load_module(model.path, model.format, model.spec))
-    windows = fidelity.eval_windows(_source(model, bundled_text(EVAL_TEXT)), model.info.get("max_position_embeddings"))
+    source = _source(model, bundled_text(EVAL_TEXT))
+    windows = fidelity.eval_windows(source, model.info.get("max_position_embeddings"))
+    perplexity: float | None
     perplexity, argmax = fidelity.evaluate(lm, windows, "cpu")
+    if not source.tokenized:  # the likelihood of random ids says nothing about the model: none, not a number
+        perplexity = None
     study_dir.mkdir(parents=True, exist_ok=True)
     record = {"perplexity": perplexity, "argmax": argmax.tolist(), "windows": windows.tolist()}
     tmp = study_dir / f".{REFERENCE_FILE}.tmp"
@@ -129,12 +133,18 @@ def run_cell(study_dir: Path, model: Artifact, cell: Cell, settings: StudySettin
         **summary, "prompt_len": prompt_len, "new_tokens": gen.new_tokens,
         "kv_cache_bytes_per_token": kv_cache_bytes_per_token(_config(model), dtype_bytes),
         "kv_cache_dtype_bytes": dtype_bytes,
-        "perplexity": perplexity, "reference_perplexity": reference["perplexity"],
-        "perplexity_increase": perplexity / reference["perplexity"] - 1.0,
+        # without a tokenizer the windows are random ids: no perplexity, the agreement still compares argmaxes
+        "perplexity": perplexity if reference["perplexity"] is not None else None,
+        "reference_perplexity": reference["perplexity"],
+        "perplexity_increase": (perplexity / reference["perplexity"] - 1.0
+                                if reference["perplexity"] is not None else None),
         "next_token_agreement": agree,
         "timer": "cuda-events" if device != "cpu" else "perf_counter (CUDA events unavailable: no CUDA device)",
     }
     notes = [prompts.note, *dict.fromkeys(opened.variant.notes)]
+    if reference["perplexity"] is None:
+        notes.append("no perplexity: the folder has no tokenizer, so the evaluation windows are random ids; the "
+                     "next-token agreement compares the argmaxes on them")
     if opened.variant.cached:
         notes.append("variant taken from the build cache")
     return CellResult(

@@ -23,7 +23,9 @@ def generation_frame(results: list[dict[str, Any]]) -> pd.DataFrame:
                      "batch_size": r["batch_size"], "prompt_len": g["prompt_len"],
                      "ttft_ms": g["ttft_ms"]["p50"], "tpot_ms": g["tpot_ms"]["p50"],
                      "decode_tokens_per_s": g["decode_tokens_per_s"], "perplexity": g["perplexity"],
-                     "perplexity_increase_pct": 100.0 * g["perplexity_increase"],
+                     # none without a tokenizer: such a cell has no place on the perplexity chart
+                     "perplexity_increase_pct": (100.0 * g["perplexity_increase"]
+                                                 if g.get("perplexity_increase") is not None else float("nan")),
                      "agreement": g["next_token_agreement"]})
     return pd.DataFrame(rows)
 
@@ -58,7 +60,8 @@ def decode_vs_batch(frame: pd.DataFrame) -> go.Figure:
 
 def frontier(frame: pd.DataFrame) -> pd.DataFrame:
     """Cells no other beats on both decode tokens/s (higher) and perplexity increase (lower), fastest first."""
-    ordered = frame.sort_values(["decode_tokens_per_s", "perplexity_increase_pct"], ascending=[False, True])
+    ordered = frame.dropna(subset=["perplexity_increase_pct"]).sort_values(
+        ["decode_tokens_per_s", "perplexity_increase_pct"], ascending=[False, True])
     keep, best = [], float("inf")
     for index, row in ordered.iterrows():
         if row["perplexity_increase_pct"] < best:

@@ -19,9 +19,11 @@ WINDOWS = 8
 
 
 def eval_windows(source: TokenSource, max_positions: int | None) -> np.ndarray:
-    """Fixed, non-overlapping windows of the evaluation text: WINDOWS × min(WINDOW, the model's positions)."""
-    length = min(WINDOW, max_positions or WINDOW)
-    return np.stack([source.take(length, i * length) for i in range(WINDOWS)])
+    """Fixed, non-overlapping windows of the evaluation text: up to WINDOWS of min(WINDOW, the model's positions)
+    tokens, as many as the text holds without repeating itself (one shorter window when it holds less than one)."""
+    length = min(WINDOW, max_positions or WINDOW, int(source.ids.size))
+    count = max(1, min(WINDOWS, int(source.ids.size) // length))
+    return np.stack([source.take(length, i * length) for i in range(count)])
 
 
 def evaluate(model: Any, windows: np.ndarray, device: str) -> tuple[float, np.ndarray]:

@@ -150,9 +150,16 @@ def test_token_clock_counts_new_tokens(llama_artifact: Any) -> None:
 
     lm = causal_lm(load_module(llama_artifact.path, "hf", llama_artifact.spec))
     ids = torch.randint(1, 300, (2, 8))
+    forwards: list[int] = []
+    hook = lm.register_forward_hook(lambda module, args, out: forwards.append(1))
     timings = [timed_generation(lm, ids, torch.ones_like(ids), 6, 0, "cpu") for _ in range(3)]
+    hook.remove()
     assert all(len(t.token_ms) == 6 for t in timings)
+    # one forward pass per new token (the prompt's prefill makes the first): no pass the clock does not see
+    assert len(forwards) == 3 * 6
     assert all(0 < t.ttft_ms < t.e2e_ms for t in timings)
+    # stamps in order, all inside the generation: the last one is the last token's, before generate() returns
+    assert all(list(t.token_ms) == sorted(t.token_ms) and t.token_ms[-1] <= t.e2e_ms for t in timings)
     summary = summarize(timings, 2, 8)
     assert len([g for t in timings for g in t.gaps_ms]) == 3 * 5
     assert summary["decode_tokens_per_s"] == pytest.approx(2 * 1000 / summary["tpot_ms"]["p50"], rel=0.1)
@@ -205,3 +212,38 @@ def test_generation_charts_and_frontier() -> None:
     assert list(frame["cell"]) == [0, 1, 2]
     assert list(frontier(frame)["cell"]) == [1, 0]
     assert [key for key, _ in generation_figures(results)] == ["gen-ttft", "gen-decode", "gen-perplexity"]
+
+
+def test_evaluation_windows_never_repeat_the_text() -> None:
+    import numpy as np
+
+    from engine.generation import fidelity
+    from engine.generation.prompts import TokenSource
+
+    class Words:  # a tokenizer double: one id per word
+        def __call__(self, text: str, add_special_tokens: bool = False) -> dict[str, list[int]]:
+            return {"input_ids": [i % 50 for i, _ in enumerate(text.split())]}
+
+    short = TokenSource(Words(), 50, (0, 50), " ".join(["w"] * 300))
+    windows = fidelity.eval_windows(short, None)
+    assert windows.shape == (2, 128)  # 300 tokens hold two windows of 128, not eight repeating them
+    assert np.array_equal(windows.ravel(), short.ids[:256])
+    tiny = fidelity.eval_windows(TokenSource(Words(), 50, (0, 50), "a b c"), None)
+    assert tiny.shape == (1, 3)
+
+
+def test_without_a_tokenizer_there_is_no_perplexity(tiny_llama: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from engine.artifacts import intake
+    from engine.generation.cell import compute_reference
+    from engine.generation.intake import TOKENIZER_FILES
+    from engine.plan import StudySettings
+
+    folder = tmp_path / "bare"
+    shutil.copytree(tiny_llama.parent / "tiny-llama", folder)
+    for name in TOKENIZER_FILES:
+        (folder / name).unlink(missing_ok=True)
+    model = intake(_write_zip(folder, tmp_path / "bare.zip"))
+    record = compute_reference(tmp_path / "study", model, StudySettings(threads=1), lambda phase, fraction: None)
+    assert record["perplexity"] is None  # random ids: their likelihood says nothing about the model

@@ -272,18 +272,8 @@ class RayDispatcher(Worker):
 
         try:
             reply = ray.get(ref)
-        except rex.TaskCancelledError:
-            if flight.unavailable:
-                return Outcome(Status.UNAVAILABLE, error=flight.unavailable), None
-            return Outcome(Status.CANCELLED, error="the study was cancelled while this cell ran"), None
-        except rex.OutOfMemoryError as exc:
-            return Outcome(Status.OOM, error=f"Ray's memory monitor killed the cell: {_first_line(exc)}",
-                           error_type="RayOutOfMemory"), None
-        except rex.RayTaskError as exc:  # the node's own part failed (placing files, starting the child)
-            return Outcome(Status.FAILED, error=_first_line(exc), error_type="RayTaskError", traceback=str(exc)), None
-        except rex.RayError as exc:  # the node, its raylet or its worker died: the machine's fault, retried once
-            return Outcome(Status.CRASHED, error=f"node lost: {type(exc).__name__}: {_first_line(exc)}"[:500],
-                           error_type="NodeLost"), None
+        except rex.RayError as exc:
+            return self._raised(flight, exc), None
         node = reply["node"]
         for key in reply["fetched"]:
             self.fetches.append((node["name"] or node["ray_node_id"], key))
@@ -297,6 +287,25 @@ class RayDispatcher(Worker):
         if outcome.result is not None:
             outcome.result["node"] = node_record(environment, name=node["name"], ray_node_id=node["ray_node_id"])
         return outcome, environment
+
+    @staticmethod
+    def _raised(flight: _Flight, exc: Exception) -> Outcome:
+        """The cell's Outcome from how Ray says its task failed. A task this dispatcher stopped ends however the
+        kill lands (cancelled, or its worker dead mid-kill): what it was stopped for decides, never a node lost."""
+        from ray import exceptions as rex
+
+        if flight.unavailable:
+            return Outcome(Status.UNAVAILABLE, error=flight.unavailable)
+        if flight.cancel or isinstance(exc, rex.TaskCancelledError):
+            return Outcome(Status.CANCELLED, error="the study was cancelled while this cell ran")
+        if isinstance(exc, rex.OutOfMemoryError):
+            return Outcome(Status.OOM, error=f"Ray's memory monitor killed the cell: {_first_line(exc)}",
+                           error_type="RayOutOfMemory")
+        if isinstance(exc, rex.RayTaskError):  # the node's own part failed (placing files, starting the child)
+            return Outcome(Status.FAILED, error=_first_line(exc), error_type="RayTaskError", traceback=str(exc))
+        # the node, its raylet or its worker died: the machine's fault, retried once
+        return Outcome(Status.CRASHED, error=f"node lost: {type(exc).__name__}: {_first_line(exc)}"[:500],
+                       error_type="NodeLost")
 
     def _append_log(self, flight: _Flight, node: dict[str, Any], tail: str) -> None:
         """The node's log of the cell, in the dispatcher's study folder where a worker's log would be."""

@@ -298,3 +298,42 @@ def test_cancelling_a_study_cancels_its_ray_task(cluster: RayCluster, data_dir: 
     assert job.status == "cancelled"
     wait_for(lambda: _pids_dead(cluster.folder("hang-c")), timeout=60, what="the cancelled cell to die")
     cluster.remove("hang-c")
+
+
+def _flight(**state: Any) -> Any:
+    from engine.plan import Cell
+    from engine.ray_dispatch import _Flight
+
+    return _Flight(1, Cell(0, "baseline", (), "onnxruntime", 1), {}, {}, {}, ref="a task's reference", **state)
+
+
+@pytest.mark.parametrize("raised", [ray.exceptions.WorkerCrashedError(), ray.exceptions.NodeDiedError("killed"),
+                                    ray.exceptions.OutOfMemoryError("killed")], ids=["worker", "node", "oom"])
+@pytest.mark.parametrize(("state", "status"), [({"cancel": True}, "cancelled"),
+                                               ({"unavailable": "no node with x"}, "unavailable")],
+                         ids=["cancel", "unavailable"])
+def test_a_stopped_task_that_dies_is_what_it_was_stopped_for(raised: Exception, state: dict[str, Any], status: str,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """A force-cancel can land as a dead worker rather than TaskCancelledError: never a node lost, never retried."""
+    from engine.ray_dispatch import RayDispatcher
+
+    def get(ref: Any) -> Any:
+        raise raised
+
+    monkeypatch.setattr(ray, "get", get)
+    outcome, environment = RayDispatcher("unused")._ended(_flight(**state), "a task's reference")
+    assert (str(outcome.status), environment) == (status, None)
+    assert outcome.error_type != "NodeLost"
+    if status == "unavailable":
+        assert outcome.error == "no node with x"
+
+
+def test_a_task_that_dies_unasked_is_a_node_lost(monkeypatch: pytest.MonkeyPatch) -> None:
+    from engine.ray_dispatch import RayDispatcher
+
+    def get(ref: Any) -> Any:
+        raise ray.exceptions.WorkerCrashedError()
+
+    monkeypatch.setattr(ray, "get", get)
+    outcome, _ = RayDispatcher("unused")._ended(_flight(), "a task's reference")
+    assert (str(outcome.status), outcome.error_type) == ("crashed", "NodeLost")

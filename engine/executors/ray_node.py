@@ -12,6 +12,7 @@ Ray is imported inside functions only: `import engine` stays light (tests/test_l
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import io
@@ -23,6 +24,7 @@ import shlex
 import shutil
 import tarfile
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -208,6 +210,24 @@ def node_data_dir() -> Path:
     return Path(base).expanduser().resolve() / "ray-node" / (name or node_id[:16])
 
 
+@contextlib.contextmanager
+def _data_folder(root: Path) -> Iterator[None]:
+    """PARETOSCOPE_DATA_DIR is the node's folder while a task's child runs (run_child gives the child this process's
+    variable and makes its scratch folder there), and what it was afterwards: Ray runs a node's next tasks in the
+    same worker process, and the node's folder is found from the variable as the node was started with it."""
+    from storage.paths import ENV
+
+    saved = os.environ.get(ENV)
+    os.environ[ENV] = str(root)
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(ENV, None)
+        else:
+            os.environ[ENV] = saved
+
+
 @functools.cache
 def _environment() -> dict[str, Any]:
     from engine.measure.environment import collect
@@ -225,13 +245,9 @@ def run_on_node(module: str, name: str, payload: dict[str, Any], shipments: list
 
     from engine.executors.local import run_child
     from engine.executors.tasks import Task
-    from storage.paths import ENV
 
     root = node_data_dir()
     root.mkdir(parents=True, exist_ok=True)
-    # this process's children (and this process's own data-folder lookups) use the node's folder: Ray's workers of
-    # a node run tasks only for this executor
-    os.environ[ENV] = str(root)
     fetched = []
     for item in shipments:
         dest = root / item.rel
@@ -243,7 +259,8 @@ def run_on_node(module: str, name: str, payload: dict[str, Any], shipments: list
     start = log.stat().st_size if log.exists() else 0
     local = relocate(payload, DATA_MARK, str(root))
     task = Task(name, module, lambda p, progress: {})  # the child imports the module that registers the task
-    outcome = run_child(task, local, timeout_s, log)
+    with _data_folder(root):
+        outcome = run_child(task, local, timeout_s, log)
     with open(log, "rb") as fh:
         fh.seek(max(start, log.stat().st_size - LOG_TAIL_BYTES))
         tail = fh.read().decode(errors="replace")

@@ -5,6 +5,7 @@ a cell no node can take, a cancelled study. One cluster for the module: Ray's st
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import subprocess
@@ -337,3 +338,35 @@ def test_a_task_that_dies_unasked_is_a_node_lost(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(ray, "get", get)
     outcome, _ = RayDispatcher("unused")._ended(_flight(), "a task's reference")
     assert (str(outcome.status), outcome.error_type) == ("crashed", "NodeLost")
+
+
+def _blob(data: bytes) -> Any:
+    """Bytes shipped as a data file (blobs/xx/<sha256>), as the dispatcher ships one."""
+    from engine.executors.ray_node import Shipment
+
+    sha = hashlib.sha256(data).hexdigest()
+    return Shipment(f"blobs/{sha[:2]}/{sha}", sha, ray.put(data), False)
+
+
+def _on_node(*shipments: Any) -> dict[str, Any]:
+    """The node's task, called here as Ray calls it in a worker process, running the executor's test task."""
+    from engine.executors.ray_node import run_on_node
+
+    return run_on_node("tests.engine.task_doubles", "test", {"mode": "ok"}, list(shipments), 60, "logs/cell.log", [])
+
+
+def test_a_node_keeps_one_data_folder_across_its_tasks(cluster: RayCluster, data_dir: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ray runs a node's tasks in the same worker process: the second finds the first's files where it left them and
+    fetches nothing. A node as users start it: its folder from PARETOSCOPE_DATA_DIR, no PARETOSCOPE_RAY_NODE_DIR."""
+    from engine.executors.ray_node import node_data_dir
+
+    monkeypatch.delenv(NODE_DIR_ENV, raising=False)
+    folder = node_data_dir()
+    shipment = _blob(uuid.uuid4().bytes)
+    replies = [_on_node(shipment), _on_node(shipment)]
+    assert [r["outcome"]["status"] for r in replies] == ["ok", "ok"], [r["outcome"]["error"] for r in replies]
+    assert [r["fetched"] for r in replies] == [[shipment.key], []]
+    assert node_data_dir() == folder and folder.parent == data_dir / "ray-node"
+    assert (folder / shipment.rel).is_file() and not (folder / "ray-node").exists()
+    assert os.environ["PARETOSCOPE_DATA_DIR"] == str(data_dir)  # the worker's own, as it was

@@ -21,7 +21,8 @@ from typing import Any
 
 from engine.errors import UserError
 from engine.executors.local import Outcome
-from engine.executors.ray_node import DATA_MARK, SLOT, Shipment, cell_needs, pack, relocate, remote_runner
+from engine.executors.ray_node import (DATA_MARK, SLOT, Shipment, cell_needs, content_key, pack, relocate,
+                                       remote_runner)
 from engine.job import cell_task
 from engine.plan import Cell
 from engine.prepare import REFERENCE_FILE
@@ -71,7 +72,8 @@ class RayDispatcher(Worker):
         self.address = address
         self.placement_wait_s = placement_wait_s() if placement_wait is None else placement_wait
         self._flights: dict[int, _Flight] = {}
-        self._objects: dict[str, Any] = {}  # content key -> ObjectRef: each file enters the object store once
+        # content key -> (ObjectRef, digest): each file enters the object store once
+        self._objects: dict[str, tuple[Any, str]] = {}
         self._connected_here = False
         # (node name, content key) each time a node fetched a shipped file: once per node and file
         self.fetches: list[tuple[str, str]] = []
@@ -202,10 +204,11 @@ class RayDispatcher(Worker):
     def _put(self, rel: str, key: str, path: Path, folder: bool) -> Shipment:
         import ray
 
-        ref = self._objects.get(key)
-        if ref is None:
-            ref = self._objects[key] = ray.put(pack(path))
-        return Shipment(rel, key, ref, folder)
+        if key not in self._objects:
+            # a file's key is its sha256, which the node checks; a model folder's is its upload's, so its files' own
+            self._objects[key] = ray.put(pack(path)), content_key(path) if folder else key
+        ref, digest = self._objects[key]
+        return Shipment(rel, key, ref, folder, digest)
 
     def _place(self) -> None:
         """Send each waiting cell to Ray once a live node has what it needs; end it `unavailable` when none has had

@@ -340,12 +340,13 @@ def test_a_task_that_dies_unasked_is_a_node_lost(monkeypatch: pytest.MonkeyPatch
     assert (str(outcome.status), outcome.error_type) == ("crashed", "NodeLost")
 
 
-def _blob(data: bytes) -> Any:
-    """Bytes shipped as a data file (blobs/xx/<sha256>), as the dispatcher ships one."""
+def _blob(data: bytes, arrives: bytes | None = None) -> Any:
+    """`data` shipped as a data file (blobs/xx/<sha256>), as the dispatcher ships one; `arrives` instead of it in the
+    object store (a payload altered or cut short on the way)."""
     from engine.executors.ray_node import Shipment
 
     sha = hashlib.sha256(data).hexdigest()
-    return Shipment(f"blobs/{sha[:2]}/{sha}", sha, ray.put(data), False)
+    return Shipment(f"blobs/{sha[:2]}/{sha}", sha, ray.put(data if arrives is None else arrives), False, sha)
 
 
 def _on_node(*shipments: Any) -> dict[str, Any]:
@@ -370,3 +371,76 @@ def test_a_node_keeps_one_data_folder_across_its_tasks(cluster: RayCluster, data
     assert node_data_dir() == folder and folder.parent == data_dir / "ray-node"
     assert (folder / shipment.rel).is_file() and not (folder / "ray-node").exists()
     assert os.environ["PARETOSCOPE_DATA_DIR"] == str(data_dir)  # the worker's own, as it was
+
+
+def _model_folder(folder: Path) -> tuple[Path, str]:
+    """A stored model's folder of a few blocks' weights, and its content key."""
+    from engine.executors.ray_node import content_key
+
+    folder.mkdir(parents=True)
+    (folder / "model.onnx").write_bytes(os.urandom(8192))
+    (folder / "artifact.json").write_text('{"format": "onnx"}')
+    return folder, content_key(folder)
+
+
+def test_a_node_refuses_a_payload_that_is_not_what_was_shipped(cluster: RayCluster, data_dir: Path) -> None:
+    """Cut short or altered on the way: the cell fails with one line that says so, and the node keeps nothing."""
+    from engine.executors.ray_node import Shipment, node_data_dir, pack
+
+    sha = "a" * 64
+    folder, digest = _model_folder(data_dir / "models" / sha)
+    whole = pack(folder)
+    cut = Shipment(f"models/{sha}", sha, ray.put(whole[:len(whole) // 4]), True, digest)
+    altered = Shipment(f"models/{sha}", sha, ray.put(whole.replace(b'"onnx"', b'"onnY"')), True, digest)
+    for shipment in (cut, altered, _blob(b"weights", arrives=b"weightz")):
+        reply = _on_node(shipment)
+        outcome = reply["outcome"]
+        assert (outcome["status"], outcome["error_type"], reply["fetched"]) == ("failed", "ShipmentRefused", [])
+        assert outcome["error"].startswith(f"the shipped {shipment.rel}: what arrived ")
+        assert "\n" not in outcome["error"] and "the node kept nothing" in outcome["error"]
+        assert outcome["error"] in reply["log_tail"]
+        assert not (node_data_dir() / shipment.rel).exists()
+    assert not list(node_data_dir().rglob(".incoming-*"))
+    # the same shipment whole is placed
+    whole_blob = _blob(b"weights")
+    assert _on_node(whole_blob)["fetched"] == [whole_blob.key]
+
+
+def test_a_node_never_uses_what_a_killed_unpack_left(cluster: RayCluster, data_dir: Path) -> None:
+    """An unpack killed mid-way leaves only its staging folder: the next one places the file whole and removes it."""
+    from engine.executors.ray_node import node_data_dir
+
+    shipment = _blob(uuid.uuid4().bytes)
+    dest = node_data_dir() / shipment.rel
+    gone = subprocess.Popen([sys.executable, "-c", ""])
+    gone.wait()
+    debris = dest.parent / f".incoming-{gone.pid}-x1y2"
+    debris.mkdir(parents=True)
+    (debris / "x").write_bytes(b"half")
+    assert _on_node(shipment)["fetched"] == [shipment.key]
+    assert dest.read_bytes() == ray.get(shipment.ref) and not debris.exists()
+
+
+def test_a_refused_shipment_is_the_cells_failure_and_the_dispatcher_goes_on(cluster: RayCluster, data_dir: Path,
+                                                                          mlp_onnx: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    import engine.ray_dispatch
+    from engine.artifacts import intake
+    from engine.executors.ray_node import pack
+
+    def altered(path: Path) -> bytes:  # the model's folder altered on its way to the object store
+        return pack(path).replace(b'"format"', b'"formax"', 1) if path.is_dir() else pack(path)
+
+    monkeypatch.setattr(engine.ray_dispatch, "pack", altered)
+    artifact = intake(_fresh_model(mlp_onnx, data_dir.parent)).to_json()
+    study_id = _study_with_machines([("onnxruntime", "node-ort"), ("onnxruntime", "node-ort")], artifact)
+    dispatcher, thread = _dispatch(study_id)
+    thread.join(timeout=300)
+    assert not thread.is_alive()
+    rows = jobs(study_id)
+    assert [(j.status, j.error_type, j.attempts) for j in rows] == [("failed", "ShipmentRefused", 1)] * 2
+    for job in rows:
+        assert job.error_message.startswith(f"the shipped models/{artifact['sha256']}: what arrived (content key ")
+        assert "\n" not in job.error_message
+    assert not (cluster.folder("ort") / "models" / artifact["sha256"]).exists()
+    assert not dispatcher.fetches

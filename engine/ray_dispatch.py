@@ -72,7 +72,7 @@ class RayDispatcher(Worker):
         self.address = address
         self.placement_wait_s = placement_wait_s() if placement_wait is None else placement_wait
         self._flights: dict[int, _Flight] = {}
-        # content key -> (ObjectRef, digest): each file enters the object store once
+        # content key -> (ObjectRef, digest): each file enters the object store once while claimed cells need it
         self._objects: dict[str, tuple[Any, str]] = {}
         self._connected_here = False
         # (node name, content key) each time a node fetched a shipped file: once per node and file
@@ -119,6 +119,7 @@ class RayDispatcher(Worker):
             if flight.ref is not None:
                 ray.cancel(flight.ref, force=True)
             self._give_back(flight.job_id)
+        self._release()
 
     # --- heartbeat ---------------------------------------------------------------------------
 
@@ -209,6 +210,14 @@ class RayDispatcher(Worker):
             self._objects[key] = ray.put(pack(path)), content_key(path) if folder else key
         ref, digest = self._objects[key]
         return Shipment(rel, key, ref, folder, digest)
+
+    def _release(self) -> None:
+        """Drop the references to shipped files no claimed cell needs: the object store frees them once the tasks
+        that took them are done (a later cell of the study puts them again; its node has them already)."""
+        with self._lock:
+            needed = {item.key for flight in self._flights.values() if flight.call for item in flight.call[3]}
+        for key in set(self._objects) - needed:
+            del self._objects[key]
 
     def _place(self) -> None:
         """Send each waiting cell to Ray once a live node has what it needs; end it `unavailable` when none has had
@@ -320,6 +329,7 @@ class RayDispatcher(Worker):
     def _finish(self, flight: _Flight, outcome: Outcome, environment: dict[str, Any] | None = None) -> None:
         with self._lock:
             self._flights.pop(flight.job_id, None)
+        self._release()
         self._record(flight.job_id, flight.cell, outcome, flight.meta, environment)
 
 

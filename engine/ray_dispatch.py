@@ -21,7 +21,8 @@ from typing import Any
 
 from engine.errors import UserError
 from engine.executors.local import Outcome
-from engine.executors.ray_node import DATA_MARK, SLOT, Shipment, cell_needs, pack, relocate, remote_runner
+from engine.executors.ray_node import (DATA_MARK, SLOT, Shipment, cell_needs, content_key, pack, relocate,
+                                       remote_runner)
 from engine.job import cell_task
 from engine.plan import Cell
 from engine.prepare import REFERENCE_FILE
@@ -71,7 +72,8 @@ class RayDispatcher(Worker):
         self.address = address
         self.placement_wait_s = placement_wait_s() if placement_wait is None else placement_wait
         self._flights: dict[int, _Flight] = {}
-        self._objects: dict[str, Any] = {}  # content key -> ObjectRef: each file enters the object store once
+        # content key -> (ObjectRef, digest): each file enters the object store once while claimed cells need it
+        self._objects: dict[str, tuple[Any, str]] = {}
         self._connected_here = False
         # (node name, content key) each time a node fetched a shipped file: once per node and file
         self.fetches: list[tuple[str, str]] = []
@@ -117,6 +119,7 @@ class RayDispatcher(Worker):
             if flight.ref is not None:
                 ray.cancel(flight.ref, force=True)
             self._give_back(flight.job_id)
+        self._release()
 
     # --- heartbeat ---------------------------------------------------------------------------
 
@@ -202,10 +205,19 @@ class RayDispatcher(Worker):
     def _put(self, rel: str, key: str, path: Path, folder: bool) -> Shipment:
         import ray
 
-        ref = self._objects.get(key)
-        if ref is None:
-            ref = self._objects[key] = ray.put(pack(path))
-        return Shipment(rel, key, ref, folder)
+        if key not in self._objects:
+            # a file's key is its sha256, which the node checks; a model folder's is its upload's, so its files' own
+            self._objects[key] = ray.put(pack(path)), content_key(path) if folder else key
+        ref, digest = self._objects[key]
+        return Shipment(rel, key, ref, folder, digest)
+
+    def _release(self) -> None:
+        """Drop the references to shipped files no claimed cell needs: the object store frees them once the tasks
+        that took them are done (a later cell of the study puts them again; its node has them already)."""
+        with self._lock:
+            needed = {item.key for flight in self._flights.values() if flight.call for item in flight.call[3]}
+        for key in set(self._objects) - needed:
+            del self._objects[key]
 
     def _place(self) -> None:
         """Send each waiting cell to Ray once a live node has what it needs; end it `unavailable` when none has had
@@ -272,18 +284,8 @@ class RayDispatcher(Worker):
 
         try:
             reply = ray.get(ref)
-        except rex.TaskCancelledError:
-            if flight.unavailable:
-                return Outcome(Status.UNAVAILABLE, error=flight.unavailable), None
-            return Outcome(Status.CANCELLED, error="the study was cancelled while this cell ran"), None
-        except rex.OutOfMemoryError as exc:
-            return Outcome(Status.OOM, error=f"Ray's memory monitor killed the cell: {_first_line(exc)}",
-                           error_type="RayOutOfMemory"), None
-        except rex.RayTaskError as exc:  # the node's own part failed (placing files, starting the child)
-            return Outcome(Status.FAILED, error=_first_line(exc), error_type="RayTaskError", traceback=str(exc)), None
-        except rex.RayError as exc:  # the node, its raylet or its worker died: the machine's fault, retried once
-            return Outcome(Status.CRASHED, error=f"node lost: {type(exc).__name__}: {_first_line(exc)}"[:500],
-                           error_type="NodeLost"), None
+        except rex.RayError as exc:
+            return self._raised(flight, exc), None
         node = reply["node"]
         for key in reply["fetched"]:
             self.fetches.append((node["name"] or node["ray_node_id"], key))
@@ -298,6 +300,25 @@ class RayDispatcher(Worker):
             outcome.result["node"] = node_record(environment, name=node["name"], ray_node_id=node["ray_node_id"])
         return outcome, environment
 
+    @staticmethod
+    def _raised(flight: _Flight, exc: Exception) -> Outcome:
+        """The cell's Outcome from how Ray says its task failed. A task this dispatcher stopped ends however the
+        kill lands (cancelled, or its worker dead mid-kill): what it was stopped for decides, never a node lost."""
+        from ray import exceptions as rex
+
+        if flight.unavailable:
+            return Outcome(Status.UNAVAILABLE, error=flight.unavailable)
+        if flight.cancel or isinstance(exc, rex.TaskCancelledError):
+            return Outcome(Status.CANCELLED, error="the study was cancelled while this cell ran")
+        if isinstance(exc, rex.OutOfMemoryError):
+            return Outcome(Status.OOM, error=f"Ray's memory monitor killed the cell: {_first_line(exc)}",
+                           error_type="RayOutOfMemory")
+        if isinstance(exc, rex.RayTaskError):  # the node's own part failed (placing files, starting the child)
+            return Outcome(Status.FAILED, error=_first_line(exc), error_type="RayTaskError", traceback=str(exc))
+        # the node, its raylet or its worker died: the machine's fault, retried once
+        return Outcome(Status.CRASHED, error=f"node lost: {type(exc).__name__}: {_first_line(exc)}"[:500],
+                       error_type="NodeLost")
+
     def _append_log(self, flight: _Flight, node: dict[str, Any], tail: str) -> None:
         """The node's log of the cell, in the dispatcher's study folder where a worker's log would be."""
         log = data_dir() / "studies" / str(flight.meta["study_id"]) / "logs" / f"cell-{flight.cell.index:04d}.log"
@@ -308,6 +329,7 @@ class RayDispatcher(Worker):
     def _finish(self, flight: _Flight, outcome: Outcome, environment: dict[str, Any] | None = None) -> None:
         with self._lock:
             self._flights.pop(flight.job_id, None)
+        self._release()
         self._record(flight.job_id, flight.cell, outcome, flight.meta, environment)
 
 

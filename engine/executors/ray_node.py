@@ -12,6 +12,7 @@ Ray is imported inside functions only: `import engine` stays light (tests/test_l
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import io
@@ -23,6 +24,7 @@ import shlex
 import shutil
 import tarfile
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,12 +51,19 @@ _FLAG_ALIASES = {"avx512": "avx512f", "vnni": "avx512_vnni", "amx": "amx_tile"}
 @dataclass(frozen=True)
 class Shipment:
     """A file or folder of the dispatcher's data folder, at `rel` (e.g. models/<sha>), sent through Ray's object
-    store as `ref` (a folder as a tar, a file as its bytes); `key` is its content's hash."""
+    store as `ref` (a folder as a tar, a file as its bytes). `key` is its content address (the sha256 in `rel`);
+    `digest` is content_key() of what was packed, which the node checks what it unpacked against (for a file the
+    two are one)."""
 
     rel: str
     key: str
     ref: Any
     folder: bool
+    digest: str
+
+
+class ShipmentRefused(Exception):
+    """What a node unpacked is not what was shipped (a truncated or altered payload): it keeps nothing of it."""
 
 
 # --- resources -----------------------------------------------------------------------------------
@@ -143,29 +152,48 @@ def pack(path: Path) -> bytes:
 
 
 def content_key(path: Path) -> str:
-    """A file's sha256, or a folder's over its files' relative names and contents."""
+    """A file's sha256 (a blob's name), or a folder's over its files' relative names, sizes and contents."""
     digest = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for file in files:
-        digest.update(str(file.relative_to(path) if path.is_dir() else file.name).encode() + b"\0")
-        with open(file, "rb") as fh:
-            while chunk := fh.read(1 << 20):
-                digest.update(chunk)
+    if not path.is_dir():
+        _hash_file(digest, path)
+        return digest.hexdigest()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(f"{file.relative_to(path).as_posix()}\0{file.stat().st_size}\0".encode())
+        _hash_file(digest, file)
     return digest.hexdigest()
 
 
-def _unpack(data: bytes, dest: Path, folder: bool) -> None:
-    """Write the shipped bytes at `dest` through a staging name and one rename: a node never sees half a model."""
+def _hash_file(digest: Any, path: Path) -> None:
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+
+
+# A staging folder's name: its maker's pid, so a later unpack knows one whose maker died is debris.
+_STAGING = ".incoming-"
+
+
+def _unpack(data: bytes, dest: Path, folder: bool, digest: str) -> None:
+    """Write the shipped bytes at `dest` through a staging name, check them against `digest`, then one rename: a path
+    that exists is whole and is what was shipped (ShipmentRefused otherwise, and nothing is kept)."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".incoming-{os.getpid()}-", dir=dest.parent))
+    _remove_debris(dest.parent)
+    staging = Path(tempfile.mkdtemp(prefix=f"{_STAGING}{os.getpid()}-", dir=dest.parent))
     try:
+        target = staging / "x"
         if folder:
-            with tarfile.open(fileobj=io.BytesIO(data), mode="r") as archive:
-                archive.extractall(staging / "x", filter="data")  # refuses absolute paths and links out
-            target = staging / "x"
+            try:
+                with tarfile.open(fileobj=io.BytesIO(data), mode="r") as archive:
+                    archive.extractall(target, filter="data")  # refuses absolute paths and links out
+            except (tarfile.TarError, EOFError) as exc:
+                raise ShipmentRefused(f"what arrived is not a whole archive "
+                                      f"({' '.join(str(exc).split())}); the node kept nothing of it") from None
         else:
-            target = staging / "x"
             target.write_bytes(data)
+        got = content_key(target)
+        if got != digest:
+            raise ShipmentRefused(f"what arrived (content key {got[:16]}) is not what was shipped "
+                                  f"({digest[:16]}); the node kept nothing of it")
         try:
             os.replace(target, dest)
         except OSError:
@@ -173,6 +201,24 @@ def _unpack(data: bytes, dest: Path, folder: bool) -> None:
                 raise  # another task of this node placed the same content first otherwise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _remove_debris(folder: Path) -> None:
+    """Remove the staging folders that unpacks killed mid-way (their pid gone) left in `folder`."""
+    for path in folder.glob(f"{_STAGING}*"):
+        pid = path.name[len(_STAGING):].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def relocate(value: Any, old: str, new: str) -> Any:
@@ -208,6 +254,24 @@ def node_data_dir() -> Path:
     return Path(base).expanduser().resolve() / "ray-node" / (name or node_id[:16])
 
 
+@contextlib.contextmanager
+def _data_folder(root: Path) -> Iterator[None]:
+    """PARETOSCOPE_DATA_DIR is the node's folder while a task's child runs (run_child gives the child this process's
+    variable and makes its scratch folder there), and what it was afterwards: Ray runs a node's next tasks in the
+    same worker process, and the node's folder is found from the variable as the node was started with it."""
+    from storage.paths import ENV
+
+    saved = os.environ.get(ENV)
+    os.environ[ENV] = str(root)
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(ENV, None)
+        else:
+            os.environ[ENV] = saved
+
+
 @functools.cache
 def _environment() -> dict[str, Any]:
     from engine.measure.environment import collect
@@ -223,27 +287,35 @@ def run_on_node(module: str, name: str, payload: dict[str, Any], shipments: list
     node's (engine.measure.environment.collect), "fetched": the keys this call fetched, "returned": {rel: bytes}}."""
     import ray
 
-    from engine.executors.local import run_child
+    from engine.executors.local import Outcome, run_child
     from engine.executors.tasks import Task
-    from storage.paths import ENV
+    from engine.results import Status
 
     root = node_data_dir()
-    root.mkdir(parents=True, exist_ok=True)
-    # this process's children (and this process's own data-folder lookups) use the node's folder: Ray's workers of
-    # a node run tasks only for this executor
-    os.environ[ENV] = str(root)
-    fetched = []
-    for item in shipments:
-        dest = root / item.rel
-        if not dest.exists():
-            _unpack(ray.get(item.ref), dest, item.folder)
-            fetched.append(item.key)
     log = root / log_rel
     log.parent.mkdir(parents=True, exist_ok=True)
     start = log.stat().st_size if log.exists() else 0
-    local = relocate(payload, DATA_MARK, str(root))
-    task = Task(name, module, lambda p, progress: {})  # the child imports the module that registers the task
-    outcome = run_child(task, local, timeout_s, log)
+    fetched: list[str] = []
+    refused = None
+    for item in shipments:
+        dest = root / item.rel
+        if dest.exists():  # unpacks rename into place: a path that exists is whole
+            continue
+        try:
+            _unpack(ray.get(item.ref), dest, item.folder, item.digest)
+        except ShipmentRefused as exc:  # the cell's failure, as its child's would be; the node goes on
+            refused = f"the shipped {item.rel}: {exc}"
+            break
+        fetched.append(item.key)
+    if refused:
+        with open(log, "a", encoding="utf-8") as fh:
+            fh.write(f"{refused}\n")
+        outcome = Outcome(Status.FAILED, error=refused, error_type="ShipmentRefused")
+    else:
+        local = relocate(payload, DATA_MARK, str(root))
+        task = Task(name, module, lambda p, progress: {})  # the child imports the module that registers the task
+        with _data_folder(root):
+            outcome = run_child(task, local, timeout_s, log)
     with open(log, "rb") as fh:
         fh.seek(max(start, log.stat().st_size - LOG_TAIL_BYTES))
         tail = fh.read().decode(errors="replace")

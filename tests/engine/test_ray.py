@@ -5,6 +5,7 @@ a cell no node can take, a cancelled study. One cluster for the module: Ray's st
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import subprocess
@@ -215,6 +216,7 @@ def test_cells_run_on_the_node_that_has_their_needs_with_artifacts_shipped(clust
         counts[node, key] = counts.get((node, key), 0) + 1
     assert counts[("ort", model_key)] == 1 and counts[("ov", model_key)] == 1
     assert counts[("ort", sha)] == 1 and counts[("ov", sha)] == 1
+    assert not dispatcher._objects  # no cell left that needs them: the object store may free them
     for node in ("ort", "ov"):  # a data folder of the node's own, not the dispatcher's
         folder = cluster.folder(node)
         assert (folder / "models" / model_key).is_dir() and (folder / "blobs" / sha[:2] / sha).is_file()
@@ -298,3 +300,148 @@ def test_cancelling_a_study_cancels_its_ray_task(cluster: RayCluster, data_dir: 
     assert job.status == "cancelled"
     wait_for(lambda: _pids_dead(cluster.folder("hang-c")), timeout=60, what="the cancelled cell to die")
     cluster.remove("hang-c")
+
+
+def _flight(**state: Any) -> Any:
+    from engine.plan import Cell
+    from engine.ray_dispatch import _Flight
+
+    return _Flight(1, Cell(0, "baseline", (), "onnxruntime", 1), {}, {}, {}, ref="a task's reference", **state)
+
+
+@pytest.mark.parametrize("raised", [ray.exceptions.WorkerCrashedError(), ray.exceptions.NodeDiedError("killed"),
+                                    ray.exceptions.OutOfMemoryError("killed")], ids=["worker", "node", "oom"])
+@pytest.mark.parametrize(("state", "status"), [({"cancel": True}, "cancelled"),
+                                               ({"unavailable": "no node with x"}, "unavailable")],
+                         ids=["cancel", "unavailable"])
+def test_a_stopped_task_that_dies_is_what_it_was_stopped_for(raised: Exception, state: dict[str, Any], status: str,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """A force-cancel can land as a dead worker rather than TaskCancelledError: never a node lost, never retried."""
+    from engine.ray_dispatch import RayDispatcher
+
+    def get(ref: Any) -> Any:
+        raise raised
+
+    monkeypatch.setattr(ray, "get", get)
+    outcome, environment = RayDispatcher("unused")._ended(_flight(**state), "a task's reference")
+    assert (str(outcome.status), environment) == (status, None)
+    assert outcome.error_type != "NodeLost"
+    if status == "unavailable":
+        assert outcome.error == "no node with x"
+
+
+def test_a_task_that_dies_unasked_is_a_node_lost(monkeypatch: pytest.MonkeyPatch) -> None:
+    from engine.ray_dispatch import RayDispatcher
+
+    def get(ref: Any) -> Any:
+        raise ray.exceptions.WorkerCrashedError()
+
+    monkeypatch.setattr(ray, "get", get)
+    outcome, _ = RayDispatcher("unused")._ended(_flight(), "a task's reference")
+    assert (str(outcome.status), outcome.error_type) == ("crashed", "NodeLost")
+
+
+def _blob(data: bytes, arrives: bytes | None = None) -> Any:
+    """`data` shipped as a data file (blobs/xx/<sha256>), as the dispatcher ships one; `arrives` instead of it in the
+    object store (a payload altered or cut short on the way)."""
+    from engine.executors.ray_node import Shipment
+
+    sha = hashlib.sha256(data).hexdigest()
+    return Shipment(f"blobs/{sha[:2]}/{sha}", sha, ray.put(data if arrives is None else arrives), False, sha)
+
+
+def _on_node(*shipments: Any) -> dict[str, Any]:
+    """The node's task, called here as Ray calls it in a worker process, running the executor's test task."""
+    from engine.executors.ray_node import run_on_node
+
+    return run_on_node("tests.engine.task_doubles", "test", {"mode": "ok"}, list(shipments), 60, "logs/cell.log", [])
+
+
+def test_a_node_keeps_one_data_folder_across_its_tasks(cluster: RayCluster, data_dir: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ray runs a node's tasks in the same worker process: the second finds the first's files where it left them and
+    fetches nothing. A node as users start it: its folder from PARETOSCOPE_DATA_DIR, no PARETOSCOPE_RAY_NODE_DIR."""
+    from engine.executors.ray_node import node_data_dir
+
+    monkeypatch.delenv(NODE_DIR_ENV, raising=False)
+    folder = node_data_dir()
+    shipment = _blob(uuid.uuid4().bytes)
+    replies = [_on_node(shipment), _on_node(shipment)]
+    assert [r["outcome"]["status"] for r in replies] == ["ok", "ok"], [r["outcome"]["error"] for r in replies]
+    assert [r["fetched"] for r in replies] == [[shipment.key], []]
+    assert node_data_dir() == folder and folder.parent == data_dir / "ray-node"
+    assert (folder / shipment.rel).is_file() and not (folder / "ray-node").exists()
+    assert os.environ["PARETOSCOPE_DATA_DIR"] == str(data_dir)  # the worker's own, as it was
+
+
+def _model_folder(folder: Path) -> tuple[Path, str]:
+    """A stored model's folder of a few blocks' weights, and its content key."""
+    from engine.executors.ray_node import content_key
+
+    folder.mkdir(parents=True)
+    (folder / "model.onnx").write_bytes(os.urandom(8192))
+    (folder / "artifact.json").write_text('{"format": "onnx"}')
+    return folder, content_key(folder)
+
+
+def test_a_node_refuses_a_payload_that_is_not_what_was_shipped(cluster: RayCluster, data_dir: Path) -> None:
+    """Cut short or altered on the way: the cell fails with one line that says so, and the node keeps nothing."""
+    from engine.executors.ray_node import Shipment, node_data_dir, pack
+
+    sha = "a" * 64
+    folder, digest = _model_folder(data_dir / "models" / sha)
+    whole = pack(folder)
+    cut = Shipment(f"models/{sha}", sha, ray.put(whole[:len(whole) // 4]), True, digest)
+    altered = Shipment(f"models/{sha}", sha, ray.put(whole.replace(b'"onnx"', b'"onnY"')), True, digest)
+    for shipment in (cut, altered, _blob(b"weights", arrives=b"weightz")):
+        reply = _on_node(shipment)
+        outcome = reply["outcome"]
+        assert (outcome["status"], outcome["error_type"], reply["fetched"]) == ("failed", "ShipmentRefused", [])
+        assert outcome["error"].startswith(f"the shipped {shipment.rel}: what arrived ")
+        assert "\n" not in outcome["error"] and "the node kept nothing" in outcome["error"]
+        assert outcome["error"] in reply["log_tail"]
+        assert not (node_data_dir() / shipment.rel).exists()
+    assert not list(node_data_dir().rglob(".incoming-*"))
+    # the same shipment whole is placed
+    whole_blob = _blob(b"weights")
+    assert _on_node(whole_blob)["fetched"] == [whole_blob.key]
+
+
+def test_a_node_never_uses_what_a_killed_unpack_left(cluster: RayCluster, data_dir: Path) -> None:
+    """An unpack killed mid-way leaves only its staging folder: the next one places the file whole and removes it."""
+    from engine.executors.ray_node import node_data_dir
+
+    shipment = _blob(uuid.uuid4().bytes)
+    dest = node_data_dir() / shipment.rel
+    gone = subprocess.Popen([sys.executable, "-c", ""])
+    gone.wait()
+    debris = dest.parent / f".incoming-{gone.pid}-x1y2"
+    debris.mkdir(parents=True)
+    (debris / "x").write_bytes(b"half")
+    assert _on_node(shipment)["fetched"] == [shipment.key]
+    assert dest.read_bytes() == ray.get(shipment.ref) and not debris.exists()
+
+
+def test_a_refused_shipment_is_the_cells_failure_and_the_dispatcher_goes_on(cluster: RayCluster, data_dir: Path,
+                                                                          mlp_onnx: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    import engine.ray_dispatch
+    from engine.artifacts import intake
+    from engine.executors.ray_node import pack
+
+    def altered(path: Path) -> bytes:  # the model's folder altered on its way to the object store
+        return pack(path).replace(b'"format"', b'"formax"', 1) if path.is_dir() else pack(path)
+
+    monkeypatch.setattr(engine.ray_dispatch, "pack", altered)
+    artifact = intake(_fresh_model(mlp_onnx, data_dir.parent)).to_json()
+    study_id = _study_with_machines([("onnxruntime", "node-ort"), ("onnxruntime", "node-ort")], artifact)
+    dispatcher, thread = _dispatch(study_id)
+    thread.join(timeout=300)
+    assert not thread.is_alive()
+    rows = jobs(study_id)
+    assert [(j.status, j.error_type, j.attempts) for j in rows] == [("failed", "ShipmentRefused", 1)] * 2
+    for job in rows:
+        assert job.error_message.startswith(f"the shipped models/{artifact['sha256']}: what arrived (content key ")
+        assert "\n" not in job.error_message
+    assert not (cluster.folder("ort") / "models" / artifact["sha256"]).exists()
+    assert not dispatcher.fetches and not dispatcher._objects

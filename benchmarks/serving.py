@@ -84,10 +84,11 @@ def main() -> None:
             lat = lv["latency_ms"]
             rows.append([run, f"c={lv['concurrency']}", lv["requests"], lv["errors"], num(lv["throughput_rps"], ".1f"),
                          num(lat["p50"], ".3f"), num(lat["p99"], ".3f"), num(lv["mean_batch"], ".2f"),
-                         "yes" if lv["stable"] else "no"])
+                         num(lv.get("client_cpu_ms"), ".3f"), "yes" if lv["stable"] else "no"])
     print(f"demo CNN, baseline on onnxruntime, batch 1, {args.threads} thread(s): in-process p50 "
           f"{in_process_p50:.3f} ms (the engine's harness)")
-    print(table(["server", "level", "requests", "errors", "req/s", "p50 ms", "p99 ms", "mean batch", "stable"], rows))
+    print(table(["server", "level", "requests", "errors", "req/s", "p50 ms", "p99 ms", "mean batch",
+                 "client cpu ms/req", "stable"], rows))
     print()
     print(table(["check", "value", "target", "verdict"],
                 [[v["check"], num(v["value"], ".3f", " " + v["unit"]), v["target"], "ok" if v["ok"] else "MISSED"]

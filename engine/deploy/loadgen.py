@@ -192,6 +192,8 @@ class LevelResult:
     batch_sizes: dict[str, int] | None = None  # the server's runtime calls in this level by batch-size bucket
     mean_batch: float | None = None
     error_examples: list[str] = field(default_factory=list)
+    # this process's CPU per request: near a core's worth per request/s, the generator, not the server, is the limit
+    client_cpu_ms: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {"mode": self.mode, "concurrency": self.concurrency, "rate_rps": self.rate_rps,
@@ -199,7 +201,8 @@ class LevelResult:
                 "errors": self.errors, "throughput_rps": self.throughput_rps, "items_per_s": self.items_per_s,
                 "latency_ms": self.latency_ms, "stable": self.stable,
                 "windows": [w.to_json() for w in self.windows], "batch_sizes": self.batch_sizes,
-                "mean_batch": self.mean_batch, "error_examples": self.error_examples}
+                "mean_batch": self.mean_batch, "error_examples": self.error_examples,
+                "client_cpu_ms": self.client_cpu_ms}
 
 
 def summarize(records: Sequence[Record], *, mode: str, concurrency: int | None, rate_rps: float | None,

@@ -20,7 +20,8 @@ from tests.deploy.conftest import Seeded
 from tests.deploy.test_deploy import cell_of
 
 LEVEL_KEYS = {"mode", "concurrency", "rate_rps", "duration_s", "batch_size", "requests", "errors", "throughput_rps",
-              "items_per_s", "latency_ms", "stable", "windows", "batch_sizes", "mean_batch", "error_examples"}
+              "items_per_s", "latency_ms", "stable", "windows", "batch_sizes", "mean_batch", "error_examples",
+              "client_cpu_ms"}
 
 
 def _serve_bench(*args: str) -> tuple[int, str]:

@@ -110,6 +110,26 @@ def test_serve_bench_errors_are_one_line(seeded: Seeded, data_dir: Path, capsys:
     assert code == 2 and "no study with id 999999" in capsys.readouterr().err
 
 
+def test_a_server_whose_model_does_not_load_is_a_one_line_error(seeded: Seeded, data_dir: Path,
+                                                                 tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from engine.deploy.bundle import load_deploy_cell
+    from engine.deploy.serve_bench import local_server
+    from engine.errors import UserError
+
+    deployed = load_deploy_cell(seeded.study, cell_of(seeded.study, "onnxruntime"))
+    broken = tmp_path / "broken" / "model.onnx"
+    broken.parent.mkdir()
+    broken.write_bytes(b"not an onnx model")
+    deployed = replace(deployed, cell=replace(deployed.cell, variant_path=str(broken)))
+    with pytest.raises(UserError) as caught, local_server(deployed, 1, 0.0):
+        pass
+    message = str(caught.value)
+    assert message.startswith("the server's model did not load:") and "\n" not in message, message
+    assert not list((data_dir / "tmp").glob("serve-bench-*")), "the scratch bundle was left behind"
+
+
 # --- the load generator ------------------------------------------------------------------------------------
 
 

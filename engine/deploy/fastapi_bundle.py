@@ -104,7 +104,8 @@ Outputs:
 A request whose inputs the model cannot take (a wrong or missing name, a dtype, a rank or a fixed size that differs,
 a dynamic axis of two sizes) gets 422 with a one-line reason in `detail`. Inference runs on one worker thread, one
 call at a time; with `--max-batch` concurrent requests of one shape are merged into one call. `--threads` sets the
-runtime's threads (default {deployed.threads or "the runtime's"}, as measured). SIGTERM stops the server cleanly.
+runtime's threads (default {deployed.threads or "the runtime's"}, as measured); `--access-log` logs a line per request
+(`/metrics` counts them either way). SIGTERM stops the server cleanly.
 
 ## Files
 

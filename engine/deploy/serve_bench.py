@@ -81,6 +81,8 @@ class ServeBenchConfig:
             raise ValueError(f"--max-batch must be at least 1, got {self.max_batch}")
         if self.max_delay_ms is not None and not self.max_delay_ms >= 0:
             raise ValueError(f"--max-delay-ms must be 0 or more, got {self.max_delay_ms:g}")
+        if self.max_delay_ms is not None and self.max_batch is None and self.url is None:
+            raise ValueError("--max-delay-ms is how long a batch waits: add --max-batch N (N > 1) to batch")
         if self.url is not None and (self.max_batch is not None or self.max_delay_ms is not None):
             raise ValueError("--max-batch and --max-delay-ms set the server serve-bench starts; a server at --url "
                              "batches as it was started (read from its /metrics)")

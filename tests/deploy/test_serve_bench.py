@@ -101,6 +101,7 @@ def test_serve_bench_errors_are_one_line(seeded: Seeded, data_dir: Path, capsys:
         ("--cell", "99"): "pick one with --cell",
         ("--concurrency", "0"): "--concurrency levels must be at least 1",
         ("--url", "http://x:1", "--max-batch", "4"): "a server at --url batches as it was started",
+        ("--max-delay-ms", "5"): "add --max-batch N",
     }
     for args, expected in cases.items():
         code, _ = _serve_bench(str(seeded.study), "--duration", "1", *args)

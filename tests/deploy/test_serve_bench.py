@@ -39,19 +39,21 @@ def test_serve_bench_drives_a_started_bundle_and_stores_its_levels(seeded: Seede
     common = [str(seeded.study), "--cell", str(cell), "--concurrency", "1,4", "--duration", "1", "--windows", "3",
               "--warmup", "4"]
     plain, batched = tmp_path / "plain.json", tmp_path / "batched.json"
-    code, text = _serve_bench(*common, "--json", str(plain))
+    code, text = _serve_bench(*common, "--rate", "20", "--json", str(plain))  # and an open loop
     assert code == 0, text
     # a long delay: each batch waits for all 4 in-flight requests, so the server's calls carry 4 samples
     code, text = _serve_bench(*common, "--max-batch", "4", "--max-delay-ms", "1000", "--json", str(batched))
     assert code == 0, text
-    assert "c=1" in text and "c=4" in text and "stored" in text
+    assert "c=1" in text and "c=4" in text and "stored" in text  # the batched run's table
 
     runs = [json.loads(plain.read_text()), json.loads(batched.read_text())]
     assert [(r["target"], r["max_batch"], r["max_delay_ms"]) for r in runs] == [("local", 1, 0.0),
                                                                                 ("local", 4, 1000.0)]
+    assert [(lv["mode"], lv["concurrency"], lv["rate_rps"]) for lv in runs[0]["levels"]] == [
+        ("closed", 1, None), ("closed", 4, None), ("open", None, 20.0)]
+    assert [(lv["mode"], lv["concurrency"]) for lv in runs[1]["levels"]] == [("closed", 1), ("closed", 4)]
     for run in runs:
         assert run["cell"] == cell and run["study"] == seeded.study
-        assert [(lv["mode"], lv["concurrency"]) for lv in run["levels"]] == [("closed", 1), ("closed", 4)]
         for level in run["levels"]:
             assert set(level) == LEVEL_KEYS
             assert level["errors"] == 0 and level["requests"] > 0, level

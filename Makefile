@@ -7,10 +7,13 @@ PORT ?= 8501
 # TF=1: also the TensorFlow extra (requirements-tf.txt: SavedModel and Keras models, the tensorflow runtime)
 TF ?=
 TF_STAMP := $(VENV)/.installed-tf
+# RAY=1: also the Ray extra (requirements-ray.txt: one study measured across many machines)
+RAY ?=
+RAY_STAMP := $(VENV)/.installed-ray
 
 .PHONY: install run run-shared dev test lint typecheck bench-overhead bench-speedups bench-repeat clean
 
-install: $(STAMP) $(if $(TF),$(TF_STAMP))
+install: $(STAMP) $(if $(TF),$(TF_STAMP)) $(if $(RAY),$(RAY_STAMP))
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,6 +31,10 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 $(TF_STAMP): $(STAMP) requirements-tf.txt
 	$(BIN)/pip install --quiet -r requirements-tf.txt
 	touch $(TF_STAMP)
+
+$(RAY_STAMP): $(STAMP) requirements-ray.txt
+	$(BIN)/pip install --quiet -r requirements-ray.txt
+	touch $(RAY_STAMP)
 
 run: install
 	# on an empty database, queue the bundled demo: the dashboard's worker runs it while you look around

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import signal
 import sys
@@ -22,7 +23,8 @@ EXIT_USAGE = 2
 
 def _add_bench(sub: Any) -> None:
     p = sub.add_parser("bench", help="build variants of a model and measure every runtime and batch size")
-    p.add_argument("model", help="a model file (ONNX, TorchScript .pt, torch.export .pt2, zipped HF folder) or 'demo'")
+    p.add_argument("model", help="a model file (ONNX, TorchScript .pt, torch.export .pt2, zipped HF folder), 'demo' "
+                                  "or 'demo-generate' (the demo decoder, with --scenario generate)")
     p.add_argument("--name", help="a name for the study")
     p.add_argument("--variants", default=None,
                    help="comma-separated chains, e.g. baseline,int8-dynamic,prune-structured:0.5+int8-static "
@@ -50,9 +52,18 @@ def _add_bench(sub: Any) -> None:
                         "`python -m engine runtimes --options` lists them)")
     p.add_argument("--memory-limit", type=float, default=None, metavar="MB",
                    help="address-space limit per cell in MB (default: 80%% of the machine's memory)")
+    p.add_argument("--scenario", choices=["latency", "generate"], default="latency",
+                   help="latency: time one forward call (default); generate: a decoder-only model's greedy "
+                        "generation, timed token by token (TTFT, TPOT, tokens/s) with perplexity")
+    p.add_argument("--prompt-lens", default="32,256", help="generate: comma-separated prompt lengths (default 32,256)")
+    p.add_argument("--new-tokens", type=int, default=64, help="generate: tokens each generation makes (default 64)")
+    p.add_argument("--generations", type=int, default=10, help="generate: timed generations per cell (default 10)")
     p.add_argument("--json", dest="json_out", help="write the results JSON to this file")
     p.add_argument("--submit", action="store_true",
                    help="only queue the study for a worker (`python -m engine worker`); prints its id last")
+    p.add_argument("--machines", default=None, metavar="KINDS",
+                   help="with --submit, for a Ray cluster: every cell once per machine kind, e.g. cpu-avx512,gpu-h100 "
+                        "(cpu-FLAG, gpu-MODEL, node-NAME), run by `python -m engine worker --ray ADDRESS`")
 
 
 def cmd_bench(args: argparse.Namespace, out: TextIO) -> int:
@@ -65,7 +76,14 @@ def cmd_bench(args: argparse.Namespace, out: TextIO) -> int:
 
     data_path = args.data
     label = Path(args.model).name
-    if args.model == "demo":
+    if args.model == "demo-generate":
+        from engine.generation.demo import build_generation_demo
+
+        model_path, report = build_generation_demo()
+        label = "demo decoder"
+        print(f"demo: a {report['parameters']:,}-parameter Llama-style decoder trained offline, eval perplexity "
+              f"{report['eval_perplexity']:.1f}", file=out)
+    elif args.model == "demo":
         from engine.demo import build_demo
 
         model_path, demo_data, report = build_demo()
@@ -75,6 +93,9 @@ def cmd_bench(args: argparse.Namespace, out: TextIO) -> int:
               file=out)
     else:
         model_path = Path(args.model)
+    if args.machines and not args.submit:
+        raise UserError("--machines places cells on a Ray cluster's machines: add --submit, and run the study with "
+                        "python -m engine worker --ray ADDRESS")
     # The study is this process's: a dashboard's worker sharing the database must not run (and so hide) its cells.
     owner = None if args.submit else new_worker_id()
     request = StudyRequest(
@@ -83,7 +104,10 @@ def cmd_bench(args: argparse.Namespace, out: TextIO) -> int:
         warmup=args.warmup, iterations=args.iterations, min_seconds=args.min_seconds, rounds=args.rounds,
         threads=args.threads, timeout_s=args.timeout, eval_samples=args.eval_samples, runtime_options=args.option,
         memory_limit_mb=args.memory_limit, padding=args.padding, data_path=data_path, name=args.name,
-        model_name=label, created_by=shared.cli_user(), owner=owner)
+        model_name=label, created_by=shared.cli_user(), owner=owner,
+        scenario="generate" if args.model == "demo-generate" else args.scenario,
+        prompt_lens=args.prompt_lens, new_tokens=args.new_tokens, generations=args.generations,
+        machines=args.machines.split(",") if args.machines else None)
     request.check_arguments()  # a mistyped flag is said at once, before the model is opened
     # the user's files are opened in a child with time and memory limits, never in this process
     request.model = inspect_model(model_path, input_spec=args.input_spec, seq_len=args.seq_len)
@@ -114,6 +138,11 @@ def cmd_bench(args: argparse.Namespace, out: TextIO) -> int:
     for summary in dict.fromkeys(_inputs_summary(row) for row in rows):
         if summary:
             print(summary, file=out)  # the same for every cell: said once, not on each row
+    if any(row.extra.get("generation") for row in rows):
+        from engine.generation.table import generation_lines
+
+        for line in generation_lines(rows, results["study"]["settings"]):
+            print(line, file=out)
     by_cell = {row.cell: row for row in rows}
     timed = {row.paired.baseline_cell: row.paired.rounds for row in rows if row.paired and row.paired.rounds}
     for base_cell, count in timed.items():
@@ -157,6 +186,16 @@ def cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
             if queue.has_study(s):
                 print("the database has studies already; no demo queued", file=out)
                 return 0
+    if args.generate:
+        from engine.generation.demo import start_generation_demo
+
+        print("building the generation demo: a small decoder trained offline (first time only)...", file=out,
+              flush=True)
+        study_id, report = start_generation_demo()
+        print(f"demo decoder eval perplexity {report['eval_perplexity']:.1f}; study {study_id} queued for the worker",
+              file=out)
+        print(study_id, file=out)
+        return 0
     print("building the demo: a CNN trained offline on scikit-learn's digits (first time only)...", file=out,
           flush=True)
     study_id, report = start_demo()
@@ -173,11 +212,37 @@ def cmd_worker(args: argparse.Namespace, out: TextIO) -> int:
         print(f"worker started in the background (pid {pid}); log: {data_dir() / 'logs' / 'worker.log'}"
               if pid else "a worker is already alive (or PARETOSCOPE_NO_AUTO_WORKER=1)", file=out)
         return 0
-    worker = Worker()
-    print(f"worker {worker.id} started; data folder {data_dir()}", file=out, flush=True)
+    address = args.ray or os.environ.get("PARETOSCOPE_RAY_ADDRESS")
+    worker: Worker
+    if address:
+        from engine.ray_dispatch import RayDispatcher
+
+        worker = RayDispatcher(address)
+    else:
+        worker = Worker()
+    print(f"worker {worker.id} started; data folder {data_dir()}" + (f"; cells run on Ray ({address})" if address
+                                                                      else ""), file=out, flush=True)
     done = worker.run(until_idle=args.until_idle, max_jobs=args.max_jobs)
     print(f"worker {worker.id} stopped after {done} job(s)", file=out)
     return 0
+
+
+def cmd_worker_node(args: argparse.Namespace, out: TextIO) -> int:
+    """This machine's `ray start` line with the resources its hardware and runtimes give (and, with --start, run it)."""
+    import subprocess
+
+    from engine.executors.ray_node import node_resources, shell_line, start_command
+
+    address = args.address or os.environ.get("PARETOSCOPE_RAY_ADDRESS")
+    if not args.head and not address:
+        raise UserError("give the head's address (--address HOST:6379, or PARETOSCOPE_RAY_ADDRESS), or --head")
+    command = start_command(address, node_resources(args.name), head=args.head)
+    print(shell_line(command), file=out, flush=True)
+    if not args.start:
+        return 0
+    if shutil.which("ray") is None:
+        raise UserError("the `ray` command is not installed: pip install -r requirements-ray.txt")
+    return subprocess.run(command, check=False).returncode
 
 
 def cmd_explain(args: argparse.Namespace, out: TextIO) -> int:
@@ -497,12 +562,24 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
     p.add_argument("--options", action="store_true", help="also list each runtime's --option settings")
     p = sub.add_parser("demo", help="build the bundled demo and queue its study")
     p.add_argument("--if-empty", action="store_true", help="only when the database has no study yet")
+    p.add_argument("--generate", action="store_true",
+                   help="the generation demo instead: a small Llama-style decoder trained here (about a minute), "
+                        "measured with --scenario generate")
     p = sub.add_parser("worker", help="run queued jobs from the database")
     p.add_argument("--until-idle", action="store_true", help="exit when no job is queued")
     p.add_argument("--max-jobs", type=int, default=None, help="exit after this many jobs")
     p.add_argument("--background", action="store_true",
                    help="start one worker in the background unless one is alive (what `make run` and the "
                         "dashboard do), then return")
+    p.add_argument("--ray", metavar="ADDRESS",
+                   help="dispatch cells to a Ray cluster (HOST:6379, or 'local' for a Ray instance on this machine) "
+                        "instead of running them here (default: PARETOSCOPE_RAY_ADDRESS)")
+    p = sub.add_parser("worker-node", help="print (or run, with --start) the `ray start` that joins this machine to a "
+                                           "Ray cluster with the resources of its hardware and runtimes")
+    p.add_argument("--address", help="the head's HOST:PORT (default: PARETOSCOPE_RAY_ADDRESS)")
+    p.add_argument("--head", action="store_true", help="start the cluster's head on this machine")
+    p.add_argument("--name", help="this node's name in paretoscope.node.NAME (default: the host name)")
+    p.add_argument("--start", action="store_true", help="run the command instead of only printing it")
     p = sub.add_parser("report", help="write a study's results: HTML, CSV, JSON, or a Hugging Face Space")
     p.add_argument("study_id", type=int)
     p.add_argument("--format", choices=["html", "csv", "json", "space"], default="json",
@@ -536,7 +613,8 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
     _add_serve_bench(sub)
     args = parser.parse_args(argv)
     commands = {"bench": cmd_bench, "runtimes": cmd_runtimes, "demo": cmd_demo, "worker": cmd_worker,
-                "report": cmd_report, "explain": cmd_explain, "deploy": cmd_deploy}
+                "report": cmd_report, "explain": cmd_explain, "deploy": cmd_deploy,
+                "worker-node": cmd_worker_node}
     commands["serve-bench"] = cmd_serve_bench
     try:
         return commands[args.command](args, out)

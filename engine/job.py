@@ -245,6 +245,12 @@ def _rounds(session: Session, prepared: Any, samples: np.ndarray, study_dir: Pat
 @task("reference")
 def reference_task(payload: dict[str, Any], progress: ProgressFn) -> dict[str, Any]:
     """The worker's "reference" job: the study's fp32 reference outputs."""
+    settings = StudySettings.from_json(payload["settings"])
+    if settings.generation is not None:  # a generation study's reference: perplexity and argmax (engine/generation)
+        from engine.generation import cell as generation
+
+        return generation.compute_reference(Path(payload["study_dir"]), Artifact.from_json(payload["model"]),
+                                            settings, progress)
     return compute_reference(Path(payload["study_dir"]), Artifact.from_json(payload["model"]), payload.get("data"),
                              StudySettings.from_json(payload["settings"]), progress)
 
@@ -252,6 +258,12 @@ def reference_task(payload: dict[str, Any], progress: ProgressFn) -> dict[str, A
 @task("cell")
 def cell_task(payload: dict[str, Any], progress: ProgressFn) -> dict[str, Any]:
     """The worker's "cell" job: one cell measured (and timed against its baseline when the payload names one)."""
+    settings = StudySettings.from_json(payload["settings"])
+    if settings.generation is not None:  # the generation scenario: timed generate() calls (engine/generation)
+        from engine.generation import cell as generation
+
+        return generation.run_cell(Path(payload["study_dir"]), Artifact.from_json(payload["model"]),
+                                   Cell.from_json(payload["cell"]), settings, payload.get("data"), progress).to_json()
     baseline = Cell.from_json(payload["baseline"]) if payload.get("baseline") else None
     return run_cell(Path(payload["study_dir"]), Artifact.from_json(payload["model"]), Cell.from_json(payload["cell"]),
                     StudySettings.from_json(payload["settings"]), payload.get("data"), progress, baseline).to_json()

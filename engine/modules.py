@@ -349,7 +349,10 @@ def _inspect_exported(path: Path, label: str) -> Inspected:
 
 
 def _inspect_hf(folder: Path, label: str) -> Inspected:
+    from engine.generation.intake import check_no_remote_code, generation_info
+
     config = read_hf_config(folder, label)
+    check_no_remote_code(config, folder, label)
     check_hf_size(folder, config, label)
     model = load_hf(folder, label)
     names = hf_input_names(model)
@@ -383,6 +386,7 @@ def _inspect_hf(folder: Path, label: str) -> Inspected:
         "architecture": type(model).__name__,
         "model_type": config.get("model_type"),
         "max_position_embeddings": max_pos or None,
+        **generation_info(config, model, folder),
     }
     return InputSpec(tensors), info, HFWrapper(model, names)
 

@@ -9,6 +9,7 @@ from typing import Any
 from engine.data import check_padding
 from engine.errors import UserError
 from engine.executors.limits import default_memory_limit_mb
+from engine.generation.settings import GenerationSettings
 from engine.results import Status
 from engine.measure.latency import MeasureSettings
 from engine.optimizations import parse_chain
@@ -40,6 +41,8 @@ class StudySettings:
     # Fraction of each synthesized sequence that is trailing padding (mask 0, the pad id), for those who serve
     # padded batches; 0 is a batch of sequences of one length. A data file's inputs are used as they are.
     padding: float = 0.0
+    # the generation scenario (engine/generation/): None for the latency scenario
+    generation: GenerationSettings | None = None
 
     def __post_init__(self) -> None:
         if self.memory_limit_mb is not None and self.memory_limit_mb < 64:
@@ -53,7 +56,9 @@ class StudySettings:
         check_padding(self.padding)
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        data["generation"] = self.generation.to_json() if self.generation is not None else None
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> StudySettings:
@@ -65,6 +70,7 @@ class StudySettings:
             runtime_options=dict(data.get("runtime_options", {})),
             memory_limit_mb=data.get("memory_limit_mb"),
             padding=float(data.get("padding", 0.0)),  # studies stored before the setting had none
+            generation=GenerationSettings.from_json(data.get("generation")),
         )
 
 
@@ -79,6 +85,7 @@ class Cell:
     batch_size: int
     status: str = "pending"
     reason: str | None = None
+    machine: str | None = None  # the machine kind it targets on a Ray cluster (cpu-avx512, gpu-h100)
 
     @property
     def runnable(self) -> bool:
@@ -141,6 +148,16 @@ def parse_runtimes(items: list[str] | None) -> list[str]:
     for rid in ids:
         get_runtime(rid)
     return list(dict.fromkeys(ids))
+
+
+def runtimes_for(model_format: str, runtime_ids: list[str]) -> list[str]:
+    """Those of the runtimes that run a model of this format at all (its baseline is not n/a there): the default
+    when none are named, so that a default study has no row per runtime of another framework. All of them when
+    none does (the cells then say why)."""
+    fitting = [rid for rid in runtime_ids
+               if not_applicable_reason(model_format, Chain(()), get_runtime(rid).consumes,
+                                        get_runtime(rid).device) is None]
+    return fitting or runtime_ids
 
 
 def expand(model_format: str, spec: InputSpec, variants: list[Chain], runtimes: list[str],

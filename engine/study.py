@@ -7,7 +7,7 @@ file) lives here.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +16,8 @@ from engine.artifacts import Artifact
 from engine.errors import UserError
 from engine.executors.limits import default_memory_limit_mb
 from engine.executors.tasks import ProgressFn, task
+from engine.generation.settings import DEFAULT_VARIANTS as GENERATION_VARIANTS
+from engine.generation.settings import generation_settings
 from engine.measure.latency import MeasureSettings
 from engine.optimizations.base import Chain
 from engine.plan import (
@@ -29,6 +31,7 @@ from engine.plan import (
     parse_batch_sizes,
     parse_runtimes,
     parse_variants,
+    runtimes_for,
 )
 from engine.results import Status
 from engine.runtimes import check_runtime_options, parse_runtime_options
@@ -83,13 +86,22 @@ class StudyRequest:
     model_name: str | None = None
     created_by: str | None = None
     owner: str | None = None  # a worker id: only that worker runs the study until release_study
+    # the generation scenario (decoder-only models): "latency" (the default) or "generate", and its settings
+    scenario: str = "latency"
+    prompt_lens: str = "32,256"
+    new_tokens: int = 64
+    generations: int = 10
+    # machine kinds of a Ray cluster (cpu-avx512, gpu-h100): each cell once per kind, placed by the Ray dispatcher
+    machines: list[str] | None = None
 
     def check_arguments(self) -> tuple[list[Chain], list[str], list[int], StudySettings]:
         """The rules that need no model, checked before a model is opened (that takes a limited child, seconds):
         the parsed chains (duplicates dropped), runtimes, batch sizes and settings. UserError with one line."""
         if self.variants is not None and not [v for v in self.variants if v.strip()]:
             raise UserError("no variant given: give at least one, e.g. baseline or int8-dynamic")
-        chains = parse_variants(list(DEFAULT_VARIANTS) if self.variants is None else self.variants)
+        generation = generation_settings(self.scenario, self.prompt_lens, self.new_tokens, self.generations)
+        defaults = GENERATION_VARIANTS if generation is not None else DEFAULT_VARIANTS
+        chains = parse_variants(list(defaults) if self.variants is None else self.variants)
         if self.runtimes is not None and not [r for r in self.runtimes if r.strip()]:
             raise UserError("no runtime given: give at least one of those available here")
         runtimes = parse_runtimes(self.runtimes)
@@ -107,7 +119,7 @@ class StudyRequest:
             measure=measure, threads=default_threads() if self.threads is None else int(self.threads),
             timeout_s=float(self.timeout_s), eval_samples=int(self.eval_samples), runtime_options=options,
             memory_limit_mb=default_memory_limit_mb() if self.memory_limit_mb is None else self.memory_limit_mb,
-            padding=float(self.padding))
+            padding=float(self.padding), generation=generation)
         return chains, runtimes, batch_sizes, settings
 
     def validate(self, check_files: bool = True) -> PlannedStudy:
@@ -116,7 +128,13 @@ class StudyRequest:
         if self.model is None:
             raise UserError("no model given: upload one (Models page) or name its file")
         chains, runtimes, batch_sizes, settings = self.check_arguments()
-        cells = plan_cells(self.model, chains, runtimes, batch_sizes, settings)
+        if self.runtimes is None:  # every available runtime that runs this model's format
+            runtimes = runtimes_for(self.model.format, runtimes)
+        cells, settings = plan_study(self.model, chains, runtimes, batch_sizes, settings)
+        if self.machines:
+            if settings.generation is not None:  # its cells' prompt lengths are kept by cell index
+                raise UserError("--machines does not take a generation study yet: submit one study per machine kind")
+            cells = per_machine(cells, self.machines)
         if check_files and self.data_path:
             from engine.inspection import check_data
 
@@ -157,11 +175,43 @@ def eta_s(finished_s: list[float], cells_left: float) -> float | None:
 def plan_cells(model: Artifact, chains: list[Chain], runtimes: list[str], batch_sizes: list[int],
                settings: StudySettings) -> list[Cell]:
     """The study's cells, once the model's format, the runtime options and a shared server's bounds allow it."""
+    return plan_study(model, chains, runtimes, batch_sizes, settings)[0]
+
+
+def plan_study(model: Artifact, chains: list[Chain], runtimes: list[str], batch_sizes: list[int],
+               settings: StudySettings) -> tuple[list[Cell], StudySettings]:
+    """plan_cells(), with the settings to store: a generation study's record each cell's prompt length."""
     shared.refuse_code_format(model.format, model.path.name)
     check_runtime_options(settings.runtime_options)
-    cells = expand(model.format, model.spec, chains, runtimes, batch_sizes)
+    if settings.generation is not None:
+        from engine.generation.plan import expand as expand_generation
+
+        cells, generation = expand_generation(model, chains, runtimes, batch_sizes, settings.generation)
+        settings = replace(settings, generation=generation)
+    else:
+        cells = expand(model.format, model.spec, chains, runtimes, batch_sizes)
     shared.check_study(settings, batch_sizes, sum(c.runnable for c in cells))
-    return cells
+    return cells, settings
+
+
+def per_machine(cells: list[Cell], machines: list[str]) -> list[Cell]:
+    """Each cell once per machine kind, numbered anew. A runtime unavailable on this machine may be installed on the
+    cluster's: such cells are queued, and the dispatcher says `unavailable: no node with ...` if none has it."""
+    from engine.executors.ray_node import machine_resource
+
+    kinds = list(dict.fromkeys(m.strip().lower() for m in machines if m.strip()))
+    for kind in kinds:
+        try:
+            machine_resource(kind)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+    out: list[Cell] = []
+    for cell in cells:
+        here_only = cell.status == Status.UNAVAILABLE
+        for kind in kinds:
+            out.append(replace(cell, index=len(out), machine=kind, status="pending" if here_only else cell.status,
+                               reason=None if here_only else cell.reason))
+    return out
 
 
 def submit_study(model: Artifact, variants: list[Chain], runtimes: list[str], batch_sizes: list[int],
@@ -170,7 +220,7 @@ def submit_study(model: Artifact, variants: list[Chain], runtimes: list[str], ba
                  created_by: str | None = None) -> tuple[int, list[Cell]]:
     """Plan and store a study made in code (the demo, benchmarks) whose arguments are parsed already; front ends
     go through StudyRequest. Its id and its cells."""
-    cells = plan_cells(model, variants, runtimes, batch_sizes, settings)
+    cells, settings = plan_study(model, variants, runtimes, batch_sizes, settings)
     planned = PlannedStudy(model, variants, runtimes, batch_sizes, settings, cells)
     return store_study(planned, name=name, model_name=model_name, data_path=data_path, owner=owner,
                        created_by=created_by), cells
@@ -349,10 +399,11 @@ def rebuild_with_float_layers(study_id: int, cell: int, layers: list[str], user:
             raise UserError(f"cell {cell} ({source.variant}) has no int8-static or int8-dynamic step to keep layers "
                             "in float; pick a cell quantized by one of them")
         same = next((job.cell for job in jobs.values() if job.variant == chain.name and job.runtime == source.runtime
-                     and job.batch_size == source.batch_size), None)
+                     and job.batch_size == source.batch_size and job.machine == source.machine), None)
         if same is not None:
             raise UserError(f"cell {same} of this study is that variant already ({chain.name})")
-        new = Cell(0, chain.name, tuple(chain.to_json()), source.runtime, source.batch_size)
+        # on the same runtime, batch size and machine kind (a Ray study's cell stays on its kind of machine)
+        new = Cell(0, chain.name, tuple(chain.to_json()), source.runtime, source.batch_size, machine=source.machine)
         [index] = queue.add_cells(s, study_id, [new.to_json()])
     shared.audit("rebuild-float", user, study_id=study_id, cell=cell, new_cell=index, layers=layers)
     return index, chain.name

@@ -365,25 +365,31 @@ class Worker:
             self._retry("storing the study's reference", lambda: _store_reference(study_id, reference))
             return reference
 
-    def _record(self, job_id: int, cell: Cell, outcome: Outcome, meta: dict[str, Any]) -> None:
-        """Store the job's end, retried until the database takes it (the job stays running meanwhile)."""
+    def _record(self, job_id: int, cell: Cell, outcome: Outcome, meta: dict[str, Any],
+                environment: dict[str, Any] | None = None) -> None:
+        """Store the job's end, retried until the database takes it (the job stays running meanwhile).
+
+        `environment`: the machine that ran it when not this one (a Ray node's)."""
         result, samples = _measured(outcome)
         ended, row = self._retry(f"recording the end of job {job_id}",
-                                 lambda: self._store_end(job_id, cell, outcome, result, samples, meta))
+                                 lambda: self._store_end(job_id, cell, outcome, result, samples, meta, environment))
         if ended is not None and ended != Status.QUEUED and row is not None:
             self.events.finished(cell, row, meta["position"], meta["total"])
 
     def _store_end(self, job_id: int, cell: Cell, outcome: Outcome, result: CellResult | None,
-                   samples: np.ndarray | None, meta: dict[str, Any]) -> tuple[str | None, CellResult | None]:
-        from engine.measure.environment import collect
+                   samples: np.ndarray | None, meta: dict[str, Any],
+                   environment: dict[str, Any] | None = None) -> tuple[str | None, CellResult | None]:
+        from engine.measure.environment import collect, node_record
 
         with session() as s:
             env_id = variant_id = None
             if result is not None:
-                if self._environment is None:
+                if environment is None and self._environment is None:
                     self._environment = collect()  # the machine and libraries: the same for every job
+                machine = environment if environment is not None else self._environment or {}
                 threads = (result.settings or {}).get("threads")
-                env_id = catalogue.record_environment(s, {**self._environment, "threads": threads})
+                env_id = catalogue.record_environment(s, {**machine, "threads": threads})
+                result.extra.setdefault("node", node_record(machine))
                 if (result.variant_path or cell.variant == "baseline") and result.model_size_mb is not None:
                     variant_id = catalogue.record_variant(s, meta["model_id"], cell.variant, result.target or "",
                                                           result.variant_path, int(result.model_size_mb * 2**20))

@@ -10,8 +10,9 @@ import streamlit as st
 from engine import shared
 from engine.artifacts import Artifact
 from engine.errors import UserError
+from engine.generation.settings import is_generative
 from engine.optimizations import REGISTRY
-from engine.plan import default_threads
+from engine.plan import default_threads, runtimes_for
 from engine.results import FAILED, FINAL, SKIPPED
 from engine.runtimes import availability
 from engine.specs import ATTENTION_MASK, TOKEN_IDS
@@ -153,7 +154,8 @@ with right:
     usable = [r["id"] for r in runtimes if r["available"]]
     # pills wrap onto new lines: every runtime's whole name stays visible however many are picked
     picked = st.pills("Runtimes", usable, selection_mode="multi",
-                      default=[r for r in from_url("runtimes", usable) if r in usable]) or []
+                      default=[r for r in from_url("runtimes", runtimes_for(artifact.format, usable))
+                               if r in usable]) or []
     for r in runtimes:
         if not r["available"]:
             st.caption(f"~~{r['id']}~~ unavailable: {r['reason']}")
@@ -194,6 +196,17 @@ if any(t.role in (ATTENTION_MASK, TOKEN_IDS) for t in artifact.spec.inputs):
         help="For padded batches: the last round(padding × sequence length) positions of each synthesized "
              "sequence get attention mask 0 and the pad id. 0: every token attended. A data file's inputs are "
              "used as they are.")
+scenario, prompt_lens_text, new_tokens, generations = "latency", "32,256", 64, 10
+if is_generative(artifact.info):  # a decoder-only model: the generation scenario and its fields
+    g1, g2, g3, g4 = st.columns(4)
+    scenario = g1.selectbox("Scenario", ["generate", "latency"],
+                            help="generate: greedy generation timed token by token (TTFT, TPOT, tokens/s) with "
+                                 "perplexity against fp32; latency: one forward call, like any model")
+    prompt_lens_text = g2.text_input("Prompt lengths", value="32,256", disabled=scenario != "generate")
+    new_tokens = int(g3.number_input("New tokens", min_value=2, max_value=4096, value=64,
+                                     disabled=scenario != "generate"))
+    generations = int(g4.number_input("Timed generations", min_value=1, max_value=1000, value=10,
+                                      disabled=scenario != "generate"))
 name = st.text_input("Study name", value=f"{models.set_index('id').loc[model_id, 'name']}")
 with st.expander("Runtime settings"):
     options_text = st.text_area(
@@ -211,7 +224,8 @@ request = StudyRequest(
     iterations=int(iterations), min_seconds=float(min_seconds), rounds=int(rounds), threads=int(threads),
     timeout_s=float(timeout), runtime_options=options_text.splitlines(),
     padding=float(padding), data_path=data_path, name=name or None,
-    model_name=str(models.set_index("id").loc[model_id, "name"]), created_by=common.current_user())
+    model_name=str(models.set_index("id").loc[model_id, "name"]), created_by=common.current_user(),
+    scenario=scenario, prompt_lens=prompt_lens_text, new_tokens=new_tokens, generations=generations)
 try:
     planned = request.validate(check_files=False)  # the data file is read (in a child) on submit
 except UserError as exc:

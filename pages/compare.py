@@ -6,6 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from engine.report import charts, tables
+from engine.report.machines import per_machine
 from pages import common
 
 
@@ -50,3 +51,10 @@ if diff:
     st.dataframe(pd.DataFrame(diff), hide_index=True)
 else:
     st.caption("Same machine and software.")
+
+# one study measured across machines (a Ray cluster): each variant on each machine
+for study_id, full in ((a, full_a), (b, full_b)):
+    machines = per_machine(full)
+    if machines is not None:
+        st.subheader(f"Study #{study_id} on each machine")
+        st.dataframe(machines, hide_index=True)

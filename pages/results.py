@@ -111,6 +111,12 @@ if ok.empty:
     st.info("No cell has finished successfully yet.")
     st.stop()
 
+if any(r.get("generation") for r in full["results"]):  # a generation study: its own charts first
+    from engine.generation.charts import generation_figures
+
+    for key, figure in generation_figures(full["results"]):
+        st.plotly_chart(figure, key=key, theme=None)
+
 baseline = tables.baseline_label(full)  # what the speedups divide by, e.g. "baseline on torch"
 choice = ship_panel(frame, baseline)
 download_bar(downloads, int(study_id), choice.constraints)

@@ -45,7 +45,7 @@ def create_study(s: Session, *, name: str, model: Model, dataset: Dataset | None
     for cell in cells:
         final = cell["status"] != "pending"
         s.add(Job(study_id=study.id, cell=cell["index"], variant=cell["variant"], chain=list(cell["chain"]),
-                  runtime=cell["runtime"], batch_size=cell["batch_size"],
+                  runtime=cell["runtime"], batch_size=cell["batch_size"], machine=cell.get("machine"),
                   status=cell["status"] if final else QUEUED, error_message=cell.get("reason"),
                   finished_at=now if final else None))
     s.flush()
@@ -325,7 +325,8 @@ def rerun_cells(s: Session, study_id: int, cells: list[int]) -> int:
 def add_cells(s: Session, study_id: int, cells: list[dict[str, Any]]) -> list[int]:
     """Queue more cells in a study (a variant rebuilt with some layers in float): each gets the next cell index,
     its variant joins the study's list, and the study reopens. The indices given."""
-    study = s.get(Study, study_id)
+    # the study's row locked (PostgreSQL; SQLite writes one at a time): two rebuilds at once never share an index
+    study = s.scalar(select(Study).where(Study.id == study_id).with_for_update())
     if study is None:
         raise KeyError(study_id)
     last = s.scalar(select(func.max(Job.cell)).where(Job.study_id == study_id))
@@ -333,7 +334,8 @@ def add_cells(s: Session, study_id: int, cells: list[dict[str, Any]]) -> list[in
     for offset, cell in enumerate(cells, start=1):
         index = (last if last is not None else -1) + offset
         s.add(Job(study_id=study_id, cell=index, variant=cell["variant"], chain=list(cell["chain"]),
-                  runtime=cell["runtime"], batch_size=cell["batch_size"], status=QUEUED))
+                  runtime=cell["runtime"], batch_size=cell["batch_size"], machine=cell.get("machine"),
+                  status=QUEUED))
         if cell["variant"] not in study.variants:
             study.variants = [*study.variants, cell["variant"]]
         indices.append(index)

@@ -21,7 +21,8 @@ from storage.views import study_progress
 
 
 # Keys of a results JSON row that the job's own columns answer (which cell, how it ended): never a result's to set.
-JOB_KEYS = frozenset({"cell", "job_id", "variant", "runtime", "batch_size", "status", "error", "attempts"})
+JOB_KEYS = frozenset({"cell", "job_id", "variant", "runtime", "batch_size", "status", "error", "attempts",
+                      "machine"})
 # Keys with columns of their own in the results table, and the raw samples, which have a table of their own.
 _COLUMN_KEYS = frozenset({"latency_ms", "throughput_per_s", "load_s", "first_run_ms", "peak_host_mb",
                           "peak_device_mb", "model_size_mb", "accuracy", "settings", "notes", "samples_ms"})
@@ -72,6 +73,8 @@ def result_dict(job: Job, result: Result | None) -> dict[str, Any]:
         "settings": None, "notes": [job.error_message] if job.status in ("n/a", "unavailable") and
         job.error_message else [], "attempts": job.attempts,
     }
+    if job.machine:  # a study that targets machine kinds (Ray): which kind this cell was for
+        row["machine"] = job.machine
     if result is None:
         return row
     extra = {k: v for k, v in (result.extra or {}).items() if k not in JOB_KEYS}
@@ -83,7 +86,8 @@ def result_dict(job: Job, result: Result | None) -> dict[str, Any]:
         "peak_host_mb": result.peak_host_mb, "peak_device_mb": result.peak_device_mb,
         "model_size_mb": result.model_size_mb,
         "accuracy": {
-            "fidelity": None if result.fidelity_cosine is None else {
+            # a generation cell's fidelity is its next-token agreement alone: no cosine, still a fidelity
+            "fidelity": None if result.fidelity_cosine is None and result.top1_agreement is None else {
                 "max_abs": result.fidelity_max_abs, "mean_abs": result.fidelity_mean_abs,
                 "cosine": result.fidelity_cosine, "top1_agreement": result.top1_agreement,
                 "pooled_cosine": extra.pop("pooled_cosine", None)},

@@ -166,6 +166,8 @@ class Job(Base):
     chain: Mapped[list[Any]] = mapped_column(JSON)
     runtime: Mapped[str] = mapped_column(String(64))
     batch_size: Mapped[int] = mapped_column(Integer)
+    # The machine kind the cell targets on a Ray cluster (cpu-avx512, gpu-h100); None: any node with its runtime.
+    machine: Mapped[str | None] = mapped_column(String(64))
     status: Mapped[str] = mapped_column(String(16), default=QUEUED)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     worker_id: Mapped[str | None] = mapped_column(String(64))

@@ -67,3 +67,18 @@ def collect(threads: int | None = None) -> dict[str, Any]:
         "paretoscope": __version__,
         "git_commit": git_commit(),
     }
+
+
+# The fields of collect() that say what the machine is (not its name, its software or a run's threads).
+HARDWARE_KEYS = ("cpu", "cores_logical", "cores_physical", "memory_gb", "cpu_capabilities", "gpus")
+
+
+def node_record(environment: dict[str, Any], **more: Any) -> dict[str, Any]:
+    """The results JSON's `node`: the host that ran a cell and its hardware fingerprint (the same on two machines
+    of one kind), with anything the executor adds (its node's name)."""
+    import hashlib
+    import json
+
+    hardware = {key: environment.get(key) for key in HARDWARE_KEYS}
+    fingerprint = hashlib.sha256(json.dumps(hardware, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return {"host": environment.get("hostname"), "fingerprint": fingerprint, **more}

@@ -34,13 +34,18 @@ Renames = Callable[[str], str | None]
 
 @dataclass(frozen=True)
 class LayerError:
+    """One layer's errors. `layer` is its name in the variant (what the int8 step's `exclude=` names);
+    `reference` the fp32 model's name for it when that differs (a distilled student numbers its layers anew)."""
+
     layer: str
     op_type: str
     error: float
     own: float | None
+    reference: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"layer": self.layer, "op_type": self.op_type, "error": self.error, "own": self.own}
+        found = {"layer": self.layer, "op_type": self.op_type, "error": self.error, "own": self.own}
+        return {**found, "reference": self.reference} if self.reference else found
 
 
 @dataclass
@@ -136,6 +141,25 @@ def _feeders(graph: Any, compared: set[str]) -> dict[str, set[str]]:
     return found
 
 
+# Ops a runtime's optimizer folds into the compute layer before them (their output then takes the layer's place;
+# the exporter folds BatchNormalization into a Conv already, quantization's pre-processing and ONNX Runtime fold more).
+FUSED_AFTER = ("BatchNormalization", "Relu", "Clip", "LeakyRelu", "Add", "Mul", "Sigmoid", "HardSigmoid")
+# How many such ops after a layer are followed, at most.
+FUSED_DEPTH = 3
+
+
+def _fused_outputs(tensor: str, consumers: dict[str, list[Any]]) -> list[str]:
+    """The layer's output, then the outputs of the ops an optimizer may fold into it (each the only reader of the
+    one before), nearest first."""
+    found = [tensor]
+    for _ in range(FUSED_DEPTH):
+        readers = consumers.get(found[-1], [])
+        if len(readers) != 1 or readers[0].op_type not in FUSED_AFTER or not readers[0].output:
+            break
+        found.append(readers[0].output[0])
+    return found
+
+
 def _with_outputs(model: Any, tensors: list[str]) -> Any:
     """A copy of the model whose graph also outputs these intermediate tensors."""
     import onnx
@@ -161,6 +185,13 @@ class _OnnxRunner:
         self.optimize, self.threads = optimize, threads
         self.tensors = {out for node in self.model.graph.node for out in node.output if out}
         self.inputs = [i.name for i in self.model.graph.input]
+        # what readers of a quantized tensor read: its QuantizeLinear -> DequantizeLinear round trip (where the
+        # quantizer also dropped a ReLU the unsigned range clamps, the tensor itself is the unclamped value)
+        quantized = {node.input[0]: node.output[0] for node in self.model.graph.node
+                     if node.op_type == "QuantizeLinear" and node.input and node.output}
+        dequantized = {node.input[0]: node.output[0] for node in self.model.graph.node
+                       if node.op_type == "DequantizeLinear" and node.input and node.output}
+        self.read_as = {tensor: dequantized[q] for tensor, q in quantized.items() if q in dequantized}
 
     def run(self, tensors: list[str], feeds: Iterator[dict[str, np.ndarray]]) -> Iterator[dict[str, np.ndarray]]:
         import onnxruntime as ort
@@ -190,10 +221,18 @@ def onnx_layer_errors(reference: Path, variant: Path, inputs: dict[str, np.ndarr
     on the layers that could not be compared."""
     ref, var = _OnnxRunner(reference, False, threads), _OnnxRunner(variant, True, threads)
     layers = []
+    consumers: dict[str, list[Any]] = {}
+    for node in ref.model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
     for tensor, name, op_type in _onnx_layers(ref.model.graph):
-        mapped = renames(tensor) if renames else tensor
-        if mapped is not None and mapped in var.tensors:
-            layers.append((tensor, mapped, name, op_type))
+        # a layer whose output the variant's optimizer fused away (Conv + BatchNormalization: the fused Conv
+        # outputs the normalization's tensor) is compared at the first tensor after it the variant still has
+        for candidate in _fused_outputs(tensor, consumers):
+            mapped = renames(candidate) if renames else candidate
+            if mapped is not None and mapped in var.tensors:
+                layers.append((candidate, var.read_as.get(mapped, mapped), name, op_type))
+                break
     notes = []
     if not layers:
         return [], ["no layer of the reference has a counterpart in the variant (no matching tensor names)"]
@@ -220,7 +259,10 @@ def onnx_layer_errors(reference: Path, variant: Path, inputs: dict[str, np.ndarr
             continue
         error = sums[tensor].error
         upstream = [sums[t].error for t in feeders[tensor]]
-        errors.append(LayerError(name, op_type, error, max(0.0, error - max(upstream, default=0.0))))
+        own = max(0.0, error - max(upstream, default=0.0))
+        # ONNX node names carry the same scope as their tensors' (/encoder/layer.4/...): renamed alike
+        in_variant = (renames(name) if renames else None) or name
+        errors.append(LayerError(in_variant, op_type, error, own, name if in_variant != name else None))
     return ranked(errors), notes
 
 
@@ -317,6 +359,7 @@ def torch_layer_errors(reference: Any, variant: Any, call: Callable[[Any, dict[s
     if mismatched:
         notes.append(f"{len(mismatched)} layer(s) not compared: their output's shape differs in the variant "
                      "(pruned channels)")
-    errors = [LayerError(name, type(ref_layers[name]).__name__, sums[name].error, sums[name].own)
-              for name, _ in pairs if name not in mismatched and (sums[name].ref or sums[name].diff)]
+    errors = [LayerError(mapped, type(ref_layers[name]).__name__, sums[name].error, sums[name].own,
+                         name if mapped != name else None)
+              for name, mapped in pairs if name not in mismatched and (sums[name].ref or sums[name].diff)]
     return ranked(errors), notes

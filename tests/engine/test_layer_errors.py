@@ -177,3 +177,81 @@ def test_a_torchscript_variant_says_where_its_layer_errors_are(outlier_onnx: Pat
     got = diagnostics.layer_errors(model, Variant("x", "torchscript", Path("m.pt"), 1, [], 0.0, False), ["fp16"],
                                    [], _inputs(), 1)
     assert got["layer_errors"] is None and "no forward hooks in TorchScript" in got["layer_errors_error"]
+
+
+def test_a_conv_whose_relu_the_quantizer_dropped_is_compared_where_its_readers_read(tmp_path: Path) -> None:
+    import onnx
+    import torch
+
+    from tests.conftest import _cnn
+
+    path = tmp_path / "cnn.onnx"
+    torch.onnx.export(_cnn(), (torch.randn(2, 3, 16, 16),), str(path), dynamo=False, input_names=["x"],
+                      output_names=["y"], dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}})
+    reference, variant = build_onnx(path, "baseline"), build_onnx(path, "int8-static")
+    conv_out = next(n.output[0] for n in onnx.load(str(reference.file)).graph.node if n.op_type == "Conv")
+    variant_tensors = {o for n in onnx.load(str(variant.file)).graph.node for o in n.output}
+    # the exporter folded the BatchNormalization into the Conv, and the quantizer dropped the ReLU (unsigned int8
+    # clamps it): the variant's Conv writes the ReLU's tensor unclamped, its readers read its Q/DQ round trip
+    assert conv_out not in variant_tensors and "/2/Relu_output_0" in variant_tensors
+    images = {"x": np.random.default_rng(0).standard_normal((4, 3, 16, 16)).astype(np.float32)}
+    found, notes = layers.onnx_layer_errors(reference.file, variant.file, images, 2, 1)
+    assert notes == [] and {(e.op_type, e.layer.split("/")[-1]) for e in found} == {("Conv", "Conv"), ("Gemm", "Gemm")}
+    assert all(0 < e.error < 0.2 for e in found), found
+
+
+def test_a_distilled_students_layers_are_named_as_the_student_names_them() -> None:
+    """The rebuild's exclude= names the variant's layers: for a student that kept teacher layers 0, 2 and 4, the
+    teacher's layer 4 is the student's layer 2."""
+    import copy
+
+    import torch
+
+    class Stack(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layers = torch.nn.ModuleList(torch.nn.Linear(16, 16) for _ in range(6))
+
+        def forward(self, x: Any) -> Any:
+            for layer in self.layers:
+                x = torch.relu(layer(x))
+            return x
+
+    torch.manual_seed(0)
+    teacher = Stack().eval()
+    student = copy.deepcopy(teacher)
+    student.layers = torch.nn.ModuleList([student.layers[i] for i in (0, 2, 4)])
+    with torch.no_grad():
+        student.layers[2].weight.mul_(1.5)  # the student's layer 2 (the teacher's 4) drifted in training
+    rename = diagnostics.student_renames([{"kind": "keep_layers", "target": "layers", "keep": [0, 2, 4]}])
+    found, _ = layers.torch_layer_errors(teacher, student, diagnostics._torch_call(["x"]), _inputs(), 4, rename)
+    assert (found[0].layer, found[0].reference) == ("layers.2", "layers.4")
+    assert {(e.layer, e.reference) for e in found[1:]} == {("layers.0", None), ("layers.1", "layers.2")}
+    assert found[0].to_json()["reference"] == "layers.4"
+    assert "reference" not in next(e for e in found if e.layer == "layers.0").to_json()
+
+
+def test_a_float_rebuild_is_queued_on_the_same_runtime_batch_and_machine_kind(outlier_onnx: Path) -> None:
+    from engine.errors import UserError
+    from engine.study import rebuild_with_float_layers, submit_study
+    from storage import queue
+    from storage.db import session
+    from storage.results import study_jobs
+
+    settings = StudySettings(measure=MeasureSettings(warmup=1, iterations=3, min_seconds=0.0, rounds=0), threads=1)
+    study_id, _ = submit_study(intake(outlier_onnx), [parse_chain("int8-static")], ["onnxruntime"], [4], settings)
+    with session() as s:
+        [(job, _)] = study_jobs(s, study_id)
+        job.machine = "cpu-avx2"  # a Ray study's cell, placed on one kind of machine
+        queue.add_cells(s, study_id, [{**Cell(0, job.variant, tuple(job.chain), job.runtime, 4).to_json(),
+                                       "machine": "node-b"}])
+    assert rebuild_with_float_layers(study_id, 0, ["/4/Gemm"]) == (2, "int8-static:exclude=/4/Gemm")
+    assert rebuild_with_float_layers(study_id, 1, ["/4/Gemm"])[0] == 3  # the same variant on the other kind
+    with pytest.raises(UserError, match="cell 2 of this study is that variant already"):
+        rebuild_with_float_layers(study_id, 0, ["/4/Gemm"])
+    with pytest.raises(UserError, match="pick at least one layer to keep in float"):
+        rebuild_with_float_layers(study_id, 0, [])  # nothing picked: said before anything is looked up
+    with session(write=False) as s:
+        jobs = {job.cell: job for job, _ in study_jobs(s, study_id)}
+    assert [(jobs[c].machine, jobs[c].runtime, jobs[c].batch_size, jobs[c].status) for c in (2, 3)] == [
+        ("cpu-avx2", "onnxruntime", 4, "queued"), ("node-b", "onnxruntime", 4, "queued")]

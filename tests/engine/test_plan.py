@@ -68,3 +68,12 @@ def test_settings_round_trip_and_validation() -> None:
         StudySettings(threads=0)
     with pytest.raises(UserError, match="memory-limit"):
         StudySettings(memory_limit_mb=1)
+
+
+def test_default_runtimes_are_those_that_run_the_models_format() -> None:
+    from engine.plan import runtimes_for
+
+    everything = ["torch", "torchscript", "onnxruntime", "openvino", "tensorflow"]
+    assert runtimes_for("onnx", everything) == ["onnxruntime", "openvino"]
+    assert "tensorflow" not in runtimes_for("hf", everything) and "torch" in runtimes_for("hf", everything)
+    assert runtimes_for("onnx", ["torch"]) == ["torch"]  # none fits: all kept, and the cells say why

@@ -58,7 +58,7 @@ def test_the_serving_migration_goes_down_and_up(database: str) -> None:
     with engine.connect() as conn, conn.begin():
         config = db.alembic_config(engine)
         config.attributes["connection"] = conn
-        command.downgrade(config, "0004")
+        command.downgrade(config, "0005_ray")
     assert not {"serving_runs", "serving_levels"} & set(inspect(engine).get_table_names())
     db.upgrade(engine)
     assert {"serving_runs", "serving_levels"} <= set(inspect(engine).get_table_names())

@@ -1,7 +1,7 @@
 """serving results: serving_runs (one serve-bench of a study's cell) and serving_levels (one load level each)
 
-Revision ID: 0005
-Revises: 0004
+Revision ID: 0006
+Revises: 0005_ray
 Create Date: 2026-12-16 09:00:00.000000
 """
 from collections.abc import Sequence
@@ -10,8 +10,8 @@ import sqlalchemy as sa
 from alembic import op
 
 
-revision: str = '0005'
-down_revision: str | None = '0004'
+revision: str = '0006'
+down_revision: str | None = '0005_ray'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

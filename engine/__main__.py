@@ -282,6 +282,62 @@ def cmd_deploy(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def _add_serve_bench(sub: Any) -> None:
+    p = sub.add_parser("serve-bench", help="measure a cell's FastAPI server under load: throughput and tail latency "
+                                           "per concurrency level, with or without dynamic batching")
+    p.add_argument("study_id", type=int, help="the study's id (the last line of `bench`, or the dashboard)")
+    p.add_argument("--cell", type=int, default=None,
+                   help="the cell's number (default: the recommended cell, as `deploy` picks it)")
+    p.add_argument("--url", default=None,
+                   help="a running server of the cell (e.g. http://127.0.0.1:8000) instead of starting its bundle here")
+    p.add_argument("--concurrency", default="1,4,16",
+                   help="comma-separated closed-loop levels: requests kept in flight (default 1,4,16)")
+    p.add_argument("--duration", type=float, default=10.0, help="seconds per level (default 10)")
+    p.add_argument("--rate", default=None,
+                   help="comma-separated open-loop levels: Poisson arrivals per second, latency from each request's "
+                        "intended start (default: none)")
+    p.add_argument("--max-batch", type=int, default=None,
+                   help="start the server with dynamic batching of up to this many samples (default: off)")
+    p.add_argument("--max-delay-ms", type=float, default=None,
+                   help="with --max-batch: how long a request waits for others (default 2 ms)")
+    p.add_argument("--windows", type=int, default=5,
+                   help="windows per level; stable when the last 3 agree within 10%% (default 5)")
+    p.add_argument("--warmup", type=int, default=10, help="requests before each level, not recorded (default 10)")
+    p.add_argument("--json", dest="json_out", help="also write the run as JSON to this file")
+
+
+def _numbers(text: str | None, kind: Any, flag: str) -> tuple[Any, ...]:
+    if not text:
+        return ()
+    try:
+        return tuple(kind(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise UserError(f"{flag} takes comma-separated numbers, got '{text}'") from None
+
+
+def cmd_serve_bench(args: argparse.Namespace, out: TextIO) -> int:
+    """The cell's server under load; the run is stored as serving results of the cell."""
+    from engine.deploy.serve_bench import ServeBenchConfig, serve_bench
+    from engine.report.serving import batching_label
+
+    try:
+        config = ServeBenchConfig(
+            args.study_id, cell=args.cell, url=args.url, concurrency=_numbers(args.concurrency, int, "--concurrency"),
+            duration_s=args.duration, rates=_numbers(args.rate, float, "--rate"), max_batch=args.max_batch,
+            max_delay_ms=args.max_delay_ms, windows=args.windows, warmup=args.warmup)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    run = serve_bench(config, progress=out)
+    where = run["url"] or "its bundle started here"
+    print(f"serving run {run['id']} of cell {run['cell']} of study {run['study']} ({where}, "
+          f"{batching_label(run['max_batch'], run['max_delay_ms'])}) stored; the Serving page and the HTML report "
+          "show it", file=out)
+    if args.json_out:
+        _write_text(Path(args.json_out), json.dumps(run, indent=1) + "\n")
+        print(f"serving JSON written to {args.json_out}", file=out)
+    return 0
+
+
 def cmd_report(args: argparse.Namespace, out: TextIO) -> int:
     from engine.report.source import load_report
 
@@ -554,10 +610,12 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
                    help="the cell's number (the # column; default: the recommended cell, as the Results page picks it)")
     p.add_argument("--target", required=True, help="fastapi, triton or hf-endpoint")
     p.add_argument("--out", required=True, help="the bundle's folder: new, empty, or a previous bundle to replace")
+    _add_serve_bench(sub)
     args = parser.parse_args(argv)
     commands = {"bench": cmd_bench, "runtimes": cmd_runtimes, "demo": cmd_demo, "worker": cmd_worker,
                 "report": cmd_report, "explain": cmd_explain, "deploy": cmd_deploy,
                 "worker-node": cmd_worker_node}
+    commands["serve-bench"] = cmd_serve_bench
     try:
         return commands[args.command](args, out)
     except UserError as exc:

@@ -13,5 +13,6 @@ PAGES: list[tuple[str, str, str]] = [
     ("benchmark.py", "Benchmark", ":material/speed:"),
     ("results.py", "Results", ":material/insights:"),
     ("compare.py", "Compare", ":material/compare_arrows:"),
+    ("serving.py", "Serving", ":material/dns:"),
     ("system.py", "System", ":material/memory:"),
 ]

@@ -257,3 +257,44 @@ class Worker(Base):
     current_job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
     heartbeat_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ServingRun(Base):
+    """One `serve-bench` of a study's cell: the server it drove (a local bundle or a URL) and its batching."""
+
+    __tablename__ = "serving_runs"
+    __table_args__ = _NEVER_REUSE_IDS
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), index=True)
+    cell: Mapped[int] = mapped_column(Integer)
+    target: Mapped[str] = mapped_column(String(16))  # "local" (the cell's bundle started here) or "url"
+    url: Mapped[str | None] = mapped_column(String(1000))  # the server's address when target is "url"
+    # None: unknown (a server at a URL that does not state them)
+    max_batch: Mapped[int | None] = mapped_column(Integer)
+    max_delay_ms: Mapped[float | None] = mapped_column(Float)
+    settings: Mapped[dict[str, Any]] = mapped_column(JSON)  # duration, windows, warm-up, inputs, machine load
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    levels: Mapped[list[ServingLevel]] = relationship(cascade="all, delete-orphan", passive_deletes=True,
+                                                      order_by="ServingLevel.position")
+
+
+class ServingLevel(Base):
+    """One load level of a serving run: a concurrency (closed loop) or an arrival rate (open loop)."""
+
+    __tablename__ = "serving_levels"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("serving_runs.id", ondelete="CASCADE"), index=True)
+    position: Mapped[int] = mapped_column(Integer)
+    mode: Mapped[str] = mapped_column(String(16))  # "closed" or "open"
+    concurrency: Mapped[int | None] = mapped_column(Integer)
+    rate_rps: Mapped[float | None] = mapped_column(Float)
+    requests: Mapped[int] = mapped_column(Integer)
+    errors: Mapped[int] = mapped_column(Integer)
+    throughput_rps: Mapped[float | None] = mapped_column(Float)
+    items_per_s: Mapped[float | None] = mapped_column(Float)
+    p50_ms: Mapped[float | None] = mapped_column(Float)
+    p90_ms: Mapped[float | None] = mapped_column(Float)
+    p99_ms: Mapped[float | None] = mapped_column(Float)
+    stable: Mapped[bool] = mapped_column()
+    extra: Mapped[dict[str, Any]] = mapped_column(JSON)  # windows, batch sizes, mean latency, error examples

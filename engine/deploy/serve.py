@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from engine.deploy.served_model import InputError, ServedModel, check_inputs, merge, rows, signature, split, to_json
 
@@ -48,6 +48,11 @@ class Metrics:
                                  registry=self.registry)
         self.batch_size = Histogram("serve_batch_size", "Samples per runtime call (dynamic batching merges "
                                     "concurrent requests)", buckets=BATCH_BUCKETS, registry=self.registry)
+        # the batching in force, so a load generator pointed at this server can say what it measured
+        self.max_batch = Gauge("serve_max_batch", "Dynamic batching: most samples per runtime call (1: off)",
+                               registry=self.registry)
+        self.max_delay = Gauge("serve_max_delay_seconds", "Dynamic batching: how long a request waits for others",
+                               registry=self.registry)
 
 
 @dataclass
@@ -155,6 +160,8 @@ def create_app(folder: str | Path = HERE, *, max_batch: int = 1, max_delay_ms: f
         if max_batch > 1 and not batching:
             print(f"warning: the model's batch is fixed at {model.fixed_batch}: dynamic batching is off",
                   file=sys.stderr, flush=True)
+        metrics.max_batch.set(max_batch if batching else 1)
+        metrics.max_delay.set(max_delay_ms / 1000.0 if batching else 0.0)
         if batching:
             batcher = Batcher(infer, max_batch, max_delay_ms / 1000.0)
             state["batcher"] = batcher
@@ -234,6 +241,9 @@ def main(argv: list[str] | None = None) -> int:
                              "(default 1: off)")
     parser.add_argument("--max-delay-ms", type=float, default=2.0,
                         help="dynamic batching: how long a request waits for others (default 2 ms)")
+    parser.add_argument("--access-log", action="store_true",
+                        help="log one line per request (default off: /metrics counts them, and the lines cost about a "
+                             "sixth of the server's CPU per request)")
     parser.add_argument("--threads", type=int, default=None,
                         help="the runtime's intra-op threads (default: what the cell was measured with)")
     args = parser.parse_args(argv)
@@ -243,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     # uvicorn shuts down gracefully on SIGTERM, then raises the signal again for the handler it found: with this
     # one the process ends with 0 after that clean shutdown rather than be killed by the re-raised signal
     signal.signal(signal.SIGTERM, lambda signum, frame: None)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info", access_log=args.access_log)
     return 0
 
 

@@ -208,6 +208,26 @@ def _why_section(report: dict[str, Any], shipped: int | None) -> list[str]:
     return parts
 
 
+def _serving_section(report: dict[str, Any]) -> list[str]:
+    """"Serving": each served cell's latency against throughput, one line per `serve-bench` run, and the levels."""
+    from engine.report import serving
+
+    frame = serving.serving_frame(report)
+    if frame.empty:
+        return []
+    parts = ["<h2>Serving</h2>",
+             "<p>Each cell's FastAPI server under load (<code>python -m engine serve-bench</code>): p50 and p99 "
+             "latency against throughput, one line per run with its dynamic batching, one point per load level. "
+             "A level is stable when its last 3 windows' throughput and p99 agree within 10%.</p>"]
+    for cell in serving.served_cells(report):
+        levels = frame[frame["cell"] == cell]
+        label = serving.cell_label(report, cell)
+        parts += [f"<h3>{e(label)}</h3>",
+                  _figure(serving.latency_vs_throughput(levels, f"Serving {label}"), f"chart-serving-{cell}"),
+                  _table(levels.drop(columns=["cell"]), serving.TABLE_COLUMNS, table_id=f"serving-{cell}")]
+    return parts
+
+
 def study_html(report: dict[str, Any], constraints: Constraints | None = None) -> str:
     """The Results page of one study as a standalone HTML document."""
     study = report["study"]
@@ -267,6 +287,7 @@ def study_html(report: dict[str, Any], constraints: Constraints | None = None) -
                       _table(front, front_columns, table_id=f"pareto-b{int(batch)}",
                              highlight=int(best["cell"]) if best is not None else None)]
     parts += _why_section(report, int(best["cell"]) if best is not None else None)
+    parts += _serving_section(report)
     parts += ["<h2>Study settings</h2>", _pairs(_study_facts(study), "settings"),
               "<h2>Environment</h2>", _environments(report.get("environment"), "environment")]
     compact = tables.shareable(report, samples=False)

@@ -11,6 +11,7 @@ from engine.errors import UserError
 from engine.report.speedups import add_speedups
 from engine.results import CellResult
 from storage import results as stored
+from storage import serving
 
 
 def with_speedups(rows: list[dict[str, Any]]) -> list[CellResult]:
@@ -26,9 +27,10 @@ def study_results(s: Session, study_id: int) -> list[CellResult]:
 
 
 def results_json(s: Session, study_id: int, with_samples: bool = False) -> dict[str, Any]:
-    """The study's results JSON; KeyError when no study has this id."""
+    """The study's results JSON, with its serving runs under `serving`; KeyError when no study has this id."""
     data = stored.study_json(s, study_id, with_samples=with_samples)
     data["results"] = [row.to_json() for row in with_speedups(data["results"])]
+    data["serving"] = serving.study_serving(s, study_id)  # `serve-bench` runs of its cells, oldest first
     if with_samples:  # asked for: null where a cell has none, never a missing key
         for row_json in data["results"]:
             row_json.setdefault("samples_ms", None)

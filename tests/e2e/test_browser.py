@@ -124,9 +124,9 @@ def test_a_page_url_opened_first_on_a_fresh_server_gets_the_apps_navigation(dash
         page.goto(f"{dashboard}/results")
         expect(page.get_by_role("heading", name="Results")).to_be_visible()
         links = page.locator("[data-testid=stSidebarNav] a")
-        expect(links).to_have_count(6)
+        expect(links).to_have_count(7)
         labels = [text.split("\n")[-1] for text in links.all_inner_texts()]
-        assert labels == ["Home", "Models", "Benchmark", "Results", "Compare", "System"]
+        assert labels == ["Home", "Models", "Benchmark", "Results", "Compare", "Serving", "System"]
         browser.close()  # type: ignore[attr-defined]
 
 
@@ -229,3 +229,34 @@ def test_an_open_tab_costs_the_dashboard_almost_no_cpu(dashboard: str) -> None:
         used = sum(process.cpu_times()[:2]) - before
         browser.close()  # type: ignore[attr-defined]
     assert used < 0.5, f"the dashboard used {used:.2f} s of CPU in 10 s with one idle tab"
+
+
+def test_the_serving_page_of_a_served_study_draws_its_chart(dashboard: str) -> None:
+    """A study with two serve-bench runs (with and without batching, stored as serve-bench stores them): the
+    Serving page draws their latency against throughput."""
+    from playwright.sync_api import expect, sync_playwright
+
+    from storage import serving
+    from storage.db import session
+    from tests.storage.helpers import make_study
+
+    study = make_study(1, name="served")
+    for max_batch in (1, 8):
+        levels = [{"mode": "closed", "concurrency": c, "requests": 100 * c, "errors": 0,
+                   "throughput_rps": 100.0 * c * (1 + (max_batch > 1)), "items_per_s": 100.0 * c,
+                   "latency_ms": {"p50": 1.0 + c, "p90": 2.0 + c, "p99": 3.0 + c}, "stable": True,
+                   "batch_sizes": {"1": 100}, "mean_batch": 1.0} for c in (1, 4, 16)]
+        with session() as s:
+            serving.add_serving_run(s, {"study": study, "cell": 0, "target": "local", "max_batch": max_batch,
+                                        "max_delay_ms": 5.0 if max_batch > 1 else 0.0, "settings": {},
+                                        "levels": levels})
+    with sync_playwright() as pw:
+        browser = _browser(pw)
+        page = browser.new_page(viewport={"width": 1300, "height": 900})  # type: ignore[attr-defined]
+        page.set_default_timeout(60_000)
+        page.goto(f"{dashboard}/serving")
+        expect(page.get_by_role("heading", name="Serving")).to_be_visible()
+        page.wait_for_function("document.querySelectorAll('.js-plotly-plot .scatterlayer .trace').length >= 4",
+                               timeout=60_000)
+        expect(page.get_by_text("run 2: batch ≤ 8 within 5 ms · p99").first).to_be_visible()
+        browser.close()  # type: ignore[attr-defined]

@@ -46,6 +46,12 @@ def test_every_page_renders(page: str, title: str, data_dir: Path) -> None:
     assert titles and (titles[0] == title or (page == "home.py" and titles[0] == "Paretoscope")), titles
 
 
+def test_serving_page_without_serving_results_says_how_to_get_them(data_dir: Path) -> None:
+    at = visit("serving.py")
+    assert not at.get("plotly_chart")
+    assert len(at.info) == 1 and "has no serving results" in at.info[0].value and "serve-bench" in at.info[0].value
+
+
 def values(data: object) -> list:  # type: ignore[type-arg]
     """A Plotly trace array: a list, or {"dtype", "bdata"} (base64) as Plotly 6 writes numpy arrays."""
     if isinstance(data, dict) and "bdata" in data:

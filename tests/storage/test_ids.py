@@ -92,7 +92,7 @@ def test_every_sqlite_table_with_a_counter_keeps_autoincrement_at_head(monkeypat
     compare it."""
     monkeypatch.delenv("PARETOSCOPE_DATABASE_URL", raising=False)
     with session(write=False) as s:
-        for table in ("models", "datasets", "variants", "studies", "jobs", "results"):
+        for table in ("models", "datasets", "variants", "studies", "jobs", "results", "serving_runs"):
             sql = s.scalar(text("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = :n"), {"n": table})
             assert "AUTOINCREMENT" in sql, table
             assert Base.metadata.tables[table].dialect_options["sqlite"]["autoincrement"], table

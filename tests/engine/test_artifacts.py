@@ -457,7 +457,8 @@ def test_hf_zip_without_weights(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("case", "match"),
     [
-        ("remote-code", r"config.json cannot be read by transformers \(.*evilnet.*\); save it with save_pretrained"),
+        ("remote-code", r"architecture \(evilnet\) is defined by its own Python code \(auto_map / \*.py\), which "
+                        r"Paretoscope never runs"),
         ("garbage-weights", r"cannot be built from its safetensors \(.*header.*\); save it again with save_pretrained"),
         ("truncated-weights", r"cannot be built from its safetensors"),
         ("zero-vocab", r"config.json has vocab_size 0; it must be a positive integer"),

@@ -32,8 +32,15 @@ def _other_value(owner: type, field: dataclasses.Field[Any]) -> Any:
     default: Any = field.default
     if hint is bool:
         return not default
-    if hint is int:
-        return default - 1 if default > 1 else default + 1
+    if hint is int:  # the first neighbour the config accepts (a group size takes powers of two only)
+        for candidate in (default - 1, default + 1, default // 2, default * 2):
+            if candidate > 0 or default <= 0:
+                try:
+                    owner(**{field.name: candidate})
+                except ValueError:
+                    continue
+                return candidate
+        raise AssertionError(f"no other valid value for {owner.__name__}.{field.name}")
     if hint is float:
         return default - 0.5 if default > 0.5 else (default / 2 if default > 0 else 0.25)  # 0.0 means "auto"
     if get_origin(hint) is Literal:

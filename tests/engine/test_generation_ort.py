@@ -131,7 +131,6 @@ def test_generation_study_on_onnxruntime_through_the_cli(llama16: Path, tmp_path
                  str(NEW_TOKENS), "--generations", "2", "--batch-sizes", "2", "--runtimes", "onnxruntime",
                  "--variants", "baseline,int4-weight-only:group_size=32", "--json", str(out_json)], out=out)
     assert code == 0, out.getvalue()
-    print(out.getvalue())
     rows = {(r["variant"], r["runtime"]): r for r in json.loads(out_json.read_text())["results"]}
     for variant in ("baseline", "int4-weight-only:group_size=32"):
         row = rows[(variant, "onnxruntime")]

@@ -278,8 +278,11 @@ def run_cell(model: Artifact, cell: Cell, settings: StudySettings, prompts: Toke
         **summary, "prompt_len": prompt_len, "new_tokens": gen.new_tokens,
         # the builder keeps the KV cache in fp32 on the CPU, whatever the weights' precision
         "kv_cache_bytes_per_token": kv_cache_bytes_per_token(config, 4), "kv_cache_dtype_bytes": 4,
-        "perplexity": perplexity, "reference_perplexity": reference["perplexity"],
-        "perplexity_increase": perplexity / reference["perplexity"] - 1.0,
+        # a reference without perplexity (random ids: no tokenizer) gives none here either
+        "perplexity": perplexity if reference["perplexity"] is not None else None,
+        "reference_perplexity": reference["perplexity"],
+        "perplexity_increase": (perplexity / reference["perplexity"] - 1.0
+                                if reference["perplexity"] is not None else None),
         "next_token_agreement": agree,
         "timer": "perf_counter around each generate_next_token() (CPU)",
     }

@@ -15,7 +15,7 @@ from typing import Any
 from engine.artifacts import Artifact
 from engine.errors import UserError
 from engine.executors.tasks import ProgressFn
-from engine.generation import fidelity
+from engine.generation import fidelity, ort_genai
 from engine.generation.prompts import EVAL_TEXT, PROMPT_TEXT, TokenSource, bundled_text, load_tokenizer
 from engine.generation.settings import kv_cache_bytes_per_token
 from engine.measure import memory
@@ -94,6 +94,10 @@ def run_cell(study_dir: Path, model: Artifact, cell: Cell, settings: StudySettin
     gen = settings.generation
     if gen is None:
         raise UserError("the study has no generation settings")
+    if cell.runtime == ort_genai.RUNTIME:  # ONNX Runtime generates through onnxruntime-genai
+        reference = json.loads((study_dir / REFERENCE_FILE).read_text())
+        return ort_genai.run_cell(model, cell, settings, _source(model, bundled_text(PROMPT_TEXT)), reference,
+                                  progress)
     prompt_len = gen.prompt_len_of(cell.index)
     torch.set_num_threads(settings.threads)
     opened = open_cell(model, cell, settings, data_path, progress)

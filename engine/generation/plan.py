@@ -6,6 +6,7 @@ from dataclasses import replace
 
 from engine.artifacts import Artifact
 from engine.errors import UserError
+from engine.generation import ort_genai
 from engine.generation.settings import GENERATING_RUNTIMES, GenerationSettings, is_generative
 from engine.optimizations.base import Chain
 from engine.optimizations.build import not_applicable_reason
@@ -16,15 +17,16 @@ from engine.runtimes import get as get_runtime
 
 # Why a runtime that does not generate here is a row: the maintained path each would need, and its state.
 _RUNTIME_REASONS = {
-    "onnxruntime": "generation on ONNX Runtime needs onnxruntime-genai and its model builder, which are not "
-                   "installed (pip install onnxruntime-genai; not part of requirements.txt yet)",
+    # the CPU `onnxruntime` generates through onnxruntime-genai (ort_genai.py); its CUDA build is another package
+    "onnxruntime": "generation on ONNX Runtime runs on its CPU provider, as the runtime onnxruntime, through "
+                   "onnxruntime-genai; its CUDA build (onnxruntime-genai-cuda) is not installed",
     "openvino": "generation on OpenVINO needs optimum-intel (OVModelForCausalLM), which is not installed",
 }
 
 
 def runtime_reason(runtime_id: str) -> str | None:
     """Why a runtime does not generate (None: it does, through transformers' generate())."""
-    if runtime_id in GENERATING_RUNTIMES:
+    if runtime_id in GENERATING_RUNTIMES or runtime_id == ort_genai.RUNTIME:
         return None
     for prefix, reason in _RUNTIME_REASONS.items():
         if runtime_id.startswith(prefix):
@@ -34,6 +36,8 @@ def runtime_reason(runtime_id: str) -> str | None:
 
 def chain_reason(model: Artifact, chain: Chain, runtime_id: str) -> tuple[str, str] | None:
     """(status, reason) when the chain cannot generate on this runtime; None when it can."""
+    if runtime_id == ort_genai.RUNTIME:
+        return ort_genai.plan_reason(model, chain)
     runtime = get_runtime(runtime_id)
     for step in chain.steps:
         needs = step.opt.torch_devices

@@ -107,6 +107,39 @@ def timed_generation(model: Any, input_ids: Any, attention_mask: Any, new_tokens
     return timed
 
 
+def timed_genai_generation(model: Any, input_ids: np.ndarray, new_tokens: int) -> tuple[Timed, np.ndarray]:
+    """One greedy generation of `new_tokens` tokens by onnxruntime-genai's Generator, stamped token by token, and
+    the sequences it made ([batch, prompt + new_tokens]).
+
+    The clock starts before the Generator is made (it allocates the KV cache, as generate() does inside).
+    append_tokens() runs the prefill; each generate_next_token() picks a token from the latest logits, running the
+    model on the previous token first from the second call on, so the first stamp is the time to first token and
+    each later one a decode step, as in the LogitsProcessor clock. min_length = max_length ignores EOS.
+    """
+    import onnxruntime_genai as og
+
+    batch, prompt = input_ids.shape
+    params = og.GeneratorParams(model)
+    # random_seed: greedy decoding draws nothing, and without a seed each Generator seeds itself from
+    # std::random_device, which costs 14 ms of CPU per generation on a virtual machine whose RDSEED is slow
+    params.set_search_options(max_length=prompt + new_tokens, min_length=prompt + new_tokens, do_sample=False,
+                              num_beams=1, batch_size=batch, random_seed=0)
+    tokens = np.ascontiguousarray(input_ids, dtype=np.int32)
+    marks: list[float] = []
+    start = time.perf_counter()
+    generator = og.Generator(model, params)
+    generator.append_tokens(tokens)
+    for _ in range(new_tokens):
+        generator.generate_next_token()
+        marks.append(time.perf_counter())
+    end = time.perf_counter()
+    sequences = np.stack([np.asarray(generator.get_sequence(i)) for i in range(batch)])
+    if sequences.shape != (batch, prompt + new_tokens):
+        raise RuntimeError(f"onnxruntime-genai made sequences of shape {sequences.shape}; "
+                           f"{(batch, prompt + new_tokens)} were asked")
+    return Timed(tuple((m - start) * 1e3 for m in marks), (end - start) * 1e3), sequences
+
+
 def percentiles(values: list[float]) -> dict[str, float | None]:
     array = np.asarray(values, dtype=np.float64)
     out: dict[str, float | None] = {}

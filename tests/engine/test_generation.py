@@ -12,42 +12,15 @@ from typing import Any
 import pytest
 
 from engine.errors import UserError
+from tests.engine.tiny_llama import save_tiny_llama, write_zip
 
 NEW_TOKENS = 4
-
-
-def _write_zip(folder: Path, archive: Path) -> Path:
-    with zipfile.ZipFile(archive, "w") as out:
-        for path in sorted(folder.iterdir()):
-            out.write(path, f"{folder.name}/{path.name}")
-    return archive
 
 
 @pytest.fixture(scope="module")
 def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-layer Llama (hidden 32, GQA 4/2 heads) saved with safetensors and its tokenizer, zipped."""
-    import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    from engine.generation.prompts import PROMPT_TEXT, bundled_text
-
-    root = tmp_path_factory.mktemp("llama")
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    bpe.train_from_iterator([bundled_text(PROMPT_TEXT)], trainers.BpeTrainer(
-        vocab_size=320, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False))
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>")
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64, eos_token_id=0,
-                         bos_token_id=0, architectures=["LlamaForCausalLM"])
-    torch.manual_seed(0)
-    folder = root / "tiny-llama"
-    LlamaForCausalLM(config).eval().save_pretrained(folder, safe_serialization=True)
-    tokenizer.save_pretrained(folder)
-    return _write_zip(folder, root / "tiny-llama.zip")
+    return save_tiny_llama(tmp_path_factory.mktemp("llama"))
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +58,7 @@ def test_intake_refuses_remote_code_and_pickles(tiny_llama: Path, tmp_path: Path
     (custom / "modeling_my.py").write_text("import os\n")
     (custom / "model.safetensors").write_bytes(files["model.safetensors"])
     with pytest.raises(UserError) as refused:
-        intake(_write_zip(custom, tmp_path / "custom.zip"))
+        intake(write_zip(custom, tmp_path / "custom.zip"))
     assert "never runs" in str(refused.value) and "\n" not in str(refused.value)
 
     pickled = tmp_path / "pickled"
@@ -93,7 +66,7 @@ def test_intake_refuses_remote_code_and_pickles(tiny_llama: Path, tmp_path: Path
     (pickled / "config.json").write_bytes(files["config.json"])
     (pickled / "pytorch_model.bin").write_bytes(b"\x80\x04not loaded")
     with pytest.raises(UserError) as refused:
-        intake(_write_zip(pickled, tmp_path / "pickled.zip"))
+        intake(write_zip(pickled, tmp_path / "pickled.zip"))
     assert "pickled" in str(refused.value) and "\n" not in str(refused.value)
 
 

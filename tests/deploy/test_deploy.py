@@ -299,6 +299,27 @@ def test_cli_errors_are_one_line(seeded: Seeded, data_dir: Path, tmp_path: Path,
     assert json.loads((tmp_path / "b" / "bundle.json").read_text())["recommended"] is True
 
 
+def test_a_redeploy_replaces_only_the_bundles_own_files(seeded: Seeded, data_dir: Path, tmp_path: Path) -> None:
+    """Deploying over a previous bundle (a cloned Hub repository, say) keeps what the bundle did not write."""
+    deployed = load_deploy_cell(seeded.study, cell_of(seeded.study, "onnxruntime"))
+    out = tmp_path / "repo"
+    write_bundle(deployed, "hf-endpoint", out)
+    (out / ".git").mkdir()
+    (out / ".git" / "config").write_text("[core]\n")
+    (out / "notes.md").write_text("mine")
+    (out / "model" / "LICENSE").write_text("mine too")
+    (out / "README.md").write_text("edited")  # the bundle's own file: replaced
+    write_bundle(deployed, "fastapi", out)
+    files = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
+    assert files == {".git/config", "notes.md", "model/LICENSE", "serve.py", "served_model.py", "requirements.txt",
+                     "Dockerfile", "README.md", "spec.json", "bundle.json", "example.json", "model/model.onnx"}
+    assert "handler.py" not in files  # the previous bundle's, which this one does not write
+    assert (out / ".git" / "config").read_text() == "[core]\n" and (out / "notes.md").read_text() == "mine"
+    assert (out / "README.md").read_text() != "edited"
+    assert json.loads((out / "bundle.json").read_text())["files"] == sorted(files - {".git/config", "notes.md",
+                                                                                     "model/LICENSE"})
+
+
 def test_deploy_panel_offers_the_targets(seeded: Seeded, data_dir: Path) -> None:
     from streamlit.testing.v1 import AppTest
 

@@ -103,7 +103,9 @@ Outputs:
 
 A request whose inputs the model cannot take (a wrong or missing name, a dtype, a rank or a fixed size that differs,
 a dynamic axis of two sizes) gets 422 with a one-line reason in `detail`. Inference runs on one worker thread, one
-call at a time; with `--max-batch` concurrent requests of one shape are merged into one call. `--threads` sets the
+call at a time; with `--max-batch` concurrent requests of one shape are merged into one call where axis 0 is a
+batch of independent samples (the start-up log says when it is not, and requests then run one at a time). A token id
+outside the vocabulary gets 422; a body over `--max-body-mb` (default 64) gets 413. `--threads` sets the
 runtime's threads (default {deployed.threads or "the runtime's"}, as measured); `--access-log` logs a line per request
 (`/metrics` counts them either way). SIGTERM stops the server cleanly.
 

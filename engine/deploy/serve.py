@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import signal
 import sys
@@ -24,6 +25,7 @@ from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -33,6 +35,7 @@ HERE = Path(__file__).resolve().parent
 # Tests only: the model loads once this file exists, so /healthz answers 503 for as long as a test needs.
 WAIT_FOR_ENV = "PARETOSCOPE_SERVE_LOAD_AFTER"
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+DEFAULT_MAX_BODY_MB = 64.0
 
 
 class Metrics:
@@ -42,14 +45,16 @@ class Metrics:
         self.registry = CollectorRegistry()
         self.requests = Counter("serve_requests", "Prediction requests by HTTP status code", ["code"],
                                 registry=self.registry)
-        self.errors = Counter("serve_errors", "Failed prediction requests by kind (input, not_ready, inference)",
+        self.errors = Counter("serve_errors", "Failed prediction requests by kind (input, too_large, not_ready, "
+                              "inference)",
                               ["kind"], registry=self.registry)
         self.latency = Histogram("serve_request_latency_seconds", "Prediction request latency, body read to reply",
                                  registry=self.registry)
         self.batch_size = Histogram("serve_batch_size", "Samples per runtime call (dynamic batching merges "
                                     "concurrent requests)", buckets=BATCH_BUCKETS, registry=self.registry)
         # the batching in force, so a load generator pointed at this server can say what it measured
-        self.max_batch = Gauge("serve_max_batch", "Dynamic batching: most samples per runtime call (1: off)",
+        self.max_batch = Gauge("serve_max_batch", "Dynamic batching: most samples per runtime call (1: off, or "
+                               "refused because axis 0 is not a batch of independent samples)",
                                registry=self.registry)
         self.max_delay = Gauge("serve_max_delay_seconds", "Dynamic batching: how long a request waits for others",
                                registry=self.registry)
@@ -110,20 +115,56 @@ class Batcher:
             total += item.rows
 
     async def _run(self, group: list[_Pending]) -> None:
-        sizes = [item.rows for item in group]
-        try:
-            outputs = await self.infer(merge([item.feeds for item in group]) if len(group) > 1 else group[0].feeds)
-            parts = split(outputs, sizes) if len(group) > 1 else [outputs]
-            if parts is None:  # an output without the batch axis first: run them one by one
-                parts = [await self.infer(item.feeds) for item in group]
-        except Exception as exc:  # noqa: BLE001 - each waiting request gets the runtime's error as its reply
-            for item in group:
+        if len(group) > 1:
+            try:
+                outputs = await self.infer(merge([item.feeds for item in group]))
+            except Exception:  # noqa: BLE001 - one request's values may have failed the call: each runs alone below
+                parts = None
+            else:
+                parts = split(outputs, [item.rows for item in group])
+            if parts is not None:
+                for item, part in zip(group, parts, strict=True):
+                    if not item.done.done():
+                        item.done.set_result(part)
+                return
+        # alone, or after a merged call that failed: each request gets its own outputs or its own error
+        for item in group:
+            try:
+                outputs = await self.infer(item.feeds)
+            except Exception as exc:  # noqa: BLE001 - the runtime's error is this request's reply
                 if not item.done.done():
                     item.done.set_exception(exc)
-            return
-        for item, part in zip(group, parts, strict=True):
+                continue
             if not item.done.done():
-                item.done.set_result(part)
+                item.done.set_result(outputs)
+
+
+async def _read_body(request: Request, limit: int) -> bytes | None:
+    """The request's body, or None once it is over `limit` bytes: by its Content-Length before reading, else counted
+    while reading, so a client cannot make the server hold more."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _parse(body: bytes, inputs: list[Any]) -> dict[str, np.ndarray]:
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        raise InputError("the body is not JSON") from None
+    return check_inputs(payload, inputs)
+
+
+def _reply(outputs: dict[str, np.ndarray]) -> JSONResponse:
+    return JSONResponse({"outputs": to_json(outputs)})  # renders the JSON as it is built
 
 
 def _one_line(exc: BaseException) -> str:
@@ -132,10 +173,12 @@ def _one_line(exc: BaseException) -> str:
 
 
 def create_app(folder: str | Path = HERE, *, max_batch: int = 1, max_delay_ms: float = 0.0,
-               threads: int | None = None) -> FastAPI:
+               threads: int | None = None, max_body_mb: float = DEFAULT_MAX_BODY_MB) -> FastAPI:
     """The bundle's app. The model loads in the background at start-up (FastAPI's lifespan); every inference runs
-    on one worker thread, one at a time, never on the event loop."""
+    on one worker thread, one at a time, and parsing, checking and writing JSON on others: never on the event
+    loop."""
     folder = Path(folder)
+    max_body = int(max_body_mb * 1024 * 1024)
     metrics = Metrics()
     state: dict[str, Any] = {"model": None, "error": None, "batcher": None}
     # one thread: loading and every inference run there, one at a time, and the event loop stays free
@@ -156,10 +199,13 @@ def create_app(folder: str | Path = HERE, *, max_batch: int = 1, max_delay_ms: f
             state["error"] = _one_line(exc)
             print(f"error: the model did not load: {state['error']}", file=sys.stderr, flush=True)
             return
-        batching = max_batch > 1 and model.fixed_batch is None
-        if max_batch > 1 and not batching:
-            print(f"warning: the model's batch is fixed at {model.fixed_batch}: dynamic batching is off",
-                  file=sys.stderr, flush=True)
+        refusal = None
+        if max_batch > 1:
+            refusal = await asyncio.get_running_loop().run_in_executor(executor, model.batching_refusal)
+        batching = max_batch > 1 and refusal is None
+        if refusal is not None:
+            print(f"warning: dynamic batching is off, requests run one at a time: {refusal}", file=sys.stderr,
+                  flush=True)
         metrics.max_batch.set(max_batch if batching else 1)
         metrics.max_delay.set(max_delay_ms / 1000.0 if batching else 0.0)
         if batching:
@@ -205,13 +251,14 @@ def create_app(folder: str | Path = HERE, *, max_batch: int = 1, max_delay_ms: f
             metrics.errors.labels("not_ready").inc()
             return JSONResponse({"detail": state["error"] or "the model is loading; poll GET /healthz"},
                                 status_code=503)
+        body = await _read_body(request, max_body)
+        if body is None:
+            metrics.errors.labels("too_large").inc()
+            return JSONResponse({"detail": f"the body is larger than {max_body_mb:g} MB (--max-body-mb); send fewer "
+                                 "samples per request"}, status_code=413)
         try:
-            payload = await request.json()
-        except ValueError:
-            metrics.errors.labels("input").inc()
-            return JSONResponse({"detail": "the body is not JSON"}, status_code=422)
-        try:
-            feeds = check_inputs(payload, model.inputs)
+            # parsing and converting a large body takes tens of milliseconds: on a thread, so /healthz still answers
+            feeds = await run_in_threadpool(_parse, body, model.inputs)
         except InputError as exc:
             metrics.errors.labels("input").inc()
             return JSONResponse({"detail": str(exc)}, status_code=422)
@@ -221,7 +268,7 @@ def create_app(folder: str | Path = HERE, *, max_batch: int = 1, max_delay_ms: f
         except Exception as exc:  # noqa: BLE001 - the runtime's refusal is the reply, the server goes on
             metrics.errors.labels("inference").inc()
             return JSONResponse({"detail": _one_line(exc)}, status_code=500)
-        return JSONResponse({"outputs": to_json(outputs)})
+        return await run_in_threadpool(_reply, outputs)
 
     @app.get("/metrics")
     async def prometheus() -> Response:
@@ -241,6 +288,8 @@ def main(argv: list[str] | None = None) -> int:
                              "(default 1: off)")
     parser.add_argument("--max-delay-ms", type=float, default=2.0,
                         help="dynamic batching: how long a request waits for others (default 2 ms)")
+    parser.add_argument("--max-body-mb", type=float, default=DEFAULT_MAX_BODY_MB,
+                        help=f"refuse request bodies larger than this with 413 (default {DEFAULT_MAX_BODY_MB:g} MB)")
     parser.add_argument("--access-log", action="store_true",
                         help="log one line per request (default off: /metrics counts them, and the lines cost about a "
                              "sixth of the server's CPU per request)")
@@ -249,7 +298,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.max_batch < 1 or args.max_delay_ms < 0 or (args.threads is not None and args.threads < 1):
         parser.error("--max-batch and --threads must be at least 1, --max-delay-ms at least 0")
-    app = create_app(HERE, max_batch=args.max_batch, max_delay_ms=args.max_delay_ms, threads=args.threads)
+    if args.max_body_mb <= 0:
+        parser.error("--max-body-mb must be more than 0")
+    app = create_app(HERE, max_batch=args.max_batch, max_delay_ms=args.max_delay_ms, threads=args.threads,
+                     max_body_mb=args.max_body_mb)
     # uvicorn shuts down gracefully on SIGTERM, then raises the signal again for the handler it found: with this
     # one the process ends with 0 after that clean shutdown rather than be killed by the re-raised signal
     signal.signal(signal.SIGTERM, lambda signum, frame: None)

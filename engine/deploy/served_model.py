@@ -32,6 +32,11 @@ class Tensor:
     name: str
     dtype: str
     shape: tuple[int | str, ...]
+    # half-open [low, high) outside which an integer value is invalid where the model says so (token ids: the
+    # embedding's rows): a request outside it is refused, not run into the runtime's error
+    bound: tuple[int, int] | None = None
+    # half-open [low, high) that synthesized values use (may be narrower than what the model takes): the probe's
+    value_range: tuple[int, int] | None = None
 
     def describe(self) -> str:
         return f"{self.name}: {self.dtype}[{', '.join(str(d) for d in self.shape)}]"
@@ -41,20 +46,33 @@ def read_spec(folder: Path) -> tuple[list[Tensor], list[Tensor]]:
     """The inputs and outputs the bundle's spec.json declares."""
     data = json.loads((folder / SPEC_FILE).read_text(encoding="utf-8"))
 
+    def pair(value: Any) -> tuple[int, int] | None:
+        return (int(value[0]), int(value[1])) if value else None
+
     def tensors(items: Any) -> list[Tensor]:
-        return [Tensor(str(t["name"]), str(t["dtype"]), tuple(t["shape"])) for t in items or []]
+        return [Tensor(str(t["name"]), str(t["dtype"]), tuple(t["shape"]), pair(t.get("bound")),
+                       pair(t.get("value_range"))) for t in items or []]
 
     return tensors(data["inputs"]), tensors(data.get("outputs"))
 
 
-def fixed_batch(inputs: list[Tensor]) -> int | None:
-    """The batch size the model fixes (every input's first axis the same number), or None when it is dynamic."""
-    firsts = {t.shape[0] for t in inputs if t.shape}
+def batch_axis_refusal(inputs: list[Tensor], outputs: list[Tensor]) -> str | None:
+    """Why requests cannot be stacked on axis 0 by the spec alone, or None: every input's first axis must be one
+    named dynamic axis, and every declared output's first axis that same one."""
+    firsts = {t.shape[0] if t.shape else None for t in inputs}
     first = firsts.pop() if len(firsts) == 1 else None
-    return first if isinstance(first, int) else None
+    if isinstance(first, int):
+        return f"the model's batch is fixed at {first}"
+    if not isinstance(first, str):
+        shown = ", ".join(f"{t.name} {t.shape[0] if t.shape else 'scalar'}" for t in inputs)
+        return f"the inputs' first axes are not one dynamic batch axis ({shown})"
+    for t in outputs:
+        if not t.shape or t.shape[0] != first:
+            return f"output '{t.name}' does not have the batch axis '{first}' first ({t.describe()})"
+    return None
 
 
-def _array(name: str, value: Any, dtype: str) -> np.ndarray:
+def _array(name: str, value: Any, dtype: str, bound: tuple[int, int] | None = None) -> np.ndarray:
     """A JSON value (nested lists) as an array of the input's dtype, refusing values that would change meaning."""
     try:
         raw = np.asarray(value)
@@ -73,6 +91,11 @@ def _array(name: str, value: Any, dtype: str) -> np.ndarray:
         info = np.iinfo(np.dtype(dtype))
         if raw.size and (int(raw.min()) < info.min or int(raw.max()) > info.max):
             raise InputError(f"input '{name}' has values outside {dtype}'s range [{info.min}, {info.max}]")
+        if bound is not None and raw.size:
+            outside = raw[(raw < bound[0]) | (raw >= bound[1])]
+            if outside.size:
+                raise InputError(f"input '{name}' has value {int(outside.flat[0])} outside [{bound[0]}, {bound[1]}), "
+                                 "the values the model takes")
         return raw.astype(dtype)
     if kind == "b":
         raise InputError(f"input '{name}' takes {dtype} values (numbers), got bool")
@@ -91,8 +114,9 @@ def _json_kind(raw: np.ndarray) -> str:
 def check_inputs(payload: Any, inputs: list[Tensor]) -> dict[str, np.ndarray]:
     """`{"inputs": {name: nested lists}}` checked against the spec and converted; InputError says what is wrong.
 
-    Every input is present and no other, each has the spec's dtype and rank, fixed axes have their size, and a
-    dynamic axis named in several inputs (the batch, a sequence length) has one size across them.
+    Every input is present and no other, each has the spec's dtype and rank, fixed axes have their size, a
+    dynamic axis named in several inputs (the batch, a sequence length) has one size across them, and integer
+    values lie inside the input's bound where the spec gives one (token ids: the vocabulary).
     """
     if not isinstance(payload, Mapping) or not isinstance(payload.get("inputs"), Mapping):
         raise InputError('the body must be a JSON object {"inputs": {NAME: nested lists}}')
@@ -107,7 +131,7 @@ def check_inputs(payload: Any, inputs: list[Tensor]) -> dict[str, np.ndarray]:
     arrays: dict[str, np.ndarray] = {}
     axes: dict[str, tuple[int, str]] = {}  # a dynamic axis' size and the input that set it
     for spec in inputs:
-        array = _array(spec.name, given[spec.name], spec.dtype)
+        array = _array(spec.name, given[spec.name], spec.dtype, spec.bound)
         if array.ndim != len(spec.shape):
             raise InputError(f"input '{spec.name}' has {array.ndim} dimensions {list(array.shape)}; "
                              f"the model takes {len(spec.shape)}: {spec.describe()}")
@@ -177,8 +201,53 @@ class ServedModel:
         if self.runtime not in loaders:
             raise ValueError(f"{BUNDLE_FILE} names runtime '{self.runtime}'; this server runs {', '.join(loaders)}")
         self._runner, self._found = loaders[self.runtime](model, manifest, threads)
+        self.outputs = declared
         self._declared = [t.name for t in declared]
-        self.fixed_batch = fixed_batch(self.inputs)
+        self._seq_len = json.loads((self.folder / SPEC_FILE).read_text(encoding="utf-8")).get("seq_len")
+
+    def batching_refusal(self) -> str | None:
+        """Why requests must not be stacked on axis 0 into one call, or None when they may: the spec must make it
+        the batch axis, and a probe of two samples must give each sample what it gives alone (a model that mixes
+        rows, a mean over axis 0, takes the axis for something other than the batch)."""
+        refusal = batch_axis_refusal(self.inputs, self.outputs)
+        if refusal is not None:
+            return refusal
+        samples = [self._probe_sample(seed) for seed in (0, 1)]
+        try:
+            alone = [self.run(sample) for sample in samples]
+            together = self.run(merge(samples))
+        except Exception as exc:  # noqa: BLE001 - any failure of the probe leaves batching off, saying why
+            return f"a probe of two samples failed ({type(exc).__name__}: {str(exc).strip()[:120]})"
+        parts = split(together, [1, 1])
+        if parts is None:
+            return "an output does not keep the batch axis first"
+        for name in together:
+            for i, part in enumerate(parts):
+                got, want = part[name], alone[i][name]
+                scale = max(1.0, float(np.max(np.abs(want)))) if want.size and want.dtype.kind == "f" else 1.0
+                same = got.shape == want.shape and (
+                    np.allclose(got, want, rtol=1e-2, atol=1e-2 * scale) if want.dtype.kind == "f"
+                    else np.array_equal(got, want))
+                if not same:
+                    return (f"output '{name}' of a sample changes when another sample shares its call: axis 0 is not "
+                            "a batch of independent samples")
+        return None
+
+    def _probe_sample(self, seed: int) -> dict[str, np.ndarray]:
+        """One synthesized sample: normal floats, integers inside the spec's range, dynamic axes of a few steps."""
+        rng = np.random.default_rng(seed)
+        steps = int(self._seq_len or 8)
+        feeds = {}
+        for t in self.inputs:
+            shape = [1] + [d if isinstance(d, int) else steps for d in t.shape[1:]]
+            if t.dtype == "bool":
+                feeds[t.name] = np.ones(shape, dtype=np.bool_)
+            elif t.dtype.startswith(("int", "uint")):
+                low, high = t.value_range or t.bound or (0, 2)
+                feeds[t.name] = rng.integers(low, high, size=shape).astype(t.dtype)
+            else:
+                feeds[t.name] = rng.standard_normal(shape).astype(np.float32 if t.dtype == "bfloat16" else t.dtype)
+        return feeds
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         arrays = self._runner({t.name: feeds[t.name] for t in self.inputs})

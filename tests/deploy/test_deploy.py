@@ -12,6 +12,8 @@ import subprocess
 import sys
 import time
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -105,6 +107,54 @@ def _health(url: str) -> int | None:
         return None
 
 
+# standalone: with `engine` unimportable, as where the bundle is run
+LAUNCHER = ("import runpy, sys; sys.modules['engine'] = None; sys.path.insert(0, '.'); "
+            "sys.argv = ['serve.py', *sys.argv[1:]]; runpy.run_path('serve.py', run_name='__main__')")
+
+
+@contextmanager
+def _servers(*runs: tuple[Path, list[str]]) -> Iterator[list[tuple[str, subprocess.Popen[str]]]]:
+    """Each bundle's serve.py started as a user starts it (all at once: each start imports ONNX Runtime), ready."""
+    started = []
+    try:
+        for folder, args in runs:
+            port = _free_port()
+            proc = subprocess.Popen([sys.executable, "-c", LAUNCHER, "--port", str(port), *args], cwd=folder,
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            started.append((f"http://127.0.0.1:{port}", proc))
+        for url, _ in started:
+            _wait(lambda url=url: True if _health(url) == 200 else None, f"the server at {url} to be ready")
+        yield started
+    finally:
+        for _, proc in started:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+
+
+def _log(proc: subprocess.Popen[str]) -> str:
+    return proc.stdout.read() if proc.stdout and proc.poll() is not None else ""
+
+
+def _onnx_bundle(tmp_path: Path, name: str, graph: Any) -> Path:
+    """A hand-made ONNX model, inspected as an upload is, as the FastAPI bundle of one measured cell."""
+    import onnx
+
+    from engine.artifacts import inspect_onnx
+
+    path = tmp_path / name / "model.onnx"
+    path.parent.mkdir(parents=True)
+    onnx.save(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 13)]), str(path))
+    spec, _ = inspect_onnx(path, name)
+    rows = [result(0, "baseline", "onnxruntime", 1, 1.0, settings={"threads": 1})]
+    rows[0]["variant_path"], rows[0]["target"] = str(path), "onnx"
+    report = {"study": {"id": 9, "name": "hand-made", "model": {"name": name, "spec": spec.to_json()}},
+              "environment": None, "results": rows}
+    out = tmp_path / f"{name}-bundle"
+    write_bundle(deploy_cell(report, 0), "fastapi", out)
+    return out
+
+
 async def _concurrent(url: str, bodies: list[dict[str, Any]]) -> list[httpx.Response]:
     async with httpx.AsyncClient(timeout=DEADLINE_S) as client:
         return await asyncio.gather(*(client.post(f"{url}/v1/predict", json=b) for b in bodies))
@@ -117,11 +167,9 @@ def test_fastapi_bundle_serves_checks_batches_and_stops(seeded: Seeded, data_dir
     gate = tmp_path / "load-now"
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
-    # standalone: with `engine` unimportable, as where the bundle is run; 8 samples within 60 s make one batch
-    launcher = ("import runpy, sys; sys.modules['engine'] = None; sys.path.insert(0, '.'); "
-                "sys.argv = ['serve.py', *sys.argv[1:]]; runpy.run_path('serve.py', run_name='__main__')")
+    # 8 samples within 60 s make one batch
     env = {**os.environ, "PARETOSCOPE_SERVE_LOAD_AFTER": str(gate)}
-    proc = subprocess.Popen([sys.executable, "-c", launcher, "--port", str(port), "--max-batch", "8",
+    proc = subprocess.Popen([sys.executable, "-c", LAUNCHER, "--port", str(port), "--max-batch", "8",
                              "--max-delay-ms", "60000"], cwd=out, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     try:
@@ -152,9 +200,19 @@ def test_fastapi_bundle_serves_checks_batches_and_stops(seeded: Seeded, data_dir
         expected = in_process(deployed, {"input": rows})[0]
         np.testing.assert_allclose(served, expected, atol=1e-5)
 
+        # requests of 1, 3 and 4 samples: one call of 8, each request gets its own rows back
+        sizes = (1, 3, 4)
+        parts = np.split(np.random.default_rng(3).standard_normal((8, 16)).astype(np.float32), np.cumsum(sizes)[:-1])
+        replies = asyncio.run(_concurrent(url, [{"inputs": {"input": part.tolist()}} for part in parts]))
+        assert [r.status_code for r in replies] == [200] * 3
+        for part, reply in zip(parts, replies, strict=True):
+            np.testing.assert_allclose(np.array(reply.json()["outputs"]["output_0"], dtype=np.float32),
+                                       in_process(deployed, {"input": part})[0], atol=1e-5)
+
         metrics = httpx.get(f"{url}/metrics", timeout=10).text
-        assert "serve_batch_size_count 1.0" in metrics and "serve_batch_size_sum 8.0" in metrics  # one call of 8
-        assert 'serve_requests_total{code="200"} 8.0' in metrics
+        assert "serve_batch_size_count 2.0" in metrics and "serve_batch_size_sum 16.0" in metrics  # two calls of 8
+        assert "serve_max_batch 8.0" in metrics
+        assert 'serve_requests_total{code="200"} 11.0' in metrics
         assert 'serve_errors_total{kind="input"} 7.0' in metrics
         assert "serve_request_latency_seconds_bucket" in metrics
 
@@ -166,6 +224,93 @@ def test_fastapi_bundle_serves_checks_batches_and_stops(seeded: Seeded, data_dir
             proc.wait()
     log = proc.stdout.read() if proc.stdout else ""
     assert "Application shutdown complete" in log, log
+    assert "dynamic batching up to 8 samples" in log and "dynamic batching is off" not in log, log
+
+
+def test_batching_only_on_a_batch_axis(tmp_path: Path) -> None:
+    """Axis 0 that is not a batch of independent samples (a mean over it; an input whose first axis is fixed): the
+    server runs requests one at a time, says so, and each gets what it gets alone."""
+    from onnx import TensorProto, helper
+
+    centered = _onnx_bundle(tmp_path, "centered", helper.make_graph(
+        [helper.make_node("ReduceMean", ["x"], ["mean"], axes=[0], keepdims=1),
+         helper.make_node("Sub", ["x", "mean"], ["y"])],
+        "centered", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["points", 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["points", 2])]))
+    scaled = _onnx_bundle(tmp_path, "scaled", helper.make_graph(
+        [helper.make_node("Mul", ["x", "scale"], ["y"])], "scaled",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3]),
+         helper.make_tensor_value_info("scale", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])]))
+    # a request fills the batch with the others, the delay never ends it: merged if batching were on
+    with _servers((centered, ["--max-batch", "4", "--max-delay-ms", "60000"]),
+                  (scaled, ["--max-batch", "2", "--max-delay-ms", "60000"])) as [(centered_url, centered_proc),
+                                                                                (scaled_url, scaled_proc)]:
+        a, c = asyncio.run(_concurrent(centered_url, [{"inputs": {"x": [[0.0, 0.0], [2.0, 2.0]]}},
+                                                      {"inputs": {"x": [[101.0, 101.0], [101.0, 101.0]]}}]))
+        assert (a.status_code, c.status_code) == (200, 200), (a.text, c.text)
+        assert a.json()["outputs"]["y"] == [[-1.0, -1.0], [1.0, 1.0]]
+        assert c.json()["outputs"]["y"] == [[0.0, 0.0], [0.0, 0.0]]
+        replies = asyncio.run(_concurrent(scaled_url, [{"inputs": {"x": [[1.0, 2.0, 3.0]], "scale": [2.0]}},
+                                                       {"inputs": {"x": [[1.0, 1.0, 1.0]], "scale": [-1.0]}}]))
+        assert [r.status_code for r in replies] == [200, 200], [r.text for r in replies]
+        assert [r.json()["outputs"]["y"] for r in replies] == [[[2.0, 4.0, 6.0]], [[-1.0, -1.0, -1.0]]]
+        for url in (centered_url, scaled_url):
+            metrics = httpx.get(f"{url}/metrics", timeout=10).text
+            assert "serve_max_batch 1.0" in metrics and "serve_max_delay_seconds 0.0" in metrics
+    logs = {name: _log(proc) for name, proc in (("centered", centered_proc), ("scaled", scaled_proc))}
+    assert "dynamic batching is off, requests run one at a time: output 'y' of a sample changes" in logs["centered"]
+    assert "dynamic batching is off, requests run one at a time: the inputs' first axes" in logs["scaled"]
+
+
+def test_one_bad_request_fails_alone_and_big_bodies_are_refused(tmp_path: Path) -> None:
+    """An id outside the vocabulary is a 422; a value that fails the runtime fails only its own request of a merged
+    call; a body over --max-body-mb is a 413, by its Content-Length or counted when it has none."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    tables = np.arange(80, dtype=np.float32).reshape(2, 10, 4)
+    bundle = _onnx_bundle(tmp_path, "embed", helper.make_graph(
+        [helper.make_node("Gather", ["words", "ids"], ["a"]), helper.make_node("Gather", ["slots", "extra"], ["b"]),
+         helper.make_node("Add", ["a", "b"], ["out"])], "embed",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch", "seq"]),
+         helper.make_tensor_value_info("extra", TensorProto.INT64, ["batch", "seq"])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["batch", "seq", 4])],
+        [numpy_helper.from_array(tables[0], "words"), numpy_helper.from_array(tables[1], "slots")]))
+    spec = json.loads((bundle / "spec.json").read_text())
+    assert [t.get("bound") for t in spec["inputs"]] == [[0, 10], None]  # token ids: the vocabulary; `extra`: unknown
+
+    def body(ids: list[int], extra: list[int]) -> dict[str, Any]:
+        return {"inputs": {"ids": [ids], "extra": [extra]}}
+
+    def expected(ids: list[int], extra: list[int]) -> list[Any]:
+        return [(tables[0][ids] + tables[1][extra]).tolist()]
+
+    # three good-looking requests of one sample fill the batch: one runtime call unless it fails
+    with _servers((bundle, ["--max-batch", "3", "--max-delay-ms", "60000", "--max-body-mb", "0.01"])) as [(url, _)]:
+        good, out_of_vocab, fails, other = asyncio.run(_concurrent(url, [
+            body([1, 2], [3, 4]), body([1, 99], [0, 0]), body([5, 6], [99, 0]), body([7, 8], [9, 9])]))
+        assert (good.status_code, other.status_code) == (200, 200), (good.text, other.text)
+        assert good.json()["outputs"]["out"] == expected([1, 2], [3, 4])
+        assert other.json()["outputs"]["out"] == expected([7, 8], [9, 9])
+        assert out_of_vocab.status_code == 422
+        assert out_of_vocab.json()["detail"] == "input 'ids' has value 99 outside [0, 10), the values the model takes"
+        assert fails.status_code == 500 and "\n" not in fails.json()["detail"]
+
+        big = body([1] * 3000, [1] * 3000)  # about 18 kB, over the 10 kB limit
+        assert httpx.post(f"{url}/v1/predict", json=big, timeout=10).status_code == 413
+        chunked = httpx.post(f"{url}/v1/predict", content=iter([json.dumps(big).encode()]), timeout=10,
+                             headers={"Content-Type": "application/json"})  # no Content-Length: counted as read
+        assert chunked.status_code == 413
+        assert chunked.json()["detail"] == ("the body is larger than 0.01 MB (--max-body-mb); send fewer samples per "
+                                            "request")
+        not_json = httpx.post(f"{url}/v1/predict", content=b"{", timeout=10)
+        assert (not_json.status_code, not_json.json()["detail"]) == (422, "the body is not JSON")
+        metrics = httpx.get(f"{url}/metrics", timeout=10).text
+        # the merged call of three that failed, then each alone
+        assert "serve_batch_size_count 4.0" in metrics and "serve_batch_size_sum 6.0" in metrics
+        assert 'serve_errors_total{kind="too_large"} 2.0' in metrics
+        again = asyncio.run(_concurrent(url, [body([i], [i]) for i in range(3)]))  # the server goes on: one call
+        assert [r.json()["outputs"]["out"] for r in again] == [expected([i], [i]) for i in range(3)]
 
 
 def test_served_model_matches_every_bundled_runtime(seeded: Seeded, data_dir: Path, tmp_path: Path) -> None:
@@ -297,6 +442,27 @@ def test_cli_errors_are_one_line(seeded: Seeded, data_dir: Path, tmp_path: Path,
         assert main(["deploy", str(seeded.study), "--target", "fastapi", "--out", str(tmp_path / "b")], out=out) == 0
     assert "bundle of the recommended cell" in out.getvalue()
     assert json.loads((tmp_path / "b" / "bundle.json").read_text())["recommended"] is True
+
+
+def test_a_redeploy_replaces_only_the_bundles_own_files(seeded: Seeded, data_dir: Path, tmp_path: Path) -> None:
+    """Deploying over a previous bundle (a cloned Hub repository, say) keeps what the bundle did not write."""
+    deployed = load_deploy_cell(seeded.study, cell_of(seeded.study, "onnxruntime"))
+    out = tmp_path / "repo"
+    write_bundle(deployed, "hf-endpoint", out)
+    (out / ".git").mkdir()
+    (out / ".git" / "config").write_text("[core]\n")
+    (out / "notes.md").write_text("mine")
+    (out / "model" / "LICENSE").write_text("mine too")
+    (out / "README.md").write_text("edited")  # the bundle's own file: replaced
+    write_bundle(deployed, "fastapi", out)
+    files = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
+    assert files == {".git/config", "notes.md", "model/LICENSE", "serve.py", "served_model.py", "requirements.txt",
+                     "Dockerfile", "README.md", "spec.json", "bundle.json", "example.json", "model/model.onnx"}
+    assert "handler.py" not in files  # the previous bundle's, which this one does not write
+    assert (out / ".git" / "config").read_text() == "[core]\n" and (out / "notes.md").read_text() == "mine"
+    assert (out / "README.md").read_text() != "edited"
+    assert json.loads((out / "bundle.json").read_text())["files"] == sorted(files - {".git/config", "notes.md",
+                                                                                     "model/LICENSE"})
 
 
 def test_deploy_panel_offers_the_targets(seeded: Seeded, data_dir: Path) -> None:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from engine.deploy import generative_cells
 from engine.errors import UserError
 from engine.results import CellResult, Status
 from engine.specs import InputSpec
@@ -128,13 +129,17 @@ class DeployCell:
 
 def _bundleable_instead(cells: list[CellResult], like: CellResult) -> list[CellResult]:
     """Measured cells that can be bundled, the same variant at the same batch size first, fastest first."""
-    ok = [c for c in cells if c.status == Status.OK and c.runtime in _BUNDLEABLE and c.variant_path]
+    ok = [c for c in cells if (c.status == Status.OK and c.runtime in _BUNDLEABLE and c.variant_path)
+          or generative_cells.servable(c)]
     return sorted(ok, key=lambda c: (c.variant != like.variant, c.batch_size != like.batch_size,
                                      c.latency_ms.p50 if c.latency_ms and c.latency_ms.p50 is not None else 1e30))
 
 
 def _refuse_unbundleable(cells: list[CellResult], cell: CellResult, label: str) -> None:
     if cell.runtime in _BUNDLEABLE:
+        return
+    if generative_cells.is_generation_cell(cell):  # served by the generative bundle, or refused naming a cell that is
+        generative_cells.check_servable(cells, cell, label)
         return
     from engine.runtimes import get
 
@@ -187,6 +192,8 @@ def recommended_cell(report: dict[str, Any]) -> int | None:
     from engine.report.pareto import accuracy_column, recommend
     from engine.report.tables import results_table
 
+    if generative_cells.is_generation_study(report):
+        return generative_cells.recommended(report)
     frame = results_table(report)
     if frame.empty:
         return None
@@ -246,9 +253,10 @@ def runtime_requirements(deployed: DeployCell) -> list[str]:
     return [torch] if deployed.gpu else ["--extra-index-url https://download.pytorch.org/whl/cpu", torch]
 
 
-def standalone_source(module: str) -> str:
+def standalone_source(module: str, allowed: frozenset[str] = frozenset()) -> str:
     """engine/deploy/<module>.py as a bundle carries it: its `engine.deploy.served_model` import pointed at the
-    bundle's own served_model.py, and nothing imported that the bundle's requirements do not install."""
+    bundle's own served_model.py, and nothing imported that the bundle's requirements (and `allowed`) do not
+    install."""
     source = (HERE / f"{module}.py").read_text(encoding="utf-8")
     source = re.sub(r"^from engine\.deploy\.served_model import", "from served_model import", source,
                     flags=re.MULTILINE)
@@ -260,7 +268,7 @@ def standalone_source(module: str) -> str:
         else:
             continue
         for root in roots:
-            if root not in _IMPORTABLE and root not in sys.stdlib_module_names and root != "__future__":
+            if root not in _IMPORTABLE | allowed and root not in sys.stdlib_module_names and root != "__future__":
                 raise RuntimeError(f"{module}.py imports {root}, which a bundle does not install")
     return source
 

@@ -10,7 +10,7 @@ import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
-from engine.deploy import fastapi_bundle, hf_endpoint, triton
+from engine.deploy import fastapi_bundle, generative, generative_cells, hf_endpoint, triton
 from engine.deploy.bundle import MANIFEST, TARGETS, DeployCell, load_deploy_cell
 from engine.errors import UserError
 
@@ -26,6 +26,16 @@ def check_target(target: str) -> None:
 
 
 FILES_KEY = "files"  # in bundle.json: the files the bundle wrote, so a redeploy replaces those and no other
+
+
+def writer(deployed: DeployCell, target: str) -> Writer:
+    """The target's writer; a generation cell's is the generative FastAPI bundle (the one target that streams)."""
+    if not generative_cells.is_generation_cell(deployed.cell):
+        return WRITERS[target]
+    if target != "fastapi":
+        raise UserError(f"{deployed.label} is a generation cell: its bundle is the streaming OpenAI-compatible "
+                        "server and chat, --target fastapi")
+    return generative.write
 
 
 def _check_out(out: Path) -> list[str]:
@@ -78,7 +88,7 @@ def write_bundle(deployed: DeployCell, target: str, out: Path) -> list[str]:
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".bundle-", dir=out.parent))
     try:
-        notes = WRITERS[target](deployed, staging)
+        notes = writer(deployed, target)(deployed, staging)
         _list_files(staging)
         if out.exists():
             _replace(out, staging, previous)
@@ -105,7 +115,7 @@ def bundle_zip(study_id: int, cell: int | None, target: str) -> bytes:
     with tempfile.TemporaryDirectory(prefix="paretoscope-bundle-") as tmp:
         folder = Path(tmp) / "bundle"
         folder.mkdir()
-        WRITERS[target](deployed, folder)
+        writer(deployed, target)(deployed, folder)
         return zip_folder(folder, bundle_name(deployed, target))
 
 

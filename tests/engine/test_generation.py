@@ -217,6 +217,6 @@ def test_without_a_tokenizer_there_is_no_perplexity(tiny_llama: Path, tmp_path: 
     shutil.copytree(tiny_llama.parent / "tiny-llama", folder)
     for name in TOKENIZER_FILES:
         (folder / name).unlink(missing_ok=True)
-    model = intake(_write_zip(folder, tmp_path / "bare.zip"))
+    model = intake(write_zip(folder, tmp_path / "bare.zip"))
     record = compute_reference(tmp_path / "study", model, StudySettings(threads=1), lambda phase, fraction: None)
     assert record["perplexity"] is None  # random ids: their likelihood says nothing about the model

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import lzma
 import os
 import shutil
@@ -229,3 +230,14 @@ def _human(n: int) -> str:
         if n >= size:
             return f"{n / size:.1f} {unit}"
     return f"{n} bytes"
+
+
+def zip_folder(folder: Path, root: str) -> bytes:
+    """Every file under `folder`, in name order, as a zip whose entries sit under `root/` (what Paretoscope hands
+    out: a deployment bundle, a Hugging Face Space)."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for path in sorted(folder.rglob("*")):
+            if path.is_file():
+                archive.write(path, f"{root}/{path.relative_to(folder).as_posix()}")
+    return buffer.getvalue()

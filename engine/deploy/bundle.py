@@ -8,18 +8,17 @@ and text written here: no path of this machine, no pickle, nothing else of the d
 
 from __future__ import annotations
 
-import ast
 import importlib.metadata
 import json
 import re
 import shutil
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from engine.deploy import generative_cells
 from engine.errors import UserError
+from engine.standalone import foreign_imports
 from engine.results import CellResult, Status
 from engine.specs import InputSpec
 
@@ -260,16 +259,9 @@ def standalone_source(module: str, allowed: frozenset[str] = frozenset()) -> str
     source = (HERE / f"{module}.py").read_text(encoding="utf-8")
     source = re.sub(r"^from engine\.deploy\.served_model import", "from served_model import", source,
                     flags=re.MULTILINE)
-    for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.Import):
-            roots = [alias.name.split(".")[0] for alias in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            roots = [node.module.split(".")[0]]
-        else:
-            continue
-        for root in roots:
-            if root not in _IMPORTABLE | allowed and root not in sys.stdlib_module_names and root != "__future__":
-                raise RuntimeError(f"{module}.py imports {root}, which a bundle does not install")
+    foreign = foreign_imports(source, _IMPORTABLE | allowed)
+    if foreign:
+        raise RuntimeError(f"{module}.py imports {foreign[0]}, which a bundle does not install")
     return source
 
 

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import io
 import json
 import shutil
 import tempfile
-import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
 from engine.deploy import fastapi_bundle, generative, generative_cells, hf_endpoint, triton
 from engine.deploy.bundle import MANIFEST, TARGETS, DeployCell, load_deploy_cell
 from engine.errors import UserError
+from engine.safezip import zip_folder
 
 Writer = Callable[[DeployCell, Path], list[str]]  # lays out the bundle in an empty folder; returns notes to print
 
@@ -124,10 +123,3 @@ def bundle_name(deployed: DeployCell, target: str) -> str:
     return f"paretoscope-study-{deployed.study_id}-cell-{deployed.cell.cell}-{target}"
 
 
-def zip_folder(folder: Path, root: str) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        for path in sorted(folder.rglob("*")):
-            if path.is_file():
-                archive.write(path, f"{root}/{path.relative_to(folder).as_posix()}")
-    return buffer.getvalue()

@@ -16,13 +16,14 @@ from engine.artifacts import Artifact
 from engine.errors import UserError
 from engine.executors.tasks import ProgressFn
 from engine.generation import fidelity, ort_genai
+from engine.generation.record import fidelity_fields, generation_result
 from engine.generation.prompts import EVAL_TEXT, PROMPT_TEXT, TokenSource, bundled_text, load_tokenizer
 from engine.generation.settings import kv_cache_bytes_per_token
 from engine.measure import memory
 from engine.measure import generation as timing
 from engine.optimizations.base import Chain
 from engine.plan import Cell, StudySettings
-from engine.results import CellResult, Fidelity, LatencySummary, Status
+from engine.results import CellResult
 
 REFERENCE_FILE = "generation-reference.json"
 
@@ -132,17 +133,11 @@ def run_cell(study_dir: Path, model: Artifact, cell: Cell, settings: StudySettin
     perplexity, argmax = fidelity.evaluate(lm, windows, device)
     agree = fidelity.agreement(argmax, np.asarray(reference["argmax"]))
     dtype_bytes = _kv_dtype_bytes(lm)
-    e2e = summary["e2e_ms"]
     record = {
         **summary, "prompt_len": prompt_len, "new_tokens": gen.new_tokens,
         "kv_cache_bytes_per_token": kv_cache_bytes_per_token(_config(model), dtype_bytes),
         "kv_cache_dtype_bytes": dtype_bytes,
-        # without a tokenizer the windows are random ids: no perplexity, the agreement still compares argmaxes
-        "perplexity": perplexity if reference["perplexity"] is not None else None,
-        "reference_perplexity": reference["perplexity"],
-        "perplexity_increase": (perplexity / reference["perplexity"] - 1.0
-                                if reference["perplexity"] is not None else None),
-        "next_token_agreement": agree,
+        **fidelity_fields(perplexity, reference, agree),
         "timer": "cuda-events" if device != "cpu" else "perf_counter (CUDA events unavailable: no CUDA device)",
     }
     notes = [prompts.note, *dict.fromkeys(opened.variant.notes)]
@@ -151,24 +146,15 @@ def run_cell(study_dir: Path, model: Artifact, cell: Cell, settings: StudySettin
                      "next-token agreement compares the argmaxes on them")
     if opened.variant.cached:
         notes.append("variant taken from the build cache")
-    return CellResult(
-        cell=cell.index, variant=cell.variant, runtime=cell.runtime, batch_size=cell.batch_size, status=Status.OK,
-        latency_ms=LatencySummary(p50=e2e["p50"], p90=e2e["p90"], p99=e2e["p99"], mean=e2e["mean"],
-                                  iterations=len(timings)),
-        # generated tokens per second, end to end (prefill included)
-        throughput_per_s=cell.batch_size * gen.new_tokens / (e2e["p50"] / 1e3) if e2e["p50"] else None,
-        load_s=load_s, first_run_ms=None, peak_host_mb=peak_host_mb, peak_device_mb=peak_device_mb,
+    return generation_result(
+        cell, gen, timings, record, load_s=load_s, peak_host_mb=peak_host_mb, peak_device_mb=peak_device_mb,
         model_size_mb=opened.variant.size_bytes / 2**20,
-        fidelity=Fidelity(top1_agreement=agree),
         settings={"threads": settings.threads, "device": device, "scenario": "generate",
                   "prompt_len": prompt_len, "new_tokens": gen.new_tokens, "warmup": gen.warmup,
                   "generations": gen.generations, "decoding": "greedy, EOS ignored"},
         notes=notes, build_s=opened.variant.build_s, train_s=opened.variant.train_s,
         build_details=opened.variant.details or None, target="torch",
         variant_path=str(opened.variant.path) if opened.variant.path else None,
-        samples_ms=[t.e2e_ms for t in timings],
-        # the results JSON's `generation` (docs/architecture.md); CellResult keeps keys it has no field for in extra
-        extra={"generation": record},
     )
 
 

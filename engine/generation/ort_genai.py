@@ -30,7 +30,8 @@ from engine.artifacts import Artifact, folder_size
 from engine.executors.tasks import ProgressFn
 from engine.optimizations.base import Chain
 from engine.plan import Cell, StudySettings
-from engine.results import CellResult, Fidelity, LatencySummary, Status
+from engine.generation.record import fidelity_fields, generation_result
+from engine.results import CellResult, Status
 
 if TYPE_CHECKING:
     from engine.generation.prompts import TokenSource
@@ -272,18 +273,12 @@ def run_cell(model: Artifact, cell: Cell, settings: StudySettings, prompts: Toke
     progress("accuracy", 0.0)
     perplexity, argmax = evaluate(built.folder, np.asarray(reference["windows"], dtype=np.int64), settings.threads)
     agree = fidelity.agreement(argmax, np.asarray(reference["argmax"]))
-    e2e = summary["e2e_ms"]
     config = _config(model.path)
     record = {
         **summary, "prompt_len": prompt_len, "new_tokens": gen.new_tokens,
         # the builder keeps the KV cache in fp32 on the CPU, whatever the weights' precision
         "kv_cache_bytes_per_token": kv_cache_bytes_per_token(config, 4), "kv_cache_dtype_bytes": 4,
-        # a reference without perplexity (random ids: no tokenizer) gives none here either
-        "perplexity": perplexity if reference["perplexity"] is not None else None,
-        "reference_perplexity": reference["perplexity"],
-        "perplexity_increase": (perplexity / reference["perplexity"] - 1.0
-                                if reference["perplexity"] is not None else None),
-        "next_token_agreement": agree,
+        **fidelity_fields(perplexity, reference, agree),
         "timer": "perf_counter around each generate_next_token() (CPU)",
     }
     version = importlib.metadata.version("onnxruntime-genai")
@@ -295,14 +290,9 @@ def run_cell(model: Artifact, cell: Cell, settings: StudySettings, prompts: Toke
              "perplexity and agreement from the same model.onnx in an ONNX Runtime session"]
     if built.cached:
         notes.append("variant taken from the build cache")
-    return CellResult(
-        cell=cell.index, variant=cell.variant, runtime=cell.runtime, batch_size=cell.batch_size, status=Status.OK,
-        latency_ms=LatencySummary(p50=e2e["p50"], p90=e2e["p90"], p99=e2e["p99"], mean=e2e["mean"],
-                                  iterations=len(timings)),
-        throughput_per_s=cell.batch_size * gen.new_tokens / (e2e["p50"] / 1e3) if e2e["p50"] else None,
-        load_s=load_s, first_run_ms=None, peak_host_mb=peak_host_mb, peak_device_mb=None,
+    return generation_result(
+        cell, gen, timings, record, load_s=load_s, peak_host_mb=peak_host_mb, peak_device_mb=None,
         model_size_mb=built.size_bytes / 2**20,
-        fidelity=Fidelity(top1_agreement=agree),
         settings={"threads": settings.threads, "device": "cpu", "scenario": "generate", "engine": ENGINE,
                   "engine_version": version, "builder": built.details.get("arguments"),
                   "prompt_len": prompt_len, "new_tokens": gen.new_tokens, "warmup": gen.warmup,
@@ -310,6 +300,4 @@ def run_cell(model: Artifact, cell: Cell, settings: StudySettings, prompts: Toke
         notes=notes, build_s=built.build_s, train_s=None,
         build_details={ENGINE: built.details}, target=ENGINE,
         variant_path=str(built.folder / "model.onnx"),
-        samples_ms=[t.e2e_ms for t in timings],
-        extra={"generation": record},
     )

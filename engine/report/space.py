@@ -6,21 +6,20 @@ package's modules (one source), with their imports checked: nothing from Paretos
 
 from __future__ import annotations
 
-import ast
-import io
 import json
 import re
 import shutil
 import sys
 import tempfile
 import unicodedata
-import zipfile
 from html import escape
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from engine.errors import UserError
+from engine.safezip import zip_folder
+from engine.standalone import foreign_imports
 from engine.results import Status
 
 HERE = Path(__file__).resolve().parent
@@ -39,16 +38,9 @@ SHORT_DESCRIPTION_MAX = 60  # the Hub rejects longer ones
 
 def _check_imports(source: str, name: str) -> None:
     """Fail loudly if bundled code would need anything the Space does not install."""
-    for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.Import):
-            roots = [alias.name.split(".")[0] for alias in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            roots = [node.module.split(".")[0]]
-        else:
-            continue
-        for root in roots:
-            if root not in _IMPORTABLE and root not in sys.stdlib_module_names:
-                raise RuntimeError(f"{name} imports {root}, which the Space does not have")
+    foreign = foreign_imports(source, _IMPORTABLE)
+    if foreign:
+        raise RuntimeError(f"{name} imports {foreign[0]}, which the Space does not have")
 
 
 def viewer_source(module: str) -> str:
@@ -190,17 +182,10 @@ def write_space(report: dict[str, Any], folder: Path) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text, encoding="utf-8")
     archive = folder.with_name(folder.name + ".zip")
-    archive.write_bytes(_zip(folder))
+    archive.write_bytes(zip_folder(folder, folder.name))
     return archive
 
 
-def _zip(folder: Path) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
-        for path in sorted(folder.rglob("*")):
-            if path.is_file():
-                zf.write(path, f"{folder.name}/{path.relative_to(folder).as_posix()}")
-    return buffer.getvalue()
 
 
 def space_zip(report: dict[str, Any], name: str) -> bytes:

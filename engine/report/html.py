@@ -208,6 +208,29 @@ def _why_section(report: dict[str, Any], shipped: int | None) -> list[str]:
     return parts
 
 
+def _generation_section(report: dict[str, Any]) -> list[str]:
+    """"Generation": the Results page's three generation charts, each generating cell's numbers and the cells on
+    the frontier of decode tokens/s against perplexity increase (a generation study only)."""
+    from engine.generation.charts import frontier, generation_figures, generation_frame
+
+    frame = generation_frame(report.get("results") or [])
+    if frame.empty:
+        return []
+    columns = [("variant", "variant", None), ("runtime", "runtime", None), ("batch_size", "batch", "%d"),
+               ("prompt_len", "prompt tokens", "%d"), ("ttft_ms", "TTFT p50 ms", "%.2f"),
+               ("tpot_ms", "TPOT p50 ms", "%.3f"), ("decode_tokens_per_s", "decode tok/s", "%.1f"),
+               ("perplexity", "perplexity", "%.2f"), ("perplexity_increase_pct", "perplexity increase %", "%.2f"),
+               ("agreement", "next-token agreement", "%.3f")]
+    parts = ["<h2>Generation</h2>",
+             "<p>Greedy decoding of a fixed number of new tokens (EOS ignored): time to the first token (prompt and "
+             "first token), time per output token after it, and fidelity to fp32 on the bundled evaluation text.</p>",
+             *(_figure(figure, f"chart-{key}") for key, figure in generation_figures(report.get("results") or [])),
+             _table(frame, columns, table_id="generation"),
+             "<h3>Frontier: decode tokens/s against perplexity increase</h3>",
+             _table(frontier(frame), columns, table_id="generation-frontier")]
+    return parts
+
+
 def _serving_section(report: dict[str, Any]) -> list[str]:
     """"Serving": each served cell's latency against throughput, one line per `serve-bench` run, and the levels."""
     from engine.report import serving
@@ -262,6 +285,7 @@ def study_html(report: dict[str, Any], constraints: Constraints | None = None) -
     parts += ["<h2>Results</h2>", _shared_notes(report, shared),
               _table(tables.with_status(frame), tables.shown_columns(report), table_id="results",
                      highlight=int(best["cell"]) if best is not None else None)]
+    parts += _generation_section(report)
     if not len(ok):
         parts.append("<p>No cell has finished successfully, so there is nothing to chart.</p>")
     else:

@@ -166,6 +166,14 @@ def test_generation_study_through_the_cli(tiny_llama: Path, tmp_path: Path) -> N
         rows["int8-dynamic"]["generation"]["next_token_agreement"])
     assert rows["int8-dynamic"]["generation"]["reference_perplexity"] == rows["baseline"]["generation"]["perplexity"]
     assert "decode tok/s" in out.getvalue()
+    # the HTML report draws the generation charts and lists every generating cell
+    study_id = json.loads(out_json.read_text())["study"]["id"]
+    report = tmp_path / "gen.html"
+    assert main(["report", str(study_id), "--format", "html", "--out", str(report)], out=io.StringIO()) == 0
+    html = report.read_text(encoding="utf-8")
+    assert "<h2>Generation</h2>" in html and 'id="chart-gen-ttft"' in html and 'id="chart-gen-perplexity"' in html
+    table = html[html.index('id="generation"'):html.index("</table>", html.index('id="generation"'))]
+    assert table.count("<tr") == 1 + 2  # the header and the two cells that generated
 
 
 def test_generation_charts_and_frontier() -> None:

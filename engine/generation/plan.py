@@ -20,7 +20,10 @@ _RUNTIME_REASONS = {
     # the CPU `onnxruntime` generates through onnxruntime-genai (ort_genai.py); its CUDA build is another package
     "onnxruntime": "generation on ONNX Runtime runs on its CPU provider, as the runtime onnxruntime, through "
                    "onnxruntime-genai; its CUDA build (onnxruntime-genai-cuda) is not installed",
-    "openvino": "generation on OpenVINO needs optimum-intel (OVModelForCausalLM), which is not installed",
+    # optimum-intel 2.2.0 (2026-09, the newest) pins transformers<5.6; the project runs a newer transformers
+    "openvino": "generation on OpenVINO needs optimum-intel's OVModelForCausalLM (its stateful KV-cache export), "
+                "whose newest release (2.2.0) requires transformers<5.6: it cannot be installed beside this "
+                "project's transformers",
 }
 
 

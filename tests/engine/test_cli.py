@@ -94,6 +94,7 @@ def test_bench_onnx_with_labels_records_every_field(tmp_path: Path, mlp_onnx: Pa
     assert np.median(samples) == pytest.approx(lat["p50"], rel=1e-3)  # float32 storage of the raw samples
 
 
+@pytest.mark.slow
 def test_bench_torchscript_pt2_and_hf(tmp_path: Path, mlp_torchscript: Path, mlp_pt2: Path,
                                       bert_hf_zip: Path) -> None:
     ts = by_cell(bench(tmp_path, mlp_torchscript, "--variants", "baseline", "--runtimes", "torchscript,onnxruntime"))
@@ -117,6 +118,7 @@ def test_bench_torchscript_pt2_and_hf(tmp_path: Path, mlp_torchscript: Path, mlp
     assert hf[("int8-dynamic", "onnxruntime", 1)]["accuracy"]["fidelity"]["cosine"] > 0.9
 
 
+@pytest.mark.slow
 def test_bench_demo_reaches_the_promised_accuracy(tmp_path: Path) -> None:
     results = bench(tmp_path, "demo", "--variants", "baseline,int8-static", "--runtimes", "onnxruntime",
                     "--batch-sizes", "32")

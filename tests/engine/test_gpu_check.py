@@ -33,6 +33,7 @@ def test_without_a_gpu_it_says_so_in_one_line_and_succeeds(capsys: pytest.Captur
 
 
 @pytest.mark.timeout(300)
+@pytest.mark.slow
 def test_self_test_runs_every_step_on_the_cpu_runtimes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                        capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setenv("PARETOSCOPE_DATA_DIR", str(tmp_path / "data"))  # the script sets its own; restored after

@@ -170,9 +170,20 @@ def _is_transformer(module: Any) -> bool:
 
 
 def _keep_layers(student: Any, count: int, ctx: BuildContext) -> None:
-    from engine.optimizations import surgery
+    from engine.optimizations import decoders, surgery
     from engine.optimizations.encoders import find_encoder
 
+    if decoders.is_causal_lm(student.model):
+        # a decoder's KV cache is kept by layer index: the kept layers are renumbered and the config resized
+        decoder = decoders.find_decoder(student)
+        total = decoder.count
+        if count >= total:
+            raise NotApplicable(f"distill:layers={count} keeps every layer: the model has {total}")
+        keep = evenly_spaced(total, count)
+        ctx.edits.extend(decoders.keep_layers(student, decoder, keep))
+        ctx.notes.append(f"distill kept decoder layers {', '.join(map(str, keep))} of {total}, renumbered "
+                         f"0-{count - 1} for the KV cache")
+        return
     encoder = find_encoder(student)
     if encoder is None:
         raise NotApplicable(f"distill:layers found no layer list in {type(student.model).__name__}")

@@ -76,12 +76,13 @@ class TokenSource:
 
 def training_windows(folder: Path, names: list[str], length: int, count: int) -> dict[str, np.ndarray] | None:
     """`count` windows of `length` tokens (at most TRAIN_WINDOW) of the bundled prompt text through the folder's
-    tokenizer, as the inputs `names` (input_ids, attention_mask of ones): a decoder's distillation data. Never the
+    tokenizer, as the inputs `names` (input_ids; attention_mask of ones; token_type_ids of zeros, as GPT-2 takes):
+    a decoder's distillation data. Never the
     evaluation text, which measures the result. None when the folder has no tokenizer that loads, or the model
     takes other inputs."""
     import json
 
-    if not set(names) <= {"input_ids", "attention_mask"} or "input_ids" not in names:
+    if not set(names) <= {"input_ids", "attention_mask", "token_type_ids"} or "input_ids" not in names:
         return None
     tokenizer = load_tokenizer(folder)
     if tokenizer is None:
@@ -89,5 +90,5 @@ def training_windows(folder: Path, names: list[str], length: int, count: int) ->
     vocab = int(json.loads((folder / "config.json").read_text())["vocab_size"])
     source = TokenSource(tokenizer, vocab, (0, vocab), bundled_text(PROMPT_TEXT))
     ids = source.batch(count, max(2, min(length, TRAIN_WINDOW)))
-    arrays = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+    arrays = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
     return {name: arrays[name] for name in names}

@@ -33,7 +33,8 @@ def gpt2_zip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from transformers import GPT2Config, GPT2LMHeadModel
 
     root = tmp_path_factory.mktemp("gpt2")
-    config = GPT2Config(vocab_size=128, n_positions=128, bos_token_id=0, eos_token_id=0, n_embd=32, n_layer=3, n_head=4, initializer_range=0.2,
+    config = GPT2Config(vocab_size=128, n_positions=128, bos_token_id=0, eos_token_id=0, n_embd=32, n_layer=3,
+                        n_head=4, initializer_range=0.2,
                         architectures=["GPT2LMHeadModel"])
     torch.manual_seed(0)
     GPT2LMHeadModel(config).eval().save_pretrained(root / "tiny-gpt2", safe_serialization=True)
@@ -125,7 +126,7 @@ def test_a_distilled_decoder_generates_in_a_study(llama_zip: Path, tmp_path: Pat
                     out=out)
     assert code == 0, out.getvalue()
     rows = {r["variant"]: r for r in json.loads(out_json.read_text())["results"]}
-    row = rows["distill:layers=1,epochs=1,max_samples=8"]
-    assert row["status"] == "ok", row["error"]
+    row = next(r for name, r in rows.items() if name.startswith("distill"))
+    assert row["status"] == "ok", (rows.keys(), row["error"])
     assert row["generation"]["perplexity"] > 1 and row["generation"]["reference_perplexity"] > 1
     assert row["generation"]["kv_cache_bytes_per_token"] is not None

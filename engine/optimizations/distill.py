@@ -1,7 +1,9 @@
 """Knowledge distillation: the model from the previous passes learns to reproduce the original model.
 
 The student is what the chain has built so far (e.g. a pruned model); the teacher is the original. For
-transformers `layers=K` first builds the student by keeping K of its layers, evenly spaced, weights copied.
+transformers `layers=K` first builds the student by keeping K of its layers, evenly spaced, weights copied; a
+decoder's kept layers are renumbered for its KV cache (engine/optimizations/decoders.py), and without a data file
+it trains on windows of the bundled prompt text through its tokenizer (KL per token on the next-token logits).
 Loss: KL divergence between temperature-softened logits (plus cross-entropy on the labels when the data
 has them), or mean squared error on the last hidden states for encoders without a head. Training is
 deterministic for a seed, and the build cache keeps the result, so a study trains each variant once.

@@ -1,11 +1,9 @@
 """distill:layers=K on decoder-only models (a tiny random-weight Llama with GQA and a tokenizer, a tiny GPT-2 without
 one): K layers renumbered for the KV cache, cached generation equal to uncached, training on the prompt text, the
-build cache's replay, and one generation study through the CLI."""
+build cache's replay. The generation study through the CLI has a distilled cell (test_generation.py)."""
 
 from __future__ import annotations
 
-import io
-import json
 import re
 from pathlib import Path
 from typing import Any
@@ -15,7 +13,6 @@ import pytest
 from engine.optimizations import parse_chain
 from engine.optimizations.build import build_variant
 from engine.variants import BuildContext
-from tests.conftest import shared_data_dir
 from tests.engine.tiny_llama import save_tiny_llama, write_zip
 
 CHAIN = "distill:layers=2,epochs=4,max_samples=16,batch_size=8,lr=0.003,temperature=1"
@@ -111,23 +108,3 @@ def test_a_decoder_whose_layers_are_not_found_gets_a_one_line_reason(tmp_path: P
     assert reason is not None and "model.layers" in reason and "\n" not in reason
     save_file({"transformer.h.0.attn.c_attn.weight": torch.zeros(2)}, str(tmp_path / "model.safetensors"))
     assert plan_reason(tmp_path) is None
-
-
-@pytest.mark.slow
-def test_a_distilled_decoder_generates_in_a_study(llama_zip: Path, tmp_path: Path) -> None:
-    from engine.__main__ import main
-
-    out_json = tmp_path / "gen.json"
-    out = io.StringIO()
-    with shared_data_dir(tmp_path / "data"):
-        code = main(["bench", str(llama_zip), "--scenario", "generate", "--prompt-lens", "8", "--new-tokens", "2",
-                     "--generations", "1", "--batch-sizes", "1", "--threads", "1", "--runtimes", "torch",
-                     "--variants", "baseline,distill:layers=1,epochs=1,max_samples=8", "--json", str(out_json)],
-                    out=out)
-    assert code == 0, out.getvalue()
-    rows = {r["variant"]: r for r in json.loads(out_json.read_text())["results"]}
-    row = next(r for name, r in rows.items() if name.startswith("distill"))
-    assert row["status"] == "ok", (rows.keys(), row["error"])
-    assert row["generation"]["perplexity"] > 1 and row["generation"]["reference_perplexity"] > 1
-    # 2 (k, v) x 1 kept layer x 2 kv heads x head dim 8 x fp32: the distilled model's cache, not the folder's
-    assert row["generation"]["kv_cache_bytes_per_token"] == 2 * 1 * 2 * 8 * 4

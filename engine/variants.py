@@ -40,6 +40,9 @@ class BuildContext:
     train_s: float | None = None
     # the cell's own CUDA device (cuda:N) for passes that compute there (distillation trains on it)
     gpu: str | None = None
+    # a generative Hugging Face model's folder (set by the build): without a data file, its distillation trains
+    # on windows of the bundled prompt text through the folder's tokenizer instead of random ids
+    text_folder: Path | None = None
 
     def calibration(self, samples: int) -> dict[str, np.ndarray]:
         from engine.data import calib_set
@@ -51,8 +54,8 @@ class BuildContext:
     def training(self, limit: int = 0) -> tuple[dict[str, np.ndarray], np.ndarray | None, str]:
         """Training inputs (at most `limit` samples; 0: all), their labels if any, and where they came from.
 
-        The train split, else the data's sample inputs, else synthesized; never the eval split, which
-        measures the result.
+        The train split, else the data's sample inputs, else (a generative model) the bundled prompt text, else
+        synthesized; never the eval split nor the evaluation text, which measure the result.
         """
         from engine.data import conform, synthesize
 
@@ -67,6 +70,15 @@ class BuildContext:
                     return (conform({k: v[:n] for k, v in arrays.items()}, self.spec),
                             labels[:n] if labels is not None else None, source)
         count = limit or SYNTHETIC_TRAIN
+        if self.text_folder is not None:
+            from engine.generation.prompts import TRAIN_WINDOW, training_windows
+
+            windows = training_windows(self.text_folder, self.spec.names, self.spec.seq_len or TRAIN_WINDOW, count)
+            if windows is not None:
+                return (conform(windows, self.spec), None,
+                        "windows of the bundled prompt text through the model's tokenizer")
+            return (conform(synthesize(self.spec, count, seed=2), self.spec), None,
+                    "synthesized ids (the folder has no tokenizer that loads, so no text to train on)")
         return conform(synthesize(self.spec, count, seed=2), self.spec), None, "synthesized inputs"
 
 

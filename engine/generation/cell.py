@@ -32,6 +32,15 @@ def _config(model: Artifact) -> dict[str, Any]:
     return dict(json.loads((model.path / "config.json").read_text()))
 
 
+def _layer_config(model: Artifact, lm: Any) -> dict[str, Any]:
+    """config.json with the variant's own layer count (distill:layers=K keeps K layers, and K caches)."""
+    config = _config(model)
+    for key in ("num_hidden_layers", "n_layer"):
+        if key in config and isinstance(count := getattr(lm.config, key, None), int):
+            config[key] = count
+    return config
+
+
 def _source(model: Artifact, text: str) -> TokenSource:
     config = _config(model)
     ids = next(t for t in model.spec.inputs if t.name == "input_ids")
@@ -135,7 +144,7 @@ def run_cell(study_dir: Path, model: Artifact, cell: Cell, settings: StudySettin
     dtype_bytes = _kv_dtype_bytes(lm)
     record = {
         **summary, "prompt_len": prompt_len, "new_tokens": gen.new_tokens,
-        "kv_cache_bytes_per_token": kv_cache_bytes_per_token(_config(model), dtype_bytes),
+        "kv_cache_bytes_per_token": kv_cache_bytes_per_token(_layer_config(model, lm), dtype_bytes),
         "kv_cache_dtype_bytes": dtype_bytes,
         **fidelity_fields(perplexity, reference, agree),
         "timer": "cuda-events" if device != "cpu" else "perf_counter (CUDA events unavailable: no CUDA device)",

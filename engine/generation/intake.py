@@ -30,7 +30,9 @@ def check_no_remote_code(config: dict[str, Any], folder: Path, label: str) -> No
 def generation_info(config: dict[str, Any], model: Any, folder: Path) -> dict[str, Any]:
     """The intake record's additions for a decoder-only model (empty for any other): its task and whether its
     folder brings a tokenizer for the prompts."""
-    if not type(model).__name__.endswith("ForCausalLM"):
+    from engine.optimizations.decoders import is_causal_lm
+
+    if not is_causal_lm(model):  # *ForCausalLM, and GPT-2's GPT2LMHeadModel
         return {}
     return {"task": TASK, "tokenizer": any((folder / name).is_file() for name in TOKENIZER_FILES),
             "eos_token_id": config.get("eos_token_id")}

@@ -9,6 +9,7 @@ from engine.errors import UserError
 from engine.generation import ort_genai
 from engine.generation.settings import GENERATING_RUNTIMES, GenerationSettings, is_generative
 from engine.optimizations.base import Chain
+from engine.optimizations import decoders
 from engine.optimizations.build import not_applicable_reason
 from engine.optimizations.weight_only import missing_reason
 from engine.plan import Cell
@@ -51,10 +52,9 @@ def chain_reason(model: Artifact, chain: Chain, runtime_id: str) -> tuple[str, s
             return Status.NOT_APPLICABLE, "int8-dynamic's quantized Linear layers run on the CPU only (torch)"
         if step.id in ("int8-weight-only", "int4-weight-only") and (why := missing_reason(step.id)):
             return Status.UNAVAILABLE, why
-        if step.id == "distill" and int(getattr(step.config, "layers", 0) or 0):
-            return Status.NOT_APPLICABLE, (
-                f"{step.name} keeps layers of encoders (BERT-like layouts); the distill pass does not yet find a "
-                "decoder's layer list, nor renumber the layer indices its KV cache is kept by")
+        if step.id == "distill" and int(getattr(step.config, "layers", 0) or 0) and (
+                why := decoders.plan_reason(model.path)):
+            return Status.NOT_APPLICABLE, why
         if step.opt.stage == "convert":
             return Status.NOT_APPLICABLE, f"{step.id} makes an ONNX file; generation runs the torch model"
     na = not_applicable_reason(model.format, chain, runtime.consumes, runtime.device)

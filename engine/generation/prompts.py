@@ -17,6 +17,8 @@ from engine.errors import UserError
 
 PROMPT_TEXT = "prompts.txt"
 EVAL_TEXT = "eval.txt"
+# distilling a decoder trains on windows of at most this many tokens of the prompt text
+TRAIN_WINDOW = 128
 # tokenizers and transformers read local files only, here as everywhere in the engine
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -70,3 +72,23 @@ class TokenSource:
     def note(self) -> str:
         return ("prompts: the bundled text through the model's tokenizer" if self.tokenized else
                 "prompts: random ids of the ordinary vocabulary range (the folder has no tokenizer files)")
+
+
+def training_windows(folder: Path, names: list[str], length: int, count: int) -> dict[str, np.ndarray] | None:
+    """`count` windows of `length` tokens (at most TRAIN_WINDOW) of the bundled prompt text through the folder's
+    tokenizer, as the inputs `names` (input_ids; attention_mask of ones; token_type_ids of zeros, as GPT-2 takes):
+    a decoder's distillation data. Never the
+    evaluation text, which measures the result. None when the folder has no tokenizer that loads, or the model
+    takes other inputs."""
+    import json
+
+    if not set(names) <= {"input_ids", "attention_mask", "token_type_ids"} or "input_ids" not in names:
+        return None
+    tokenizer = load_tokenizer(folder)
+    if tokenizer is None:
+        return None
+    vocab = int(json.loads((folder / "config.json").read_text())["vocab_size"])
+    source = TokenSource(tokenizer, vocab, (0, vocab), bundled_text(PROMPT_TEXT))
+    ids = source.batch(count, max(2, min(length, TRAIN_WINDOW)))
+    arrays = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+    return {name: arrays[name] for name in names}

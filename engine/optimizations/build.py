@@ -21,6 +21,7 @@ import numpy as np
 from engine import __version__
 from engine.artifacts import ONNX, SAVEDMODEL, TF_FORMATS, TORCHSCRIPT, Artifact, folder_size
 from engine.errors import NotApplicable
+from engine.generation.settings import is_generative
 from engine.optimizations.base import Chain, Step
 from engine.optimizations.export import OnnxExportConfig, to_onnx, to_torchscript
 from engine.variants import BuildContext, Variant
@@ -153,6 +154,8 @@ def build_variant(model: Artifact, chain: Chain, target: str, ctx: BuildContext)
     reason = not_applicable_reason(model.format, chain, target, ctx.device)
     if reason:
         raise NotApplicable(reason)
+    if model.format == "hf" and is_generative(model.info) and ctx.text_folder is None:
+        ctx.text_folder = model.path  # a decoder distils on real text (BuildContext.training)
     start = time.perf_counter()
     if target == "torch":
         module, cached = _torch_module(model, chain, ctx)

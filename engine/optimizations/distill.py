@@ -1,7 +1,9 @@
 """Knowledge distillation: the model from the previous passes learns to reproduce the original model.
 
 The student is what the chain has built so far (e.g. a pruned model); the teacher is the original. For
-transformers `layers=K` first builds the student by keeping K of its layers, evenly spaced, weights copied.
+transformers `layers=K` first builds the student by keeping K of its layers, evenly spaced, weights copied; a
+decoder's kept layers are renumbered for its KV cache (engine/optimizations/decoders.py), and without a data file
+it trains on windows of the bundled prompt text through its tokenizer (KL per token on the next-token logits).
 Loss: KL divergence between temperature-softened logits (plus cross-entropy on the labels when the data
 has them), or mean squared error on the last hidden states for encoders without a head. Training is
 deterministic for a seed, and the build cache keeps the result, so a study trains each variant once.
@@ -170,9 +172,20 @@ def _is_transformer(module: Any) -> bool:
 
 
 def _keep_layers(student: Any, count: int, ctx: BuildContext) -> None:
-    from engine.optimizations import surgery
+    from engine.optimizations import decoders, surgery
     from engine.optimizations.encoders import find_encoder
 
+    if decoders.is_causal_lm(student.model):
+        # a decoder's KV cache is kept by layer index: the kept layers are renumbered and the config resized
+        decoder = decoders.find_decoder(student)
+        total = decoder.count
+        if count >= total:
+            raise NotApplicable(f"distill:layers={count} keeps every layer: the model has {total}")
+        keep = evenly_spaced(total, count)
+        ctx.edits.extend(decoders.keep_layers(student, decoder, keep))
+        ctx.notes.append(f"distill kept decoder layers {', '.join(map(str, keep))} of {total}, renumbered "
+                         f"0-{count - 1} for the KV cache")
+        return
     encoder = find_encoder(student)
     if encoder is None:
         raise NotApplicable(f"distill:layers found no layer list in {type(student.model).__name__}")

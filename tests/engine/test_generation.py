@@ -82,7 +82,9 @@ def test_plan_rows_say_why(llama_artifact: Any) -> None:
     assert "CUDA" in (rows[("fp16", "torch")].reason or "")
     assert rows[("fp16", "torch")].status == "unavailable"
     assert "onnxruntime-genai" in (rows[("baseline", "onnxruntime")].reason or "")
-    assert "decoder" in (rows[("distill:layers=1", "torch")].reason or "")
+    # a Llama's layer list is found (test_distill_decoder.py): distill's torch cells run where the prompt fits
+    assert any(c.runnable and c.variant == "distill:layers=1" and c.runtime == "torch" for c in cells)
+    assert "max_position_embeddings" in (rows[("distill:layers=1", "torch")].reason or "")
     runnable = [c for c in cells if c.runnable]
     assert {settings.prompt_len_of(c.index) for c in runnable} == {8}  # 61 + 4 > 64 positions: a row saying so
     too_long = [c for c in cells if c.variant == "baseline" and c.runtime == "torch" and not c.runnable]
@@ -146,7 +148,8 @@ def test_generation_study_through_the_cli(tiny_llama: Path, tmp_path: Path) -> N
     out = io.StringIO()
     code = main(["bench", str(tiny_llama), "--scenario", "generate", "--prompt-lens", "8", "--new-tokens",
                  str(NEW_TOKENS), "--generations", "2", "--batch-sizes", "2", "--runtimes", "torch",
-                 "--variants", "baseline,int8-dynamic,fp16", "--json", str(out_json)], out=out)
+                 "--variants", "baseline,int8-dynamic,fp16,distill:layers=1,epochs=1,max_samples=8", "--json",
+                 str(out_json)], out=out)
     assert code == 0, out.getvalue()
     rows = {r["variant"]: r for r in json.loads(out_json.read_text())["results"]}
     assert rows["fp16"]["status"] == "unavailable" and "CUDA" in rows["fp16"]["error"]
@@ -161,6 +164,11 @@ def test_generation_study_through_the_cli(tiny_llama: Path, tmp_path: Path) -> N
         assert g["perplexity"] > 1 and g["reference_perplexity"] > 1
         assert 0 <= g["next_token_agreement"] <= 1
     assert rows["baseline"]["generation"]["next_token_agreement"] == 1.0
+    # a decoder distilled to one of its two layers generates with a one-layer KV cache (test_distill_decoder.py)
+    distilled = next(r for name, r in rows.items() if name.startswith("distill"))
+    assert distilled["status"] == "ok", distilled["error"]
+    assert distilled["generation"]["perplexity"] > 1 and distilled["generation"]["tokens_stamped"] == [NEW_TOKENS] * 2
+    assert distilled["generation"]["kv_cache_bytes_per_token"] == 2 * 1 * 2 * 8 * 4
     # the stored fidelity is the agreement (no cosine for generated tokens), read back from the database
     assert rows["int8-dynamic"]["accuracy"]["fidelity"]["top1_agreement"] == (
         rows["int8-dynamic"]["generation"]["next_token_agreement"])
@@ -173,7 +181,7 @@ def test_generation_study_through_the_cli(tiny_llama: Path, tmp_path: Path) -> N
     html = report.read_text(encoding="utf-8")
     assert "<h2>Generation</h2>" in html and 'id="chart-gen-ttft"' in html and 'id="chart-gen-perplexity"' in html
     table = html[html.index('id="generation"'):html.index("</table>", html.index('id="generation"'))]
-    assert table.count("<tr") == 1 + 2  # the header and the two cells that generated
+    assert table.count("<tr") == 1 + 3  # the header and the three cells that generated
 
 
 def test_generation_charts_and_frontier() -> None:

@@ -14,9 +14,10 @@ def write_zip(folder: Path, archive: Path) -> Path:
     return archive
 
 
-def save_tiny_llama(root: Path, name: str = "tiny-llama", head_dim: int | None = None) -> Path:
-    """A 2-layer Llama (hidden 32, GQA 4/2 heads; head size 8 unless `head_dim` says otherwise) and its tokenizer,
-    zipped under `root`."""
+def save_tiny_llama(root: Path, name: str = "tiny-llama", head_dim: int | None = None, layers: int = 2,
+                    initializer_range: float = 0.02) -> Path:
+    """A Llama of `layers` layers (hidden 32, GQA 4/2 heads; head size 8 unless `head_dim` says otherwise) and its
+    tokenizer, zipped under `root`; weights drawn with `initializer_range` (larger: logits further from uniform)."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -30,8 +31,9 @@ def save_tiny_llama(root: Path, name: str = "tiny-llama", head_dim: int | None =
         vocab_size=320, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False))
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>")
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64, eos_token_id=0,
+                         initializer_range=initializer_range,
                          bos_token_id=0, architectures=["LlamaForCausalLM"],
                          **({"head_dim": head_dim} if head_dim else {}))
     torch.manual_seed(0)

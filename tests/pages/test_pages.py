@@ -55,6 +55,8 @@ def test_serving_page_without_serving_results_says_how_to_get_them(data_dir: Pat
 def test_serving_page_shows_a_generation_cells_levels(data_dir: Path) -> None:
     """A generative serve-bench run, stored as serve-bench stores one (no server): TTFT, TPOT, output tokens/s and
     goodput in the levels' table."""
+    import streamlit as st
+
     from engine.deploy.serve_bench_generate import StreamTiming, generation_summary
     from storage import serving
     from storage.tables import ServingRun
@@ -70,6 +72,7 @@ def test_serving_page_shows_a_generation_cells_levels(data_dir: Path) -> None:
         run_id = serving.add_serving_run(s, {"study": study_id, "cell": 0, "target": "local", "max_batch": 1,
                                              "max_delay_ms": 0.0, "settings": {"scenario": "generate"},
                                              "levels": [level]})
+    st.cache_data.clear()  # the pages' reads are cached: read the run just stored, and leave none behind
     try:
         at = visit("serving.py")
         table = at.dataframe[0].value
@@ -81,6 +84,7 @@ def test_serving_page_shows_a_generation_cells_levels(data_dir: Path) -> None:
     finally:
         with session() as s:  # leave the seeded data as it was for other tests
             s.delete(s.get(ServingRun, run_id))
+        st.cache_data.clear()
 
 
 def values(data: object) -> list:  # type: ignore[type-arg]

@@ -287,9 +287,7 @@ def serve_bench(config: ServeBenchConfig, progress: TextIO | None = None) -> dic
             raise UserError(f"no study with id {config.study_id}; list them in the dashboard") from None
     deployed = deploy_cell(report, config.cell)
     if is_generation_cell(deployed.cell):
-        from engine.deploy.serve_bench_generate import serve_bench_generate
-
-        return serve_bench_generate(config, deployed, progress)
+        return _serve_bench_generate(config, deployed, progress)
     if config.ttft_ms is not None or config.tpot_ms is not None:
         raise UserError(f"--ttft-ms and --tpot-ms are goodput targets of a generation cell's server; {deployed.label} "
                         "is not a generation cell: leave them out")
@@ -322,6 +320,30 @@ def serve_bench(config: ServeBenchConfig, progress: TextIO | None = None) -> dic
                                       "cores": os.cpu_count()}},
         "levels": [level.to_json() for level in measured.levels],
     }
+    with session() as s:
+        run["id"] = serving.add_serving_run(s, run)
+    return run
+
+
+def _serve_bench_generate(config: ServeBenchConfig, deployed: Any, progress: TextIO | None) -> dict[str, Any]:
+    """A generation cell's streaming server measured at every level (serve_bench_generate.py), the run stored."""
+    from engine.deploy import serve_bench_generate as gen
+    from storage import serving
+    from storage.db import session
+
+    gen.check_options(config)
+    work = gen.workload(deployed)
+    load_before = os.getloadavg()
+    if progress is not None:
+        print(gen.header(), file=progress, flush=True)
+    if config.url is not None:
+        url = config.url.rstrip("/")
+        check_url(url)
+        levels = asyncio.run(gen.drive(url, work, config, progress))
+    else:
+        with local_server(deployed, 1, 0.0, batching=False) as url:
+            levels = asyncio.run(gen.drive(url, work, config, progress))
+    run = gen.run_json(config, deployed, work, levels, load_before, progress)
     with session() as s:
         run["id"] = serving.add_serving_run(s, run)
     return run

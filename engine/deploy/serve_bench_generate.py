@@ -12,7 +12,6 @@ open loop's requests from their intended start.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import json
 import os
@@ -241,26 +240,16 @@ async def drive(url: str, work: Workload, config: Any, progress: TextIO | None =
     return levels
 
 
-def serve_bench_generate(config: Any, deployed: Any, progress: TextIO | None = None) -> dict[str, Any]:
-    """Measure the generation cell's server at every level of `config` and store the run; its JSON."""
-    from engine.deploy.serve_bench import check_url, local_server
-    from storage import serving
-    from storage.db import session
-
+def check_options(config: Any) -> None:
+    """UserError for options that do not apply to a generation cell's server."""
     if config.max_batch is not None or config.max_delay_ms is not None:
         raise UserError("--max-batch and --max-delay-ms batch a single-pass server; the generative server runs one "
                         "generation at a time: leave them out")
-    work = workload(deployed)
-    load_before = os.getloadavg()
-    if progress is not None:
-        print(header(), file=progress, flush=True)
-    if config.url is not None:
-        url = config.url.rstrip("/")
-        check_url(url)
-        levels = asyncio.run(drive(url, work, config, progress))
-    else:
-        with local_server(deployed, 1, 0.0, batching=False) as url:
-            levels = asyncio.run(drive(url, work, config, progress))
+
+
+def run_json(config: Any, deployed: Any, work: Workload, levels: list[dict[str, Any]],
+             load_before: Sequence[float], progress: TextIO | None = None) -> dict[str, Any]:
+    """The run as serve-bench stores it: its settings, what it noticed, its levels; says what it noticed."""
     notes = []
     served = {n for level in levels for n in level["generation"]["prompt_tokens"]}
     if served and served != {work.prompt_tokens}:
@@ -279,7 +268,7 @@ def serve_bench_generate(config: Any, deployed: Any, progress: TextIO | None = N
                   file=progress, flush=True)
         for note in notes:
             print(f"note: {note}", file=progress, flush=True)
-    run = {
+    return {
         "study": config.study_id, "cell": deployed.cell.cell, "target": "url" if config.url else "local",
         # the generative server generates one request at a time: no batching of its own (unknown at a --url)
         "url": config.url, "max_batch": None if config.url else 1, "max_delay_ms": None if config.url else 0.0,
@@ -295,9 +284,6 @@ def serve_bench_generate(config: Any, deployed: Any, progress: TextIO | None = N
                                       "cores": os.cpu_count()}},
         "levels": levels,
     }
-    with session() as s:
-        run["id"] = serving.add_serving_run(s, run)
-    return run
 
 
 # --- the printed table ---------------------------------------------------------------------------------------

@@ -7,7 +7,8 @@ Per request: TTFT (send to the first chunk carrying text), ITL (gaps between tex
 (output tokens - 1), the tokens the server counted: a chunk may carry several tokens, or none while a character is
 split across tokens) and e2e. Per level: their percentiles, output tokens/s, and goodput against `--ttft-ms` and
 `--tpot-ms`. TTFT and e2e count from the request's send, as vLLM's do; the level's `latency_ms` (loadgen's) counts an
-open loop's requests from their intended start.
+open loop's requests from their intended start. serve_bench.py starts the server (or checks `--url`) and stores the
+run this module measures.
 """
 
 from __future__ import annotations

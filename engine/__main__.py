@@ -284,7 +284,8 @@ def cmd_deploy(args: argparse.Namespace, out: TextIO) -> int:
 
 def _add_serve_bench(sub: Any) -> None:
     p = sub.add_parser("serve-bench", help="measure a cell's FastAPI server under load: throughput and tail latency "
-                                           "per concurrency level, with or without dynamic batching")
+                                           "per concurrency level, with or without dynamic batching; a generation "
+                                           "cell's streaming server: TTFT, TPOT, ITL, output tokens/s and goodput")
     p.add_argument("study_id", type=int, help="the study's id (the last line of `bench`, or the dashboard)")
     p.add_argument("--cell", type=int, default=None,
                    help="the cell's number (default: the recommended cell, as `deploy` picks it)")
@@ -303,6 +304,11 @@ def _add_serve_bench(sub: Any) -> None:
     p.add_argument("--windows", type=int, default=5,
                    help="windows per level; stable when the last 3 agree within 10%% (default 5)")
     p.add_argument("--warmup", type=int, default=10, help="requests before each level, not recorded (default 10)")
+    p.add_argument("--ttft-ms", type=float, default=None,
+                   help="generation cells: goodput's time-to-first-token target in ms (a request meets it at or under)")
+    p.add_argument("--tpot-ms", type=float, default=None,
+                   help="generation cells: goodput's time-per-output-token target in ms (without either target, "
+                        "goodput is not computed)")
     p.add_argument("--json", dest="json_out", help="also write the run as JSON to this file")
 
 
@@ -324,7 +330,8 @@ def cmd_serve_bench(args: argparse.Namespace, out: TextIO) -> int:
         config = ServeBenchConfig(
             args.study_id, cell=args.cell, url=args.url, concurrency=_numbers(args.concurrency, int, "--concurrency"),
             duration_s=args.duration, rates=_numbers(args.rate, float, "--rate"), max_batch=args.max_batch,
-            max_delay_ms=args.max_delay_ms, windows=args.windows, warmup=args.warmup)
+            max_delay_ms=args.max_delay_ms, windows=args.windows, warmup=args.warmup, ttft_ms=args.ttft_ms,
+            tpot_ms=args.tpot_ms)
     except ValueError as exc:
         raise UserError(str(exc)) from None
     run = serve_bench(config, progress=out)

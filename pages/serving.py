@@ -38,5 +38,10 @@ unstable = levels[levels["stable"] == "no"]
 if len(unstable):
     st.warning(f"{len(unstable)} level(s) not stable: their last 3 windows' throughput or p99 differ by more than "
                "10%; run them longer (--duration) on a quieter machine.", icon=":material/warning:")
-st.dataframe(tables.styled(levels, serving.TABLE_COLUMNS), hide_index=True,
-             column_config={column: st.column_config.Column(label) for column, label, _ in serving.TABLE_COLUMNS})
+columns = serving.table_columns(levels)
+if columns is serving.GENERATION_COLUMNS:
+    st.caption("A generation cell's server: each request streams the cell's new tokens after a prompt of its length. "
+               "TTFT: send to the first text; TPOT: the time per output token after it; goodput: requests/s that met "
+               "the run's --ttft-ms and --tpot-ms targets (none given: not computed).")
+st.dataframe(tables.styled(levels, columns), hide_index=True,
+             column_config={column: st.column_config.Column(label) for column, label, _ in columns})

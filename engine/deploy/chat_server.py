@@ -2,10 +2,11 @@
 
 POST /v1/chat/completions and POST /v1/completions (`stream: true` answers with server-sent events in OpenAI's chunk
 shape, ending with `data: [DONE]`), GET /v1/models, GET /healthz (503 until the model is loaded), GET /metrics
-(Prometheus). Standalone: torch, transformers, FastAPI, uvicorn and prometheus-client (torchao for an
-int8-weight-only variant); copied into each generative FastAPI bundle as serve.py, it runs where Paretoscope is not
-installed. Generation runs on one worker thread, one request at a time (others wait their turn); a streaming
-client that disconnects stops its generation.
+(Prometheus). `ignore_eos: true` (vLLM's field) generates exactly max_tokens tokens; a stream asked with
+`stream_options: {"include_usage": true}` ends with a chunk carrying `usage`, as OpenAI's does. Standalone: torch,
+transformers, FastAPI, uvicorn and prometheus-client (torchao for an int8-weight-only variant); copied into each
+generative FastAPI bundle as serve.py, it runs where Paretoscope is not installed. Generation runs on one worker
+thread, one request at a time (others wait their turn); a streaming client that disconnects stops its generation.
 """
 
 from __future__ import annotations
@@ -77,6 +78,8 @@ class GenerationRequest:
     top_p: float = 1.0
     seed: int | None = None
     stream: bool = False
+    ignore_eos: bool = False  # generate exactly max_tokens tokens (vLLM's field): benchmarks need a fixed length
+    include_usage: bool = False  # stream_options.include_usage: a last chunk with the usage
 
 
 def _number(payload: dict[str, Any], key: str, default: float, low: float, high: float) -> float:
@@ -142,9 +145,29 @@ def parse_request(payload: Any, chat: bool) -> GenerationRequest:
     seed = payload.get("seed")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise RequestError(f"seed must be an integer, got {json.dumps(seed)}")
+    ignore_eos = payload.get("ignore_eos", False)
+    if not isinstance(ignore_eos, bool):
+        raise RequestError(f"ignore_eos must be true or false, got {json.dumps(ignore_eos)}")
     return GenerationRequest(chat=chat, prompt=prompt, messages=tuple(messages), max_tokens=max_tokens,
                              temperature=_number(payload, "temperature", 1.0, 0.0, 2.0),
-                             top_p=_number(payload, "top_p", 1.0, 1e-9, 1.0), seed=seed, stream=stream)
+                             top_p=_number(payload, "top_p", 1.0, 1e-9, 1.0), seed=seed, stream=stream,
+                             ignore_eos=ignore_eos, include_usage=_include_usage(payload.get("stream_options"),
+                                                                                 stream))
+
+
+def _include_usage(options: Any, stream: bool) -> bool:
+    """stream_options, checked as OpenAI checks it: an object with an optional boolean include_usage, with a stream."""
+    if options is None:
+        return False
+    if not isinstance(options, dict) or set(options) - {"include_usage"}:
+        raise RequestError(f'stream_options must be an object like {{"include_usage": true}}, got '
+                           f"{json.dumps(options)[:100]}")
+    include = options.get("include_usage", False)
+    if not isinstance(include, bool):
+        raise RequestError(f"stream_options.include_usage must be true or false, got {json.dumps(include)}")
+    if not stream:
+        raise RequestError("stream_options is only allowed with stream: true")
+    return include
 
 
 # --- the model -----------------------------------------------------------------------------------------------------
@@ -287,6 +310,8 @@ class Generator:
                                     {"do_sample": True, "temperature": request.temperature, "top_p": request.top_p})
         if request.seed is not None:
             torch.manual_seed(request.seed)
+        if request.ignore_eos:  # end-of-sequence masked out until max_new_tokens: generation stops only there
+            sampling["min_new_tokens"] = max_new_tokens
         tensor = torch.tensor([ids], dtype=torch.long, device=self.device)
         with torch.inference_mode():
             self.model.generate(input_ids=tensor, attention_mask=torch.ones_like(tensor),
@@ -423,7 +448,8 @@ def create_app(folder: str | Path = HERE, *, threads: int | None = None) -> Fast
         reply = _Reply(chat, model.manifest.get("served_model_name", "model"))
         if request.stream:
             metrics.requests.labels(name, "200").inc()
-            return StreamingResponse(_sse(reply, tokens(model, ids, request, run, started), run, model, metrics),
+            return StreamingResponse(_sse(reply, tokens(model, ids, request, run, started), run, model, metrics,
+                                          request.include_usage),
                                      media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         try:
@@ -518,7 +544,7 @@ def _event(data: dict[str, Any]) -> bytes:
 
 
 async def _sse(reply: _Reply, pieces: AsyncIterator[str], run: Generation, model: Generator,
-               metrics: Metrics) -> AsyncIterator[bytes]:
+               metrics: Metrics, include_usage: bool = False) -> AsyncIterator[bytes]:
     """Server-sent events: a chunk per piece of text, a last chunk with the finish reason, then [DONE]."""
     if reply.chat:
         yield _event(reply.chunk(None, first=True))
@@ -530,6 +556,8 @@ async def _sse(reply: _Reply, pieces: AsyncIterator[str], run: Generation, model
         yield _event({"error": {"message": _one_line(exc), "type": "server_error", "param": None, "code": None}})
     else:
         yield _event(reply.chunk(None, finish=run.finish_reason(model.eos)))
+        if include_usage:  # OpenAI's shape: no choices, the request's usage
+            yield _event({**reply.chunk(None), "choices": [], "usage": run.usage()})
     yield b"data: [DONE]\n\n"
 
 

@@ -187,10 +187,12 @@ curl -s localhost:{PORT}/metrics                     # Prometheus: requests, err
 
 OpenAI's clients work with `base_url="http://localhost:{PORT}/v1"` and model `{name}`. Requests take `max_tokens`
 (default {256}, at most what the model's {manifest.get("max_position_embeddings") or "?"} positions leave after the
-prompt), `temperature` (0: greedy; default 1), `top_p`, `seed` and `stream`; with `stream: true` the reply is
-server-sent events, `data: {{chunk}}` in OpenAI's `chat.completion.chunk` shape (`choices[0].delta.content`) and a
-last `data: [DONE]`. A request the server cannot take (no messages or prompt, max_tokens not positive or over the
-positions, `n` other than 1, stop sequences) gets 422 with a one-line reason in `detail` (and `error.message`).
+prompt), `temperature` (0: greedy; default 1), `top_p`, `seed`, `ignore_eos` (`true`: exactly `max_tokens` tokens,
+as vLLM's field) and `stream`; with `stream: true` the reply is server-sent events, `data: {{chunk}}` in OpenAI's
+`chat.completion.chunk` shape (`choices[0].delta.content`) and a last `data: [DONE]`; `stream_options:
+{{"include_usage": true}}` adds a chunk with the request's `usage` before it. A request the server cannot take (no
+messages or prompt, max_tokens not positive or over the positions, `n` other than 1, stop sequences, a field of the
+wrong type) gets 422 with a one-line reason in `detail` (and `error.message`).
 Generation runs on one worker thread, one request at a time; others wait their turn. A streaming client that
 disconnects stops its generation. SIGTERM stops the server cleanly.
 

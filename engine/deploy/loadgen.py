@@ -117,6 +117,18 @@ async def open_loop(send: Send, arrivals: Sequence[float], max_outstanding: int 
     return records
 
 
+async def warm_up(send: Send, requests: int, concurrency: int) -> None:
+    """`requests` requests over at most `concurrency` connections before a level, none recorded, whatever their end."""
+    left = [requests]
+
+    async def worker() -> None:
+        while left[0] > 0:
+            left[0] -= 1
+            await guarded(send)
+
+    await asyncio.gather(*(worker() for _ in range(min(concurrency, max(requests, 1)))))
+
+
 async def guarded(send: Send) -> str | None:
     try:
         return await send()
@@ -205,11 +217,16 @@ class LevelResult:
                 "client_cpu_ms": self.client_cpu_ms}
 
 
+def level_span(records: Sequence[Record], start: float, duration_s: float) -> float:
+    """The level's own span, over which its rates are counted: until the last reply, which may come after the
+    nominal end."""
+    return max([duration_s, *(r.end - start for r in records)]) if records else duration_s
+
+
 def summarize(records: Sequence[Record], *, mode: str, concurrency: int | None, rate_rps: float | None,
               start: float, duration_s: float, batch_size: int, window_count: int) -> LevelResult:
     ok = [r for r in records if r.ok]
-    # throughput over the level's own span: until the last reply, which may come after the nominal end
-    span = max([duration_s, *(r.end - start for r in records)]) if records else duration_s
+    span = level_span(records, start, duration_s)
     series = windows(records, start, duration_s, window_count)
     examples = list(dict.fromkeys(r.error for r in records if r.error))[:3]
     throughput = len(ok) / span if span > 0 else 0.0

@@ -3,13 +3,15 @@
 Starts the cell's bundle as a user runs it (`python serve.py`, in a scratch folder of the data folder, removed after)
 or targets `--url`; drives it with engine/deploy/loadgen.py at each concurrency (closed loop) and each `--rate`
 (open loop), with the cell's batch of inputs synthesized as the engine synthesizes them; reads the server's batch
-sizes from its /metrics before and after each level; stores the run as serving results of the cell.
+sizes from its /metrics before and after each level; stores the run as serving results of the cell. A generation
+cell's streaming server is measured as vLLM's benchmark_serving measures one (serve_bench_generate.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import re
 import shutil
@@ -31,12 +33,13 @@ from engine.deploy.loadgen import (
     batch_sizes_between,
     batching_settings,
     closed_loop,
-    guarded,
     open_loop,
     parse_metrics,
     poisson_arrivals,
     summarize,
+    warm_up,
 )
+from engine.deploy.generative_cells import is_generation_cell
 from engine.errors import UserError
 from engine.report.serving import level_label
 
@@ -62,6 +65,8 @@ class ServeBenchConfig:
     timeout_s: float = 60.0  # per request
     max_outstanding: int = 256  # open loop: connections in flight at most (later requests wait, and that counts)
     seed: int = 0
+    ttft_ms: float | None = None  # generation cells: the goodput targets (None: that target does not apply)
+    tpot_ms: float | None = None
 
     def __post_init__(self) -> None:
         if not self.concurrency and not self.rates:
@@ -86,6 +91,9 @@ class ServeBenchConfig:
         if self.url is not None and (self.max_batch is not None or self.max_delay_ms is not None):
             raise ValueError("--max-batch and --max-delay-ms set the server serve-bench starts; a server at --url "
                              "batches as it was started (read from its /metrics)")
+        for flag, target in (("--ttft-ms", self.ttft_ms), ("--tpot-ms", self.tpot_ms)):
+            if target is not None and not (target > 0 and math.isfinite(target)):
+                raise ValueError(f"{flag} is a goodput target in milliseconds: a number above 0, got {target:g}")
         if self.url is not None and not re.match(r"^https?://[^/\s]+", self.url):
             raise ValueError(f"--url must be an http:// or https:// address, got '{self.url}'")
 
@@ -123,9 +131,10 @@ def _health(url: str) -> tuple[int, str] | None:
 
 @contextmanager
 def local_server(deployed: Any, max_batch: int, max_delay_ms: float,
-                 start_timeout_s: float = START_TIMEOUT_S) -> Iterator[str]:
+                 start_timeout_s: float = START_TIMEOUT_S, batching: bool = True) -> Iterator[str]:
     """The cell's FastAPI bundle written to a scratch folder of the data folder and started as a user starts it;
-    yields its URL once /healthz says ready; stops it (SIGTERM) and removes the folder after."""
+    yields its URL once /healthz says ready; stops it (SIGTERM) and removes the folder after. `batching` False: a
+    server without batching options (the generative bundle's)."""
     from engine.deploy.write import write_bundle
     from storage.paths import sub_dir
 
@@ -135,8 +144,8 @@ def local_server(deployed: Any, max_batch: int, max_delay_ms: float,
     try:
         write_bundle(deployed, "fastapi", folder / "bundle")
         with open(log, "wb") as sink:
-            proc = subprocess.Popen([sys.executable, "serve.py", "--host", "127.0.0.1", "--port", "0", "--max-batch",
-                                     str(max_batch), "--max-delay-ms", f"{max_delay_ms:g}"],
+            options = ["--max-batch", str(max_batch), "--max-delay-ms", f"{max_delay_ms:g}"] if batching else []
+            proc = subprocess.Popen([sys.executable, "serve.py", "--host", "127.0.0.1", "--port", "0", *options],
                                     cwd=folder / "bundle", stdout=sink, stderr=subprocess.STDOUT,
                                     start_new_session=True)
         yield _wait_ready(proc, log, start_timeout_s)
@@ -231,23 +240,13 @@ async def drive(url: str, body: bytes, batch_size: int, config: ServeBenchConfig
                 return None
             return parse_metrics(reply.text) if reply.status_code == 200 else None
 
-        async def warm(concurrency: int) -> None:
-            left = [config.warmup]
-
-            async def worker() -> None:
-                while left[0] > 0:
-                    left[0] -= 1
-                    await guarded(send)  # a warm-up request is not recorded, whatever its end
-
-            await asyncio.gather(*(worker() for _ in range(min(concurrency, max(config.warmup, 1)))))
-
         first = await scrape()
         max_batch, max_delay_ms = batching_settings(first) if first is not None else (None, None)
         levels = []
         plan: list[tuple[str, int | None, float | None]] = [("closed", c, None) for c in config.concurrency]
         plan += [("open", None, r) for r in config.rates]
         for mode, concurrency, rate in plan:
-            await warm(concurrency or 1)
+            await warm_up(send, config.warmup, concurrency or 1)
             before = await scrape()
             cpu = time.process_time()
             start = clock.now()
@@ -287,6 +286,11 @@ def serve_bench(config: ServeBenchConfig, progress: TextIO | None = None) -> dic
         except KeyError:
             raise UserError(f"no study with id {config.study_id}; list them in the dashboard") from None
     deployed = deploy_cell(report, config.cell)
+    if is_generation_cell(deployed.cell):
+        return _serve_bench_generate(config, deployed, progress)
+    if config.ttft_ms is not None or config.tpot_ms is not None:
+        raise UserError(f"--ttft-ms and --tpot-ms are goodput targets of a generation cell's server; {deployed.label} "
+                        "is not a generation cell: leave them out")
     padding = float((report["study"].get("settings") or {}).get("padding") or 0.0)
     body = request_body(deployed, padding, config.seed)
     load_before = os.getloadavg()
@@ -316,6 +320,30 @@ def serve_bench(config: ServeBenchConfig, progress: TextIO | None = None) -> dic
                                       "cores": os.cpu_count()}},
         "levels": [level.to_json() for level in measured.levels],
     }
+    with session() as s:
+        run["id"] = serving.add_serving_run(s, run)
+    return run
+
+
+def _serve_bench_generate(config: ServeBenchConfig, deployed: Any, progress: TextIO | None) -> dict[str, Any]:
+    """A generation cell's streaming server measured at every level (serve_bench_generate.py), the run stored."""
+    from engine.deploy import serve_bench_generate as gen
+    from storage import serving
+    from storage.db import session
+
+    gen.check_options(config)
+    work = gen.workload(deployed)
+    load_before = os.getloadavg()
+    if progress is not None:
+        print(gen.header(), file=progress, flush=True)
+    if config.url is not None:
+        url = config.url.rstrip("/")
+        check_url(url)
+        levels = asyncio.run(gen.drive(url, work, config, progress))
+    else:
+        with local_server(deployed, 1, 0.0, batching=False) as url:
+            levels = asyncio.run(gen.drive(url, work, config, progress))
+    run = gen.run_json(config, deployed, work, levels, load_before, progress)
     with session() as s:
         run["id"] = serving.add_serving_run(s, run)
     return run

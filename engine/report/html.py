@@ -241,13 +241,15 @@ def _serving_section(report: dict[str, Any]) -> list[str]:
     parts = ["<h2>Serving</h2>",
              "<p>Each cell's FastAPI server under load (<code>python -m engine serve-bench</code>): p50 and p99 "
              "latency against throughput, one line per run with its dynamic batching, one point per load level. "
-             "A level is stable when its last 3 windows' throughput and p99 agree within 10%.</p>"]
+             "A level is stable when its last 3 windows' throughput and p99 agree within 10%. A generation cell's "
+             "streaming server adds time to first token (TTFT), time per output token (TPOT), inter-token latency "
+             "(ITL), output tokens/s and goodput (requests/s meeting the run's TTFT and TPOT targets).</p>"]
     for cell in serving.served_cells(report):
         levels = frame[frame["cell"] == cell]
         label = serving.cell_label(report, cell)
         parts += [f"<h3>{e(label)}</h3>",
                   _figure(serving.latency_vs_throughput(levels, f"Serving {label}"), f"chart-serving-{cell}"),
-                  _table(levels.drop(columns=["cell"]), serving.TABLE_COLUMNS, table_id=f"serving-{cell}")]
+                  _table(levels.drop(columns=["cell"]), serving.table_columns(levels), table_id=f"serving-{cell}")]
     return parts
 
 

@@ -1,5 +1,6 @@
 """Serving results of a study (`serve-bench` runs): their flat table and the latency-against-throughput chart that
-the Serving page and the HTML report both draw."""
+the Serving page and the HTML report both draw; a generation cell's levels add TTFT, TPOT, output tokens/s and
+goodput."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from engine.report.charts import new_figure
 
 SERVING_COLUMNS = ["run", "cell", "label", "server", "batching", "level", "mode", "concurrency", "rate_rps",
                    "requests", "errors", "throughput_rps", "items_per_s", "p50_ms", "p90_ms", "p99_ms", "mean_batch",
-                   "batch_sizes", "stable", "created_at"]
+                   "batch_sizes", "stable", "created_at", "scenario", "output_tokens_per_s", "ttft_p50_ms",
+                   "ttft_p99_ms", "tpot_p50_ms", "tpot_p99_ms", "itl_p99_ms", "goodput_rps", "goodput_fraction"]
 # (column, label, format) as tables.shown_columns gives them: the HTML report's table and the page's
 TABLE_COLUMNS: list[tuple[str, str, str | None]] = [
     ("run", "run", "%d"), ("batching", "batching", None), ("server", "server", None), ("level", "level", None),
@@ -20,6 +22,20 @@ TABLE_COLUMNS: list[tuple[str, str, str | None]] = [
     ("items_per_s", "items/s", "%.1f"), ("p50_ms", "p50 ms", "%.3f"), ("p90_ms", "p90 ms", "%.3f"),
     ("p99_ms", "p99 ms", "%.3f"), ("batch_sizes", "server batch sizes", None), ("mean_batch", "mean batch", "%.2f"),
     ("stable", "stable", None)]
+# a generation cell's levels (e2e latency in the p50/p99 columns; the server generates one request at a time)
+GENERATION_COLUMNS: list[tuple[str, str, str | None]] = [
+    ("run", "run", "%d"), ("server", "server", None), ("level", "level", None), ("requests", "requests", "%d"),
+    ("errors", "errors", "%d"), ("throughput_rps", "req/s", "%.2f"), ("output_tokens_per_s", "output tok/s", "%.1f"),
+    ("ttft_p50_ms", "TTFT p50 ms", "%.2f"), ("ttft_p99_ms", "TTFT p99 ms", "%.2f"),
+    ("tpot_p50_ms", "TPOT p50 ms", "%.2f"), ("tpot_p99_ms", "TPOT p99 ms", "%.2f"),
+    ("itl_p99_ms", "ITL p99 ms", "%.2f"),
+    ("p50_ms", "e2e p50 ms", "%.1f"), ("p99_ms", "e2e p99 ms", "%.1f"), ("goodput_rps", "goodput req/s", "%.2f"),
+    ("goodput_fraction", "met targets", "%.0f%%"), ("stable", "stable", None)]
+
+
+def table_columns(levels: pd.DataFrame) -> list[tuple[str, str, str | None]]:
+    """The levels' table columns: a generation cell's (TTFT, TPOT, output tokens/s, goodput) or a single pass's."""
+    return GENERATION_COLUMNS if (levels["scenario"] == "generate").any() else TABLE_COLUMNS
 
 
 def batching_label(max_batch: int | None, max_delay_ms: float | None) -> str:
@@ -44,6 +60,9 @@ def serving_frame(report: dict[str, Any]) -> pd.DataFrame:
         for level in run.get("levels") or []:
             latency = level.get("latency_ms") or {}
             sizes = level.get("batch_sizes")
+            gen = level.get("generation") or {}
+            ttft, tpot = gen.get("ttft_ms") or {}, gen.get("tpot_ms") or {}
+            fraction = gen.get("goodput_fraction")
             rows.append({
                 "run": run["id"], "cell": run["cell"], "label": f"run {run['id']}: {batching}", "server": server,
                 "batching": batching, "level": level_label(level), "mode": level["mode"],
@@ -54,7 +73,13 @@ def serving_frame(report: dict[str, Any]) -> pd.DataFrame:
                 "mean_batch": level.get("mean_batch"),
                 "batch_sizes": (" ".join(f"{k}: {v}" for k, v in sizes.items()) or "none") if sizes is not None
                 else "unknown",
-                "stable": "yes" if level.get("stable") else "no", "created_at": run.get("created_at")})
+                "stable": "yes" if level.get("stable") else "no", "created_at": run.get("created_at"),
+                "scenario": (run.get("settings") or {}).get("scenario") or "single-pass",
+                "output_tokens_per_s": gen.get("output_tokens_per_s"),
+                "ttft_p50_ms": ttft.get("p50"), "ttft_p99_ms": ttft.get("p99"), "tpot_p50_ms": tpot.get("p50"),
+                "tpot_p99_ms": tpot.get("p99"),
+                "itl_p99_ms": (gen.get("itl_ms") or {}).get("p99"), "goodput_rps": gen.get("goodput_rps"),
+                "goodput_fraction": fraction * 100.0 if fraction is not None else None})
     return pd.DataFrame(rows, columns=SERVING_COLUMNS)
 
 

@@ -32,6 +32,34 @@ def seeded(tmp_path_factory: pytest.TempPathFactory, mlp_torchscript: Path) -> I
         yield Seeded(folder, int(out.getvalue().split("study ")[-1].split(":")[0]))
 
 
+@dataclass(frozen=True)
+class GenStudy:
+    folder: Path
+    study: int
+    cells: dict[tuple[str, str], int]  # (variant, runtime) -> cell
+
+
+@pytest.fixture(scope="package")
+def gen_study(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GenStudy]:
+    """A generation study of a tiny random-weight Llama (prompt 8 tokens, 2 new tokens, baseline on torch and
+    onnxruntime), measured once for the package: the generative bundle's tests and serve-bench's read it."""
+    import json
+
+    from tests.engine.tiny_llama import save_tiny_llama
+
+    tiny_llama = save_tiny_llama(tmp_path_factory.mktemp("llama"))
+    folder = tmp_path_factory.mktemp("chat") / "data"
+    with shared_data_dir(folder):
+        out = io.StringIO()
+        report = folder.parent / "gen.json"
+        assert main(["bench", str(tiny_llama), "--scenario", "generate", "--prompt-lens", "8", "--new-tokens", "2",
+                     "--generations", "1", "--batch-sizes", "1", "--threads", "1", "--runtimes", "torch,onnxruntime",
+                     "--variants", "baseline", "--json", str(report)], out=out) == 0, out.getvalue()
+        rows = json.loads(report.read_text())
+        cells = {(r["variant"], r["runtime"]): r["cell"] for r in rows["results"]}
+        yield GenStudy(folder, int(rows["study"]["id"]), cells)
+
+
 @pytest.fixture
 def data_dir(seeded: Seeded, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Overrides the per-test empty data folder: deploy tests read the seeded one."""

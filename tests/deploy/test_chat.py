@@ -4,13 +4,11 @@ server run standalone (streaming and not, both endpoints, one-line refusals, met
 from __future__ import annotations
 
 import importlib.util
-import io
 import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +18,8 @@ import pytest
 from engine.__main__ import main
 from engine.deploy.bundle import load_deploy_cell
 from engine.deploy.write import write_bundle
-from tests.conftest import shared_data_dir
+from tests.deploy.conftest import GenStudy
 from tests.deploy.test_deploy import DEADLINE_S, _free_port, _health, _wait
-from tests.engine.test_generation import tiny_llama  # noqa: F401 - the fixture, shared
 
 CHAT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Tell me about the sea."}]
 # the tiny tokenizer has no chat template: the server sends the transcript, as its README says
@@ -30,27 +27,6 @@ TRANSCRIPT = "system: Be brief.\nuser: Tell me about the sea.\nassistant:"
 UI_TRANSCRIPT = "user: Tell me about the sea.\nassistant:"  # the Gradio chat's first turn: no system message
 PROMPT = "The sea is"
 MAX_TOKENS = 10
-
-
-@dataclass(frozen=True)
-class GenStudy:
-    folder: Path
-    study: int
-    cells: dict[tuple[str, str], int]  # (variant, runtime) -> cell
-
-
-@pytest.fixture(scope="module")
-def gen_study(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path) -> Iterator[GenStudy]:  # noqa: F811
-    folder = tmp_path_factory.mktemp("chat") / "data"
-    with shared_data_dir(folder):
-        out = io.StringIO()
-        report = folder.parent / "gen.json"
-        assert main(["bench", str(tiny_llama), "--scenario", "generate", "--prompt-lens", "8", "--new-tokens", "2",
-                     "--generations", "1", "--batch-sizes", "1", "--threads", "1", "--runtimes", "torch,onnxruntime",
-                     "--variants", "baseline", "--json", str(report)], out=out) == 0, out.getvalue()
-        rows = json.loads(report.read_text())
-        cells = {(r["variant"], r["runtime"]): r["cell"] for r in rows["results"]}
-        yield GenStudy(folder, int(rows["study"]["id"]), cells)
 
 
 @pytest.fixture

@@ -52,6 +52,41 @@ def test_serving_page_without_serving_results_says_how_to_get_them(data_dir: Pat
     assert len(at.info) == 1 and "has no serving results" in at.info[0].value and "serve-bench" in at.info[0].value
 
 
+def test_serving_page_shows_a_generation_cells_levels(data_dir: Path) -> None:
+    """A generative serve-bench run, stored as serve-bench stores one (no server): TTFT, TPOT, output tokens/s and
+    goodput in the levels' table."""
+    import streamlit as st
+
+    from engine.deploy.serve_bench_generate import StreamTiming, generation_summary
+    from storage import serving
+    from storage.tables import ServingRun
+
+    timings = [StreamTiming(0.0, (0.05, 0.07), 0.09, 4, 8), StreamTiming(0.1, (0.16, 0.2), 0.22, 4, 8)]
+    level = {"mode": "closed", "concurrency": 1, "rate_rps": None, "duration_s": 1.0, "batch_size": 1,
+             "requests": 2, "errors": 0, "throughput_rps": 2.0, "items_per_s": 2.0,
+             "latency_ms": {"p50": 100.0, "p90": 110.0, "p99": 120.0}, "stable": True, "windows": [],
+             "generation": generation_summary(timings, 1.0, ttft_ms=55.0, tpot_ms=None)}
+    with session(write=False) as s:
+        study_id = int(views.list_studies(s)["id"].iloc[0])  # the page's first study
+    with session() as s:
+        run_id = serving.add_serving_run(s, {"study": study_id, "cell": 0, "target": "local", "max_batch": 1,
+                                             "max_delay_ms": 0.0, "settings": {"scenario": "generate"},
+                                             "levels": [level]})
+    st.cache_data.clear()  # the pages' reads are cached: read the run just stored, and leave none behind
+    try:
+        at = visit("serving.py")
+        table = at.dataframe[0].value
+        assert {"ttft_p50_ms", "tpot_p99_ms", "output_tokens_per_s", "goodput_rps"} <= set(table.columns)
+        assert "batch_sizes" not in table.columns
+        assert table["goodput_rps"].tolist() == [pytest.approx(1.0)]  # one of the two met the 55 ms TTFT target
+        assert table["output_tokens_per_s"].tolist() == [pytest.approx(8.0)]
+        assert any("TTFT" in c.value for c in at.caption) and len(at.get("plotly_chart")) == 1
+    finally:
+        with session() as s:  # leave the seeded data as it was for other tests
+            s.delete(s.get(ServingRun, run_id))
+        st.cache_data.clear()
+
+
 def values(data: object) -> list:  # type: ignore[type-arg]
     """A Plotly trace array: a list, or {"dtype", "bdata"} (base64) as Plotly 6 writes numpy arrays."""
     if isinstance(data, dict) and "bdata" in data:

@@ -61,7 +61,7 @@ lint: install
 # test file at a time) take ~30% less wall time on the 2-core CI machine; TEST_WORKERS=0 runs it in one process
 TEST_WORKERS ?= 2
 test: install lint
-	$(BIN)/python -m pytest -q $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile)
+	$(BIN)/python -m pytest -q $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder)
 
 bench-overhead: install
 	$(BIN)/python -m benchmarks.harness_overhead

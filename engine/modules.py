@@ -59,8 +59,10 @@ class HFWrapper(torch.nn.Module):
         super().__init__()
         self.model = model
         self.input_names = list(input_names)
-        # transformers names models with a head "<Arch>For<Task>"; bare encoders return hidden states
-        self.output_name = "logits" if "For" in type(model).__name__ else "last_hidden_state"
+        # transformers names models with a head "<Arch>For<Task>" (GPT-2's: "<Arch>LMHeadModel"); bare encoders
+        # return hidden states
+        name = type(model).__name__
+        self.output_name = "logits" if "For" in name or name.endswith("LMHeadModel") else "last_hidden_state"
 
     def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
         out = self.model(**dict(zip(self.input_names, tensors, strict=True)), return_dict=True)
@@ -183,8 +185,12 @@ def load_hf(folder: Path, label: str = "the Hugging Face model") -> torch.nn.Mod
 
 
 def hf_input_names(model: torch.nn.Module) -> list[str]:
+    """The inputs the model's forward takes of input_ids, attention_mask and token_type_ids; token_type_ids only
+    with a token-type table (config.type_vocab_size): GPT-2's forward accepts them but adds them through its word
+    embeddings, so zeros would add token 0's embedding at every position, as no real caller does."""
     params = inspect.signature(model.forward).parameters
-    return [name for name in HF_INPUTS if name in params]
+    typed = bool(getattr(getattr(model, "config", None), "type_vocab_size", None))
+    return [name for name in HF_INPUTS if name in params and (name != "token_type_ids" or typed)]
 
 
 Inspected = tuple[InputSpec | None, dict[str, Any], torch.nn.Module]

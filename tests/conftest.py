@@ -22,7 +22,8 @@ os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.g
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Files holding a `slow` test first, the rest after, each in its own order: under `make test`'s
-    `-n 2 --dist loadfile` the long files start at once rather than leave one worker running alone at the end.
+    `-n 2 --dist loadfile --no-loadscope-reorder` (xdist would otherwise order files by their test count) the long
+    files start at once rather than leave one worker running alone at the end.
     Every worker collects the same order, as xdist requires."""
     slow = {item.path for item in items if item.get_closest_marker("slow")}
     items.sort(key=lambda item: item.path not in slow)

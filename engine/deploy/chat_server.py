@@ -156,11 +156,13 @@ def parse_request(payload: Any, chat: bool) -> GenerationRequest:
 
 
 def _include_usage(options: Any, stream: bool) -> bool:
-    """stream_options, checked as OpenAI checks it: an object with an optional boolean include_usage, with a stream."""
+    """stream_options, checked as OpenAI checks it: an object of booleans, with a stream; include_usage is the one
+    this server acts on (others, like vLLM's continuous_usage_stats, are accepted and not acted on)."""
     if options is None:
         return False
-    if not isinstance(options, dict) or set(options) - {"include_usage"}:
-        raise RequestError(f'stream_options must be an object like {{"include_usage": true}}, got '
+    if not isinstance(options, dict) or not all(isinstance(v, bool) for k, v in options.items()
+                                                if k != "include_usage"):
+        raise RequestError(f'stream_options must be an object of booleans like {{"include_usage": true}}, got '
                            f"{json.dumps(options)[:100]}")
     include = options.get("include_usage", False)
     if not isinstance(include, bool):
@@ -411,8 +413,9 @@ def create_app(folder: str | Path = HERE, *, threads: int | None = None) -> Fast
                     run.last_at = now
                     run.tokens.append(token)
                     metrics.tokens.inc()
-                    if text := delta.add(token):
-                        yield text
+                    # a chunk per token, as OpenAI's and vLLM's servers send (its text is "" while a character is
+                    # split across tokens): a client times every token, the first one included
+                    yield delta.add(token)
                 await job  # generate()'s own error, if it raised
                 if text := delta.finish():
                     yield text

@@ -3,12 +3,12 @@ measures one.
 
 Each request is a streamed `/v1/completions` of the cell's prompt length (the bundled prompt text through the model's
 tokenizer, decoded to text) asking for exactly the cell's new tokens (greedy, `ignore_eos`, usage in the stream).
-Per request: TTFT (send to the first chunk carrying text), ITL (gaps between text chunks), TPOT ((e2e - TTFT) /
-(output tokens - 1), the tokens the server counted: a chunk may carry several tokens, or none while a character is
-split across tokens) and e2e. Per level: their percentiles, output tokens/s, and goodput against `--ttft-ms` and
-`--tpot-ms`. TTFT and e2e count from the request's send, as vLLM's do; the level's `latency_ms` (loadgen's) counts an
-open loop's requests from their intended start. serve_bench.py starts the server (or checks `--url`) and stores the
-run this module measures.
+Per request: TTFT (send to the first token's chunk), ITL (gaps between token chunks), TPOT ((e2e - TTFT) /
+(output tokens - 1), the tokens the server counted in its usage: this server sends a chunk per token, other
+servers may merge tokens into a chunk) and e2e. Per level: their percentiles, output tokens/s, and goodput against
+`--ttft-ms` and `--tpot-ms`. TTFT and e2e count from the request's send, as vLLM's do; the level's `latency_ms`
+(loadgen's) counts an open loop's requests from their intended start. serve_bench.py starts the server (or checks
+`--url`) and stores the run this module measures.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ ENDPOINT = "/v1/completions"
 
 @dataclass(frozen=True)
 class StreamTiming:
-    """One streamed request: when it was sent, when each chunk carrying text arrived, when the stream ended (all on
+    """One streamed request: when it was sent, when each token's chunk arrived, when the stream ended (all on
     one monotonic clock, seconds), and the tokens the server counted in its usage."""
 
     sent: float
@@ -63,9 +63,9 @@ class RequestMetrics:
 
 
 def request_metrics(timing: StreamTiming) -> RequestMetrics:
-    """TTFT, TPOT, ITL and e2e of one streamed request; ValueError when no chunk carried text."""
+    """TTFT, TPOT, ITL and e2e of one streamed request; ValueError when no chunk carried a token."""
     if not timing.chunks:
-        raise ValueError("a stream without text has no time to first token")
+        raise ValueError("a stream without a token has no time to first token")
     ttft = timing.chunks[0] - timing.sent
     e2e = timing.end - timing.sent
     itl = tuple(b - a for a, b in zip(timing.chunks, timing.chunks[1:], strict=False))
@@ -81,21 +81,23 @@ def meets(metrics: RequestMetrics, ttft_ms: float | None, tpot_ms: float | None)
 
 
 def goodput(metrics: Sequence[RequestMetrics], ttft_ms: float | None, tpot_ms: float | None,
-            span_s: float) -> tuple[float | None, float | None]:
-    """(requests/s that met the targets, the fraction of completed requests that did); (None, None) without a
-    target: goodput is defined by its targets, and none was given."""
+            span_s: float, attempted: int | None = None) -> tuple[float | None, float | None]:
+    """(requests/s that met the targets, the fraction of the level's requests that did: a failed request met
+    none); (None, None) without a target: goodput is defined by its targets, and none was given. `attempted`: the
+    level's requests, failed ones included (default: the completed ones)."""
     if ttft_ms is None and tpot_ms is None:
         return None, None
     good = sum(meets(m, ttft_ms, tpot_ms) for m in metrics)
-    return good / span_s if span_s > 0 else 0.0, good / len(metrics) if metrics else None
+    total = len(metrics) if attempted is None else attempted
+    return good / span_s if span_s > 0 else 0.0, good / total if total else None
 
 
 def generation_summary(timings: Sequence[StreamTiming], span_s: float, ttft_ms: float | None,
-                       tpot_ms: float | None) -> dict[str, Any]:
+                       tpot_ms: float | None, attempted: int | None = None) -> dict[str, Any]:
     """A level's `generation` JSON from its completed requests over the level's span."""
     metrics = [request_metrics(t) for t in timings]
     tokens = [m.output_tokens for m in metrics]
-    rate, fraction = goodput(metrics, ttft_ms, tpot_ms, span_s)
+    rate, fraction = goodput(metrics, ttft_ms, tpot_ms, span_s, attempted)
     return {
         "completed": len(metrics), "span_s": span_s, "output_tokens": sum(tokens),
         "output_tokens_per_s": sum(tokens) / span_s if span_s > 0 else 0.0,
@@ -118,19 +120,21 @@ def generation_summary(timings: Sequence[StreamTiming], span_s: float, ttft_ms: 
 
 def prompt_text(tokenizer: Any, prompt_len: int, text: str) -> tuple[str, int]:
     """Text of `text`'s tokens that the tokenizer (as the server calls it, special tokens included) makes into
-    `prompt_len` tokens, or as near as decoding and encoding again allow; with the count it makes."""
+    `prompt_len` tokens, or as near as decoding and encoding again allow, shorter before longer (a longer prompt
+    could push a cell planned up to the model's positions past them); with the count it makes."""
     special = len(tokenizer("")["input_ids"])
     ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
     if not ids:
         raise UserError("the model's tokenizer makes no tokens of the bundled prompt text")
-    best: tuple[int, str, int] | None = None
+    best: tuple[tuple[bool, int], str, int] | None = None
     take = max(1, prompt_len - special)
     for _ in range(8):  # decoding then encoding again can merge or split tokens at the seams: correct and retry
         chosen = (ids * (take // len(ids) + 1))[:take]
         candidate = str(tokenizer.decode(chosen, skip_special_tokens=True, clean_up_tokenization_spaces=False))
         count = len(tokenizer(candidate)["input_ids"])
-        if best is None or abs(count - prompt_len) < best[0]:
-            best = (abs(count - prompt_len), candidate, count)
+        rank = (count > prompt_len, abs(count - prompt_len))
+        if best is None or rank < best[0]:
+            best = (rank, candidate, count)
         if count == prompt_len:
             break
         take = max(1, take + prompt_len - count)
@@ -172,6 +176,10 @@ def workload(deployed: Any) -> Workload:
     return Workload(text, prompt_len, count, new_tokens)
 
 
+def _one_line(text: str, limit: int = 200) -> str:
+    return " ".join(text.split())[:limit]
+
+
 # --- the load ------------------------------------------------------------------------------------------------
 
 
@@ -183,7 +191,7 @@ async def stream_once(client: Any, body: bytes, sink: list[StreamTiming]) -> str
     async with client.stream("POST", ENDPOINT, content=body, headers={"content-type": "application/json"}) as reply:
         if reply.status_code != 200:
             text = (await reply.aread()).decode(errors="replace")
-            return f"HTTP {reply.status_code}: {text[:200]}"
+            return f"HTTP {reply.status_code}: {_one_line(text)}"
         async for line in reply.aiter_lines():
             if not line.startswith("data: "):
                 continue
@@ -192,8 +200,11 @@ async def stream_once(client: Any, body: bytes, sink: list[StreamTiming]) -> str
                 break
             event = json.loads(data)
             if "error" in event:
-                return f"the stream ended with an error: {str(event['error'].get('message'))[:200]}"
-            if any(choice.get("text") for choice in event.get("choices") or []):
+                error = event["error"]
+                message = error.get("message") if isinstance(error, dict) else error
+                return f"the stream ended with an error: {_one_line(str(message))}"
+            # a chunk per token (its text may be "": a character split across tokens); not the finish chunk
+            if any(choice.get("finish_reason") is None for choice in event.get("choices") or []):
                 chunks.append(time.perf_counter())
             if event.get("usage"):
                 usage = event["usage"]
@@ -201,7 +212,7 @@ async def stream_once(client: Any, body: bytes, sink: list[StreamTiming]) -> str
     if usage is None:
         return "the stream carried no usage: the server does not answer stream_options.include_usage"
     if not chunks:
-        return "the stream carried no text"
+        return "the stream carried no token"
     sink.append(StreamTiming(sent, tuple(chunks), end, int(usage["completion_tokens"]), usage.get("prompt_tokens")))
     return None
 
@@ -234,7 +245,7 @@ async def drive(url: str, work: Workload, config: Any, progress: TextIO | None =
             level = summarize(records, mode=mode, concurrency=concurrency, rate_rps=rate, start=start,
                               duration_s=config.duration_s, batch_size=1, window_count=config.windows)
             generation = generation_summary(timings, level_span(records, start, config.duration_s), config.ttft_ms,
-                                            config.tpot_ms)
+                                            config.tpot_ms, attempted=len(records))
             levels.append({**level.to_json(), "generation": generation})
             if progress is not None:
                 print(format_level(levels[-1]), file=progress, flush=True)

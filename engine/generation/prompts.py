@@ -76,10 +76,9 @@ class TokenSource:
 
 def training_windows(folder: Path, names: list[str], length: int, count: int) -> dict[str, np.ndarray] | None:
     """`count` windows of `length` tokens (at most TRAIN_WINDOW) of the bundled prompt text through the folder's
-    tokenizer, as the inputs `names` (input_ids; attention_mask of ones; token_type_ids of zeros, as GPT-2 takes):
-    a decoder's distillation data. Never the
-    evaluation text, which measures the result. None when the folder has no tokenizer that loads, or the model
-    takes other inputs."""
+    tokenizer, as the inputs `names` (input_ids; attention_mask of ones; token_type_ids of zeros where the model has
+    a token-type table): a decoder's distillation data. Never the evaluation text, which measures the result.
+    None when the folder has no tokenizer that loads, or the model takes other inputs."""
     import json
 
     if not set(names) <= {"input_ids", "attention_mask", "token_type_ids"} or "input_ids" not in names:

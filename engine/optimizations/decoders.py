@@ -23,15 +23,20 @@ if TYPE_CHECKING:
 
 # layer lists relative to the causal LM, by the attribute names transformers gives them
 LAYER_LISTS = ("model.layers", "transformer.h")
+# decoders transformers names otherwise than *ForCausalLM
+LM_HEADS = frozenset({"GPT2LMHeadModel"})
 # attributes a layer or its attention module holds its own index in (renumbered when layers are dropped)
 INDEX_ATTR = "layer_idx"
 # config fields with one entry per layer that a decoder with fewer layers keeps the kept entries of
 PER_LAYER_FIELDS = ("layer_types",)
+# per-layer config fields the pass does not cut (KV sharing between layers, per-layer MLP kinds, layers without
+# RoPE): a model that sets them is refused rather than left with a config that no longer matches its layers
+UNCUT_PER_LAYER_FIELDS = ("mlp_layer_types", "kv_sharing_modes", "no_rope_layers", "num_kv_shared_layers")
 # the layer lists in the saved weights' names, with the attention module holding the layer index (GPT-2
 # checkpoints are saved with or without "transformer.")
 _WEIGHT_NAMES = re.compile(r"(^|\.)(model\.layers\.\d+\.self_attn|h\.\d+\.attn)\.")
 # a safetensors header larger than this is not read by the plan (the build reports what it finds instead)
-_MAX_HEADER = 64 * 2**20
+_MAX_HEADER = 8 * 2**20
 
 
 @dataclass(frozen=True)
@@ -49,11 +54,10 @@ def _join(*parts: str) -> str:
 
 
 def is_causal_lm(model: Any) -> bool:
-    """A transformers model with a causal language-modelling head (Llama's *ForCausalLM, GPT-2's LMHeadModel)."""
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-
+    """A transformers decoder with a causal language-modelling head: *ForCausalLM (Llama, Mistral, Qwen2, ...) or
+    GPT-2's GPT2LMHeadModel (not the masked, multimodal or encoder heads transformers also maps to causal LM)."""
     name = type(model).__name__
-    return name.endswith("ForCausalLM") or name in set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
+    return name.endswith("ForCausalLM") or name in LM_HEADS
 
 
 def plan_reason(folder: Path) -> str | None:
@@ -118,6 +122,10 @@ def find_decoder(root: nn.Module) -> Decoder:
             raise NotApplicable(f"distill:layers found no {INDEX_ATTR} in layer {i} of {name}: the KV cache's layer "
                                 "indices could not be renumbered")
         indexed.append(holders)
+    uncut = [f for f in UNCUT_PER_LAYER_FIELDS if getattr(config, f, None)]
+    if uncut:
+        raise NotApplicable(f"distill:layers cannot keep layers of {name}: its config sets {', '.join(uncut)} per "
+                            "layer, which the pass does not cut")
     fields = tuple(f for f in PER_LAYER_FIELDS if isinstance(getattr(config, f, None), (list, tuple)))
     for f in fields:
         if len(getattr(config, f)) != total:

@@ -118,7 +118,7 @@ def _refusals(url: str) -> None:
     base = {"prompt": "The sea is", "max_tokens": 2}
     bad = {
         "ignore_eos must be true or false, got \"yes\"": {**base, "ignore_eos": "yes"},
-        'stream_options must be an object like {"include_usage": true}, got [true]': {
+        'stream_options must be an object of booleans like {"include_usage": true}, got [true]': {
             **base, "stream": True, "stream_options": [True]},
         "stream_options.include_usage must be true or false, got 1": {
             **base, "stream": True, "stream_options": {"include_usage": 1}},
@@ -132,6 +132,16 @@ def _refusals(url: str) -> None:
     reply = httpx.post(f"{url}/v1/completions", json={**base, "max_tokens": 5, "ignore_eos": True, "temperature": 0},
                        timeout=30)
     assert reply.status_code == 200 and reply.json()["usage"]["completion_tokens"] == 5, reply.text
+    # streamed: a chunk per token (some may carry "" while a character is split), then the finish and usage chunks;
+    # other boolean stream_options (vLLM's continuous_usage_stats) are accepted
+    reply = httpx.post(f"{url}/v1/completions", json={
+        **base, "max_tokens": 5, "ignore_eos": True, "temperature": 0, "stream": True,
+        "stream_options": {"include_usage": True, "continuous_usage_stats": False}}, timeout=30)
+    events = [json.loads(line.removeprefix("data: ")) for line in reply.text.splitlines()
+              if line.startswith("data: ") and line != "data: [DONE]"]
+    assert reply.status_code == 200, reply.text
+    assert sum(c["finish_reason"] is None for e in events for c in e["choices"]) == 5
+    assert events[-1]["usage"]["completion_tokens"] == 5 and events[-2]["choices"][0]["finish_reason"] == "length"
 
 
 # --- pure functions --------------------------------------------------------------------------------------------
@@ -160,6 +170,8 @@ def test_goodput_counts_requests_that_meet_every_given_target() -> None:
     assert gen.goodput(every, 200.0, 20.0, 2.0) == (1.0, 0.5)
     assert gen.goodput(every, 0.001, None, 2.0) == (0.0, 0.0)
     assert gen.goodput([], 200.0, None, 2.0) == (0.0, None)
+    # the fraction is of the level's requests: two more that failed met no target
+    assert gen.goodput(every, 200.0, None, 2.0, attempted=6) == (1.5, 0.5)
 
 
 def test_generation_summary_and_its_printed_row() -> None:
@@ -202,15 +214,18 @@ def _stream(events: list[str], status: int = 200) -> tuple[str | None, list[gen.
 
 
 def test_a_stream_counts_the_servers_tokens_not_its_chunks() -> None:
-    chunk = lambda text: json.dumps({"choices": [{"index": 0, "text": text, "finish_reason": None}]})
+    chunk = lambda text, finish=None: json.dumps({"choices": [{"index": 0, "text": text, "finish_reason": finish}]})
     usage = json.dumps({"choices": [], "usage": {"prompt_tokens": 8, "completion_tokens": 5, "total_tokens": 13}})
-    # five tokens: an empty chunk (a split character) is not text, and one chunk holds two tokens
-    error, sink = _stream([chunk("a"), chunk(""), chunk("bc"), chunk("d"), usage, "[DONE]"])
+    # five tokens: an empty chunk (a token whose character is split) is a token's chunk, another server's chunk
+    # holds two tokens; the finish chunk and the usage chunk are no token's
+    error, sink = _stream([chunk(""), chunk("a"), chunk("bc"), chunk("d"), chunk("", "length"), usage, "[DONE]"])
     assert error is None and len(sink) == 1
-    assert len(sink[0].chunks) == 3 and sink[0].output_tokens == 5 and sink[0].prompt_tokens == 8
+    assert len(sink[0].chunks) == 4 and sink[0].output_tokens == 5 and sink[0].prompt_tokens == 8
     error, sink = _stream([chunk("a"), "[DONE]"])
     assert error is not None and "no usage" in error and not sink
-    error, sink = _stream([json.dumps({"error": {"message": "RuntimeError: boom"}}), "[DONE]"])
-    assert error == "the stream ended with an error: RuntimeError: boom" and not sink
+    error, sink = _stream([json.dumps({"error": {"message": "RuntimeError: boom\n  at line 2"}}), "[DONE]"])
+    assert error == "the stream ended with an error: RuntimeError: boom at line 2" and not sink  # one line
+    error, sink = _stream([json.dumps({"error": "overloaded"}), "[DONE]"])
+    assert error == "the stream ended with an error: overloaded" and not sink
     error, _ = _stream([], status=422)
     assert error is not None and error.startswith("HTTP 422")

@@ -94,6 +94,8 @@ def test_a_llama_keeps_k_renumbered_layers_trained_on_the_prompt_text(llama_zip:
 
 def test_a_gpt2_without_a_tokenizer_trains_on_synthesized_ids_and_says_so(gpt2_zip: Path) -> None:
     model = _intake(gpt2_zip)
+    # GPT-2's forward takes token_type_ids but adds them through its word embeddings: not an input of the spec
+    assert model.spec.names == ["input_ids", "attention_mask"]
     _check_decoder(model, "model.transformer.h", "attn", "n_layer", "synthesized ids (the folder has no tokenizer")
 
 
@@ -108,3 +110,29 @@ def test_a_decoder_whose_layers_are_not_found_gets_a_one_line_reason(tmp_path: P
     assert reason is not None and "model.layers" in reason and "\n" not in reason
     save_file({"transformer.h.0.attn.c_attn.weight": torch.zeros(2)}, str(tmp_path / "model.safetensors"))
     assert plan_reason(tmp_path) is None
+
+
+def test_only_decoders_with_a_causal_lm_head_are_causal_lms() -> None:
+    from engine.optimizations.decoders import is_causal_lm
+
+    def named(name: str) -> object:
+        return type(name, (), {})()
+
+    assert is_causal_lm(named("LlamaForCausalLM")) and is_causal_lm(named("GPT2LMHeadModel"))
+    # transformers maps these to causal LM too; they are masked, multimodal or encoder heads
+    for name in ("BertLMHeadModel", "XLNetLMHeadModel", "Gemma3ForConditionalGeneration"):
+        assert not is_causal_lm(named(name)), name
+
+
+def test_a_config_with_per_layer_fields_the_pass_does_not_cut_is_refused(llama_zip: Path) -> None:
+    from engine.errors import NotApplicable
+    from engine.modules import load_module
+    from engine.optimizations.decoders import find_decoder
+
+    model = _intake(llama_zip)
+    wrapper = load_module(model.path, model.format, model.spec)
+    count = find_decoder(wrapper).count
+    wrapper.model.config.no_rope_layers = [1] * count
+    with pytest.raises(NotApplicable, match="no_rope_layers per layer") as err:
+        find_decoder(wrapper)
+    assert "\n" not in str(err.value)

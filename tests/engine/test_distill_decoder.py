@@ -136,3 +136,26 @@ def test_a_config_with_per_layer_fields_the_pass_does_not_cut_is_refused(llama_z
     with pytest.raises(NotApplicable, match="no_rope_layers per layer") as err:
         find_decoder(wrapper)
     assert "\n" not in str(err.value)
+
+
+def test_a_qwen2_with_sliding_window_layers_keeps_each_kept_layers_attention_type(
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Qwen2 reads config.layer_types[i] in its forward (mask and sliding window) and its KV cache is built from it:
+    the kept layers keep their own types, and a sliding-window layer's cache still agrees with no cache."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from engine.generation.cell import causal_lm
+
+    root = tmp_path_factory.mktemp("qwen2")
+    types = ["full_attention", "full_attention", "sliding_attention"]
+    config = Qwen2Config(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                         use_sliding_window=True, sliding_window=4, layer_types=types, initializer_range=0.2,
+                         bos_token_id=0, eos_token_id=0, architectures=["Qwen2ForCausalLM"])
+    torch.manual_seed(0)
+    Qwen2ForCausalLM(config).eval().save_pretrained(root / "tiny-qwen2", safe_serialization=True)
+    model = _intake(write_zip(root / "tiny-qwen2", root / "tiny-qwen2.zip"))
+    _check_decoder(model, "model.model.layers", "self_attn", "num_hidden_layers", "synthesized ids")
+    again = build_variant(model, parse_chain(CHAIN), "torch", BuildContext(model.spec))
+    assert causal_lm(again.module).config.layer_types == ["full_attention", "sliding_attention"]

@@ -36,6 +36,8 @@ from engine.errors import UserError
 from engine.report.serving import level_label
 
 ENDPOINT = "/v1/completions"
+# a level stores each request's numbers, up to this many (the percentiles are over every request)
+PER_REQUEST_KEPT = 5_000
 
 
 # --- per request and per level: pure functions --------------------------------------------------------------
@@ -98,6 +100,7 @@ def generation_summary(timings: Sequence[StreamTiming], span_s: float, ttft_ms: 
     metrics = [request_metrics(t) for t in timings]
     tokens = [m.output_tokens for m in metrics]
     rate, fraction = goodput(metrics, ttft_ms, tpot_ms, span_s, attempted)
+    kept = metrics[:PER_REQUEST_KEPT]
     return {
         "completed": len(metrics), "span_s": span_s, "output_tokens": sum(tokens),
         "output_tokens_per_s": sum(tokens) / span_s if span_s > 0 else 0.0,
@@ -108,10 +111,12 @@ def generation_summary(timings: Sequence[StreamTiming], span_s: float, ttft_ms: 
         "itl_ms": percentiles_ms([gap for m in metrics for gap in m.itl_s]),
         "e2e_ms": percentiles_ms([m.e2e_s for m in metrics]),
         "targets": {"ttft_ms": ttft_ms, "tpot_ms": tpot_ms}, "goodput_rps": rate, "goodput_fraction": fraction,
-        # each completed request, column-wise (as vLLM's saved result keeps them): what the percentiles summarize
-        "per_request": {"ttft_ms": [m.ttft_s * 1000.0 for m in metrics],
-                        "tpot_ms": [m.tpot_s * 1000.0 if m.tpot_s is not None else None for m in metrics],
-                        "e2e_ms": [m.e2e_s * 1000.0 for m in metrics], "output_tokens": tokens},
+        # each completed request, column-wise (as vLLM's saved result keeps them): what the percentiles summarize;
+        # the first PER_REQUEST_KEPT of them, so that a long level against a fast server keeps its row small
+        "per_request": {"ttft_ms": [m.ttft_s * 1000.0 for m in kept],
+                        "tpot_ms": [m.tpot_s * 1000.0 if m.tpot_s is not None else None for m in kept],
+                        "e2e_ms": [m.e2e_s * 1000.0 for m in kept], "output_tokens": tokens[:len(kept)]},
+        "per_request_kept": len(kept),
     }
 
 

@@ -188,6 +188,17 @@ def test_generation_summary_and_its_printed_row() -> None:
     assert row.startswith("c=2") and row.rstrip().endswith("-"), row  # no goodput without targets
     g = gen.generation_summary(timings, span_s=2.0, ttft_ms=120.0, tpot_ms=None)
     assert gen.format_level({**level, "generation": g}).rstrip().endswith("0.50 req/s (50%)")
+    assert g["per_request"]["ttft_ms"] == pytest.approx([100.0, 200.0]) and g["per_request_kept"] == 2
+
+
+def test_a_long_level_keeps_its_first_requests_numbers_and_summarizes_every_one(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(gen, "PER_REQUEST_KEPT", 3)
+    timings = [gen.StreamTiming(float(i), (i + 0.01 * (i + 1), i + 0.5), i + 0.6, 2) for i in range(10)]
+    g = gen.generation_summary(timings, span_s=10.0, ttft_ms=1000.0, tpot_ms=None)
+    assert g["per_request_kept"] == 3 and g["completed"] == 10 and g["output_tokens"] == 20
+    assert all(len(column) == 3 for column in g["per_request"].values())
+    assert g["ttft_ms"]["max"] == pytest.approx(100.0)  # the 10th request's TTFT: the percentiles see every one
 
 
 def _sse_app(events: list[str], status: int = 200) -> Any:

@@ -69,6 +69,9 @@ def upload_model(name: str, data: bytes, spec: str | None, seq: int | None) -> N
 
 if submitted and upload is not None:
     upload_model(upload.name, upload.getvalue(), spec_text.strip() or None, int(seq_len) or None)
+elif submitted:
+    st.warning("No model file yet: choose one (or drop it on the box), wait until its name shows without a spinner, "
+               "then press Upload and inspect")
 
 models = common.models(common.url())
 if models.empty:

@@ -136,6 +136,11 @@ def _upload(page: object, url: str, model: Path) -> None:
     page.goto(f"{url}/models")  # type: ignore[attr-defined]
     expect(page.get_by_role("heading", name="Models")).to_be_visible()  # type: ignore[attr-defined]
     page.locator("input[type=file]").first.set_input_files(str(model))  # type: ignore[attr-defined]
+    # the uploader sends the file in the background: press the button once its chip names it, no longer uploading
+    # (pressed before, the form is submitted without a file, as a user who does not wait would see)
+    chip = page.locator("[data-testid=stFileChipName]")  # type: ignore[attr-defined]
+    expect(chip).to_have_text(model.name)
+    expect(page.locator("[data-testid=stFileChipIconSpinner]")).to_have_count(0)  # type: ignore[attr-defined]
     page.get_by_role("button", name="Upload and inspect").click()  # type: ignore[attr-defined]
     expect(page.get_by_text("model stored")).to_be_visible(timeout=120_000)  # type: ignore[attr-defined]
 

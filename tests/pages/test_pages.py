@@ -46,6 +46,14 @@ def test_every_page_renders(page: str, title: str, data_dir: Path) -> None:
     assert titles and (titles[0] == title or (page == "home.py" and titles[0] == "Paretoscope")), titles
 
 
+def test_upload_pressed_without_a_file_says_what_to_do(data_dir: Path) -> None:
+    at = visit("models.py")
+    next(b for b in at.button if b.label == "Upload and inspect").click().run()
+    assert not at.exception, at.exception
+    warnings = [w.value for w in at.warning]
+    assert any(w.startswith("No model file yet: choose one") for w in warnings), warnings
+
+
 def test_serving_page_without_serving_results_says_how_to_get_them(data_dir: Path) -> None:
     at = visit("serving.py")
     assert not at.get("plotly_chart")

@@ -77,9 +77,9 @@ class BuildContext:
             if windows is not None:
                 return (conform(windows, self.spec), None,
                         "windows of the bundled prompt text through the model's tokenizer")
-            return (conform(synthesize(self.spec, count, seed=2), self.spec), None,
-                    "synthesized ids (the folder has no tokenizer that loads, so no text to train on)")
-        return conform(synthesize(self.spec, count, seed=2), self.spec), None, "synthesized inputs"
+        source = ("synthesized ids (the folder has no tokenizer that loads, so no text to train on)"
+                  if self.text_folder is not None else "synthesized inputs")
+        return conform(synthesize(self.spec, count, seed=2), self.spec), None, source
 
 
 @dataclass

@@ -41,7 +41,7 @@ if len(unstable):
 columns = serving.table_columns(levels)
 if columns is serving.GENERATION_COLUMNS:
     st.caption("A generation cell's server: each request streams the cell's new tokens after a prompt of its length. "
-               "TTFT: send to the first text; TPOT: the time per output token after it; goodput: requests/s that met "
+               "TTFT: send to the first token; TPOT: the time per output token after it; goodput: requests/s that met "
                "the run's --ttft-ms and --tpot-ms targets (none given: not computed).")
 st.dataframe(tables.styled(levels, columns), hide_index=True,
              column_config={column: st.column_config.Column(label) for column, label, _ in columns})

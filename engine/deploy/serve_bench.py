@@ -182,6 +182,20 @@ def _wait_ready(proc: subprocess.Popen[bytes], log: Path, timeout_s: float) -> s
     raise UserError(f"the server was not ready within {timeout_s:g} s: {_last_lines(log)}")
 
 
+@contextmanager
+def target_server(config: ServeBenchConfig, deployed: Any, batching: bool = True) -> Iterator[str]:
+    """The URL serve-bench drives: `--url` once it answers ready, else the cell's bundle started here (with the
+    config's batching; `batching` False: a server without batching options, the generative bundle's)."""
+    if config.url is not None:
+        url = config.url.rstrip("/")
+        check_url(url)
+        yield url
+        return
+    max_batch, max_delay_ms = config.batching if batching else (1, 0.0)
+    with local_server(deployed, max_batch, max_delay_ms, batching=batching) as url:
+        yield url
+
+
 def check_url(url: str) -> None:
     """A server answers at `url` and its model is loaded; else a one-line UserError."""
     health = _health(url)
@@ -296,17 +310,11 @@ def serve_bench(config: ServeBenchConfig, progress: TextIO | None = None) -> dic
     load_before = os.getloadavg()
     if progress is not None:
         print(header(), file=progress, flush=True)
-    if config.url is not None:
-        url = config.url.rstrip("/")
-        check_url(url)
+    with target_server(config, deployed) as url:
         measured = asyncio.run(drive(url, body, deployed.cell.batch_size, config, progress))
-        max_batch, max_delay_ms = measured.max_batch, measured.max_delay_ms
-    else:
-        max_batch, max_delay_ms = config.batching
-        with local_server(deployed, max_batch, max_delay_ms) as url:
-            measured = asyncio.run(drive(url, body, deployed.cell.batch_size, config, progress))
-        if measured.max_batch is not None:  # the server's own word: 1 when a fixed-batch model turned it off
-            max_batch, max_delay_ms = measured.max_batch, measured.max_delay_ms
+    # the server's own word (1 when a fixed-batch model turned batching off); a started one's options without it
+    max_batch, max_delay_ms = (config.batching if config.url is None and measured.max_batch is None
+                               else (measured.max_batch, measured.max_delay_ms))
     run = {
         "study": config.study_id, "cell": deployed.cell.cell, "target": "url" if config.url else "local",
         "url": config.url, "max_batch": max_batch, "max_delay_ms": max_delay_ms,
@@ -336,13 +344,8 @@ def _serve_bench_generate(config: ServeBenchConfig, deployed: Any, progress: Tex
     load_before = os.getloadavg()
     if progress is not None:
         print(gen.header(), file=progress, flush=True)
-    if config.url is not None:
-        url = config.url.rstrip("/")
-        check_url(url)
+    with target_server(config, deployed, batching=False) as url:
         levels = asyncio.run(gen.drive(url, work, config, progress))
-    else:
-        with local_server(deployed, 1, 0.0, batching=False) as url:
-            levels = asyncio.run(gen.drive(url, work, config, progress))
     run = gen.run_json(config, deployed, work, levels, load_before, progress)
     with session() as s:
         run["id"] = serving.add_serving_run(s, run)
